@@ -364,3 +364,41 @@ def global_depth_bounds(
     lo = float(_quantile_truncated(pooled, lower_quantile))
     hi = max(float(_quantile_truncated(pooled, upper_quantile)), lo * (1 + 1e-6))
     return lo, hi
+
+
+def correction_homography_error(
+    rot_adj: Tensor,
+    trans_adj: Tensor,
+    view_dirs: Tensor,
+    xmin: Tensor | float,
+    xmax: Tensor | float,
+) -> Tensor:
+    """:func:`homography_error` between poses ``[R | t]`` and ``[R_adj R | t + t_adj]``, from the correction.
+
+    This is how nerfstudio's camera optimizer applies a pose adjustment: the rotation ``R_adj`` acts
+    in the world frame about the camera centre and ``t_adj`` is added to the centre. Substituting
+    ``R_rel = Rᵀ R_adjᵀ R`` and ``t_rel = -Rᵀ R_adjᵀ t_adj`` into the closed form gives
+
+    .. math::  L = ‖I - R_adj‖² + 2β\\, t_adjᵀ (R_adj - I)\\, d + γ ‖t_adj‖²,
+
+    with ``d = R n`` the camera's viewing direction in world coordinates: the error depends on the
+    camera only through ``d`` (no input checks; the caller guarantees rotations and valid bounds).
+
+    Args:
+        rot_adj: ``[..., 3, 3]`` world-frame rotation corrections.
+        trans_adj: ``[..., 3]`` translation corrections (world units).
+        view_dirs: ``[..., 3]`` unit viewing directions of the uncorrected cameras in the world frame
+            (for OpenGL c2w: ``-c2w[..., :3, 2]``; for OpenCV: ``c2w[..., :3, 2]``).
+        xmin, xmax: depth bounds broadcastable to the batch shape.
+
+    Returns:
+        ``[...]`` errors, equal to ``homography_error(c2w, corrected_c2w, xmin, xmax)``.
+    """
+    xmin_t = torch.as_tensor(xmin, dtype=rot_adj.dtype, device=rot_adj.device)
+    xmax_t = torch.as_tensor(xmax, dtype=rot_adj.dtype, device=rot_adj.device)
+    beta, gamma = inverse_depth_moments(xmin_t, xmax_t)
+    eye = torch.eye(3, dtype=rot_adj.dtype, device=rot_adj.device)
+    a = rot_adj - eye  # [..., 3, 3]
+    rot_term = a.square().sum(dim=(-1, -2))
+    cross = (trans_adj * (a @ view_dirs.unsqueeze(-1)).squeeze(-1)).sum(dim=-1)  # t_adjᵀ (R_adj - I) d
+    return rot_term + 2.0 * beta * cross + gamma * trans_adj.square().sum(dim=-1)

@@ -273,3 +273,27 @@ def test_depth_bounds_error_for_camera_without_points() -> None:
     points = torch.tensor([[0.0, 0.0, -3.0]], dtype=torch.float64)
     with pytest.raises(ValueError, match="camera 1 observes 0 points in front of it"):
         depth_bounds_from_points(c2w, [points, -points])
+
+
+def test_correction_form_equals_the_pose_form() -> None:
+    """nerfstudio's correction c2w' = [R_adj R | t + t_adj] measured from the correction alone."""
+    from nerf_posefix.homography import correction_homography_error
+
+    rng = np.random.default_rng(11)
+    c2w = random_c2w(rng, 16)
+    rot_adj = Rotation.from_rotvec(rng.normal(scale=0.5, size=(16, 3))).as_matrix()
+    trans_adj = rng.normal(scale=0.3, size=(16, 3))
+    corrected = c2w.copy()
+    corrected[:, :3, :3] = rot_adj @ c2w[:, :3, :3]
+    corrected[:, :3, 3] += trans_adj
+    xmin = rng.uniform(0.1, 1.0, size=16)
+    xmax = xmin + rng.uniform(0.5, 10.0, size=16)
+    for convention, sign in (("opengl", -1.0), ("opencv", 1.0)):
+        expected = homography_error(
+            torch.from_numpy(c2w), torch.from_numpy(corrected), torch.from_numpy(xmin), torch.from_numpy(xmax), convention
+        )
+        view_dirs = torch.from_numpy(sign * c2w[:, :3, 2])
+        got = correction_homography_error(
+            torch.from_numpy(rot_adj), torch.from_numpy(trans_adj), view_dirs, torch.from_numpy(xmin), torch.from_numpy(xmax)
+        )
+        torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
