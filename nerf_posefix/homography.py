@@ -402,3 +402,49 @@ def correction_homography_error(
     rot_term = a.square().sum(dim=(-1, -2))
     cross = (trans_adj * (a @ view_dirs.unsqueeze(-1)).squeeze(-1)).sum(dim=-1)  # t_adjᵀ (R_adj - I) d
     return rot_term + 2.0 * beta * cross + gamma * trans_adj.square().sum(dim=-1)
+
+
+def adjustment_homography_error(
+    adjustment: Tensor,
+    view_dirs: Tensor,
+    xmin: Tensor | float,
+    xmax: Tensor | float,
+) -> Tensor:
+    """:func:`correction_homography_error` straight from nerfstudio's 6-vector pose adjustment.
+
+    ``adjustment = (t_adj, ω)`` (translation, then so(3) axis-angle) stands for the correction
+    ``R_adj = exp(ω)``. With Rodrigues' formula ``exp(ω) - I = a [ω]× + b [ω]×²``,
+    ``a = sin θ / θ``, ``b = (1 - cos θ)/θ² = 2 sin²(θ/2)/θ²`` and ``θ = ‖ω‖``:
+
+    .. math::  ‖I - R_adj‖² = 4(1 - cos θ) = 4 θ² b, \\qquad
+               t_adjᵀ (R_adj - I) d = a\\, t_adjᵀ(ω × d) + b\\, t_adjᵀ(ω × (ω × d)),
+
+    so no rotation matrix is built. ``a`` and ``b`` switch to their Taylor series below
+    ``θ² = 1e-8``, which keeps values and gradients finite at ``ω = 0`` in float32 and float64.
+
+    nerfstudio's own ``exp_map_SO3xR3`` clamps ``θ`` at 0.01 rad, which changes the rendered
+    rotation of a correction smaller than that by at most 1.7e-5 of its angle; this function uses the
+    exact exponential.
+
+    Args:
+        adjustment: ``[..., 6]`` pose adjustments.
+        view_dirs: ``[..., 3]`` unit viewing directions of the uncorrected cameras in world coordinates.
+        xmin, xmax: depth bounds broadcastable to the batch shape.
+
+    Returns:
+        ``[...]`` errors.
+    """
+    xmin_t = torch.as_tensor(xmin, dtype=adjustment.dtype, device=adjustment.device)
+    xmax_t = torch.as_tensor(xmax, dtype=adjustment.dtype, device=adjustment.device)
+    beta, gamma = inverse_depth_moments(xmin_t, xmax_t)
+    trans, omega = adjustment[..., :3], adjustment[..., 3:]
+    theta2 = omega.square().sum(dim=-1)  # [...]
+    small = theta2 < 1e-8
+    theta2_safe = torch.where(small, torch.ones_like(theta2), theta2)
+    theta = theta2_safe.sqrt()
+    a = torch.where(small, 1.0 - theta2 / 6.0, torch.sin(theta) / theta)
+    b = torch.where(small, 0.5 - theta2 / 24.0, 2.0 * torch.sin(0.5 * theta).square() / theta2_safe)
+    w_x_d = torch.linalg.cross(omega, view_dirs.expand_as(omega))  # [..., 3]
+    w_x_w_x_d = torch.linalg.cross(omega, w_x_d)
+    cross = a * (trans * w_x_d).sum(dim=-1) + b * (trans * w_x_w_x_d).sum(dim=-1)
+    return 4.0 * theta2 * b + 2.0 * beta * cross + gamma * trans.square().sum(dim=-1)

@@ -297,3 +297,31 @@ def test_correction_form_equals_the_pose_form() -> None:
             torch.from_numpy(rot_adj), torch.from_numpy(trans_adj), view_dirs, torch.from_numpy(xmin), torch.from_numpy(xmax)
         )
         torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("scale", [1e-6, 1e-3, 0.5, 3.0])
+def test_adjustment_form_equals_the_correction_form(scale: float) -> None:
+    from nerf_posefix.homography import adjustment_homography_error, correction_homography_error
+    from nerf_posefix.preconditioning import skew
+
+    rng = np.random.default_rng(12)
+    adjustment = torch.from_numpy(rng.normal(scale=scale, size=(32, 6)))
+    view_dirs = torch.from_numpy(Rotation.random(32, random_state=1).as_matrix()[:, :, 2])
+    rot_adj = torch.linalg.matrix_exp(skew(adjustment[:, 3:]))
+    expected = correction_homography_error(rot_adj, adjustment[:, :3], view_dirs, 0.3, 9.0)
+    got = adjustment_homography_error(adjustment, view_dirs, 0.3, 9.0)
+    torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-30)
+    # float32 stays accurate for small corrections (no 1 - cos θ cancellation)
+    got32 = adjustment_homography_error(adjustment.float(), view_dirs.float(), 0.3, 9.0)
+    torch.testing.assert_close(got32.double(), expected, rtol=1e-4, atol=1e-30)
+
+
+def test_adjustment_form_gradients_at_zero() -> None:
+    from nerf_posefix.homography import adjustment_homography_error
+
+    view_dirs = torch.tensor([[0.0, 0.0, -1.0]], dtype=torch.float64)
+    adjustment = torch.zeros(1, 6, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a: adjustment_homography_error(a, view_dirs, 0.5, 3.0), (adjustment,))
+    adjustment32 = torch.zeros(1, 6, requires_grad=True)
+    adjustment_homography_error(adjustment32, view_dirs.float(), 0.5, 3.0).sum().backward()
+    assert torch.isfinite(adjustment32.grad).all()
