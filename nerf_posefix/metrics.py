@@ -1,0 +1,243 @@
+r"""Pose-error metrics between matched camera sets (pure numpy, plus torch for the homography error).
+
+All poses are camera-to-world ``[N, 4, 4]`` with **OpenCV camera axes**, row ``i`` of the estimate
+matching row ``i`` of the reference. The estimate is first mapped into the reference frame by
+:func:`nerf_posefix.alignment.align`, so distances are in reference units.
+
+Per-camera errors
+-----------------
+* rotation (deg): geodesic angle between ``R_ref`` and the aligned ``R_est``
+  (:func:`nerf_posefix.poses.rotation_angle_deg`); equals evo's APE ``rotation_angle_deg``.
+* translation (reference units): distance between camera centres; equals evo's APE
+  ``translation_part``. Its RMSE is the ATE.
+* homography: :func:`nerf_posefix.homography.homography_error` (dimensionless, scale-aware) with the
+  reference as ``c2w_ref`` and depth bounds ``[xmin, xmax]`` per camera or global, in reference units.
+
+Relative pose error (RPE), as ``evo.core.metrics.RPE`` with ``delta = 1`` frame (consecutive pairs in
+the matched order, i.e. the reference's order): for each pair ``(i, i+1)``,
+``E = (Q_i⁻¹ Q_{i+1})⁻¹ (P_i⁻¹ P_{i+1})`` with ``Q`` the reference and ``P`` the aligned estimate;
+the translation RPE is ``‖trans(E)‖`` and the rotation RPE the angle of ``rot(E)`` in degrees.
+
+Recall and AUC
+--------------
+``recall(t)`` is the fraction of cameras with error ``<= t``. ``AUC@T`` integrates the empirical
+(step) recall curve over ``[0, T]`` and divides by ``T`` (the "AUC@5°" convention of pose-estimation
+benchmarks); for a step curve this integral is exact: ``AUC@T = mean_i max(0, 1 - e_i / T)``.
+(SuperGlue's ``pose_auc`` instead interpolates the recall linearly between sorted errors, which gives
+slightly larger values for few cameras.)
+
+The translation thresholds default to fractions of the **scene size**, defined as the diameter of
+the reference centres about their centroid: ``2 · max_i ‖c_i - mean(c)‖`` (rotation invariant).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from nerf_posefix.alignment import Alignment, AlignMode, align
+from nerf_posefix.homography import homography_error
+from nerf_posefix.poses import rotation_angle_deg
+
+DEFAULT_ROTATION_THRESHOLDS_DEG: tuple[float, ...] = (1.0, 2.0, 5.0)
+#: Fractions of the scene size.
+DEFAULT_TRANSLATION_THRESHOLDS_REL: tuple[float, ...] = (0.01, 0.02, 0.05)
+
+
+@dataclass
+class ErrorStats:
+    """Aggregates of a set of non-negative errors (NaN for an empty set)."""
+
+    mean: float
+    median: float
+    rmse: float
+    max: float
+    count: int
+
+    @classmethod
+    def of(cls, errors: np.ndarray) -> "ErrorStats":
+        errors = np.asarray(errors, dtype=np.float64).reshape(-1)
+        if errors.size == 0:
+            nan = float("nan")
+            return cls(nan, nan, nan, nan, 0)
+        return cls(
+            mean=float(errors.mean()),
+            median=float(np.median(errors)),
+            rmse=float(np.sqrt(np.mean(np.square(errors)))),
+            max=float(errors.max()),
+            count=int(errors.size),
+        )
+
+
+def scene_size(centres: np.ndarray) -> float:
+    """Diameter of camera centres ``[N, 3]`` about their centroid: ``2 · max ‖c_i - mean‖``."""
+    centres = np.asarray(centres, dtype=np.float64)
+    return float(2.0 * np.linalg.norm(centres - centres.mean(axis=0), axis=1).max())
+
+
+def recall_at(errors: np.ndarray, thresholds: Sequence[float]) -> np.ndarray:
+    """Fraction of ``errors [N]`` that are ``<= t`` for each threshold: ``[T]``."""
+    errors = np.sort(np.asarray(errors, dtype=np.float64).reshape(-1))
+    counts = np.searchsorted(errors, np.asarray(thresholds, dtype=np.float64), side="right")
+    return counts / max(errors.size, 1)
+
+
+def auc_at(errors: np.ndarray, max_threshold: float) -> float:
+    """Area under the empirical recall curve on ``[0, max_threshold]``, divided by ``max_threshold``
+    (in ``[0, 1]``; 1 when all errors are 0)."""
+    if max_threshold <= 0:
+        raise ValueError(f"max_threshold must be > 0, got {max_threshold}")
+    errors = np.asarray(errors, dtype=np.float64).reshape(-1)
+    if errors.size == 0:
+        return float("nan")
+    return float(np.mean(np.clip(1.0 - errors / max_threshold, 0.0, 1.0)))
+
+
+def relative_pose_errors(ref_c2w: np.ndarray, est_c2w: np.ndarray, delta: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """evo's RPE for pairs ``(i, i + delta)`` (``delta`` frames, consecutive pairs as evo's
+    ``filter_pairs_by_index``: ``i = 0, delta, 2·delta, ...``).
+
+    Returns:
+        ``(translation [K], rotation_deg [K])`` with ``K`` the number of pairs.
+    """
+    ids = np.arange(0, ref_c2w.shape[0], delta)
+    i, j = ids[:-1], ids[1:]  # [K]
+
+    def rel(c2w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        rot_i_t = np.swapaxes(c2w[i, :3, :3], -1, -2)  # [K, 3, 3]
+        rot = rot_i_t @ c2w[j, :3, :3]  # R_i^T R_j
+        trans = np.einsum("kab,kb->ka", rot_i_t, c2w[j, :3, 3] - c2w[i, :3, 3])  # R_i^T (t_j - t_i)
+        return rot, trans
+
+    rot_q, trans_q = rel(ref_c2w)
+    rot_p, trans_p = rel(est_c2w)
+    # E = Q_rel^-1 P_rel: trans(E) = R_q^T (t_p - t_q), whose norm is ‖t_p - t_q‖.
+    trans_err = np.linalg.norm(trans_p - trans_q, axis=-1)
+    rot_err = rotation_angle_deg(rot_q, rot_p)
+    return trans_err, rot_err
+
+
+@dataclass
+class PoseComparison:
+    """Everything :func:`compare_poses` computes for one estimate.
+
+    Per-camera arrays are ``[M]`` (matched order); RPE arrays are ``[M - 1]``.
+    """
+
+    alignment: Alignment
+    aligned_c2w: np.ndarray
+    rotation_deg: np.ndarray
+    translation: np.ndarray
+    homography: np.ndarray
+    rpe_translation: np.ndarray
+    rpe_rotation_deg: np.ndarray
+    scene_size: float
+    rotation_thresholds_deg: tuple[float, ...]
+    translation_thresholds: tuple[float, ...]
+    stats: dict[str, ErrorStats] = field(default_factory=dict)
+    recall: dict[str, list[float]] = field(default_factory=dict)
+    auc: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def ate_rmse(self) -> float:
+        """ATE: RMSE of the camera-centre distances after alignment (reference units)."""
+        return self.stats["translation"].rmse
+
+    def summary(self) -> dict[str, Any]:
+        """Aggregates only (JSON-serialisable)."""
+        return {
+            "alignment": {
+                "mode": self.alignment.mode,
+                "scale": self.alignment.scale,
+                "rotation": self.alignment.rotation.tolist(),
+                "translation": self.alignment.translation.tolist(),
+                "num_inliers": int(self.alignment.inliers.sum()) if self.alignment.inliers is not None else None,
+            },
+            "scene_size": self.scene_size,
+            "ate_rmse": self.ate_rmse,
+            "stats": {k: asdict(v) for k, v in self.stats.items()},
+            "rotation_thresholds_deg": list(self.rotation_thresholds_deg),
+            "translation_thresholds": list(self.translation_thresholds),
+            "recall": self.recall,
+            "auc": self.auc,
+        }
+
+
+def compare_poses(
+    ref_c2w: np.ndarray,
+    est_c2w: np.ndarray,
+    mode: AlignMode = "sim3",
+    xmin: float | np.ndarray = 0.1,
+    xmax: float | np.ndarray = 10.0,
+    trim: float = 0.0,
+    rotation_thresholds_deg: Sequence[float] = DEFAULT_ROTATION_THRESHOLDS_DEG,
+    translation_thresholds: Sequence[float] | None = None,
+) -> PoseComparison:
+    """Align ``est_c2w`` to ``ref_c2w`` (``[M, 4, 4]`` each, matched rows, OpenCV axes) and compute
+    all metrics.
+
+    Args:
+        mode, trim: passed to :func:`nerf_posefix.alignment.align`.
+        xmin, xmax: homography depth bounds in reference units: floats or ``[M]`` arrays.
+        rotation_thresholds_deg: recall thresholds (deg); the AUC runs up to the largest.
+        translation_thresholds: recall thresholds in reference units; default
+            ``DEFAULT_TRANSLATION_THRESHOLDS_REL × scene size``. The AUC runs up to the largest.
+
+    Raises:
+        InputError: from the alignment (too few cameras, degenerate centres).
+        ValueError: invalid homography bounds.
+    """
+    ref_c2w = np.asarray(ref_c2w, dtype=np.float64)
+    est_c2w = np.asarray(est_c2w, dtype=np.float64)
+    alignment = align(est_c2w, ref_c2w, mode=mode, trim=trim)
+    aligned = alignment.apply(est_c2w)  # [M, 4, 4]
+
+    rot_err = rotation_angle_deg(ref_c2w[:, :3, :3], aligned[:, :3, :3])  # [M]
+    trans_err = np.linalg.norm(aligned[:, :3, 3] - ref_c2w[:, :3, 3], axis=-1)  # [M]
+    hom = homography_error(
+        torch.from_numpy(ref_c2w),
+        torch.from_numpy(aligned),
+        torch.as_tensor(np.asarray(xmin, dtype=np.float64)),
+        torch.as_tensor(np.asarray(xmax, dtype=np.float64)),
+        camera_convention="opencv",
+    ).numpy()  # [M]
+    rpe_t, rpe_r = relative_pose_errors(ref_c2w, aligned, delta=1)
+
+    size = scene_size(ref_c2w[:, :3, 3])
+    rot_thr = tuple(float(t) for t in rotation_thresholds_deg)
+    if translation_thresholds is None:
+        trans_thr = tuple(float(f * size) for f in DEFAULT_TRANSLATION_THRESHOLDS_REL)
+    else:
+        trans_thr = tuple(float(t) for t in translation_thresholds)
+
+    result = PoseComparison(
+        alignment=alignment,
+        aligned_c2w=aligned,
+        rotation_deg=rot_err,
+        translation=trans_err,
+        homography=hom,
+        rpe_translation=rpe_t,
+        rpe_rotation_deg=rpe_r,
+        scene_size=size,
+        rotation_thresholds_deg=rot_thr,
+        translation_thresholds=trans_thr,
+    )
+    result.stats = {
+        "rotation_deg": ErrorStats.of(rot_err),
+        "translation": ErrorStats.of(trans_err),
+        "homography": ErrorStats.of(hom),
+        "rpe_translation": ErrorStats.of(rpe_t),
+        "rpe_rotation_deg": ErrorStats.of(rpe_r),
+    }
+    result.recall = {
+        "rotation_deg": recall_at(rot_err, rot_thr).tolist(),
+        "translation": recall_at(trans_err, trans_thr).tolist(),
+    }
+    result.auc = {"rotation_deg": auc_at(rot_err, max(rot_thr))}
+    if max(trans_thr, default=0.0) > 0:
+        result.auc["translation"] = auc_at(trans_err, max(trans_thr))
+    return result
