@@ -1,0 +1,28 @@
+"""``posefix export``: a run's refined training poses in the original input world frame."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass
+class Export:
+    """Write the refined training poses of a nerfstudio run (posefix or nerfacto family) as
+    transforms.json in the input world frame (dataparser transform and scale undone) and, for COLMAP
+    inputs, as a COLMAP model (sparse/0, .bin and .txt; intrinsics and points3D unchanged).
+    Evaluation frames keep their input poses (each frame is marked with posefix_refined)."""
+
+    load_config: Path
+    """The run's config.yml."""
+    output: Path
+    """Output directory."""
+    overwrite: bool = False
+    """Replace an existing export in the output directory."""
+
+    def run(self) -> None:
+        from nerf_posefix.plugin.export import export_run
+
+        written = export_run(self.load_config, self.output, overwrite=self.overwrite)
+        for kind, path in written.items():
+            print(f"posefix export: {kind}: {path}")

@@ -1,0 +1,124 @@
+"""Pipeline that checks the dataset and hands the initial train poses and depth bounds to the optimizer.
+
+:class:`PosefixPipeline` is nerfstudio's ``VanillaPipeline`` plus:
+
+1. before the datamanager reads anything, :func:`nerf_posefix.plugin.dataset.validate_dataset` (one
+   :class:`~nerf_posefix.errors.InputError` naming the file and frame for NaN poses, missing images,
+   broken COLMAP files);
+2. after the model is built, when its camera optimizer is a
+   :class:`~nerf_posefix.plugin.camera_optimizer.HomographyCameraOptimizer`: the training cameras'
+   ``camera_to_worlds`` (OpenGL axes, dataparser frame: the initial poses) and the depth bounds
+   (:mod:`nerf_posefix.plugin.depth_bounds`, dataparser-scaled units) are stored in its buffers, and the
+   bounds and their source are printed once;
+3. when the dataset has ``transforms_gt.json``, its poses are matched to the training images by name
+   and handed to the model for the ground-truth pose metrics.
+
+Loading a checkpoint afterwards (``ns-train --load-dir``, ``ns-eval``, ...) replaces the buffers with
+the saved ones, so a run keeps the reference poses and bounds it was trained with.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Optional, Type
+
+import numpy as np
+from torch.cuda.amp.grad_scaler import GradScaler
+
+from nerfstudio.pipelines.base_pipeline import VanillaPipeline, VanillaPipelineConfig
+from nerfstudio.utils.rich_utils import CONSOLE
+from rich.markup import escape
+
+from nerf_posefix.plugin.camera_optimizer import HomographyCameraOptimizer
+from nerf_posefix.plugin.dataset import DatasetInfo, describe_dataset, match_image_names, validate_dataset
+from nerf_posefix.plugin.depth_bounds import DepthBounds, compute_depth_bounds, find_sparse_points
+
+
+@dataclass
+class PosefixPipelineConfig(VanillaPipelineConfig):
+    """nerfstudio's vanilla pipeline + dataset checks + reference poses/bounds for the camera optimizer."""
+
+    _target: Type = field(default_factory=lambda: PosefixPipeline)
+    ground_truth_metrics: bool = True
+    """Log pose errors against transforms_gt.json when the dataset has one."""
+
+
+class PosefixPipeline(VanillaPipeline):
+    """See the module docstring. Arguments as nerfstudio's ``VanillaPipeline``.
+
+    Attributes:
+        dataset_info: where the dataset's files are.
+        depth_bounds: the bounds computed at construction (None without a homography optimizer).
+    """
+
+    config: PosefixPipelineConfig
+
+    def __init__(
+        self,
+        config: PosefixPipelineConfig,
+        device: str,
+        test_mode: Literal["test", "val", "inference"] = "val",
+        world_size: int = 1,
+        local_rank: int = 0,
+        grad_scaler: Optional[GradScaler] = None,
+    ):
+        if config.datamanager.data is not None:  # the datamanager's data option overrides the dataparser's
+            config.datamanager.dataparser.data = config.datamanager.data
+        self.dataset_info: DatasetInfo = describe_dataset(config.datamanager.dataparser)
+        validate_dataset(self.dataset_info)
+        super().__init__(config, device, test_mode, world_size, local_rank, grad_scaler)
+        self.depth_bounds: Optional[DepthBounds] = None
+        optimizer = self.model.camera_optimizer
+        if isinstance(optimizer, HomographyCameraOptimizer):
+            self.depth_bounds = self._setup_reference(optimizer)
+        if config.ground_truth_metrics and self.dataset_info.gt_path is not None:
+            self._setup_ground_truth()
+
+    def _train_image_names(self) -> list[str]:
+        return [str(p) for p in self.datamanager.train_dataparser_outputs.image_filenames]
+
+    def _setup_reference(self, optimizer: HomographyCameraOptimizer) -> DepthBounds:
+        outputs = self.datamanager.train_dataparser_outputs
+        train_c2w = self.datamanager.train_dataset.cameras.camera_to_worlds  # [N, 3, 4] OpenGL, dataparser frame
+        log: list[str] = []
+        needs_points = optimizer.config.bounds in ("auto", "points-global", "points-per-camera")
+        points = find_sparse_points(self.dataset_info, outputs, train_c2w, log) if needs_points else None
+        model_config = self.model.config
+        bounds = compute_depth_bounds(
+            optimizer.config,
+            train_c2w,
+            self.datamanager.train_dataset.scene_box.aabb,
+            getattr(model_config, "near_plane", None),
+            getattr(model_config, "far_plane", None),
+            points,
+            names=self._train_image_names(),
+        )
+        optimizer.set_reference(train_c2w, bounds.xmin, bounds.xmax, source=bounds.source)
+        for line in log:
+            CONSOLE.print(f"[yellow]posefix: {escape(line)}", soft_wrap=True)
+        CONSOLE.print(f"[bold]posefix: {escape(bounds.describe(float(outputs.dataparser_scale)))}", soft_wrap=True)
+        return bounds
+
+    def _setup_ground_truth(self) -> None:
+        from nerf_posefix.camera_sets import read_transforms_json
+
+        set_gt = getattr(self.model, "set_ground_truth", None)
+        if set_gt is None:
+            return
+        assert self.dataset_info.gt_path is not None
+        gt = read_transforms_json(self.dataset_info.gt_path)  # OpenCV axes
+        match = match_image_names(self._train_image_names(), gt.names)
+        train_idx = np.array([i for i, m in enumerate(match) if m is not None], dtype=np.int64)
+        gt_idx = np.array([m for m in match if m is not None], dtype=np.int64)
+        if len(train_idx) < 3:
+            CONSOLE.print(
+                f"[yellow]posefix: {escape(str(self.dataset_info.gt_path))}: only {len(train_idx)} training images have a "
+                "ground-truth pose; no ground-truth metrics"
+            )
+            return
+        set_gt(gt.c2w[gt_idx], train_idx)
+        CONSOLE.print(
+            f"posefix: ground-truth poses for {len(train_idx)}/{len(match)} training cameras from "
+            f"{escape(str(self.dataset_info.gt_path))} (metrics pose_gt_*)",
+            soft_wrap=True,
+        )
