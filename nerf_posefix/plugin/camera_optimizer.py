@@ -31,6 +31,7 @@ Conventions
 from __future__ import annotations
 
 import functools
+import time
 from dataclasses import dataclass, field
 from typing import Literal, Optional, Type
 
@@ -43,6 +44,7 @@ from typing_extensions import assert_never
 from nerfstudio.cameras.camera_optimizers import CameraOptimizer, CameraOptimizerConfig
 from nerfstudio.cameras.lie_groups import exp_map_SE3, exp_map_SO3xR3
 from nerfstudio.utils import poses as pose_utils
+from nerfstudio.utils.rich_utils import CONSOLE
 
 from nerf_posefix.homography import (
     check_depth_bounds,
@@ -52,6 +54,7 @@ from nerf_posefix.homography import (
     optical_axis,
     relative_pose,
 )
+from nerf_posefix.preconditioning import homography_metric, preconditioner, sampled_metric, view_directions
 
 BoundsMode = Literal["auto", "near-far", "scene-box", "points-global", "points-per-camera", "fixed"]
 
@@ -108,6 +111,18 @@ class HomographyCameraOptimizerConfig(CameraOptimizerConfig):
     min_points_per_camera: int = 10
     """Fewest observed points for a camera to get its own bounds (``points-per-camera``)."""
 
+    precondition: Literal["off", "homography", "sampled"] = "off"
+    """Reparameterise the adjustment as ``pose_adjustment = P φ`` (``SO3xR3`` only), with
+    ``P = (M + λ diag M)^-1/2`` per camera: ``homography`` takes ``M = Q``, the closed-form metric of the
+    homography error (:func:`nerf_posefix.preconditioning.homography_metric`); ``sampled`` takes CamP's
+    ``Σ`` from projections of points sampled in each frustum between the bounds."""
+
+    precondition_damping: float = 0.1
+    """``λ`` of the preconditioner (CamP's default 0.1)."""
+
+    precondition_samples: int = 5000
+    """Points per camera for ``precondition=sampled``."""
+
 
 class HomographyCameraOptimizer(CameraOptimizer):
     """nerfstudio's camera optimizer with the homography regulariser (see the module docstring).
@@ -133,11 +148,15 @@ class HomographyCameraOptimizer(CameraOptimizer):
         super().__init__(config, num_cameras, device, non_trainable_camera_indices, **kwargs)
         if config.weight < 0:
             raise ValueError(f"camera optimizer weight must be >= 0, got {config.weight}")
+        if config.precondition != "off" and config.mode != "SO3xR3":
+            raise ValueError(f"precondition={config.precondition!r} needs mode='SO3xR3', got mode={config.mode!r}")
         eye = torch.eye(4, device=device)[:3, :4]
         self.register_buffer("initial_c2w", eye[None].repeat(num_cameras, 1, 1))  # [N, 3, 4]
         self.register_buffer("xmin", torch.ones(num_cameras, device=device))  # [N]
         self.register_buffer("xmax", torch.full((num_cameras,), 2.0, device=device))  # [N]
         self.register_buffer("reference_set", torch.tensor(False, device=device))  # []
+        # pose_adjustment = P φ: with preconditioning the learnable ``pose_adjustment`` holds φ
+        self.register_buffer("preconditioner", torch.eye(6, device=device)[None].repeat(num_cameras, 1, 1))  # [N, 6, 6]
         self.bounds_source = "not set"
 
     # ------------------------------------------------------------------------------------------
@@ -149,13 +168,17 @@ class HomographyCameraOptimizer(CameraOptimizer):
         xmin: Float[Tensor, "num_cameras"] | float,
         xmax: Float[Tensor, "num_cameras"] | float,
         source: str = "",
+        intrinsics: Optional[Float[Tensor, "num_cameras 4"]] = None,
+        image_sizes: Optional[Float[Tensor, "num_cameras 2"]] = None,
     ) -> None:
-        """Store the initial train poses and the depth bounds.
+        """Store the initial train poses and the depth bounds, and set up the preconditioner.
 
         Args:
             initial_c2w: ``[N, 3|4, 4]`` camera-to-world, OpenGL axes, dataparser frame.
             xmin, xmax: depth bounds in dataparser-scaled units: floats or ``[N]`` tensors.
             source: how the bounds were obtained (for messages).
+            intrinsics: ``[N, 4]`` pinhole ``(fx, fy, cx, cy)`` in pixels; needed for ``precondition=sampled``.
+            image_sizes: ``[N, 2]`` ``(width, height)`` in pixels; needed for ``precondition=sampled``.
 
         Raises:
             ValueError: wrong number of poses, poses that are not finite rigid transforms, or bounds
@@ -176,6 +199,35 @@ class HomographyCameraOptimizer(CameraOptimizer):
         self.xmax.copy_(xmax_t)
         self.reference_set.fill_(True)
         self.bounds_source = source
+        if self.config.precondition != "off":
+            self._setup_preconditioner(intrinsics, image_sizes)
+
+    def _setup_preconditioner(self, intrinsics: Optional[Tensor], image_sizes: Optional[Tensor]) -> None:
+        """Compute ``P`` once (float64, then stored in the buffer) and log its setup cost."""
+        start = time.perf_counter()
+        c2w = self.initial_c2w.double()
+        if self.config.precondition == "homography":
+            metric = homography_metric(view_directions(c2w, "opengl"), self.xmin.double(), self.xmax.double())
+        else:
+            if intrinsics is None or image_sizes is None:
+                raise ValueError("precondition='sampled' needs the cameras' intrinsics and image sizes")
+            metric = sampled_metric(
+                c2w,
+                self.xmin.double(),
+                self.xmax.double(),
+                intrinsics.double().to(c2w.device),
+                image_sizes.double().to(c2w.device),
+                num_points=self.config.precondition_samples,
+                camera_convention="opengl",
+                generator=torch.Generator(device=c2w.device).manual_seed(0),
+            )
+        precond = preconditioner(metric, self.config.precondition_damping)  # [N, 6, 6]
+        self.preconditioner.copy_(precond.to(self.preconditioner.dtype))
+        self.precondition_setup_seconds = time.perf_counter() - start
+        CONSOLE.print(
+            f"posefix: {self.config.precondition} preconditioner (λ = {self.config.precondition_damping:g}) for "
+            f"{self.num_cameras} cameras set up in {1e3 * self.precondition_setup_seconds:.2f} ms"
+        )
 
     def _require_reference(self) -> None:
         if not bool(self.reference_set):
@@ -190,11 +242,14 @@ class HomographyCameraOptimizer(CameraOptimizer):
     def pose_tangent(self, indices: Optional[Int[Tensor, "num_indices"]] = None) -> Float[Tensor, "num_indices 6"]:
         """The tangent-space pose adjustment ``(t_adj, ω)`` of the cameras at ``indices`` (all if None).
 
-        The only place that reads ``pose_adjustment``: a reparameterisation changes this method only.
+        The only place that reads ``pose_adjustment``. With preconditioning, ``pose_adjustment`` holds
+        ``φ`` and the adjustment is ``P φ`` (``P``: the ``preconditioner`` buffer, ``[N, 6, 6]``).
         """
-        if indices is None:
-            return self.pose_adjustment
-        return self.pose_adjustment[indices, :]
+        phi = self.pose_adjustment if indices is None else self.pose_adjustment[indices, :]  # [K, 6]
+        if self.config.precondition == "off":
+            return phi
+        precond = self.preconditioner if indices is None else self.preconditioner[indices]  # [K, 6, 6]
+        return (precond @ phi.unsqueeze(-1)).squeeze(-1)
 
     def forward(self, indices: Int[Tensor, "camera_indices"]) -> Float[Tensor, "camera_indices 3 4"]:
         """Correction matrices ``[R_adj | t_adj]`` ``[K, 3, 4]`` of the cameras at ``indices``

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Literal, Optional, Type
 
 import numpy as np
+import torch
 from torch.cuda.amp.grad_scaler import GradScaler
 
 from nerfstudio.pipelines.base_pipeline import VanillaPipeline, VanillaPipelineConfig
@@ -93,7 +94,15 @@ class PosefixPipeline(VanillaPipeline):
             points,
             names=self._train_image_names(),
         )
-        optimizer.set_reference(train_c2w, bounds.xmin, bounds.xmax, source=bounds.source)
+        cameras = self.datamanager.train_dataset.cameras
+        optimizer.set_reference(
+            train_c2w,
+            bounds.xmin,
+            bounds.xmax,
+            source=bounds.source,
+            intrinsics=torch.cat([cameras.fx, cameras.fy, cameras.cx, cameras.cy], dim=-1),  # [N, 4] pixels
+            image_sizes=torch.cat([cameras.width, cameras.height], dim=-1),  # [N, 2] pixels
+        )
         for line in log:
             CONSOLE.print(f"[yellow]posefix: {escape(line)}", soft_wrap=True)
         CONSOLE.print(f"[bold]posefix: {escape(bounds.describe(float(outputs.dataparser_scale)))}", soft_wrap=True)
