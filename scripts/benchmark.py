@@ -30,6 +30,11 @@ Usage::
     python scripts/benchmark.py --iterations 600 --levels 3deg-5pct --variants 'posefix-*' no-pose-opt
     python scripts/benchmark.py --quick               # configs/benchmark_quick.yaml: tiny scene, 2 variants
     python scripts/benchmark.py --list                # the planned runs, nothing trained
+    python scripts/benchmark.py --report-only         # tabulate the results that exist
+    python scripts/benchmark.py --device cuda --jobs 9  # on a GPU machine, 9 variants at a time
+
+On shared CPU cores ``--threads 1`` is faster per variant (OpenMP oversubscription otherwise). The
+``time (s)`` column is per device and per ``--jobs`` setting: compare timings only within one run.
 """
 
 from __future__ import annotations
@@ -84,6 +89,7 @@ class Run:
     directory: Path  # <output>/<scene>/<level>/<variant>
     timeout_s: float | None = None
     device: str = "cpu"
+    threads: int | None = None  # torch CPU threads of the worker (None: torch's default)
 
     @property
     def name(self) -> str:
@@ -277,12 +283,13 @@ def run_worker(spec_path: Path) -> int:
     }
     print(f"camera optimizer: {optimizer_settings}", flush=True)
     start = time.perf_counter()
-    trainer = train(config, progress=False, quiet=True)
+    # Resumable: an interrupted worker continues from the run's latest checkpoint.
+    run = train(config, progress=True, quiet=True, resume=True, num_threads=spec.get("threads"))
     train_seconds = time.perf_counter() - start
-    image_metrics = evaluate_test_views(trainer)
+    image_metrics = evaluate_test_views(run)
     eval_seconds = time.perf_counter() - start - train_seconds
-    run_dir = config.get_base_dir()
-    refined = export_refined(run_dir / "config.yml", directory / "refined")
+    run_dir = run.run_dir
+    refined = export_refined(run.config_path, directory / "refined")
     errors = pose_errors(load_reference(data), refined, train_camera_names(data))
     result = {
         "settings": spec["settings"],
@@ -291,6 +298,7 @@ def run_worker(spec_path: Path) -> int:
         "psnr": image_metrics.get("psnr"),
         "ssim": image_metrics.get("ssim"),
         "train_seconds": train_seconds,
+        "trained_iterations": run.completed_iterations - run.start_iteration,
         "eval_seconds": eval_seconds,
         "wall_time_s": time.perf_counter() - start,
         "device": train_spec.device,
@@ -323,15 +331,20 @@ def launch(run: Run, force: bool) -> dict[str, Any] | None:
         if found is not None:
             print(f"  {run.name}: done already (skipped)", flush=True)
             return found
-    if run.directory.exists():
+    spec_path = run.directory / "spec.json"
+    spec = {"directory": str(run.directory), "data": str(run.data), "settings": run.settings(),
+            "device": run.device, "threads": run.threads}
+    try:
+        same = json.loads(spec_path.read_text())["settings"] == json.loads(json.dumps(run.settings()))
+    except (OSError, ValueError, KeyError):
+        same = False
+    if run.directory.exists() and (force or not same):
         import shutil
 
-        shutil.rmtree(run.directory)
-    run.directory.mkdir(parents=True)
-    spec_path = run.directory / "spec.json"
-    spec_path.write_text(json.dumps(
-        {"directory": str(run.directory), "data": str(run.data), "settings": run.settings(), "device": run.device}, indent=2
-    ))
+        shutil.rmtree(run.directory)  # a different or forced run: start from scratch
+    # Otherwise an interrupted run of the same settings resumes from its latest checkpoint.
+    run.directory.mkdir(parents=True, exist_ok=True)
+    spec_path.write_text(json.dumps(spec, indent=2))
     log_path = run.directory / "log.txt"
     print(f"  {run.name}: training {run.iterations} iterations ...", flush=True)
     start = time.perf_counter()
@@ -406,7 +419,7 @@ def sweep_spread(results: list[dict[str, Any]], preset: Preset) -> list[str]:
     """Per level and regulariser: the range of the median errors over its weight sweep (base included)."""
     lines = []
     bases = sorted({v["sweep_of"] for v in preset.variants if "sweep_of" in v})
-    for level in sorted({(r["scene"], r["level"]) for r in results}):
+    for level in dict.fromkeys((r["scene"], r["level"]) for r in results):
         for base in bases:
             family = [r for r in results if (r["scene"], r["level"]) == level
                       and (r["variant"] == base or r.get("sweep_of") == base)]
@@ -430,7 +443,9 @@ def plot_cdfs(results: list[dict[str, Any]], path: Path) -> None:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    groups = sorted({(r["scene"], r["level"]) for r in results})
+    groups = list(dict.fromkeys((r["scene"], r["level"]) for r in results))
+    variants = list(dict.fromkeys(r["variant"] for r in results if r["variant"] != "input"))
+    colours = {v: plt.cm.tab20(i % 20) for i, v in enumerate(variants)}
     fig, axes = plt.subplots(len(groups), 2, figsize=(11, 3.6 * len(groups)), squeeze=False)
     for row, group in enumerate(groups):
         members = [r for r in results if (r["scene"], r["level"]) == group]
@@ -441,8 +456,12 @@ def plot_cdfs(results: list[dict[str, Any]], path: Path) -> None:
                 if errors.size == 0:
                     continue
                 frac = np.arange(1, errors.size + 1) / errors.size
-                style = "--" if r["variant"] == "input" else "-"
-                ax.step(errors, frac, where="post", linestyle=style, label=r["variant"], linewidth=1.2)
+                if r["variant"] == "input":
+                    style = {"color": "black", "linestyle": "--", "linewidth": 1.5}
+                else:  # swept weights dotted, the main variants solid
+                    style = {"color": colours[r["variant"]], "linestyle": ":" if r.get("sweep_of") else "-",
+                             "linewidth": 1.2}
+                ax.step(errors, frac, where="post", label=r["variant"], **style)
             ax.set_xscale("log")
             ax.set_xlabel(label)
             ax.set_ylabel("fraction of cameras")
@@ -482,6 +501,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout-s", type=float, default=None, help="kill a variant after this many seconds")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="training device (timings are per device)")
     parser.add_argument("--jobs", type=int, default=1, help="variants trained at the same time (subprocesses)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads per variant (1 is faster on busy shared cores; default: torch's)")
     parser.add_argument("--list", action="store_true", help="print the planned runs and exit")
     parser.add_argument("--report-only", action="store_true", help="only tabulate the results that exist (train nothing)")
     parser.add_argument("--worker", type=Path, default=None, help=argparse.SUPPRESS)
@@ -503,6 +524,7 @@ def main(argv: list[str] | None = None) -> int:
     runs = plan(preset, output, args.variants, args.levels, args.timeout_s)
     for run in runs:
         run.device = args.device
+        run.threads = args.threads
     if not runs:
         parser.error("no run matches --variants / --levels")
     if args.list:
@@ -539,6 +561,9 @@ def main(argv: list[str] | None = None) -> int:
     if len(results) == len({(r["scene"], r["level"]) for r in results}):
         print("no results yet")
         return 1
+    # One block per scene/level (preset order), its input row first, then the variants in preset order.
+    groups = list(dict.fromkeys((r["scene"], r["level"]) for r in results))
+    results.sort(key=lambda r: (groups.index((r["scene"], r["level"])), r["variant"] != "input"))
     write_reports(results, output, preset)
     print()
     print(format_table(table_rows(results)))

@@ -70,7 +70,7 @@ def test_trainer_config_applies_variant_settings(tmp_path: Path) -> None:
 
 def test_quick_benchmark_produces_a_well_formed_table(tmp_path: Path) -> None:
     out = tmp_path / "bench"
-    cmd = [sys.executable, str(SCRIPT), "--quick", "--iterations", "4", "--output", str(out)]
+    cmd = [sys.executable, str(SCRIPT), "--quick", "--iterations", "4", "--jobs", "2", "--threads", "1", "--output", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     stdout = proc.stdout

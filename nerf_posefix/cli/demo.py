@@ -29,7 +29,6 @@ import contextlib
 import copy
 import json
 import os
-import random
 import shutil
 import sys
 import time
@@ -41,6 +40,8 @@ from nerf_posefix.errors import InputError
 
 if TYPE_CHECKING:
     from nerfstudio.engine.trainer import Trainer, TrainerConfig
+
+    from nerf_posefix.plugin.training import TrainingRun
 
     from nerf_posefix.camera_sets import CameraSet
 
@@ -95,22 +96,6 @@ class TrainSpec:
     device: str = "cpu"
 
 
-def _method_config(method: str) -> "TrainerConfig":
-    if method == "posefix-small":
-        from nerf_posefix.plugin.method_configs import posefix_small_method
-
-        return copy.deepcopy(posefix_small_method.config)
-    if method == "posefix":
-        from nerf_posefix.plugin.method_configs import posefix_method
-
-        return copy.deepcopy(posefix_method.config)
-    from nerfstudio.configs.method_configs import all_methods
-
-    if method not in all_methods:
-        raise InputError(f"unknown method {method!r} (posefix-small, posefix or a nerfstudio method)")
-    return copy.deepcopy(all_methods[method])
-
-
 def _camera_optimizer_config(base: Any, overrides: dict[str, Any], scale: dict[str, float] | None = None) -> Any:
     """Apply ``overrides``, then the factors ``scale``, to a copy of ``base`` (see :class:`TrainSpec`)."""
     overrides = dict(overrides)
@@ -135,72 +120,52 @@ def _camera_optimizer_config(base: Any, overrides: dict[str, Any], scale: dict[s
 
 
 def build_trainer_config(spec: TrainSpec) -> "TrainerConfig":
-    """A nerfstudio ``TrainerConfig`` for ``spec``: the method's config with the data, ``spec.device`` (CPU by
-    default), no viewer
-    (tensorboard events only), no local console logger, no evaluation during training, one checkpoint at
-    the end, and a plain (single-process) ``VanillaDataManager``."""
-    from nerfstudio.data.datamanagers.base_datamanager import VanillaDataManagerConfig
+    """A nerfstudio ``TrainerConfig`` for ``spec``, made by the shared in-process runner
+    (:func:`nerf_posefix.plugin.training.in_process_config`: ``spec.device``, no viewer, tensorboard
+    events only, no evaluation during training, single-process ``VanillaDataManager``), plus the
+    train/test split (nerfstudio's ``eval_mode interval``) and the model / camera-optimizer settings."""
     from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataParserConfig
+
+    from nerf_posefix.plugin.training import in_process_config
 
     if spec.iterations < 1:
         raise InputError(f"iterations must be >= 1, got {spec.iterations}")
-    config = _method_config(spec.method)
-    config.output_dir = Path(spec.output_dir)
-    config.experiment_name = spec.experiment_name
-    config.timestamp = spec.timestamp
-    config.max_num_iterations = int(spec.iterations)
     if spec.device not in ("cpu", "cuda"):
         raise InputError(f"device must be 'cpu' or 'cuda', got {spec.device!r}")
-    config.machine.device_type = spec.device  # type: ignore[assignment]
-    config.machine.num_devices = 1
-    config.machine.seed = int(spec.seed)
-    config.mixed_precision = False
-    config.vis = "tensorboard"
-    config.viewer.quit_on_train_completion = True
-    config.logging.local_writer.enable = False
-    # No evaluation while training (the test views are rendered once at the end); one checkpoint.
-    never = 10 * int(spec.iterations) + 1
-    config.steps_per_eval_batch = never
-    config.steps_per_eval_image = never
-    config.steps_per_eval_all_images = never
-    config.steps_per_save = never
-    config.save_only_latest_checkpoint = True
-    # Single-process data loading: ParallelDataManager spawns processes.
-    dm = config.pipeline.datamanager
-    if type(dm) is not VanillaDataManagerConfig:
-        names = [f for f in VanillaDataManagerConfig.__dataclass_fields__ if f != "_target"]
-        dm = VanillaDataManagerConfig(**{f: getattr(dm, f) for f in names if hasattr(dm, f)})
-        config.pipeline.datamanager = dm
-    if spec.rays_per_batch is not None:
-        dm.train_num_rays_per_batch = int(spec.rays_per_batch)
-    if not isinstance(dm.dataparser, NerfstudioDataParserConfig):
-        dm.dataparser = NerfstudioDataParserConfig()
-    dm.data = Path(spec.data)
-    dm.dataparser.data = Path(spec.data)
-    if spec.eval_interval > 0:
-        dm.dataparser.eval_mode = "interval"
-        dm.dataparser.eval_interval = int(spec.eval_interval)
-    else:
-        dm.dataparser.eval_mode = "all"
-    model = config.pipeline.model
-    for key, value in spec.model.items():
-        if not hasattr(model, key):
-            raise InputError(f"model config {type(model).__name__} has no option {key!r}")
-        setattr(model, key, value)
-    if spec.camera_optimizer or spec.camera_optimizer_scale:
-        model.camera_optimizer = _camera_optimizer_config(
-            model.camera_optimizer, spec.camera_optimizer, spec.camera_optimizer_scale
-        )
-    return config
 
+    def edit(config: "TrainerConfig") -> None:
+        dm = config.pipeline.datamanager
+        if not isinstance(dm.dataparser, NerfstudioDataParserConfig):
+            dm.dataparser = NerfstudioDataParserConfig(data=Path(spec.data))
+        if spec.rays_per_batch is not None:
+            dm.train_num_rays_per_batch = int(spec.rays_per_batch)
+        if spec.eval_interval > 0:
+            dm.dataparser.eval_mode = "interval"
+            dm.dataparser.eval_interval = int(spec.eval_interval)
+        else:
+            dm.dataparser.eval_mode = "all"
+        model = config.pipeline.model
+        for key, value in spec.model.items():
+            if not hasattr(model, key):
+                raise InputError(f"model config {type(model).__name__} has no option {key!r}")
+            setattr(model, key, value)
+        if spec.camera_optimizer or spec.camera_optimizer_scale:
+            model.camera_optimizer = _camera_optimizer_config(
+                model.camera_optimizer, spec.camera_optimizer, spec.camera_optimizer_scale
+            )
 
-def _seed_everything(seed: int) -> None:
-    import numpy as np
-    import torch
-
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
+    return in_process_config(
+        spec.method,
+        data=Path(spec.data),
+        output_dir=Path(spec.output_dir),
+        max_iterations=int(spec.iterations),
+        experiment_name=spec.experiment_name,
+        timestamp=spec.timestamp,
+        device=spec.device,  # type: ignore[arg-type]
+        seed=int(spec.seed),
+        steps_per_save=0,  # one checkpoint, at the end
+        overrides=edit,
+    )
 
 
 @contextlib.contextmanager
@@ -208,77 +173,51 @@ def _quiet_nerfstudio(enabled: bool) -> Iterator[None]:
     """Silence nerfstudio's rich console and Python warnings while ``enabled`` (restored afterwards)."""
     import warnings
 
-    from nerfstudio.utils.rich_utils import CONSOLE
+    from nerf_posefix.plugin.training import quiet_console
 
-    previous = CONSOLE.quiet
-    CONSOLE.quiet = enabled or previous
-    try:
-        with warnings.catch_warnings():
-            if enabled:
-                warnings.simplefilter("ignore")
-            yield
-    finally:
-        CONSOLE.quiet = previous
+    with quiet_console(enabled), warnings.catch_warnings():
+        if enabled:
+            warnings.simplefilter("ignore")
+        yield
 
 
-def train(config: "TrainerConfig", progress: bool = True, quiet: bool = True) -> "Trainer":
-    """Train ``config`` in this process and return the trainer (its pipeline holds the model).
+def train(
+    config: "TrainerConfig", progress: bool = True, quiet: bool = True, resume: bool = False,
+    num_threads: int | None = None,
+) -> "TrainingRun":
+    """Train ``config`` in this process with the shared runner
+    (:func:`nerf_posefix.plugin.training.run_training`: progress bar, checkpoint at the end, resumable).
 
-    Writes ``config.yml``, ``dataparser_transforms.json`` and the final checkpoint into the run
-    directory ``config.get_base_dir()``. With ``progress``, shows a rich progress bar (iterations,
-    rate, ETA) on stderr; with ``quiet``, nerfstudio's own console output is hidden.
+    Returns:
+        The :class:`~nerf_posefix.plugin.training.TrainingRun` (``trainer`` holds the trained pipeline;
+        None when ``resume`` found the run already complete).
     """
-    from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackLocation
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from nerf_posefix.plugin.training import run_training
 
-    _seed_everything(config.machine.seed)
     with _quiet_nerfstudio(quiet):
-        config.save_config()
-        trainer = config.setup(local_rank=0, world_size=1)
-        trainer.setup()
-    total = config.max_num_iterations
-    bar = Progress(
-        TextColumn("training {task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]}"),
-        TimeElapsedColumn(),
-        TextColumn("eta"),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-        disable=not progress,
-        transient=False,
-    )
-    task = bar.add_task(config.method_name, total=total, rate="")
-    start = time.perf_counter()
-
-    def update(step: int) -> None:
-        done = step + 1
-        elapsed = time.perf_counter() - start
-        bar.update(task, completed=done, rate=f"{done / max(elapsed, 1e-9):.1f} it/s")
-
-    trainer.callbacks.append(
-        TrainingCallback(where_to_run=[TrainingCallbackLocation.AFTER_TRAIN_ITERATION], update_every_num_iters=1, func=update)
-    )
-    with bar, _quiet_nerfstudio(quiet):
-        trainer.train()
-    return trainer
+        return run_training(config, progress=progress, resume=resume, quiet=quiet, num_threads=num_threads)
 
 
-def evaluate_test_views(trainer: "Trainer") -> dict[str, float]:
+def evaluate_test_views(run: "TrainingRun") -> dict[str, float]:
     """Render every test view once and average nerfstudio's image metrics (``psnr``, ``ssim``, ...).
 
     Test views are rendered at their dataset poses, which :mod:`nerf_posefix.cli.perturb`'s
-    ``--holdout-every`` leaves exact. Empty if the run has no test views."""
+    ``--holdout-every`` leaves exact. Uses the run's trained pipeline, or loads it from the checkpoint
+    (nerfstudio's ``eval_setup``) when a resumed run was already complete. Empty if there are no test views."""
     import torch
 
-    pipeline = trainer.pipeline
+    if run.trainer is not None:
+        pipeline, step = run.trainer.pipeline, run.completed_iterations
+    else:
+        from nerfstudio.utils.eval_utils import eval_setup
+
+        with _quiet_nerfstudio(True):
+            _, pipeline, _, step = eval_setup(run.config_path, test_mode="test")
     if not len(getattr(pipeline.datamanager, "eval_dataset", []) or []):
         return {}
     pipeline.eval()
     with torch.no_grad(), _quiet_nerfstudio(True):
-        metrics = pipeline.get_average_eval_image_metrics(step=trainer.step, output_path=None, get_std=False)
+        metrics = pipeline.get_average_eval_image_metrics(step=step, output_path=None, get_std=False)
     return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) or hasattr(v, "item")}
 
 
@@ -378,8 +317,8 @@ def export_refined(config_path: Path, output: Path) -> "CameraSet":
     from nerf_posefix.camera_sets import load_camera_set
     from nerf_posefix.cli.export import Export
 
-    with _quiet_nerfstudio(True), contextlib.redirect_stdout(open(os.devnull, "w")):  # noqa: SIM115
-        Export(load_config=Path(config_path), output=Path(output)).run()
+    with open(os.devnull, "w") as sink, _quiet_nerfstudio(True), contextlib.redirect_stdout(sink):
+        Export(load_config=Path(config_path), output=Path(output), overwrite=True).run()
     return load_camera_set(Path(output))
 
 
@@ -408,6 +347,9 @@ class Demo:
     """Every N-th view is a test view at its exact pose (0: all views train)."""
     method: str = "posefix-small"
     """nerfstudio method to train."""
+    threads: int | None = None
+    """torch CPU threads while training (default: torch's, one per core); 1 is faster when other jobs
+    keep the cores busy."""
     overwrite: bool = False
     """Replace --output if it exists."""
 
@@ -471,14 +413,13 @@ def run_demo(cmd: Demo) -> dict[str, Any]:
         eval_interval=cmd.eval_interval,
     )
     config = build_trainer_config(spec)
-    t_train = time.perf_counter()
-    trainer = train(config, progress=True, quiet=True)
-    train_seconds = time.perf_counter() - t_train
-    run_dir = config.get_base_dir()
-    psnr = evaluate_test_views(trainer).get("psnr")
+    run = train(config, progress=True, quiet=True, num_threads=cmd.threads)
+    train_seconds = run.seconds
+    run_dir = run.run_dir
+    psnr = evaluate_test_views(run).get("psnr")
 
     print("3/4 exporting the refined poses")
-    refined = export_refined(run_dir / "config.yml", out / "refined")
+    refined = export_refined(run.config_path, out / "refined")
 
     from nerf_posefix.camera_sets import read_transforms_json
 
