@@ -30,6 +30,7 @@ Usage::
     python scripts/benchmark.py --iterations 600 --levels 3deg-5pct --variants 'posefix-*' no-pose-opt
     python scripts/benchmark.py --quick               # configs/benchmark_quick.yaml: tiny scene, 2 variants
     python scripts/benchmark.py --list                # the planned runs, nothing trained
+    python scripts/benchmark.py --track colmap [...]  # the COLMAP-pose track (scripts/colmap_track.py)
     python scripts/benchmark.py --report-only         # tabulate the results that exist
     python scripts/benchmark.py --device cuda --jobs 9  # on a GPU machine, 9 variants at a time
 
@@ -490,6 +491,20 @@ def write_reports(results: list[dict[str, Any]], output: Path, preset: Preset) -
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--track" in argv:  # `--track colmap` runs scripts/colmap_track.py with the other arguments
+        i = argv.index("--track")
+        track = argv[i + 1] if i + 1 < len(argv) else ""
+        rest = argv[:i] + argv[i + 2 :]
+        if track == "colmap":
+            sys.path.insert(0, str(ROOT / "scripts"))
+            import colmap_track
+
+            return colmap_track.main(rest)
+        if track != "noise":
+            print(f"benchmark: --track must be 'noise' or 'colmap', got {track!r}", file=sys.stderr)
+            return 2
+        argv = rest
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", type=Path, default=None, help="preset YAML (default configs/benchmark.yaml)")
     parser.add_argument("--quick", action="store_true", help="configs/benchmark_quick.yaml: tiny scene, 2 variants, few iterations")
