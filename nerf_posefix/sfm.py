@@ -313,6 +313,16 @@ def colmap_log(path: Path, verbose: bool = False) -> Iterator[None]:
         os.close(saved)
 
 
+
+def _fresh_output_dir(output_dir: Path, overwrite: bool) -> None:
+    """Create ``output_dir`` empty; an existing one is replaced only with ``overwrite``."""
+    if output_dir.exists():
+        if not overwrite:
+            raise InputError(f"{output_dir}: output directory exists (use overwrite)")
+        shutil.rmtree(output_dir)
+    output_dir.mkdir(parents=True)
+
+
 def run_sfm(
     images_dir: str | os.PathLike[str],
     output_dir: str | os.PathLike[str],
@@ -372,11 +382,7 @@ def run_sfm(
             f"{images_dir / names[0]}: image is {full_size[0]}x{full_size[1]}, the given camera "
             f"{camera.width}x{camera.height}"
         )
-    if output_dir.exists():
-        if not overwrite:
-            raise InputError(f"{output_dir}: output directory exists (use overwrite)")
-        shutil.rmtree(output_dir)
-    output_dir.mkdir(parents=True)
+    _fresh_output_dir(output_dir, overwrite)
     with colmap_log(output_dir / "colmap.log", verbose):
         return _run_sfm(
             images_dir, output_dir, names, intrinsics, camera, downscale, camera_model, num_threads, max_num_features, seed
@@ -639,11 +645,7 @@ def bundle_adjust_from_poses(
     """
     images_dir, output_dir = Path(images_dir), Path(output_dir)
     names = list_images(images_dir, initial.names)
-    if output_dir.exists():
-        if not overwrite:
-            raise InputError(f"{output_dir}: output directory exists (use overwrite)")
-        shutil.rmtree(output_dir)
-    output_dir.mkdir(parents=True)
+    _fresh_output_dir(output_dir, overwrite)
     with colmap_log(output_dir / "colmap.log", verbose):
         return _bundle_adjust(
             images_dir, output_dir, names, initial, camera, database, reproj_schedule_px, refine_intrinsics, num_threads, seed
