@@ -298,14 +298,7 @@ def generate_scene(spec: SceneSpec, log: bool = False) -> Any:
     for k in range(cfg.num_views):
         images[k] = np.round(ms.render_view(c2w[k], cfg, fx, materials, noise) * 255.0).astype(np.uint8)
     points, tracks = ms.sample_points(c2w, cfg, fx, rng)
-    colors = np.zeros((points.shape[0], 3), dtype=np.uint8)
-    if points.shape[0]:
-        first = np.array([tr[0][0] for tr in tracks])
-        origins = c2w[first, :3, 3]
-        dirs = points - origins
-        dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
-        t, n, mat = ms.cast(origins, dirs, cfg.backdrop_radius)
-        colors = np.round(ms.shade(origins + t[:, None] * dirs, n, mat, materials, noise, cfg) * 255).astype(np.uint8)
+    colors = ms.point_colors(points, tracks, c2w, cfg, materials, noise)
     return ms.Scene(cfg=cfg, fx=fx, c2w=c2w, images=images, points=points, colors=colors, tracks=tracks)
 
 

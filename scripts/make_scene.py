@@ -547,6 +547,27 @@ def sample_points(
     return pts[keep], [tracks[p] for p in keep]
 
 
+def point_colors(
+    points: np.ndarray,
+    tracks: list,
+    c2w: np.ndarray,
+    cfg: SceneConfig,
+    materials: list[Material],
+    noise: Noise,
+) -> np.ndarray:
+    """``[P, 3]`` uint8 colours of the sparse points: the shaded surface colour at each point, with the
+    normal from a ray cast by its first observer (``tracks[p][0][0]``, a camera index into ``c2w``)."""
+    colors = np.zeros((points.shape[0], 3), dtype=np.uint8)
+    if points.shape[0]:
+        first = np.array([tr[0][0] for tr in tracks])
+        origins = c2w[first, :3, 3]
+        dirs = points - origins
+        dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
+        t, n, mat = cast(origins, dirs, cfg.backdrop_radius)
+        colors = np.round(shade(origins + t[:, None] * dirs, n, mat, materials, noise, cfg) * 255).astype(np.uint8)
+    return colors
+
+
 def generate(cfg: SceneConfig, log: bool = True) -> Scene:
     """Render the whole scene (deterministic from ``cfg.seed``)."""
     rng = np.random.default_rng(cfg.seed)
@@ -564,15 +585,7 @@ def generate(cfg: SceneConfig, log: bool = True) -> Scene:
     if log:
         print()
     points, tracks = sample_points(c2w, cfg, fx, rng)
-    # Point colours: the shaded surface colour at the point (normal from a ray of its first observer).
-    colors = np.zeros((points.shape[0], 3), dtype=np.uint8)
-    if points.shape[0]:
-        first = np.array([tr[0][0] for tr in tracks])
-        origins = c2w[first, :3, 3]
-        dirs = points - origins
-        dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
-        t, n, mat = cast(origins, dirs, cfg.backdrop_radius)
-        colors = np.round(shade(origins + t[:, None] * dirs, n, mat, materials, noise, cfg) * 255).astype(np.uint8)
+    colors = point_colors(points, tracks, c2w, cfg, materials, noise)
     return Scene(cfg=cfg, fx=fx, c2w=c2w, images=images, points=points, colors=colors, tracks=tracks)
 
 

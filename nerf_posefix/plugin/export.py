@@ -238,21 +238,35 @@ def _json_applied(meta: dict, data_dir: Path) -> tuple[np.ndarray, float]:
 def _refined_json_poses(run: RefinedRun, meta: dict) -> tuple[np.ndarray, np.ndarray]:
     """Poses of every frame of the input transforms.json, refined for training frames:
     ``(c2w [F, 4, 4] OpenGL, json frame, refined [F] bool)``."""
-    from nerf_posefix.plugin.dataset import match_image_names
-
     frames = meta["frames"]
     poses = _as44(np.stack([np.asarray(f["transform_matrix"], dtype=np.float64)[:3] for f in frames]))
     applied, applied_scale = _json_applied(meta, run.info.data_dir)
     frame_rotation = run.dataparser_transform[:3, :3] @ _nearest_rotation(applied[:3, :3]).T
     rot, trans = correction_in_input_frame(run.correction, frame_rotation, run.dataparser_scale / applied_scale)
-    match = match_image_names(run.train_filenames, [f["file_path"] for f in frames])
-    refined = np.zeros(len(frames), dtype=bool)
-    for cam, k in enumerate(match):
+    refined = _correct_training_images(
+        poses, [f["file_path"] for f in frames], run, rot, trans, f"{run.info.transforms_path}: no frame"
+    )
+    return poses, refined
+
+
+def _correct_training_images(
+    poses: np.ndarray, names: list[str], run: RefinedRun, rot: np.ndarray, trans: np.ndarray, missing: str
+) -> np.ndarray:
+    """Apply training camera ``i``'s correction ``(rot[i], trans[i])`` (input frame) in place to the pose
+    in ``poses [F, 4, 4]`` whose name matches its image; returns ``refined [F]`` bool.
+
+    Raises:
+        InputError: ``"{missing} for training image NAME"`` when a training image has no pose.
+    """
+    from nerf_posefix.plugin.dataset import match_image_names
+
+    refined = np.zeros(len(names), dtype=bool)
+    for cam, k in enumerate(match_image_names(run.train_filenames, names)):
         if k is None:
-            raise InputError(f"{run.info.transforms_path}: no frame for training image {run.train_filenames[cam]}")
+            raise InputError(f"{missing} for training image {run.train_filenames[cam]}")
         poses[k] = apply_correction(poses[k : k + 1], rot[cam : cam + 1], trans[cam : cam + 1])[0]
         refined[k] = True
-    return poses, refined
+    return refined
 
 
 def _relative(path: Path, start: Path) -> str:
@@ -269,19 +283,12 @@ def _relative(path: Path, start: Path) -> str:
 def _refined_colmap(run: RefinedRun):  # noqa: ANN202
     """``(model, refined CameraSet of all images, refined [N_images] bool)`` in the COLMAP world."""
     from nerf_posefix.colmap_model import read_colmap_model
-    from nerf_posefix.plugin.dataset import match_image_names
 
     model = read_colmap_model(run.info.colmap_dir)
     cams = model.to_camera_set()  # OpenCV c2w, image-id order
     rot, trans = correction_in_input_frame(run.correction, run.dataparser_transform[:3, :3], run.dataparser_scale)
-    match = match_image_names(run.train_filenames, cams.names)
     c2w = cams.c2w.copy()
-    refined = np.zeros(len(cams), dtype=bool)
-    for cam, k in enumerate(match):
-        if k is None:
-            raise InputError(f"{model.path}: no image for training image {run.train_filenames[cam]}")
-        c2w[k] = apply_correction(c2w[k : k + 1], rot[cam : cam + 1], trans[cam : cam + 1])[0]
-        refined[k] = True
+    refined = _correct_training_images(c2w, cams.names, run, rot, trans, f"{model.path}: no image")
     return model, cams.with_poses(c2w, source=str(run.config_path)), refined
 
 
