@@ -38,7 +38,7 @@ IDENTITY_REFINE = textwrap.dedent(
     from nerf_posefix.colmap_model import read_colmap_model, write_colmap_model
 
     parser = argparse.ArgumentParser()
-    for flag in ("--colmap-model", "--images", "--output", "--iterations", "--method"):
+    for flag in ("--colmap-model", "--images", "--output", "--iterations", "--method", "--threads", "--regularizer"):
         parser.add_argument(flag)
     args = parser.parse_args()
     assert Path(args.images).is_dir()
@@ -84,6 +84,9 @@ def test_refiner_flags_are_checked_against_posefix_refine():
     config = track.load_config(track.QUICK_CONFIG)
     assert track.unsupported_flags(track.RefinerSpec("a", ("--method", "posefix-small", "--bounds", "per-camera")), config) == []
     assert track.unsupported_flags(track.RefinerSpec("b", ("--no-such-flag", "1")), config) == ["--no-such-flag"]
+    default = track.load_config(track.DEFAULT_CONFIG)  # both refiners of the default preset run
+    assert [track.unsupported_flags(r, default) for r in default.refiners] == [[], []]
+    assert {r.args[r.args.index("--regularizer") + 1] for r in default.refiners} == {"homography", "nerfstudio"}
 
 
 def test_quick_track_writes_a_well_formed_table(tmp_path, capsys):
@@ -100,8 +103,10 @@ def test_quick_track_writes_a_well_formed_table(tmp_path, capsys):
     assert list(rows) == [
         ("default-fixed", "COLMAP"),
         ("default-fixed", "posefix"),
+        ("default-fixed", "nerfstudio-l2"),
         ("few-views-15", "COLMAP"),
         ("few-views-15", "posefix"),
+        ("few-views-15", "nerfstudio-l2"),
         ("noisy 3deg-5pct", "noisy input"),
         ("noisy 3deg-5pct", "COLMAP BA"),
     ]

@@ -200,6 +200,24 @@ def test_weight_zero_trains_like_nerfstudio_without_penalties() -> None:
         assert torch.equal(p, q), name
 
 
+def test_l2_penalties_are_nerfstudios_regulariser() -> None:
+    """weight 0 + nerfstudio's default penalties (``posefix refine --regularizer nerfstudio``) is the same
+    loss as nerfstudio's own ``camera_opt_regularizer``, for the same pose adjustment."""
+    defaults = CameraOptimizerConfig()
+    ours = small_pipeline(weight=0.0, trans_l2_penalty=defaults.trans_l2_penalty, rot_l2_penalty=defaults.rot_l2_penalty)
+    theirs = small_pipeline(config=CameraOptimizerConfig(mode="SO3xR3"))
+    adjustment = 0.05 * torch.randn_like(ours.model.camera_optimizer.pose_adjustment)
+    with torch.no_grad():
+        ours.model.camera_optimizer.pose_adjustment.copy_(adjustment)
+        theirs.model.camera_optimizer.pose_adjustment.copy_(adjustment)
+    ours_loss: dict = {}
+    theirs_loss: dict = {}
+    ours.model.camera_optimizer.get_loss_dict(ours_loss)
+    theirs.model.camera_optimizer.get_loss_dict(theirs_loss)
+    assert float(theirs_loss["camera_opt_regularizer"]) > 1e-4
+    torch.testing.assert_close(ours_loss["camera_opt_regularizer"], theirs_loss["camera_opt_regularizer"], rtol=1e-6, atol=0)
+
+
 def test_metrics(pipeline: PosefixPipeline) -> None:
     optimizer = pipeline.model.camera_optimizer
     with torch.no_grad():

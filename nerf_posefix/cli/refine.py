@@ -102,9 +102,14 @@ class Refine:
     iterations: Optional[int] = None
     """Training iterations (default: the method's, 3000 for posefix-small, 30000 for posefix); 0 trains
     nothing and returns the input poses."""
+    regularizer: Literal["homography", "nerfstudio", "none"] = "homography"
+    """What holds the poses near the input while they are refined: the homography pose prior (this
+    package), nerfstudio's own L2 penalties on the adjustment (its camera_opt_regularizer with its
+    default trans_l2_penalty / rot_l2_penalty; for comparison), or nothing."""
     bounds: Literal["global", "per-camera"] = "global"
     """Depth range of the homography prior from the model's 3D points: one range for the scene (global)
-    or one per camera from the points it observes (per-camera)."""
+    or one per camera from the points it observes (per-camera). Also used by the report's homography
+    error, whatever the regulariser."""
     move_threshold_deg: float = 1.0
     """Flag images whose rotation moved more than this (degrees)."""
     move_threshold_rel: float = 0.02
@@ -310,6 +315,7 @@ def _stamp(options: Refine, inp: ValidatedInput) -> dict[str, Any]:
         "fingerprint": inp.fingerprint(),
         "method": options.method,
         "bounds": options.bounds,
+        "regularizer": options.regularizer,
         "downscale_factor": options.downscale_factor,
         "seed": options.seed,
     }
@@ -576,6 +582,26 @@ def _write_output(options: Refine, inp: ValidatedInput, model: "ColmapModel", re
 # the command
 
 
+def regularizer_overrides(regularizer: str) -> dict[str, Any]:
+    """Camera-optimizer settings of ``--regularizer`` (the posefix optimizer is kept in every case, so
+    export, report and bounds work the same): ``homography``: the method's homography prior, no L2
+    penalties; ``nerfstudio``: homography weight 0 and nerfstudio's default ``trans_l2_penalty`` /
+    ``rot_l2_penalty`` (read from its ``CameraOptimizerConfig``: the same loss as its
+    ``camera_opt_regularizer``); ``none``: no regulariser at all."""
+    key = "pipeline.model.camera_optimizer."
+    if regularizer == "homography":
+        return {key + "trans_l2_penalty": 0.0, key + "rot_l2_penalty": 0.0}
+    if regularizer == "nerfstudio":
+        from nerfstudio.cameras.camera_optimizers import CameraOptimizerConfig
+
+        defaults = CameraOptimizerConfig()
+        return {key + "weight": 0.0, key + "trans_l2_penalty": defaults.trans_l2_penalty,
+                key + "rot_l2_penalty": defaults.rot_l2_penalty}
+    if regularizer == "none":
+        return {key + "weight": 0.0, key + "trans_l2_penalty": 0.0, key + "rot_l2_penalty": 0.0}
+    raise InputError(f"--regularizer must be homography, nerfstudio or none, got {regularizer!r}")
+
+
 def refine(options: Refine, callback: Optional[Callable[[int, Optional[float]], None]] = None) -> RefineResult:
     """Run ``posefix refine`` (see the module docstring).
 
@@ -656,6 +682,7 @@ def refine(options: Refine, callback: Optional[Callable[[int, Optional[float]], 
             "pipeline.datamanager.dataparser.eval_mode": "all",
             "pipeline.datamanager.dataparser.downscale_factor": options.downscale_factor,
             "pipeline.model.camera_optimizer.bounds": bounds_mode,
+            **regularizer_overrides(options.regularizer),
         },
     )
     with warnings.catch_warnings():
@@ -687,6 +714,7 @@ def refine(options: Refine, callback: Optional[Callable[[int, Optional[float]], 
             "input_model": str(inp.model_dir),
             "input_images": str(inp.images_dir),
             "method": options.method,
+            "regularizer": options.regularizer,
             "iterations": int(run.completed_iterations),
             "resumed_from_iteration": run.start_iteration,
             "device": device,
