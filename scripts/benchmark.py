@@ -91,10 +91,12 @@ class Run:
     timeout_s: float | None = None
     device: str = "cpu"
     threads: int | None = None  # torch CPU threads of the worker (None: torch's default)
+    seed: int = 0  # seed index: train_seed and noise_seed are the preset's plus this
 
     @property
     def name(self) -> str:
-        return f"{self.scene}/{self.level['name']}/{self.variant['name']}"
+        suffix = f"#seed{self.seed}" if self.seed else ""
+        return f"{self.scene}/{self.level['name']}/{self.variant['name']}{suffix}"
 
     def settings(self) -> dict[str, Any]:
         """Everything that determines the result (compared when resuming)."""
@@ -121,6 +123,7 @@ class Preset:
     scenes: list[Path]
     levels: list[dict[str, Any]]
     variants: list[dict[str, Any]] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=lambda: [0])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -128,20 +131,31 @@ class Preset:
 
 
 def expand_variants(variants: list[dict[str, Any]], sweeps: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The variants plus, for each sweep ``{base, fields, factors}``, one variant per factor named
-    ``<base>-x<factor>`` whose ``camera_optimizer_scale`` multiplies ``fields`` of the base by the factor."""
+    """The variants plus, for each sweep ``{base, fields, factors[, seeds]}``, one variant per factor named
+    ``<base>-x<factor>`` whose ``camera_optimizer_scale`` multiplies ``fields`` of the base by the factor.
+    The field ``camera_lr`` is the camera optimizer's learning rate instead (``camera_lr_scale``; variant
+    ``<base>-lr-x<factor>``). ``seeds`` limits the sweep's runs to those seed indices."""
     by_name = {v["name"]: v for v in variants}
     out = [copy.deepcopy(v) for v in variants]
     for sweep in sweeps:
         base = by_name.get(sweep["base"])
         if base is None:
             raise ValueError(f"sweep base {sweep['base']!r} is not a variant ({', '.join(by_name)})")
+        fields = list(sweep["fields"])
+        is_lr = fields == ["camera_lr"]
+        if "camera_lr" in fields and not is_lr:
+            raise ValueError(f"sweep of {sweep['base']!r}: camera_lr is swept on its own")
         for factor in sweep["factors"]:
             variant = copy.deepcopy(base)
-            variant["name"] = f"{base['name']}-x{factor:g}"
+            variant["name"] = f"{base['name']}-{'lr-' if is_lr else ''}x{factor:g}"
             variant["sweep_of"] = base["name"]
             variant["factor"] = float(factor)
-            variant["camera_optimizer_scale"] = {f: float(factor) for f in sweep["fields"]}
+            if is_lr:
+                variant["camera_lr_scale"] = float(factor) * float(base.get("camera_lr_scale", 1.0))
+            else:
+                variant["camera_optimizer_scale"] = {f: float(factor) for f in fields}
+            if sweep.get("seeds") is not None:
+                variant["seeds"] = [int(k) for k in sweep["seeds"]]
             out.append(variant)
     names = [v["name"] for v in out]
     if len(set(names)) != len(names):
@@ -164,6 +178,7 @@ def load_preset(path: Path) -> Preset:
         scenes=scenes,
         levels=list(raw["levels"]),
         variants=expand_variants(list(raw["variants"]), list(raw.get("sweeps") or [])),
+        seeds=[int(k) for k in raw.get("seeds", [0])],
     )
 
 
@@ -175,25 +190,32 @@ def plan(preset: Preset, output: Path, variant_patterns: list[str] | None, level
         for level in preset.levels:
             if level_names and level["name"] not in level_names:
                 continue
-            for variant in preset.variants:
-                if variant_patterns and not any(fnmatch.fnmatch(variant["name"], p) for p in variant_patterns):
-                    continue
-                runs.append(
-                    Run(
-                        scene=scene,
-                        scene_path=scene_path,
-                        level=level,
-                        variant=variant,
-                        method=preset.method,
-                        iterations=preset.iterations,
-                        eval_interval=preset.eval_interval,
-                        train_seed=preset.train_seed,
-                        noise_seed=preset.noise_seed,
-                        data=output / scene / level["name"] / "data",
-                        directory=output / scene / level["name"] / variant["name"],
-                        timeout_s=timeout_s,
+            for seed in preset.seeds:
+                for variant in preset.variants:
+                    if variant_patterns and not any(fnmatch.fnmatch(variant["name"], p) for p in variant_patterns):
+                        continue
+                    if seed not in variant.get("seeds", preset.seeds):
+                        continue
+                    # Seed 0 keeps the original paths (results of single-seed presets stay valid).
+                    data_name = "data" if seed == 0 else f"data-seed{seed}"
+                    run_name = variant["name"] if seed == 0 else f"{variant['name']}.seed{seed}"
+                    runs.append(
+                        Run(
+                            scene=scene,
+                            scene_path=scene_path,
+                            level=level,
+                            variant=variant,
+                            method=preset.method,
+                            iterations=preset.iterations,
+                            eval_interval=preset.eval_interval,
+                            train_seed=preset.train_seed + seed,
+                            noise_seed=preset.noise_seed + seed,
+                            data=output / scene / level["name"] / data_name,
+                            directory=output / scene / level["name"] / run_name,
+                            timeout_s=timeout_s,
+                            seed=seed,
+                        )
                     )
-                )
     return runs
 
 
@@ -273,6 +295,7 @@ def run_worker(spec_path: Path) -> int:
         eval_interval=int(spec["settings"]["eval_interval"]),
         camera_optimizer=dict(variant.get("camera_optimizer", {})),
         camera_optimizer_scale=dict(variant.get("camera_optimizer_scale", {})),
+        camera_lr_scale=float(variant.get("camera_lr_scale", 1.0)),
         seed=int(spec["settings"]["train_seed"]),
         device=str(spec.get("device", "cpu")),
     )
@@ -280,7 +303,9 @@ def run_worker(spec_path: Path) -> int:
     cam_opt = config.pipeline.model.camera_optimizer
     optimizer_settings = {
         "class": type(cam_opt).__name__,
-        **{k: getattr(cam_opt, k) for k in ("mode", "trans_l2_penalty", "rot_l2_penalty", "weight", "bounds") if hasattr(cam_opt, k)},
+        **{k: getattr(cam_opt, k) for k in ("mode", "trans_l2_penalty", "rot_l2_penalty", "weight", "bounds", "precondition")
+           if hasattr(cam_opt, k)},
+        "lr": config.optimizers["camera_opt"]["optimizer"].lr,
     }
     print(f"camera optimizer: {optimizer_settings}", flush=True)
     start = time.perf_counter()
@@ -304,6 +329,7 @@ def run_worker(spec_path: Path) -> int:
         "wall_time_s": time.perf_counter() - start,
         "device": train_spec.device,
         "run_dir": str(run_dir),
+        "curve": read_curve(run_dir),
         "per_camera": {"name": errors.names, "rotation_deg": errors.rotation_deg.tolist(),
                        "translation": errors.translation.tolist(), "homography": errors.homography.tolist()},
     }
@@ -312,6 +338,36 @@ def run_worker(spec_path: Path) -> int:
     tmp.replace(directory / RESULT_FILE)
     print(f"result: {json.dumps(errors.summary)}", flush=True)
     return 0
+
+
+#: Tensorboard tags of the ground-truth pose metrics the posefix model logs while training
+#: (:meth:`nerf_posefix.plugin.model.PosefixModel.pose_errors_vs_ground_truth`) -> curve keys.
+CURVE_TAGS = {
+    "Train Metrics Dict/pose_gt_rotation_median_deg": "rotation_median_deg",
+    "Train Metrics Dict/pose_gt_translation_median_rel": "translation_median_rel",
+}
+
+
+def read_curve(run_dir: Path | str) -> dict[str, list[float]] | None:
+    """The median pose errors against iteration logged during a run (every ``steps_per_log`` steps),
+    read from the run's tensorboard events: ``{"step": [...], "rotation_median_deg": [...],
+    "translation_median_rel": [...]}`` (training-time metrics: Sim(3)-aligned, like the final ones), or
+    None when the run has no such events."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    files = sorted(Path(run_dir).glob("events.out.tfevents.*"))
+    series: dict[str, dict[int, float]] = {key: {} for key in CURVE_TAGS.values()}
+    for path in files:  # a resumed run has several event files
+        acc = EventAccumulator(str(path), size_guidance={"scalars": 0})
+        acc.Reload()
+        tags = set(acc.Tags().get("scalars", []))
+        for tag, key in CURVE_TAGS.items():
+            if tag in tags:
+                series[key].update({int(e.step): float(e.value) for e in acc.Scalars(tag)})
+    steps = sorted(set.intersection(*(set(v) for v in series.values())))
+    if not steps:
+        return None
+    return {"step": steps, **{key: [values[k] for k in steps] for key, values in series.items()}}
 
 
 def existing_result(run: Run) -> dict[str, Any] | None:
@@ -384,6 +440,7 @@ def table_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "scene": r["scene"],
                 "level": r["level"],
                 "variant": r["variant"],
+                "seed": r.get("seed", 0),
                 "rotation_median_deg": s["rotation_median_deg"],
                 "rotation_mean_deg": s["rotation_mean_deg"],
                 "translation_median": s["translation_median"],
@@ -394,6 +451,7 @@ def table_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "psnr": r.get("psnr"),
                 "wall_time_s": r.get("wall_time_s"),
                 "num_cameras": s["num_cameras"],
+                "diverged": r.get("diverged"),
             }
         )
     return rows
@@ -405,15 +463,151 @@ def _cell(value: Any, fmt: str) -> str:
     return fmt.format(value)
 
 
+def _label(row: dict[str, Any]) -> str:
+    """Variant name, ``#seedK`` for seed index K > 0, `` DIVERGED`` when it ended worse than its input."""
+    label = row["variant"] + (f"#seed{row['seed']}" if row.get("seed") else "")
+    return label + (" DIVERGED" if row.get("diverged") else "")
+
+
 def format_table(rows: list[dict[str, Any]]) -> str:
     headers = ["scene", "level", "variant", *[h for _, h, _ in COLUMNS]]
-    body = [[r["scene"], r["level"], r["variant"], *[_cell(r.get(k), f) for k, _, f in COLUMNS]] for r in rows]
+    body = [[r["scene"], r["level"], _label(r), *[_cell(r.get(k), f) for k, _, f in COLUMNS]] for r in rows]
     widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(headers)]
     lines = ["  ".join(h.ljust(w) if i < 3 else h.rjust(w) for i, (h, w) in enumerate(zip(headers, widths)))]
     lines.append("  ".join("-" * w for w in widths))
     for b in body:
         lines.append("  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(b, widths))))
     return "\n".join(lines)
+
+
+def mark_divergence(results: list[dict[str, Any]]) -> None:
+    """Set ``diverged`` on every run: its final median rotation or translation error is larger than that
+    of its noisy input (same scene, level and seed)."""
+    inputs = {(r["scene"], r["level"], r.get("seed", 0)): r["summary"] for r in results if r["variant"] == "input"}
+    for r in results:
+        base = inputs.get((r["scene"], r["level"], r.get("seed", 0)))
+        if r["variant"] == "input" or base is None:
+            continue
+        s = r["summary"]
+        worse = 1.0 + 1e-6  # an unchanged pose is not "worse" by rounding
+        r["diverged"] = bool(s["rotation_median_deg"] > worse * base["rotation_median_deg"]
+                             or s["translation_median"] > worse * base["translation_median"])
+
+
+#: Columns of the over-seeds summary: (key of a row, header, format).
+SEED_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("rotation_median_deg", "rot med (deg)", "{:.3f}"),
+    ("translation_median_pct", "trans med (% r)", "{:.2f}"),
+    ("psnr", "PSNR (dB)", "{:.2f}"),
+)
+
+
+def seed_summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per scene, level and variant: the mean and standard deviation over seeds of the table's median
+    errors and PSNR, the number of seeds and of diverged runs."""
+    import numpy as np
+
+    out = []
+    for key in dict.fromkeys((r["scene"], r["level"], r["variant"]) for r in rows):
+        members = [r for r in rows if (r["scene"], r["level"], r["variant"]) == key]
+        entry: dict[str, Any] = {"scene": key[0], "level": key[1], "variant": key[2], "seeds": len(members),
+                                 "diverged": sum(bool(r.get("diverged")) for r in members)}
+        for k, _, _ in SEED_COLUMNS:
+            values = np.array([r[k] for r in members if r.get(k) is not None], dtype=np.float64)
+            entry[f"{k}_mean"] = float(values.mean()) if values.size else None
+            entry[f"{k}_std"] = float(values.std(ddof=1)) if values.size > 1 else None
+        out.append(entry)
+    return out
+
+
+def format_seed_summary(entries: list[dict[str, Any]]) -> str:
+    headers = ["level", "variant", "seeds", *[f"{h} mean±sd" for _, h, _ in SEED_COLUMNS], "diverged"]
+    body = []
+    for e in entries:
+        cells = []
+        for k, _, f in SEED_COLUMNS:
+            mean, std = e[f"{k}_mean"], e[f"{k}_std"]
+            cells.append(_cell(mean, f) + ("" if std is None else "±" + _cell(std, f)))
+        body.append([e["level"], e["variant"], str(e["seeds"]), *cells, str(e["diverged"]) if e["variant"] != "input" else "-"])
+    widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) if i < 2 else h.rjust(w) for i, (h, w) in enumerate(zip(headers, widths)))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(b, widths))) for b in body]
+    return "\n".join(lines)
+
+
+def unpreconditioned_of(variant: str) -> str | None:
+    """``<base>-precond-<kind>[...]`` -> ``<base>`` (the same regulariser without preconditioning)."""
+    return variant.split("-precond-")[0] if "-precond-" in variant else None
+
+
+def convergence_speed(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """For every preconditioned run and seed: the first logged iteration at which both its median rotation
+    and translation errors are at most the final ones of the unpreconditioned run of the same regulariser,
+    scene, level and seed (None: never), as a fraction of the iterations. Uses the training-time curves."""
+    by_key = {(r["scene"], r["level"], r["variant"], r.get("seed", 0)): r for r in results}
+    out = []
+    for r in results:
+        base_name = unpreconditioned_of(r["variant"])
+        if base_name is None or r.get("sweep_of"):
+            continue
+        base = by_key.get((r["scene"], r["level"], base_name, r.get("seed", 0)))
+        if base is None or not r.get("curve") or not base.get("curve"):
+            continue
+        target_rot = base["curve"]["rotation_median_deg"][-1]
+        target_tr = base["curve"]["translation_median_rel"][-1]
+        curve = r["curve"]
+        reached = next((step for step, rot, tr in zip(curve["step"], curve["rotation_median_deg"], curve["translation_median_rel"])
+                        if rot <= target_rot and tr <= target_tr), None)
+        total = r["settings"]["iterations"] if "settings" in r else base["curve"]["step"][-1]
+        out.append({"scene": r["scene"], "level": r["level"], "variant": r["variant"], "baseline": base_name,
+                    "seed": r.get("seed", 0), "target_rotation_deg": target_rot, "target_translation_rel": target_tr,
+                    "reached_at": reached, "fraction": None if reached is None else reached / total})
+    return out
+
+
+def plot_convergence(results: list[dict[str, Any]], path: Path) -> bool:
+    """Median rotation and translation error against iteration, one line per variant (mean over seeds, band
+    min..max), one row per scene/level; sweeps are left out. False when no run has a curve."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    runs = [r for r in results if r.get("curve") and r["variant"] != "input" and not r.get("sweep_of")]
+    if not runs:
+        return False
+    groups = list(dict.fromkeys((r["scene"], r["level"]) for r in runs))
+    variants = list(dict.fromkeys(r["variant"] for r in runs))
+    colours = {v: plt.cm.tab10(i % 10) for i, v in enumerate(variants)}
+    fig, axes = plt.subplots(len(groups), 2, figsize=(12, 3.8 * len(groups)), squeeze=False)
+    for row, group in enumerate(groups):
+        for col, (key, label, scale) in enumerate((("rotation_median_deg", "median rotation error (deg)", 1.0),
+                                                   ("translation_median_rel", "median translation error (% radius)", 100.0))):
+            ax = axes[row, col]
+            for variant in variants:
+                curves = [r["curve"] for r in runs if (r["scene"], r["level"], r["variant"]) == (*group, variant)]
+                if not curves:
+                    continue
+                n = min(len(c["step"]) for c in curves)
+                steps = np.asarray(curves[0]["step"][:n])
+                values = scale * np.array([c[key][:n] for c in curves])
+                style = "--" if unpreconditioned_of(variant) else "-"
+                ax.plot(steps, values.mean(axis=0), style, color=colours[variant], lw=1.3,
+                        label=f"{variant} ({len(curves)} seed{'s' if len(curves) > 1 else ''})")
+                if len(curves) > 1:
+                    ax.fill_between(steps, values.min(axis=0), values.max(axis=0), color=colours[variant], alpha=0.12)
+            ax.set_yscale("log")
+            ax.set_xlabel("iteration")
+            ax.set_ylabel(label)
+            ax.set_title(f"{group[0]} {group[1]}")
+            ax.grid(True, which="both", alpha=0.3)
+        axes[row, 1].legend(fontsize=7, loc="upper right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
 
 
 def sweep_spread(results: list[dict[str, Any]], preset: Preset) -> list[str]:
@@ -476,14 +670,21 @@ def plot_cdfs(results: list[dict[str, Any]], path: Path) -> None:
 
 def write_reports(results: list[dict[str, Any]], output: Path, preset: Preset) -> list[dict[str, Any]]:
     rows = table_rows(results)
-    (output / "results.json").write_text(
-        json.dumps({"preset": preset.name, "rows": rows, "runs": results}, indent=2)
-    )
+    report: dict[str, Any] = {"preset": preset.name, "rows": rows, "runs": results}
+    if len(preset.seeds) > 1:
+        report["seed_summary"] = seed_summary(rows)
+        with open(output / "seed_summary.csv", "w", newline="") as fid:
+            writer = csv.DictWriter(fid, fieldnames=list(report["seed_summary"][0].keys()))
+            writer.writeheader()
+            writer.writerows(report["seed_summary"])
+    report["convergence"] = convergence_speed(results)
+    plot_convergence(results, output / "convergence.png")
+    (output / "results.json").write_text(json.dumps(report, indent=2))
     with open(output / "results.csv", "w", newline="") as fid:
         writer = csv.DictWriter(fid, fieldnames=list(rows[0].keys()) if rows else ["scene"])
         writer.writeheader()
         writer.writerows(rows)
-    plot_cdfs(results, output / "error_cdf.png")
+    plot_cdfs([r for r in results if not r.get("seed")], output / "error_cdf.png")
     return rows
 
 
@@ -545,8 +746,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.list:
         for run in runs:
             state = "done" if existing_result(run) else "todo"
+            lr = f" lr x{run.variant['camera_lr_scale']:g}" if "camera_lr_scale" in run.variant else ""
             print(f"{state}  {run.name}  {json.dumps(run.variant.get('camera_optimizer', {}))} "
-                  f"{json.dumps(run.variant.get('camera_optimizer_scale', {}))}")
+                  f"{json.dumps(run.variant.get('camera_optimizer_scale', {}))}{lr}")
         return 0
 
     output.mkdir(parents=True, exist_ok=True)
@@ -554,11 +756,11 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     results: list[dict[str, Any]] = []
     # The noisy datasets and the errors of their poses (the "input" rows), once per scene and level.
-    for key in dict.fromkeys((run.scene, run.level["name"]) for run in runs):
-        first = next(run for run in runs if (run.scene, run.level["name"]) == key)
+    for key in dict.fromkeys((run.scene, run.level["name"], run.seed) for run in runs):
+        first = next(run for run in runs if (run.scene, run.level["name"], run.seed) == key)
         ensure_dataset(first)
-        results.append({"scene": key[0], "level": key[1], "variant": "input", **input_errors(first.data),
-                        "psnr": None, "wall_time_s": None})
+        results.append({"scene": key[0], "level": key[1], "variant": "input", "seed": key[2],
+                        **input_errors(first.data), "psnr": None, "wall_time_s": None})
     from concurrent.futures import ThreadPoolExecutor
 
     if args.report_only:
@@ -571,22 +773,40 @@ def main(argv: list[str] | None = None) -> int:
         if result is None:
             failed += 1
             continue
+        if not result.get("curve") and result.get("run_dir"):  # results written before curves were kept
+            result["curve"] = read_curve(result["run_dir"])
         results.append({"scene": run.scene, "level": run.level["name"], "variant": run.variant["name"],
-                        "sweep_of": run.variant.get("sweep_of"), **result})
-    if len(results) == len({(r["scene"], r["level"]) for r in results}):
+                        "sweep_of": run.variant.get("sweep_of"), "seed": run.seed, **result})
+    if all(r["variant"] == "input" for r in results):
         print("no results yet")
         return 1
-    # One block per scene/level (preset order), its input row first, then the variants in preset order.
+    mark_divergence(results)
+    # One block per scene/level (preset order), its input rows first, then the variants in preset order.
     groups = list(dict.fromkeys((r["scene"], r["level"]) for r in results))
-    results.sort(key=lambda r: (groups.index((r["scene"], r["level"])), r["variant"] != "input"))
-    write_reports(results, output, preset)
+    order = {v["name"]: i for i, v in enumerate(preset.variants)}
+    results.sort(key=lambda r: (groups.index((r["scene"], r["level"])), r["variant"] != "input",
+                                order.get(r["variant"], -1), r.get("seed", 0)))
+    rows = write_reports(results, output, preset)
     print()
-    print(format_table(table_rows(results)))
+    print(format_table(rows))
+    if len(preset.seeds) > 1:
+        print()
+        print(f"over seeds {preset.seeds} (mean ± standard deviation of the per-run medians):")
+        print(format_seed_summary(seed_summary(rows)))
+    speed = convergence_speed(results)
+    if speed:
+        print()
+        print("iterations for a preconditioned run to reach its unpreconditioned run's final median errors:")
+        for c in speed:
+            reached = "never" if c["reached_at"] is None else f"{c['reached_at']} ({100 * c['fraction']:.0f} %)"
+            print(f"  {c['level']} {c['variant']}#seed{c['seed']} vs {c['baseline']} "
+                  f"({c['target_rotation_deg']:.3f} deg, {100 * c['target_translation_rel']:.2f} %): {reached}")
     spread = sweep_spread(results, preset)
     if spread:
         print()
         print("\n".join(spread))
-    print(f"\nwrote {output / 'results.json'}, {output / 'results.csv'}, {output / 'error_cdf.png'} "
+    print(f"\nwrote {output / 'results.json'}, {output / 'results.csv'}, {output / 'error_cdf.png'}, "
+          f"{output / 'convergence.png'} "
           f"({time.perf_counter() - start:.0f} s; {failed} failed)")
     return 1 if failed else 0
 

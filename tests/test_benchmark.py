@@ -103,3 +103,63 @@ def test_quick_benchmark_produces_a_well_formed_table(tmp_path: Path) -> None:
     assert proc2.stdout.count("done already (skipped)") == 2
     again = {r["variant"]: r for r in json.loads((out / "results.json").read_text())["rows"]}
     assert again["posefix-global"]["rotation_median_deg"] == rows["posefix-global"]["rotation_median_deg"]
+
+
+def test_precondition_preset_plans_seeds_and_learning_rate_sweeps() -> None:
+    bench = _load_benchmark()
+    preset = bench.load_preset(ROOT / "configs" / "benchmark_precondition.yaml")
+    assert preset.seeds == [0, 1, 2]
+    runs = bench.plan(preset, Path("/tmp/x"), None, None, None)
+    by_variant: dict[str, list] = {}
+    for run in runs:
+        by_variant.setdefault(run.variant["name"], []).append(run)
+    for kind in ("off", "homography", "sampled"):  # {L2, prior} x {off, homography, sampled}, 3 seeds each
+        for reg in ("nerfstudio-l2", "posefix-global"):
+            name = reg if kind == "off" else f"{reg}-precond-{kind}"
+            assert sorted(r.seed for r in by_variant[name]) == [0, 1, 2], name
+    lr = {name: rs for name, rs in by_variant.items() if "-lr-x" in name}
+    assert len(lr) == 8 and all([r.seed for r in rs] == [0] for rs in lr.values())
+    assert sorted({rs[0].variant["camera_lr_scale"] for rs in lr.values()}) == [0.1, 10.0]  # two decades
+    seed1 = next(r for r in by_variant["posefix-global"] if r.seed == 1)
+    seed0 = next(r for r in by_variant["posefix-global"] if r.seed == 0)
+    assert (seed1.train_seed, seed1.noise_seed) == (seed0.train_seed + 1, seed0.noise_seed + 1)
+    assert seed1.data.name == "data-seed1" and seed0.data.name == "data"
+    assert seed1.directory.name == "posefix-global.seed1" and seed0.directory.name == "posefix-global"
+
+
+def test_camera_learning_rate_scale(tmp_path: Path) -> None:
+    from nerf_posefix.cli.demo import TrainSpec, build_trainer_config
+    from nerf_posefix.plugin.method_configs import posefix_small_method
+
+    registered = posefix_small_method.config.optimizers["camera_opt"]
+    config = build_trainer_config(TrainSpec(data=ROOT / "assets" / "toybox_tiny", output_dir=tmp_path, camera_lr_scale=10.0))
+    group = config.optimizers["camera_opt"]
+    assert group["optimizer"].lr == pytest.approx(10 * registered["optimizer"].lr)
+    assert group["scheduler"].lr_final == pytest.approx(10 * registered["scheduler"].lr_final)
+    assert registered["optimizer"].lr == 1e-3  # the registered method is untouched
+    fields_lr = posefix_small_method.config.optimizers["fields"]["optimizer"].lr
+    assert config.optimizers["fields"]["optimizer"].lr == fields_lr  # only the camera optimizer's rate changes
+
+
+def test_divergence_and_convergence_speed_from_curves() -> None:
+    bench = _load_benchmark()
+
+    def run(variant: str, rot: list[float], tr: list[float], seed: int = 0) -> dict:
+        return {"scene": "s", "level": "l", "variant": variant, "seed": seed, "settings": {"iterations": 40},
+                "summary": {"rotation_median_deg": rot[-1], "translation_median": tr[-1]},
+                "curve": {"step": [0, 10, 20, 30], "rotation_median_deg": rot, "translation_median_rel": tr}}
+
+    results = [
+        {"scene": "s", "level": "l", "variant": "input", "seed": 0,
+         "summary": {"rotation_median_deg": 3.0, "translation_median": 0.1}},
+        run("reg", [3.0, 1.0, 0.5, 0.4], [0.1, 0.05, 0.02, 0.01]),
+        run("reg-precond-homography", [3.0, 0.6, 0.3, 0.3], [0.1, 0.02, 0.011, 0.009]),  # both reached at 30
+        run("reg-precond-sampled", [3.0, 0.3, 0.3, 0.3], [0.1, 0.2, 0.2, 0.2]),  # translation never reached
+    ]
+    bench.mark_divergence(results)
+    assert [r.get("diverged") for r in results] == [None, False, False, True]
+    speed = {c["variant"]: c for c in bench.convergence_speed(results)}
+    assert speed["reg-precond-homography"]["reached_at"] == 30
+    assert speed["reg-precond-homography"]["fraction"] == pytest.approx(0.75)
+    assert speed["reg-precond-sampled"]["reached_at"] is None
+    assert speed["reg-precond-homography"]["baseline"] == "reg"

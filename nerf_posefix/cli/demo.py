@@ -75,6 +75,8 @@ class TrainSpec:
             overridden).
         camera_optimizer_scale: factors multiplying camera-optimizer fields after the overrides (weight
             sweeps: ``{"weight": 10}``).
+        camera_lr_scale: factor multiplying the camera optimizer's learning rate (Adam ``lr`` and the
+            scheduler's ``lr_final``, so the decay keeps its shape); 1 keeps the method's.
         model: overrides of other model config fields.
         seed: random seed (python, numpy, torch).
         rays_per_batch: training rays per iteration (None: the method's).
@@ -90,6 +92,7 @@ class TrainSpec:
     eval_interval: int = 8
     camera_optimizer: dict[str, Any] = field(default_factory=dict)
     camera_optimizer_scale: dict[str, float] = field(default_factory=dict)
+    camera_lr_scale: float = 1.0
     model: dict[str, Any] = field(default_factory=dict)
     seed: int = 42
     rays_per_batch: int | None = None
@@ -153,6 +156,18 @@ def build_trainer_config(spec: TrainSpec) -> "TrainerConfig":
             model.camera_optimizer = _camera_optimizer_config(
                 model.camera_optimizer, spec.camera_optimizer, spec.camera_optimizer_scale
             )
+        if spec.camera_lr_scale != 1.0:
+            if not spec.camera_lr_scale > 0:
+                raise InputError(f"camera_lr_scale must be > 0, got {spec.camera_lr_scale}")
+            group = config.optimizers.get("camera_opt")
+            if group is None:
+                raise InputError(f"method {spec.method!r} has no camera_opt optimizer to scale")
+            group["optimizer"] = copy.deepcopy(group["optimizer"])
+            group["optimizer"].lr *= float(spec.camera_lr_scale)
+            scheduler = group.get("scheduler")
+            if scheduler is not None and getattr(scheduler, "lr_final", None) is not None:
+                group["scheduler"] = copy.deepcopy(scheduler)
+                group["scheduler"].lr_final *= float(spec.camera_lr_scale)
 
     return in_process_config(
         spec.method,
