@@ -104,47 +104,26 @@ def test_sampled_metric_matches_autograd_jacobians() -> None:
 
 
 def test_preconditioned_gradient_descent_needs_fewer_steps() -> None:
-    """One camera perturbed; the objective is the mean squared reprojection error of points in its
-    frustum, minimal at the true pose. Each method gets its best fixed step size from the same grid."""
-    rng = np.random.default_rng(4)
-    true_c2w = random_pose(rng)
-    intrinsics = torch.tensor([100.0, 100.0, 64.0, 64.0], dtype=torch.float64)
-    xmin, xmax = 1.0, 6.0
-    # fixed scene points in the true camera's frustum
-    uniform = torch.rand((400, 3), dtype=torch.float64, generator=torch.Generator().manual_seed(1))
-    depth = xmin + uniform[:, 2] * (xmax - xmin)
-    cam = depth[:, None] * torch.cat([(uniform[:, :2] * 128 - 64) / 100, torch.ones(400, 1, dtype=torch.float64)], 1)
-    world = (cam * torch.tensor([1.0, -1.0, -1.0], dtype=torch.float64)) @ true_c2w[:, :3].T + true_c2w[:, 3]
-
-    def project(c2w: torch.Tensor) -> torch.Tensor:
-        local = (world - c2w[:, 3]) @ c2w[:, :3]
-        return local[:, :2] / -local[:, 2:3]
-
-    target = project(true_c2w)
-    # start: rotated 3 degrees and shifted by 5% of the mean depth
-    start_delta = torch.tensor([0.12, -0.1, 0.08, 0.0, 0.0, 0.0], dtype=torch.float64)
-    start_delta[3:] = torch.tensor([0.6, 0.8, 0.0], dtype=torch.float64) * math.radians(3.0)
-    start = correct(true_c2w, start_delta)
-
-    def objective(delta: torch.Tensor) -> torch.Tensor:
-        return (project(correct(start, delta)) - target).square().sum(-1).mean()
-
-    def steps_to_converge(precond: torch.Tensor, step: float, max_steps: int = 600) -> int:
-        phi = torch.zeros(6, dtype=torch.float64)
-        for k in range(max_steps):
-            phi = phi.detach().requires_grad_(True)
-            value = objective(precond @ phi)
-            if value.item() < 1e-10:
-                return k
-            (grad,) = torch.autograd.grad(value, phi)
-            phi = phi - step * grad
-            if not torch.isfinite(phi).all():
-                return max_steps
-        return max_steps
-
-    steps = (4.0 ** np.arange(-2, 4)).tolist()
-    plain = min(steps_to_converge(torch.eye(6, dtype=torch.float64), s) for s in steps)
-    metric = homography_metric(view_directions(start[None]), xmin, xmax)[0]
-    precond = min(steps_to_converge(preconditioner(metric, 0.1), s) for s in steps)
+    """One camera perturbed by 3 deg / 5 %; the objective is the mean squared reprojection error of
+    points in its frustum, minimal at the true pose (``scripts/precondition_toy.py``, which also runs Adam).
+    Each method gets its best fixed step size from the same grid."""
+    toy = _load_script("precondition_toy")
+    problem = toy.toy_problem(seed=4)
+    grid = (4.0 ** np.arange(-2, 4)).tolist()
+    plain, _ = toy.best_steps(problem, toy.preconditioner_for(problem, "off"), "gd", grid, 1e-6, 600)
+    precond, _ = toy.best_steps(problem, toy.preconditioner_for(problem, "homography"), "gd", grid, 1e-6, 600)
     assert plain > 2 * precond, (plain, precond)
     assert precond < 100, precond
+
+
+def _load_script(name: str):  # noqa: ANN202
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
