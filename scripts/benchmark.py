@@ -344,15 +344,19 @@ def run_worker(spec_path: Path) -> int:
 #: (:meth:`nerf_posefix.plugin.model.PosefixModel.pose_errors_vs_ground_truth`) -> curve keys.
 CURVE_TAGS = {
     "Train Metrics Dict/pose_gt_rotation_median_deg": "rotation_median_deg",
-    "Train Metrics Dict/pose_gt_translation_median_rel": "translation_median_rel",
+    "Train Metrics Dict/pose_gt_translation_median_rel": "translation_median_pct",
 }
+#: The logged translation is a fraction of the scene diameter (:func:`nerf_posefix.metrics.scene_size`);
+#: curves give it in % of the radius, like the table.
+CURVE_SCALE = {"rotation_median_deg": 1.0, "translation_median_pct": 200.0}
 
 
 def read_curve(run_dir: Path | str) -> dict[str, list[float]] | None:
     """The median pose errors against iteration logged during a run (every ``steps_per_log`` steps),
     read from the run's tensorboard events: ``{"step": [...], "rotation_median_deg": [...],
-    "translation_median_rel": [...]}`` (training-time metrics: Sim(3)-aligned, like the final ones), or
-    None when the run has no such events."""
+    "translation_median_pct": [...]}`` (training-time metrics of the training cameras: Sim(3)-aligned like
+    the final ones; translation in % of the radius of their ground-truth centres), or None when the run
+    has no such events."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     files = sorted(Path(run_dir).glob("events.out.tfevents.*"))
@@ -363,7 +367,7 @@ def read_curve(run_dir: Path | str) -> dict[str, list[float]] | None:
         tags = set(acc.Tags().get("scalars", []))
         for tag, key in CURVE_TAGS.items():
             if tag in tags:
-                series[key].update({int(e.step): float(e.value) for e in acc.Scalars(tag)})
+                series[key].update({int(e.step): CURVE_SCALE[key] * float(e.value) for e in acc.Scalars(tag)})
     steps = sorted(set.intersection(*(set(v) for v in series.values())))
     if not steps:
         return None
@@ -555,13 +559,13 @@ def convergence_speed(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if base is None or not r.get("curve") or not base.get("curve"):
             continue
         target_rot = base["curve"]["rotation_median_deg"][-1]
-        target_tr = base["curve"]["translation_median_rel"][-1]
+        target_tr = base["curve"]["translation_median_pct"][-1]
         curve = r["curve"]
-        reached = next((step for step, rot, tr in zip(curve["step"], curve["rotation_median_deg"], curve["translation_median_rel"])
+        reached = next((step for step, rot, tr in zip(curve["step"], curve["rotation_median_deg"], curve["translation_median_pct"])
                         if rot <= target_rot and tr <= target_tr), None)
         total = r["settings"]["iterations"] if "settings" in r else base["curve"]["step"][-1]
         out.append({"scene": r["scene"], "level": r["level"], "variant": r["variant"], "baseline": base_name,
-                    "seed": r.get("seed", 0), "target_rotation_deg": target_rot, "target_translation_rel": target_tr,
+                    "seed": r.get("seed", 0), "target_rotation_deg": target_rot, "target_translation_pct": target_tr,
                     "reached_at": reached, "fraction": None if reached is None else reached / total})
     return out
 
@@ -583,8 +587,8 @@ def plot_convergence(results: list[dict[str, Any]], path: Path) -> bool:
     colours = {v: plt.cm.tab10(i % 10) for i, v in enumerate(variants)}
     fig, axes = plt.subplots(len(groups), 2, figsize=(12, 3.8 * len(groups)), squeeze=False)
     for row, group in enumerate(groups):
-        for col, (key, label, scale) in enumerate((("rotation_median_deg", "median rotation error (deg)", 1.0),
-                                                   ("translation_median_rel", "median translation error (% radius)", 100.0))):
+        for col, (key, label) in enumerate((("rotation_median_deg", "median rotation error (deg)"),
+                                            ("translation_median_pct", "median translation error (% radius)"))):
             ax = axes[row, col]
             for variant in variants:
                 curves = [r["curve"] for r in runs if (r["scene"], r["level"], r["variant"]) == (*group, variant)]
@@ -592,7 +596,7 @@ def plot_convergence(results: list[dict[str, Any]], path: Path) -> bool:
                     continue
                 n = min(len(c["step"]) for c in curves)
                 steps = np.asarray(curves[0]["step"][:n])
-                values = scale * np.array([c[key][:n] for c in curves])
+                values = np.array([c[key][:n] for c in curves])
                 style = "--" if unpreconditioned_of(variant) else "-"
                 ax.plot(steps, values.mean(axis=0), style, color=colours[variant], lw=1.3,
                         label=f"{variant} ({len(curves)} seed{'s' if len(curves) > 1 else ''})")
@@ -616,14 +620,14 @@ def sweep_spread(results: list[dict[str, Any]], preset: Preset) -> list[str]:
     bases = sorted({v["sweep_of"] for v in preset.variants if "sweep_of" in v})
     for level in dict.fromkeys((r["scene"], r["level"]) for r in results):
         for base in bases:
-            family = [r for r in results if (r["scene"], r["level"]) == level
+            family = [r for r in results if (r["scene"], r["level"]) == level and not r.get("seed")
                       and (r["variant"] == base or r.get("sweep_of") == base)]
             if len(family) < 2:
                 continue
             rot = [r["summary"]["rotation_median_deg"] for r in family]
             tr = [100 * r["summary"]["translation_median_rel"] for r in family]
             lines.append(
-                f"{level[0]}/{level[1]} {base} sweep ({len(family)} weights): rotation median "
+                f"{level[0]}/{level[1]} {base} sweep ({len(family)} settings): rotation median "
                 f"{min(rot):.3f}..{max(rot):.3f} deg (x{max(rot) / max(min(rot), 1e-12):.1f}), translation median "
                 f"{min(tr):.2f}..{max(tr):.2f} % (x{max(tr) / max(min(tr), 1e-12):.1f})"
             )
@@ -800,7 +804,7 @@ def main(argv: list[str] | None = None) -> int:
         for c in speed:
             reached = "never" if c["reached_at"] is None else f"{c['reached_at']} ({100 * c['fraction']:.0f} %)"
             print(f"  {c['level']} {c['variant']}#seed{c['seed']} vs {c['baseline']} "
-                  f"({c['target_rotation_deg']:.3f} deg, {100 * c['target_translation_rel']:.2f} %): {reached}")
+                  f"({c['target_rotation_deg']:.3f} deg, {c['target_translation_pct']:.2f} %): {reached}")
     spread = sweep_spread(results, preset)
     if spread:
         print()

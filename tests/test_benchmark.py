@@ -147,7 +147,7 @@ def test_divergence_and_convergence_speed_from_curves() -> None:
     def run(variant: str, rot: list[float], tr: list[float], seed: int = 0) -> dict:
         return {"scene": "s", "level": "l", "variant": variant, "seed": seed, "settings": {"iterations": 40},
                 "summary": {"rotation_median_deg": rot[-1], "translation_median": tr[-1]},
-                "curve": {"step": [0, 10, 20, 30], "rotation_median_deg": rot, "translation_median_rel": tr}}
+                "curve": {"step": [0, 10, 20, 30], "rotation_median_deg": rot, "translation_median_pct": tr}}
 
     results = [
         {"scene": "s", "level": "l", "variant": "input", "seed": 0,

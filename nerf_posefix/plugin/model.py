@@ -25,6 +25,7 @@ from typing import Dict, Iterator, List, Optional, Tuple, Type
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes, TrainingCallbackLocation
 from nerfstudio.models.nerfacto import NerfactoModel, NerfactoModelConfig
@@ -88,6 +89,7 @@ class PosefixModel(NerfactoModel):
         self.register_load_state_dict_pre_hook(self._keep_own_lpips_weights)
         self._gt_c2w: Optional[np.ndarray] = None  # [M, 4, 4] OpenCV axes, ground-truth world
         self._gt_index: Optional[np.ndarray] = None  # [M] train camera indices
+        self._train_c2w: Optional[Tensor] = None  # [N, 3, 4] input training poses, OpenGL, dataparser frame
         self._posefix_step = 0
         self._log_every = 10
 
@@ -106,31 +108,52 @@ class PosefixModel(NerfactoModel):
     # ------------------------------------------------------------------------------------------
     # ground truth
 
-    def set_ground_truth(self, gt_c2w: np.ndarray, train_indices: np.ndarray) -> None:
+    def set_ground_truth(self, gt_c2w: np.ndarray, train_indices: np.ndarray, train_c2w: Optional[Tensor] = None) -> None:
         """Ground-truth poses for some training cameras.
 
         Args:
             gt_c2w: ``[M, 4, 4]`` camera-to-world, OpenCV axes, any world frame (the metrics align).
             train_indices: ``[M]`` the training camera index of each row.
+            train_c2w: ``[N, 3, 4]`` the training cameras' input poses (camera-to-world, OpenGL axes,
+                dataparser frame): needed for the metrics when the camera optimizer is nerfstudio's own
+                (which keeps only the adjustment); the posefix optimizer keeps its own copy.
         """
         gt_c2w = np.asarray(gt_c2w, dtype=np.float64)
         train_indices = np.asarray(train_indices, dtype=np.int64)
         if gt_c2w.shape != (len(train_indices), 4, 4):
             raise ValueError(f"gt_c2w must be [{len(train_indices)}, 4, 4], got {gt_c2w.shape}")
         self._gt_c2w, self._gt_index = gt_c2w, train_indices
+        self._train_c2w = None if train_c2w is None else train_c2w.detach().clone()
+
+    def _corrected_train_c2w(self) -> Optional[Tensor]:
+        """``[N, 3, 4]`` the training poses as rendered now (OpenGL axes, dataparser frame), or None."""
+        optimizer = self.camera_optimizer
+        corrected = getattr(optimizer, "corrected_c2w", None)
+        if corrected is not None:
+            return corrected()
+        if self._train_c2w is None or not hasattr(optimizer, "pose_adjustment"):
+            return None
+        # nerfstudio's CameraOptimizer.apply_to_raybundle: origins + t_adj, directions R_adj · d
+        c2w = self._train_c2w.to(optimizer.pose_adjustment.device)
+        adj = optimizer(torch.arange(c2w.shape[0], device=c2w.device))  # [N, 3, 4]
+        return torch.cat([adj[:, :, :3] @ c2w[:, :, :3], c2w[:, :, 3:] + adj[:, :, 3:]], dim=-1)
 
     def pose_errors_vs_ground_truth(self) -> Dict[str, float]:
         """Sim(3)-aligned errors of the rendered training poses against the ground truth (empty dict
-        without ground truth or without a camera optimizer that exposes ``corrected_c2w``)."""
+        without ground truth or without the training poses; see :meth:`set_ground_truth`).
+        ``pose_gt_translation_median_rel`` is relative to the scene size (diameter of the ground-truth
+        centres, :func:`nerf_posefix.metrics.scene_size`)."""
         from nerf_posefix.alignment import align
         from nerf_posefix.metrics import scene_size
         from nerf_posefix.poses import opengl_to_opencv, rotation_angle_deg
 
-        corrected = getattr(self.camera_optimizer, "corrected_c2w", None)
-        if self._gt_c2w is None or self._gt_index is None or corrected is None:
+        if self._gt_c2w is None or self._gt_index is None:
             return {}
         with torch.no_grad():
-            est = corrected().detach().double().cpu().numpy()  # [N, 3, 4] OpenGL, dataparser frame
+            corrected = self._corrected_train_c2w()
+        if corrected is None:
+            return {}
+        est = corrected.detach().double().cpu().numpy()  # [N, 3, 4] OpenGL, dataparser frame
         est = est[self._gt_index]
         est44 = np.concatenate([est, np.tile([[[0.0, 0.0, 0.0, 1.0]]], (len(est), 1, 1))], axis=1)
         est_cv = opengl_to_opencv(est44)  # [M, 4, 4]

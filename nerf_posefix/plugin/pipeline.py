@@ -125,7 +125,7 @@ class PosefixPipeline(VanillaPipeline):
                 "ground-truth pose; no ground-truth metrics"
             )
             return
-        set_gt(gt.c2w[gt_idx], train_idx)
+        set_gt(gt.c2w[gt_idx], train_idx, train_c2w=self.datamanager.train_dataset.cameras.camera_to_worlds)
         CONSOLE.print(
             f"posefix: ground-truth poses for {len(train_idx)}/{len(match)} training cameras from "
             f"{escape(str(self.dataset_info.gt_path))} (metrics pose_gt_*)",
