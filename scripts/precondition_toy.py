@@ -18,7 +18,8 @@ Each (optimiser, preconditioner) gets its best fixed learning rate from the same
 the count of steps until the objective falls below ``tolerance`` x its start value (capped) is reported,
 median and range over ``--cameras`` random cameras. Printed as a table; ``--json`` writes the numbers.
 
-    python scripts/precondition_toy.py                    # 20 cameras, a few seconds
+    python scripts/precondition_toy.py                    # 20 cameras (a few minutes on 2 busy cores)
+    python scripts/precondition_toy.py --cameras 0        # only the setup cost of P (56 and 1000 cameras)
 """
 
 from __future__ import annotations
@@ -150,13 +151,46 @@ def best_steps(problem: ToyProblem, precond: torch.Tensor, optimiser: str, grid:
     return min(zip(steps_over_grid(problem, precond, optimiser, grid, tolerance, max_steps), grid))
 
 
+def setup_cost(num_cameras: int, repeats: int = 3, num_points: int = 5000) -> dict[str, float]:
+    """Median seconds to build P for ``num_cameras`` random cameras (float64, CPU), metric + eigh, for
+    the closed form and for CamP's sampled metric (``num_points`` per camera, as the optimizer's default)."""
+    import time
+
+    rng = np.random.default_rng(0)
+    c2w = torch.stack([random_pose(rng) for _ in range(num_cameras)])
+    intr = torch.tensor([INTRINSICS], dtype=torch.float64).expand(num_cameras, 4)
+    size = torch.tensor([IMAGE_SIZE], dtype=torch.float64).expand(num_cameras, 2)
+    builders = {
+        "homography": lambda: preconditioner(homography_metric(view_directions(c2w), XMIN, XMAX), 0.1),
+        "sampled": lambda: preconditioner(sampled_metric(c2w, XMIN, XMAX, intr, size, num_points=num_points,
+                                                         generator=torch.Generator().manual_seed(0)), 0.1),
+    }
+    out = {}
+    for kind, build in builders.items():
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            build()
+            times.append(time.perf_counter() - start)
+        out[kind] = float(np.median(times))
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cameras", type=int, default=20, help="random cameras (problems)")
     parser.add_argument("--tolerance", type=float, default=1e-4, help="stop when the objective is below this x its start")
     parser.add_argument("--max-steps", type=int, default=2000)
     parser.add_argument("--json", type=Path, default=None, help="write the per-camera step counts here")
+    parser.add_argument("--setup-cameras", type=int, nargs="*", default=[56, 1000],
+                        help="also time building P for this many cameras (none: skip)")
     args = parser.parse_args(argv)
+    setup = {}
+    for n in args.setup_cameras:
+        setup[n] = setup_cost(n)
+        print(f"setup cost, {n} cameras: homography {1e3 * setup[n]['homography']:.2f} ms, sampled (5000 points "
+              f"per camera) {1e3 * setup[n]['sampled']:.1f} ms ({setup[n]['sampled'] / setup[n]['homography']:.0f}x)",
+              flush=True)
     grids = {"gd": (4.0 ** np.arange(-3, 5)).tolist(), "adam": (10.0 ** np.arange(-4.0, 0.5, 0.5)).tolist()}
     counts: dict[str, list[int]] = {f"{o}/{p}": [] for o in OPTIMISERS for p in PRECONDITIONERS}
     rates: dict[str, list[float]] = {key: [] for key in counts}
@@ -168,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
                 steps, lr = best_steps(problem, precond, optimiser, grids[optimiser], args.tolerance, args.max_steps)
                 counts[f"{optimiser}/{kind}"].append(steps)
                 rates[f"{optimiser}/{kind}"].append(lr)
+    if args.cameras < 1:
+        return 0
     print(f"toy problem: {args.cameras} cameras, 3 deg / 5 % perturbation, steps until the reprojection objective "
           f"< {args.tolerance:g} x start (best learning rate of the grid per camera; cap {args.max_steps})")
     print(f"{'optimiser':<9}  {'precondition':<12}  {'median steps':>12}  {'min..max':>11}  {'vs off':>7}  {'capped':>6}")
@@ -180,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{int((c >= args.max_steps).sum()):>6}")
     if args.json is not None:
         args.json.write_text(json.dumps({"settings": vars(args) | {"json": str(args.json)}, "steps": counts,
-                                         "learning_rates": rates}, indent=2))
+                                         "learning_rates": rates, "setup_seconds": setup}, indent=2))
     return 0
 
 
