@@ -11,14 +11,15 @@ On scenes with exact ground truth (the bundled ``assets/toybox`` and variants re
    alignment of the camera centres (median / mean rotation in degrees, median / mean translation in
    scene units and in % of the scene radius, median homography error, ATE RMSE), on the registered
    images. COLMAP's failures (images not registered, no model) are reported as such.
-2. **Refinement** from COLMAP's model, by each refiner of the preset with the same iteration budget:
-   ``posefix refine --colmap-model M --images I --output O --iterations N <refiner args>`` in its own
-   process (``python -m nerf_posefix.cli.main refine``). Its output (a COLMAP model, or a
+2. **Refinement** from COLMAP's model, by each refiner of the preset with the same iteration budget
+   (default: ``posefix`` = the homography prior, ``nerfstudio-l2`` = nerfstudio's own L2 penalties,
+   ``posefix refine --regularizer``): ``posefix refine --colmap-model M --images I --output O
+   --iterations N --threads T <refiner args>`` in its own process (``python -m nerf_posefix.cli.main
+   refine``), ``refine.jobs`` at a time after all SfM is done. Its output (a COLMAP model, or a
    ``transforms.json``) is read back with :func:`nerf_posefix.camera_sets.load_camera_set` and measured
    like COLMAP's, on the same images; ``gain`` columns give COLMAP's median error divided by the
    refined one (> 1: better than COLMAP). If ``nerf_posefix/cli/refine.py`` does not exist the rows say
-   "refine not available"; a refiner whose arguments name an option ``posefix refine`` does not have
-   (e.g. the preset's ``nerfstudio-l2``, which needs an option selecting nerfstudio's own regulariser) is
+   "refine not available"; a refiner whose arguments name an option ``posefix refine`` does not have is
    skipped with that reason instead of failing.
 3. **Geometric baseline** (:func:`nerf_posefix.sfm.bundle_adjust_from_poses`): the noisy-pose track's
    input (``posefix perturb`` of the scene: seed, levels and held-out test views as in
@@ -32,8 +33,7 @@ full-resolution images, COLMAP's model being scaled back); low texture (the scen
 colour and pattern contrast of every material scaled by ``texture_contrast``: ``make_scene.SceneConfig``
 has no texture parameter, so this script builds the materials with ``make_scene.make_materials`` and
 scales them; the generator's fine brightness noise is hard-coded and stays). Refinement runs on the cases
-marked ``refine`` (the default preset leaves out ``default-fixed``, whose COLMAP error is that of
-``default-free`` within 0.01 deg, to stay within the time budget).
+marked ``refine`` (all of the default preset's that have a model).
 
 Outputs in ``--output``: ``colmap_track.json`` (settings, every stage's result and per-camera errors),
 ``colmap_track.csv`` (the table), ``colmap_track.png`` (median errors per case and stage, log scale),
@@ -43,7 +43,7 @@ settings are reused (``--force`` re-runs them), so an interrupted track resumes.
 
 Usage::
 
-    python scripts/colmap_track.py --output colmap_track_results          # default preset, < 30 min on 2 cores
+    python scripts/colmap_track.py --output colmap_track_results          # default preset, ~14 min on 2 cores
     python scripts/colmap_track.py --output /tmp/ct --quick               # smoke test (~1 min)
     python scripts/colmap_track.py --output out --cases default-free --skip-refine
 """
