@@ -777,7 +777,7 @@ def main(argv: list[str] | None = None) -> int:
         if result is None:
             failed += 1
             continue
-        if not result.get("curve") and result.get("run_dir"):  # results written before curves were kept
+        if result.get("run_dir") and Path(result["run_dir"]).is_dir():  # the events are the source of the curves
             result["curve"] = read_curve(result["run_dir"])
         results.append({"scene": run.scene, "level": run.level["name"], "variant": run.variant["name"],
                         "sweep_of": run.variant.get("sweep_of"), "seed": run.seed, **result})
