@@ -59,6 +59,15 @@ from nerf_posefix.preconditioning import homography_metric, preconditioner, samp
 BoundsMode = Literal["auto", "near-far", "scene-box", "points-global", "points-per-camera", "fixed"]
 
 
+def apply_adjustment(c2w: Float[Tensor, "K 3 4"], adj: Float[Tensor, "K 3 4"]) -> Float[Tensor, "K 3 4"]:
+    """The pose nerfstudio renders for camera-to-world ``c2w`` (OpenGL axes, dataparser frame) and a
+    correction ``adj = [R_adj | t_adj]`` (``CameraOptimizer.forward``): ``[R_adj · R | t + t_adj]``, as
+    ``CameraOptimizer.apply_to_raybundle`` moves the rays (origins + t_adj, directions R_adj · d)."""
+    rot = torch.bmm(adj[:, :3, :3], c2w[:, :3, :3])  # [K, 3, 3]
+    trans = c2w[:, :3, 3:] + adj[:, :3, 3:]  # [K, 3, 1]
+    return torch.cat([rot, trans], dim=-1)
+
+
 @dataclass
 class HomographyCameraOptimizerConfig(CameraOptimizerConfig):
     """Camera pose optimizer regularised by the homography pose error.
@@ -277,11 +286,7 @@ class HomographyCameraOptimizer(CameraOptimizer):
         dataparser frame) for the cameras at ``indices`` (all if None). Differentiable."""
         if indices is None:
             indices = torch.arange(self.num_cameras, device=self.initial_c2w.device)
-        adj = self(indices)  # [K, 3, 4]
-        initial = self.initial_c2w[indices]  # [K, 3, 4]
-        rot = torch.bmm(adj[:, :3, :3], initial[:, :3, :3])  # [K, 3, 3]
-        trans = initial[:, :3, 3:] + adj[:, :3, 3:]  # [K, 3, 1]
-        return torch.cat([rot, trans], dim=-1)
+        return apply_adjustment(self.initial_c2w[indices], self(indices))
 
     def homography_errors(self) -> Float[Tensor, "num_cameras"]:
         """Per-camera homography error between the initial and the rendered pose, ``[N]``.

@@ -33,7 +33,7 @@ from nerfstudio.utils.rich_utils import CONSOLE
 from rich.markup import escape
 
 from nerf_posefix.errors import InputError
-from nerf_posefix.plugin.camera_optimizer import HomographyCameraOptimizerConfig
+from nerf_posefix.plugin.camera_optimizer import HomographyCameraOptimizerConfig, apply_adjustment
 
 LPIPS_PREFIX = "lpips."
 
@@ -133,10 +133,8 @@ class PosefixModel(NerfactoModel):
             return corrected()
         if self._train_c2w is None or not hasattr(optimizer, "pose_adjustment"):
             return None
-        # nerfstudio's CameraOptimizer.apply_to_raybundle: origins + t_adj, directions R_adj · d
         c2w = self._train_c2w.to(optimizer.pose_adjustment.device)
-        adj = optimizer(torch.arange(c2w.shape[0], device=c2w.device))  # [N, 3, 4]
-        return torch.cat([adj[:, :, :3] @ c2w[:, :, :3], c2w[:, :, 3:] + adj[:, :, 3:]], dim=-1)
+        return apply_adjustment(c2w, optimizer(torch.arange(c2w.shape[0], device=c2w.device)))
 
     def pose_errors_vs_ground_truth(self) -> Dict[str, float]:
         """Sim(3)-aligned errors of the rendered training poses against the ground truth (empty dict
