@@ -329,7 +329,6 @@ def run_worker(spec_path: Path) -> int:
         "wall_time_s": time.perf_counter() - start,
         "device": train_spec.device,
         "run_dir": str(run_dir),
-        "curve": read_curve(run_dir),
         "per_camera": {"name": errors.names, "rotation_deg": errors.rotation_deg.tolist(),
                        "translation": errors.translation.tolist(), "homography": errors.homography.tolist()},
     }
@@ -473,15 +472,20 @@ def _label(row: dict[str, Any]) -> str:
     return label + (" DIVERGED" if row.get("diverged") else "")
 
 
+def _text_table(headers: list[str], body: list[list[str]], left: int) -> str:
+    """A plain-text table: the first ``left`` columns left-aligned, the others right-aligned."""
+    widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(headers)]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(c.ljust(w) if i < left else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+
+    return "\n".join([line(headers), "  ".join("-" * w for w in widths), *(line(b) for b in body)])
+
+
 def format_table(rows: list[dict[str, Any]]) -> str:
     headers = ["scene", "level", "variant", *[h for _, h, _ in COLUMNS]]
     body = [[r["scene"], r["level"], _label(r), *[_cell(r.get(k), f) for k, _, f in COLUMNS]] for r in rows]
-    widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(headers)]
-    lines = ["  ".join(h.ljust(w) if i < 3 else h.rjust(w) for i, (h, w) in enumerate(zip(headers, widths)))]
-    lines.append("  ".join("-" * w for w in widths))
-    for b in body:
-        lines.append("  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(b, widths))))
-    return "\n".join(lines)
+    return _text_table(headers, body, left=3)
 
 
 def mark_divergence(results: list[dict[str, Any]]) -> None:
@@ -533,11 +537,7 @@ def format_seed_summary(entries: list[dict[str, Any]]) -> str:
             mean, std = e[f"{k}_mean"], e[f"{k}_std"]
             cells.append(_cell(mean, f) + ("" if std is None else "±" + _cell(std, f)))
         body.append([e["level"], e["variant"], str(e["seeds"]), *cells, str(e["diverged"]) if e["variant"] != "input" else "-"])
-    widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(headers)]
-    lines = ["  ".join(h.ljust(w) if i < 2 else h.rjust(w) for i, (h, w) in enumerate(zip(headers, widths)))]
-    lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(b, widths))) for b in body]
-    return "\n".join(lines)
+    return _text_table(headers, body, left=2)
 
 
 def unpreconditioned_of(variant: str) -> str | None:
@@ -735,7 +735,12 @@ def main(argv: list[str] | None = None) -> int:
         return run_worker(args.worker)
 
     config_path = args.config or (QUICK_CONFIG if args.quick else DEFAULT_CONFIG)
-    preset = load_preset(config_path)
+    try:
+        preset = load_preset(config_path)
+    except (OSError, ValueError, KeyError, TypeError) as err:  # unreadable file, bad sweep, missing key
+        reason = f"missing key {err}" if isinstance(err, KeyError) else str(err)
+        print(f"benchmark: error: {config_path}: {reason}", file=sys.stderr)
+        return 2
     if args.iterations is not None:
         if args.iterations < 1:
             parser.error("--iterations must be >= 1")
@@ -777,7 +782,7 @@ def main(argv: list[str] | None = None) -> int:
         if result is None:
             failed += 1
             continue
-        if result.get("run_dir") and Path(result["run_dir"]).is_dir():  # the events are the source of the curves
+        if result.get("run_dir") and Path(result["run_dir"]).is_dir():  # curves: read from the run's events
             result["curve"] = read_curve(result["run_dir"])
         results.append({"scene": run.scene, "level": run.level["name"], "variant": run.variant["name"],
                         "sweep_of": run.variant.get("sweep_of"), "seed": run.seed, **result})

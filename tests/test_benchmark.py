@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import math
 import subprocess
@@ -11,17 +10,14 @@ import sys
 from pathlib import Path
 
 import pytest
+from script_modules import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "benchmark.py"
 
 
 def _load_benchmark():
-    spec = importlib.util.spec_from_file_location("benchmark", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["benchmark"] = module
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
+    return load_script("benchmark")
 
 
 def test_full_preset_has_every_variant_and_two_decade_sweeps() -> None:
@@ -163,3 +159,14 @@ def test_divergence_and_convergence_speed_from_curves() -> None:
     assert speed["reg-precond-homography"]["fraction"] == pytest.approx(0.75)
     assert speed["reg-precond-sampled"]["reached_at"] is None
     assert speed["reg-precond-homography"]["baseline"] == "reg"
+
+
+def test_bad_preset_is_one_error_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: bad\niterations: 10\nscenes: [assets/toybox_tiny]\n"
+                   "levels: [{name: a, rotation_deg: 1, translation: 0.01}]\nvariants: [{name: v}]\n"
+                   "sweeps: [{base: v, fields: [camera_lr, weight], factors: [2]}]\n")
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--config", str(bad), "--list"], capture_output=True, text=True,
+                          timeout=120, cwd=ROOT)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [f"benchmark: error: {bad}: sweep of 'v': camera_lr is swept on its own"]

@@ -12,6 +12,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from script_modules import load_script
 
 pytest.importorskip("pycolmap")
 
@@ -20,15 +21,7 @@ from nerf_posefix.errors import InputError  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _load_track():
-    spec = importlib.util.spec_from_file_location("colmap_track", ROOT / "scripts" / "colmap_track.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["colmap_track"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-track = _load_track()
+track = load_script("colmap_track")
 
 IDENTITY_REFINE = textwrap.dedent(
     """

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from scipy.spatial.transform import Rotation
+from script_modules import load_script
 
 from nerf_posefix.homography import homography_error
 from nerf_posefix.preconditioning import (
@@ -107,7 +108,7 @@ def test_preconditioned_gradient_descent_needs_fewer_steps() -> None:
     """One camera perturbed by 3 deg / 5 %; the objective is the mean squared reprojection error of
     points in its frustum, minimal at the true pose (``scripts/precondition_toy.py``, which also runs Adam).
     Each method gets its best fixed step size from the same grid."""
-    toy = _load_script("precondition_toy")
+    toy = load_script("precondition_toy")
     problem = toy.toy_problem(seed=4)
     grid = (4.0 ** np.arange(-2, 4)).tolist()
     plain, _ = toy.best_steps(problem, toy.preconditioner_for(problem, "off"), "gd", grid, 1e-6, 600)
@@ -115,15 +116,3 @@ def test_preconditioned_gradient_descent_needs_fewer_steps() -> None:
     assert plain > 2 * precond, (plain, precond)
     assert precond < 100, precond
 
-
-def _load_script(name: str):  # noqa: ANN202
-    import importlib.util
-    import sys
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module

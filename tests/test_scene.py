@@ -5,14 +5,13 @@ pycolmap (COLMAP's own bindings) is the reference reader for the COLMAP model.
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import imageio.v3 as iio
 import numpy as np
 import pytest
+from script_modules import load_script
 
 pycolmap = pytest.importorskip("pycolmap")
 
@@ -22,11 +21,7 @@ FLIP = np.diag([1.0, -1.0, -1.0, 1.0])
 
 
 def _load_make_scene():
-    spec = importlib.util.spec_from_file_location("make_scene", ROOT / "scripts" / "make_scene.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["make_scene"] = module  # dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
+    return load_script("make_scene")
 
 
 def _transforms(scene: Path) -> dict:
