@@ -2,8 +2,8 @@
 
 Layers (each imports only the ones above it):
 
-* maths, pure torch/numpy, no nerfstudio import: :mod:`nerf_posefix.homography`,
-  :mod:`nerf_posefix.poses`, :mod:`nerf_posefix.alignment`, :mod:`nerf_posefix.metrics`;
+* maths, pure torch/numpy, no nerfstudio import: :mod:`nerf_posefix.geometry.homography`,
+  :mod:`nerf_posefix.geometry.poses`, :mod:`nerf_posefix.geometry.alignment`, :mod:`nerf_posefix.geometry.metrics`;
 * data: :mod:`nerf_posefix.camera_sets` (COLMAP models, transforms.json, TUM files);
 * nerfstudio glue: :mod:`nerf_posefix.plugin`;
 * command line: :mod:`nerf_posefix.cli`.

@@ -7,9 +7,9 @@ import pytest
 from evo.core.geometry import umeyama_alignment
 from scipy.spatial.transform import Rotation
 
-from nerf_posefix.alignment import Alignment, align
+from nerf_posefix.geometry.alignment import Alignment, align
 from nerf_posefix.errors import InputError
-from nerf_posefix.poses import make_c2w, rotation_angle_deg
+from nerf_posefix.geometry.poses import make_c2w, rotation_angle_deg
 
 
 def random_c2w(n: int, seed: int = 0, spread: float = 3.0) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""``scripts/benchmark.py``: preset expansion, the table, and a ``--quick`` run end to end."""
+"""``benchmarks/noisy_pose.py``: preset expansion, the table, and a ``--quick`` run end to end."""
 
 from __future__ import annotations
 
@@ -10,14 +10,15 @@ import sys
 from pathlib import Path
 
 import pytest
-from script_modules import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "scripts" / "benchmark.py"
+SCRIPT = ROOT / "benchmarks" / "noisy_pose.py"
 
 
 def _load_benchmark():
-    return load_script("benchmark")
+    from benchmarks import noisy_pose
+
+    return noisy_pose
 
 
 def test_full_preset_has_every_variant_and_two_decade_sweeps() -> None:
@@ -43,7 +44,7 @@ def test_full_preset_has_every_variant_and_two_decade_sweeps() -> None:
 def test_trainer_config_applies_variant_settings(tmp_path: Path) -> None:
     from nerfstudio.cameras.camera_optimizers import CameraOptimizerConfig
 
-    from nerf_posefix.cli.demo import TrainSpec, build_trainer_config
+    from nerf_posefix.workflows.experiment import TrainSpec, build_trainer_config
 
     base = TrainSpec(data=ROOT / "assets" / "toybox_tiny", output_dir=tmp_path, iterations=7)
     ns = build_trainer_config(
@@ -66,7 +67,7 @@ def test_trainer_config_applies_variant_settings(tmp_path: Path) -> None:
 
 def test_quick_benchmark_produces_a_well_formed_table(tmp_path: Path) -> None:
     out = tmp_path / "bench"
-    cmd = [sys.executable, str(SCRIPT), "--quick", "--iterations", "4", "--jobs", "2", "--threads", "1", "--output", str(out)]
+    cmd = [sys.executable, "-m", "benchmarks.noisy_pose", "--quick", "--iterations", "4", "--jobs", "2", "--threads", "1", "--output", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     stdout = proc.stdout
@@ -124,7 +125,7 @@ def test_precondition_preset_plans_seeds_and_learning_rate_sweeps() -> None:
 
 
 def test_camera_learning_rate_scale(tmp_path: Path) -> None:
-    from nerf_posefix.cli.demo import TrainSpec, build_trainer_config
+    from nerf_posefix.workflows.experiment import TrainSpec, build_trainer_config
     from nerf_posefix.plugin.method_configs import posefix_small_method
 
     registered = posefix_small_method.config.optimizers["camera_opt"]
@@ -166,7 +167,7 @@ def test_bad_preset_is_one_error_line(tmp_path: Path) -> None:
     bad.write_text("name: bad\niterations: 10\nscenes: [assets/toybox_tiny]\n"
                    "levels: [{name: a, rotation_deg: 1, translation: 0.01}]\nvariants: [{name: v}]\n"
                    "sweeps: [{base: v, fields: [camera_lr, weight], factors: [2]}]\n")
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--config", str(bad), "--list"], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.noisy_pose", "--config", str(bad), "--list"], capture_output=True, text=True,
                           timeout=120, cwd=ROOT)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [f"benchmark: error: {bad}: sweep of 'v': camera_lr is swept on its own"]

@@ -11,15 +11,15 @@ import pytest
 from nerfstudio.data.utils import colmap_parsing_utils as cpu
 from scipy.spatial.transform import Rotation
 
-from nerf_posefix.camera_sets import load_camera_set
-from nerf_posefix.colmap_model import (
+from nerf_posefix.io.sources import load_camera_set
+from nerf_posefix.io.colmap import (
     ColmapModel,
     colmap_model_from_poses,
     read_colmap_model,
     write_colmap_model,
 )
 from nerf_posefix.errors import InputError
-from nerf_posefix.poses import make_c2w
+from nerf_posefix.geometry.poses import make_c2w
 
 
 def random_c2w(n: int, seed: int) -> np.ndarray:

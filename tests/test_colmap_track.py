@@ -1,4 +1,4 @@
-"""scripts/colmap_track.py: presets, and a ``--quick`` run producing a well-formed table / JSON / CSV /
+"""benchmarks/colmap_track.py: presets, and a ``--quick`` run producing a well-formed table / JSON / CSV /
 plot, with COLMAP's failure reported as such, the BA baseline, and a stand-in refiner (an identity
 "refine" that copies the model: the plumbing, without a NeRF's minutes of training)."""
 
@@ -12,7 +12,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from script_modules import load_script
+from benchmarks import colmap_track as track
 
 pytest.importorskip("pycolmap")
 
@@ -21,14 +21,13 @@ from nerf_posefix.errors import InputError  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 
 
-track = load_script("colmap_track")
 
 IDENTITY_REFINE = textwrap.dedent(
     """
     import argparse
     from pathlib import Path
 
-    from nerf_posefix.colmap_model import read_colmap_model, write_colmap_model
+    from nerf_posefix.io.colmap import read_colmap_model, write_colmap_model
 
     parser = argparse.ArgumentParser()
     for flag in ("--colmap-model", "--images", "--output", "--iterations", "--method", "--threads", "--regularizer"):
@@ -72,8 +71,6 @@ def test_image_subset_is_evenly_spaced():
 
 
 def test_refiner_flags_are_checked_against_posefix_refine():
-    if importlib.util.find_spec(track.REFINE_MODULE) is None:
-        pytest.skip("posefix refine is not there yet")
     config = track.load_config(track.QUICK_CONFIG)
     assert track.unsupported_flags(track.RefinerSpec("a", ("--method", "posefix-small", "--bounds", "per-camera")), config) == []
     assert track.unsupported_flags(track.RefinerSpec("b", ("--no-such-flag", "1")), config) == ["--no-such-flag"]

@@ -16,11 +16,17 @@ from matplotlib.image import imread
 from nerfstudio.data.utils import colmap_parsing_utils as cpu
 from scipy.spatial.transform import Rotation
 
-from nerf_posefix.camera_sets import CameraSet, load_camera_set, match_camera_sets, read_transforms_json, write_tum
+from nerf_posefix.io.camera_set import CameraSet, match_camera_sets
+
+from nerf_posefix.io.sources import load_camera_set
+
+from nerf_posefix.io.transforms_json import read_transforms_json
+
+from nerf_posefix.io.tum import write_tum
 from nerf_posefix.cli.main import main
-from nerf_posefix.colmap_model import colmap_model_from_poses, write_colmap_model
+from nerf_posefix.io.colmap import colmap_model_from_poses, write_colmap_model
 from nerf_posefix.errors import InputError
-from nerf_posefix.poses import make_c2w, opencv_to_opengl
+from nerf_posefix.geometry.poses import make_c2w, opencv_to_opengl
 
 N = 24
 
@@ -231,5 +237,5 @@ def test_loader_rejects_duplicate_names(tmp_path: Path) -> None:
         read_transforms_json(tmp_path / "transforms.json")
     c2w[1, :3, :3] *= 2.0
     write_transforms(tmp_path / "transforms.json", ["a.png", "b.png", "c.png"], c2w, None)
-    with pytest.raises(InputError, match=r"frame 1 \(images/b.png\): the rotation block of transform_matrix is not a rotation"):
+    with pytest.raises(InputError, match=r"frame 1 \(images/b.png\): transform_matrix rotation is not a rotation"):
         read_transforms_json(tmp_path / "transforms.json")

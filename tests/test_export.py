@@ -19,9 +19,13 @@ import torch
 
 from nerfstudio.data.dataparsers.colmap_dataparser import ColmapDataParserConfig
 
-from nerf_posefix.camera_sets import load_camera_set, read_transforms_json
+from nerf_posefix.io.sources import load_camera_set
+from nerf_posefix.workflows.pose_sources import load_pose_source
+
+from nerf_posefix.io.transforms_json import read_transforms_json
 from nerf_posefix.cli.main import main
-from nerf_posefix.plugin.export import export_run, load_refined_camera_set
+from nerf_posefix.workflows.export import export_run
+from nerf_posefix.plugin.run_reader import load_refined_camera_set
 from nerf_posefix.plugin.training import in_process_config, run_training
 
 pycolmap = pytest.importorskip("pycolmap")
@@ -95,7 +99,7 @@ def test_round_trip_transforms_json(runs: dict[str, Path], tmp_path: Path) -> No
     assert len(refined) == 15
     for name, c2w in zip(refined.names, refined.c2w):
         np.testing.assert_allclose(c2w, reference.c2w[index[name]], atol=1e-9)
-    via_loader = load_camera_set(runs["json_off"].parent)
+    via_loader = load_pose_source(runs["json_off"].parent)
     np.testing.assert_array_equal(via_loader.c2w, refined.c2w)
 
 

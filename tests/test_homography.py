@@ -10,7 +10,7 @@ import torch
 from scipy.integrate import simpson
 from scipy.spatial.transform import Rotation
 
-from nerf_posefix.homography import (
+from nerf_posefix.geometry.homography import (
     HomographyLoss,
     depth_bounds_from_points,
     global_depth_bounds,
@@ -277,7 +277,7 @@ def test_depth_bounds_error_for_camera_without_points() -> None:
 
 def test_correction_form_equals_the_pose_form() -> None:
     """nerfstudio's correction c2w' = [R_adj R | t + t_adj] measured from the correction alone."""
-    from nerf_posefix.homography import correction_homography_error
+    from nerf_posefix.geometry.homography import correction_homography_error
 
     rng = np.random.default_rng(11)
     c2w = random_c2w(rng, 16)
@@ -301,8 +301,8 @@ def test_correction_form_equals_the_pose_form() -> None:
 
 @pytest.mark.parametrize("scale", [1e-6, 1e-3, 0.5, 3.0])
 def test_adjustment_form_equals_the_correction_form(scale: float) -> None:
-    from nerf_posefix.homography import adjustment_homography_error, correction_homography_error
-    from nerf_posefix.preconditioning import skew
+    from nerf_posefix.geometry.homography import adjustment_homography_error, correction_homography_error
+    from nerf_posefix.geometry.preconditioning import skew
 
     rng = np.random.default_rng(12)
     adjustment = torch.from_numpy(rng.normal(scale=scale, size=(32, 6)))
@@ -317,7 +317,7 @@ def test_adjustment_form_equals_the_correction_form(scale: float) -> None:
 
 
 def test_adjustment_form_gradients_at_zero() -> None:
-    from nerf_posefix.homography import adjustment_homography_error
+    from nerf_posefix.geometry.homography import adjustment_homography_error
 
     view_dirs = torch.tensor([[0.0, 0.0, -1.0]], dtype=torch.float64)
     adjustment = torch.zeros(1, 6, dtype=torch.float64, requires_grad=True)

@@ -11,16 +11,16 @@ from evo.core.trajectory import PoseTrajectory3D
 from scipy.spatial.transform import Rotation
 
 from nerf_posefix.errors import InputError
-from nerf_posefix.homography import homography_error
-from nerf_posefix.metrics import (
+from nerf_posefix.geometry.homography import homography_error
+from nerf_posefix.geometry.poses import scene_radius
+from nerf_posefix.geometry.metrics import (
     ErrorStats,
     auc_at,
     compare_poses,
     recall_at,
     relative_pose_errors,
-    scene_size,
 )
-from nerf_posefix.poses import make_c2w
+from nerf_posefix.geometry.poses import make_c2w
 
 
 def trajectory(n: int, seed: int) -> np.ndarray:
@@ -154,23 +154,23 @@ def test_recall_and_auc_known_values() -> None:
         auc_at(errs, 0.0)
 
 
-def test_error_stats_and_scene_size() -> None:
+def test_error_stats_and_scene_radius() -> None:
     stats = ErrorStats.of(np.array([3.0, 4.0, 0.0, 1.0]))
     assert (stats.mean, stats.median, stats.max, stats.count) == (2.0, 2.0, 4.0, 4)
     assert stats.rmse == pytest.approx(np.sqrt(26 / 4))
     assert np.isnan(ErrorStats.of(np.zeros(0)).mean)
     centres = np.array([[0.0, 0, 0], [2, 0, 0], [1, 1, 0], [1, -1, 0]])
-    assert scene_size(centres) == pytest.approx(2.0)  # centroid (1, 0, 0), max distance 1
+    assert scene_radius(centres) == pytest.approx(1.0)  # centroid (1, 0, 0), max distance 1
 
 
 def test_translation_thresholds_scale_with_the_scene() -> None:
     ref = trajectory(30, 14)
     est = noisy_similar(ref, 15, scale=1.0)
     res = compare_poses(ref, est, mode="se3")
-    size = scene_size(ref[:, :3, 3])
-    assert res.translation_thresholds == pytest.approx((0.01 * size, 0.02 * size, 0.05 * size))
+    size = scene_radius(ref[:, :3, 3])
+    assert res.translation_thresholds == pytest.approx((0.02 * size, 0.04 * size, 0.10 * size))
     assert res.recall["translation"] == pytest.approx(recall_at(res.translation, res.translation_thresholds).tolist())
-    assert res.auc["translation"] == pytest.approx(np.mean(np.clip(1 - res.translation / (0.05 * size), 0, 1)))
+    assert res.auc["translation"] == pytest.approx(np.mean(np.clip(1 - res.translation / (0.10 * size), 0, 1)))
 
 
 def test_alignment_errors_propagate() -> None:

@@ -1,4 +1,4 @@
-"""``nerf_posefix.noise`` and ``posefix perturb`` on the bundled tiny scene."""
+"""``nerf_posefix.geometry.noise`` and ``posefix perturb`` on the bundled tiny scene."""
 
 from __future__ import annotations
 
@@ -10,11 +10,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nerf_posefix.camera_sets import load_camera_set, read_transforms_json
+from nerf_posefix.io.sources import load_camera_set
+
+from nerf_posefix.io.transforms_json import read_transforms_json
 from nerf_posefix.cli.main import main
 from nerf_posefix.errors import InputError
-from nerf_posefix.noise import holdout_mask, perturb_poses, scene_radius
-from nerf_posefix.poses import rotation_angle_deg
+from nerf_posefix.geometry.noise import holdout_mask, perturb_poses
+from nerf_posefix.geometry.poses import scene_radius as _radius
+
+
+def scene_radius(c2w):  # noqa: ANN001, ANN201
+    return _radius(c2w[:, :3, 3])
+from nerf_posefix.geometry.poses import rotation_angle_deg
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "assets" / "toybox_tiny"
@@ -173,7 +180,7 @@ def test_reproducible_and_refuses_to_overwrite(tmp_path: Path) -> None:
 
     # Output inside the input, or a missing input: refused.
     with pytest.raises(InputError, match="inside"):
-        from nerf_posefix.cli.perturb import perturb_dataset
+        from nerf_posefix.workflows.perturb import perturb_dataset
 
         perturb_dataset(a, a / "sub")
     assert _perturb("--data", str(tmp_path / "missing"), "--output", str(tmp_path / "x")) == 2

@@ -21,7 +21,7 @@ import torch
 from nerfstudio.cameras.camera_optimizers import CameraOptimizer, CameraOptimizerConfig
 from nerfstudio.cameras.cameras import Cameras
 
-from nerf_posefix.homography import homography_error
+from nerf_posefix.geometry.homography import homography_error
 from nerf_posefix.plugin.camera_optimizer import HomographyCameraOptimizer, HomographyCameraOptimizerConfig
 from nerf_posefix.plugin.method_configs import posefix_small_config
 from nerf_posefix.plugin.pipeline import PosefixPipeline

@@ -8,7 +8,7 @@ import torch
 from scipy.spatial.transform import Rotation
 
 from nerf_posefix.plugin.camera_optimizer import HomographyCameraOptimizer, HomographyCameraOptimizerConfig
-from nerf_posefix.preconditioning import homography_metric, preconditioner, view_directions
+from nerf_posefix.geometry.preconditioning import homography_metric, preconditioner, view_directions
 
 
 def make_optimizer(precondition: str, num_cameras: int = 5, seed: int = 0) -> HomographyCameraOptimizer:
@@ -85,8 +85,8 @@ def test_preconditioned_run_reloads_offline_and_exports_its_poses(tmp_path, one_
 
     from nerfstudio.utils.eval_utils import eval_setup
 
-    from nerf_posefix.cli.demo import TrainSpec, build_trainer_config, train
-    from nerf_posefix.plugin.export import load_refined_camera_set
+    from nerf_posefix.workflows.experiment import TrainSpec, build_trainer_config, train
+    from nerf_posefix.plugin.run_reader import load_refined_camera_set
 
     tiny = Path(__file__).resolve().parents[1] / "assets" / "toybox_tiny"
     spec = TrainSpec(data=tiny, output_dir=tmp_path, iterations=12, eval_interval=8, rays_per_batch=256,

@@ -12,9 +12,11 @@ from evo.tools import file_interface
 from nerfstudio.data.utils.colmap_parsing_utils import qvec2rotmat
 from scipy.spatial.transform import Rotation
 
-from nerf_posefix.camera_sets import CameraSet, read_tum, write_tum
+from nerf_posefix.io.camera_set import CameraSet
+
+from nerf_posefix.io.tum import read_tum, write_tum
 from nerf_posefix.errors import InputError
-from nerf_posefix.poses import (
+from nerf_posefix.geometry.poses import (
     c2w_to_colmap,
     c2w_to_tum,
     camera_centers,

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 from scipy.spatial.transform import Rotation
-from script_modules import load_script
+from benchmarks import precondition_toy
 
-from nerf_posefix.homography import homography_error
-from nerf_posefix.preconditioning import (
+from nerf_posefix.geometry.homography import homography_error
+from nerf_posefix.geometry.preconditioning import (
     homography_metric,
     preconditioner,
     sampled_metric,
@@ -106,9 +106,9 @@ def test_sampled_metric_matches_autograd_jacobians() -> None:
 
 def test_preconditioned_gradient_descent_needs_fewer_steps() -> None:
     """One camera perturbed by 3 deg / 5 %; the objective is the mean squared reprojection error of
-    points in its frustum, minimal at the true pose (``scripts/precondition_toy.py``, which also runs Adam).
+    points in its frustum, minimal at the true pose (``benchmarks/precondition_toy.py``, which also runs Adam).
     Each method gets its best fixed step size from the same grid."""
-    toy = load_script("precondition_toy")
+    toy = precondition_toy
     problem = toy.toy_problem(seed=4)
     grid = (4.0 ** np.arange(-2, 4)).tolist()
     plain, _ = toy.best_steps(problem, toy.preconditioner_for(problem, "off"), "gd", grid, 1e-6, 600)

@@ -19,8 +19,10 @@ import numpy as np
 import pytest
 
 from nerf_posefix.cli.main import main
-from nerf_posefix.cli.refine import REPORT_CSV, REPORT_JSON, Refine, partial_dir, refine
-from nerf_posefix.colmap_model import read_colmap_model, write_colmap_model
+from nerf_posefix.cli.refine import Refine
+from nerf_posefix.workflows.refine import partial_dir, refine
+from nerf_posefix.workflows.refine_report import REPORT_CSV, REPORT_JSON
+from nerf_posefix.io.colmap import read_colmap_model, write_colmap_model
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 TINY = ASSETS / "toybox_tiny"  # 16 views, 64x64
@@ -119,7 +121,7 @@ def test_zero_iterations_returns_input_poses(fmt: str, tiny_text_model: Path, tm
     _assert_pycolmap_reads(out / "sparse" / "0", written)
 
     # transforms.json: nerfstudio's conversion, back in the COLMAP frame it gives the same poses
-    from nerf_posefix.camera_sets import read_transforms_json
+    from nerf_posefix.io.transforms_json import read_transforms_json
 
     cams = read_transforms_json(out / "transforms.json")
     ref = expected.to_camera_set()
@@ -148,8 +150,8 @@ def test_refine_moves_noisy_cameras_toward_ground_truth(tmp_path: Path) -> None:
     the same run: no gain before ~150 iterations (the field forms first), 2.72 deg at 200, 1.93 at 300,
     0.73 deg / 0.036 at 600. The 16-view tiny scene does not reduce the rotation error within 400
     iterations (2.88 -> 2.95 deg; translation 0.152 -> 0.113), so it is not used here."""
-    from nerf_posefix.cli.perturb import perturb_dataset
-    from nerf_posefix.metrics import compare_poses
+    from nerf_posefix.workflows.perturb import perturb_dataset
+    from nerf_posefix.geometry.metrics import compare_poses
 
     noisy = tmp_path / "noisy"
     perturb_dataset(TOYBOX, noisy, rotation_deg=NOISE_ROTATION_DEG, translation=NOISE_TRANSLATION, seed=0)
@@ -375,7 +377,7 @@ def test_in_process_config_runs_here(tmp_path: Path) -> None:
 def test_regularizer_option_sets_the_camera_optimizer(regularizer: str) -> None:
     from nerfstudio.cameras.camera_optimizers import CameraOptimizerConfig
 
-    from nerf_posefix.cli.refine import regularizer_overrides
+    from nerf_posefix.workflows.refine import regularizer_overrides
     from nerf_posefix.plugin.method_configs import posefix_small_method
     from nerf_posefix.plugin.training import in_process_config
 

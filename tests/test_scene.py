@@ -1,4 +1,4 @@
-"""The bundled synthetic scenes (``assets/toybox``, ``assets/toybox_tiny``) made by ``scripts/make_scene.py``.
+"""The bundled synthetic scenes (``assets/toybox``, ``assets/toybox_tiny``) made by ``benchmarks/make_scene.py``.
 
 pycolmap (COLMAP's own bindings) is the reference reader for the COLMAP model.
 """
@@ -11,7 +11,7 @@ from pathlib import Path
 import imageio.v3 as iio
 import numpy as np
 import pytest
-from script_modules import load_script
+from benchmarks import make_scene as _make_scene
 
 pycolmap = pytest.importorskip("pycolmap")
 
@@ -21,7 +21,7 @@ FLIP = np.diag([1.0, -1.0, -1.0, 1.0])
 
 
 def _load_make_scene():
-    return load_script("make_scene")
+    return _make_scene
 
 
 def _transforms(scene: Path) -> dict:
@@ -77,7 +77,7 @@ def test_observations_project_onto_their_points(scene: Path) -> None:
 @pytest.mark.parametrize("scene", SCENES, ids=lambda p: p.name)
 def test_project_readers_agree(scene: Path) -> None:
     """The project's own readers give the same OpenCV camera-to-world poses for both formats."""
-    from nerf_posefix.camera_sets import load_camera_set
+    from nerf_posefix.io.sources import load_camera_set
 
     from_colmap = load_camera_set(scene / "sparse" / "0")
     from_json = load_camera_set(scene / "transforms.json")
@@ -103,7 +103,7 @@ def test_images_are_textured_everywhere() -> None:
 
 
 def test_depth_varies_and_cameras_surround_the_scene() -> None:
-    from nerf_posefix.camera_sets import load_camera_set
+    from nerf_posefix.io.sources import load_camera_set
 
     cams = load_camera_set(SCENES[0] / "sparse" / "0")
     centres = cams.c2w[:, :3, 3]

@@ -1,4 +1,4 @@
-"""nerf_posefix.sfm: pycolmap SfM as a user runs it, downscaling, failure reporting, the BA baseline,
+"""benchmarks.sfm: pycolmap SfM as a user runs it, downscaling, failure reporting, the BA baseline,
 and models written by the project read back by pycolmap (frames included).
 
 Runs offline on the bundled scene (``assets/toybox``, 64 views of 128x128, exact ground truth).
@@ -15,13 +15,13 @@ import pytest
 
 pycolmap = pytest.importorskip("pycolmap")
 
-from nerf_posefix.camera_sets import load_camera_set  # noqa: E402
-from nerf_posefix.cli.demo import pose_errors  # noqa: E402
-from nerf_posefix.colmap_model import read_colmap_model, write_colmap_model  # noqa: E402
+from nerf_posefix.io.sources import load_camera_set
+from nerf_posefix.workflows.experiment import pose_errors  # noqa: E402
+from nerf_posefix.io.colmap import read_colmap_model, write_colmap_model  # noqa: E402
 from nerf_posefix.errors import InputError  # noqa: E402
-from nerf_posefix.noise import perturb_poses  # noqa: E402
-from nerf_posefix.poses import invert_poses  # noqa: E402
-from nerf_posefix.sfm import (  # noqa: E402
+from nerf_posefix.geometry.noise import perturb_poses  # noqa: E402
+from nerf_posefix.geometry.poses import invert_poses  # noqa: E402
+from benchmarks.sfm import (  # noqa: E402
     PinholeCamera,
     block_downscale,
     bundle_adjust_from_poses,

@@ -21,7 +21,7 @@ class Export:
     """Replace an existing export in the output directory."""
 
     def run(self) -> None:
-        from nerf_posefix.plugin.export import export_run
+        from nerf_posefix.workflows.export import export_run
 
         written = export_run(self.load_config, self.output, overwrite=self.overwrite)
         for kind, path in written.items():

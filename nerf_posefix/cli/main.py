@@ -17,7 +17,7 @@ import tyro
 
 from nerf_posefix.errors import InputError
 
-# subcommand name -> "module:DataclassName"; a module that does not exist yet is skipped.
+# subcommand name -> "module:DataclassName".
 SUBCOMMANDS: dict[str, str] = {
     "demo": "nerf_posefix.cli.demo:Demo",
     "perturb": "nerf_posefix.cli.perturb:Perturb",
@@ -31,13 +31,7 @@ def _load_subcommands() -> dict[str, Any]:
     commands: dict[str, Any] = {}
     for name, target in SUBCOMMANDS.items():
         module_name, class_name = target.split(":")
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as err:
-            if err.name == module_name:
-                continue
-            raise
-        commands[name] = getattr(module, class_name)
+        commands[name] = getattr(importlib.import_module(module_name), class_name)
     return commands
 
 

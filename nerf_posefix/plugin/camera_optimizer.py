@@ -46,7 +46,7 @@ from nerfstudio.cameras.lie_groups import exp_map_SE3, exp_map_SO3xR3
 from nerfstudio.utils import poses as pose_utils
 from nerfstudio.utils.rich_utils import CONSOLE
 
-from nerf_posefix.homography import (
+from nerf_posefix.geometry.homography import (
     check_depth_bounds,
     check_poses,
     homography_error_from_relative,
@@ -54,7 +54,8 @@ from nerf_posefix.homography import (
     optical_axis,
     relative_pose,
 )
-from nerf_posefix.preconditioning import homography_metric, preconditioner, sampled_metric, view_directions
+from nerf_posefix.geometry.poses import apply_pose_correction
+from nerf_posefix.geometry.preconditioning import homography_metric, preconditioner, sampled_metric, view_directions
 
 BoundsMode = Literal["auto", "near-far", "scene-box", "points-global", "points-per-camera", "fixed"]
 
@@ -63,9 +64,7 @@ def apply_adjustment(c2w: Float[Tensor, "K 3 4"], adj: Float[Tensor, "K 3 4"]) -
     """The pose nerfstudio renders for camera-to-world ``c2w`` (OpenGL axes, dataparser frame) and a
     correction ``adj = [R_adj | t_adj]`` (``CameraOptimizer.forward``): ``[R_adj · R | t + t_adj]``, as
     ``CameraOptimizer.apply_to_raybundle`` moves the rays (origins + t_adj, directions R_adj · d)."""
-    rot = torch.bmm(adj[:, :3, :3], c2w[:, :3, :3])  # [K, 3, 3]
-    trans = c2w[:, :3, 3:] + adj[:, :3, 3:]  # [K, 3, 1]
-    return torch.cat([rot, trans], dim=-1)
+    return apply_pose_correction(c2w, adj[:, :3, :3], adj[:, :3, 3])
 
 
 @dataclass
@@ -123,7 +122,7 @@ class HomographyCameraOptimizerConfig(CameraOptimizerConfig):
     precondition: Literal["off", "homography", "sampled"] = "off"
     """Reparameterise the adjustment as ``pose_adjustment = P φ`` (``SO3xR3`` only), with
     ``P = (M + λ diag M)^-1/2`` per camera: ``homography`` takes ``M = Q``, the closed-form metric of the
-    homography error (:func:`nerf_posefix.preconditioning.homography_metric`); ``sampled`` takes CamP's
+    homography error (:func:`nerf_posefix.geometry.preconditioning.homography_metric`); ``sampled`` takes CamP's
     ``Σ`` from projections of points sampled in each frustum between the bounds."""
 
     precondition_damping: float = 0.1
@@ -291,7 +290,7 @@ class HomographyCameraOptimizer(CameraOptimizer):
     def homography_errors(self) -> Float[Tensor, "num_cameras"]:
         """Per-camera homography error between the initial and the rendered pose, ``[N]``.
 
-        ``nerf_posefix.homography.homography_error`` without its per-call input checks: the initial
+        ``nerf_posefix.geometry.homography.homography_error`` without its per-call input checks: the initial
         poses and the bounds are checked once in :meth:`set_reference`, and the rendered rotations are
         rotations by construction (exponential map times a rotation).
         """

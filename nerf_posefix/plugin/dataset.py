@@ -4,7 +4,7 @@ Supported inputs are nerfstudio's two standard dataparsers:
 
 * ``nerfstudio-data`` (:class:`~nerfstudio.data.dataparsers.nerfstudio_dataparser.NerfstudioDataParserConfig`):
   a ``transforms.json`` (camera-to-world, OpenGL camera axes). A COLMAP model found beside it
-  (``sparse/0``, ``colmap/sparse/0``, ...; see :func:`nerf_posefix.colmap_model.find_colmap_model_dir`)
+  (``sparse/0``, ``colmap/sparse/0``, ...; see :func:`nerf_posefix.io.colmap.find_colmap_model_dir`)
   provides sparse points for the depth bounds.
 * ``colmap`` (:class:`~nerfstudio.data.dataparsers.colmap_dataparser.ColmapDataParserConfig`): a COLMAP
   model (``data / colmap_path``) and its images (``data / images_path``).
@@ -28,10 +28,9 @@ from typing import Literal, Optional
 import numpy as np
 
 from nerf_posefix.errors import InputError
+from nerf_posefix.io.colmap import find_colmap_model_dir, read_colmap_model
+from nerf_posefix.io.transforms_json import GT_FILENAME, read_transforms_frames
 
-GT_FILENAME = "transforms_gt.json"
-#: Largest ``|det R - 1|`` / ``max |RᵀR - I|`` accepted for an input rotation block.
-INPUT_ROTATION_TOLERANCE = 1e-3
 
 
 @dataclass
@@ -62,8 +61,6 @@ def describe_dataset(dataparser_config) -> DatasetInfo:  # noqa: ANN001 (any Dat
     """Locate the files of the dataset a dataparser config points at (no reading)."""
     from nerfstudio.data.dataparsers.colmap_dataparser import ColmapDataParserConfig
     from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataParserConfig
-
-    from nerf_posefix.colmap_model import find_colmap_model_dir
 
     data = Path(dataparser_config.data)
     if isinstance(dataparser_config, NerfstudioDataParserConfig):
@@ -96,65 +93,6 @@ def describe_dataset(dataparser_config) -> DatasetInfo:  # noqa: ANN001 (any Dat
 # validation
 
 
-def _check_pose(pose: np.ndarray, where: str) -> None:
-    """Raise InputError unless ``pose`` is a finite 3x4/4x4 rigid camera-to-world matrix."""
-    if pose.shape not in ((4, 4), (3, 4)):
-        raise InputError(f"{where}: transform_matrix has shape {pose.shape}, expected 4x4")
-    if not np.isfinite(pose).all():
-        raise InputError(f"{where}: transform_matrix has non-finite values (NaN or inf)")
-    rot = pose[:3, :3]
-    ortho = np.abs(rot.T @ rot - np.eye(3)).max()
-    det = np.linalg.det(rot)
-    if ortho > INPUT_ROTATION_TOLERANCE or abs(det - 1.0) > INPUT_ROTATION_TOLERANCE:
-        raise InputError(
-            f"{where}: transform_matrix rotation is not a rotation (det {det:.6g}, max |RᵀR - I| {ortho:.3g})"
-        )
-
-
-def read_transforms_frames(path: Path, check_images: bool, downscale_factor: Optional[int] = None) -> dict:
-    """Read and check a transforms.json: every frame needs a ``file_path`` and a finite rigid
-    ``transform_matrix``; with ``check_images`` its image must exist (the original path, or the
-    ``images_<downscale_factor>`` copy nerfstudio would read).
-
-    Returns:
-        The parsed json.
-
-    Raises:
-        InputError: naming the file and the frame (index and file_path).
-    """
-    try:
-        with open(path, encoding="utf-8") as fid:
-            meta = json.load(fid)
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such file") from None
-    except (OSError, ValueError) as err:
-        raise InputError(f"{path}: cannot read ({err})") from None
-    frames = meta.get("frames") if isinstance(meta, dict) else None
-    if not isinstance(frames, list) or not frames:
-        raise InputError(f"{path}: no 'frames' list")
-    data_dir = path.parent
-    for i, frame in enumerate(frames):
-        file_path = frame.get("file_path") if isinstance(frame, dict) else None
-        if not isinstance(file_path, str) or not file_path:
-            raise InputError(f"{path}: frame {i} has no file_path")
-        where = f"{path}: frame {i} ({file_path})"
-        if "transform_matrix" not in frame:
-            raise InputError(f"{where}: no transform_matrix")
-        try:
-            pose = np.asarray(frame["transform_matrix"], dtype=np.float64)
-        except (TypeError, ValueError):
-            raise InputError(f"{where}: transform_matrix is not a numeric matrix") from None
-        _check_pose(pose, where)
-        if check_images:
-            image = data_dir / file_path
-            candidates = [image]
-            if downscale_factor is not None and downscale_factor > 1:
-                candidates.append(data_dir / f"images_{downscale_factor}" / Path(file_path).name)
-            if not any(c.is_file() for c in candidates):
-                raise InputError(f"{where}: image file not found ({image})")
-    return meta
-
-
 def validate_dataset(info: DatasetInfo) -> None:
     """Check the dataset before training (see the module docstring).
 
@@ -165,8 +103,6 @@ def validate_dataset(info: DatasetInfo) -> None:
         assert info.transforms_path is not None
         read_transforms_frames(info.transforms_path, check_images=True, downscale_factor=info.downscale_factor)
     elif info.kind == "colmap":
-        from nerf_posefix.colmap_model import read_colmap_model
-
         assert info.colmap_dir is not None and info.images_dir is not None
         model = read_colmap_model(info.colmap_dir)  # InputError on bad files / poses
         for image_id in model.image_ids():
@@ -184,38 +120,3 @@ def validate_dataset(info: DatasetInfo) -> None:
         read_transforms_frames(info.gt_path, check_images=False)
 
 
-# ---------------------------------------------------------------------------------------------
-# matching image files to names
-
-
-def _norm(name: str) -> str:
-    name = name.replace(os.sep, "/")
-    while name.startswith("./"):
-        name = name[2:]
-    return name
-
-
-def match_image_names(filenames: Sequence[os.PathLike[str] | str], names: Sequence[str]) -> list[Optional[int]]:
-    """For each image file, the index of the name that refers to it, or None.
-
-    A name refers to a file when the file's path ends with the name's path components (so COLMAP
-    names with sub-folders and transforms.json ``file_path`` values both work); when no name does,
-    a unique equal basename is accepted (e.g. nerfstudio's ``images_2/`` downscaled copies).
-    """
-    normed = [_norm(str(n)) for n in names]
-    by_basename: dict[str, list[int]] = {}
-    for k, n in enumerate(normed):
-        by_basename.setdefault(n.rsplit("/", 1)[-1], []).append(k)
-    out: list[Optional[int]] = []
-    for f in filenames:
-        path = _norm(Path(f).as_posix())
-        base = path.rsplit("/", 1)[-1]
-        candidates = by_basename.get(base, [])
-        suffix = [k for k in candidates if path == normed[k] or path.endswith("/" + normed[k])]
-        if suffix:
-            out.append(max(suffix, key=lambda k: len(normed[k])))
-        elif len(candidates) == 1:
-            out.append(candidates[0])
-        else:
-            out.append(None)
-    return out

@@ -10,11 +10,11 @@ the scene content. Modes (``HomographyCameraOptimizerConfig.bounds``):
 ``points-global``
     The ``lower_quantile``/``upper_quantile`` (default 2.5 %/97.5 %) quantiles of the depths, along
     each camera's optical axis, of the points that camera observes, pooled over all training cameras
-    (the paper's global variant, :func:`nerf_posefix.homography.global_depth_bounds`). Without
+    (the paper's global variant, :func:`nerf_posefix.geometry.homography.global_depth_bounds`). Without
     per-image observations (a bare point cloud), every point in front of a camera counts.
 ``points-per-camera``
     The same quantiles per camera (the paper's local variant,
-    :func:`nerf_posefix.homography.depth_bounds_from_points`); needs per-image observations (a COLMAP
+    :func:`nerf_posefix.geometry.homography.depth_bounds_from_points`); needs per-image observations (a COLMAP
     model). Cameras observing fewer than ``min_points_per_camera`` points get the global bounds.
 ``scene-box``
     ``xmin`` = the model's near plane; ``xmax`` = the largest depth of a scene-box corner seen from any
@@ -48,7 +48,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from nerf_posefix.errors import InputError
-from nerf_posefix.homography import camera_depths, check_depth_bounds, depth_bounds_from_points, global_depth_bounds
+from nerf_posefix.geometry.homography import camera_depths, check_depth_bounds, depth_bounds_from_points, global_depth_bounds
 
 #: Largest median centre residual, as a fraction of the camera spread, for a COLMAP model to be
 #: accepted as being in the training cameras' frame (direct mapping or after Sim(3) alignment).
@@ -130,10 +130,10 @@ def find_sparse_points(
         train_c2w: ``[N, 3, 4]`` train poses (OpenGL, dataparser frame).
         log: messages about rejected sources are appended here.
     """
-    from nerf_posefix.alignment import align
-    from nerf_posefix.colmap_model import read_colmap_model
-    from nerf_posefix.plugin.dataset import match_image_names
-    from nerf_posefix.poses import opencv_to_opengl
+    from nerf_posefix.geometry.alignment import align
+    from nerf_posefix.io.colmap import read_colmap_model
+    from nerf_posefix.io.camera_set import match_image_names
+    from nerf_posefix.geometry.poses import opencv_to_opengl
 
     log = log if log is not None else []
     if info.colmap_dir is not None and info.colmap_dir.is_dir():

@@ -10,9 +10,9 @@
 * Ground-truth metrics: when the pipeline hands over ground-truth poses
   (:meth:`PosefixModel.set_ground_truth`), every ``logging.steps_per_log`` training steps the metrics
   dict gets the pose errors of the rendered training poses against them after a Sim(3) alignment of
-  the camera centres (:func:`nerf_posefix.alignment.align`): ``pose_gt_rotation_median_deg``,
+  the camera centres (:func:`nerf_posefix.geometry.alignment.align`): ``pose_gt_rotation_median_deg``,
   ``pose_gt_translation_median`` (ground-truth units) and ``pose_gt_translation_median_rel``
-  (fraction of the ground-truth scene size, :func:`nerf_posefix.metrics.scene_size`).
+  (fraction of the ground-truth scene radius, `nerf_posefix.geometry.poses.scene_radius`).
 """
 
 from __future__ import annotations
@@ -93,10 +93,6 @@ class PosefixModel(NerfactoModel):
         self._posefix_step = 0
         self._log_every = 10
 
-    @property
-    def has_lpips(self) -> bool:
-        return self.lpips is not None
-
     def _keep_own_lpips_weights(self, module, state_dict, prefix, local_metadata, strict, missing, unexpected, errors):  # noqa: ANN001,E501
         """Load-state-dict pre-hook: drop checkpoint LPIPS weights and use the model's own (if any)."""
         for key in [k for k in state_dict if k.startswith(prefix + LPIPS_PREFIX)]:
@@ -139,11 +135,11 @@ class PosefixModel(NerfactoModel):
     def pose_errors_vs_ground_truth(self) -> Dict[str, float]:
         """Sim(3)-aligned errors of the rendered training poses against the ground truth (empty dict
         without ground truth or without the training poses; see :meth:`set_ground_truth`).
-        ``pose_gt_translation_median_rel`` is relative to the scene size (diameter of the ground-truth
-        centres, :func:`nerf_posefix.metrics.scene_size`)."""
-        from nerf_posefix.alignment import align
-        from nerf_posefix.metrics import scene_size
-        from nerf_posefix.poses import opengl_to_opencv, rotation_angle_deg
+        ``pose_gt_translation_median_rel`` is relative to the scene radius (largest distance of a
+        ground-truth centre from their centroid, :func:`nerf_posefix.geometry.poses.scene_radius`)."""
+        from nerf_posefix.geometry.alignment import align
+        from nerf_posefix.geometry.poses import scene_radius
+        from nerf_posefix.geometry.poses import opengl_to_opencv, rotation_angle_deg
 
         if self._gt_c2w is None or self._gt_index is None:
             return {}
@@ -163,7 +159,7 @@ class PosefixModel(NerfactoModel):
             return {}
         rot = rotation_angle_deg(self._gt_c2w[:, :3, :3], aligned[:, :3, :3])
         trans = np.linalg.norm(aligned[:, :3, 3] - self._gt_c2w[:, :3, 3], axis=-1)
-        size = scene_size(self._gt_c2w[:, :3, 3])
+        size = scene_radius(self._gt_c2w[:, :3, 3])
         return {
             "pose_gt_rotation_median_deg": float(np.median(rot)),
             "pose_gt_translation_median": float(np.median(trans)),

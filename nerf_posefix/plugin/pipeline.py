@@ -31,7 +31,8 @@ from nerfstudio.utils.rich_utils import CONSOLE
 from rich.markup import escape
 
 from nerf_posefix.plugin.camera_optimizer import HomographyCameraOptimizer
-from nerf_posefix.plugin.dataset import DatasetInfo, describe_dataset, match_image_names, validate_dataset
+from nerf_posefix.plugin.dataset import DatasetInfo, describe_dataset, validate_dataset
+from nerf_posefix.io.camera_set import match_image_names
 from nerf_posefix.plugin.depth_bounds import DepthBounds, compute_depth_bounds, find_sparse_points
 
 
@@ -109,7 +110,7 @@ class PosefixPipeline(VanillaPipeline):
         return bounds
 
     def _setup_ground_truth(self) -> None:
-        from nerf_posefix.camera_sets import read_transforms_json
+        from nerf_posefix.io.transforms_json import read_transforms_json
 
         set_gt = getattr(self.model, "set_ground_truth", None)
         if set_gt is None:

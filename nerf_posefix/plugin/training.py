@@ -1,5 +1,5 @@
 """In-process nerfstudio training: one reusable runner for ``posefix refine``, ``posefix demo`` and
-``scripts/benchmark.py``.
+``benchmarks/noisy_pose.py``.
 
 Everything that trains a posefix (or any nerfstudio) method from Python should go through this module
 instead of ``ns-train`` or its own copy of the trainer set-up:
@@ -605,30 +605,3 @@ def run_training(
         _reset_event_writers()
         torch.set_num_threads(previous_threads)
     return TrainingRun(config_path, run_dir, trainer, start, trainer.completed_iterations, seconds)
-
-
-def train(
-    config: Union["TrainerConfig", str],
-    data: Optional[Path] = None,
-    output_dir: Optional[Path] = None,
-    max_iterations: Optional[int] = None,
-    *,
-    overrides: Overrides = None,
-    progress: bool = True,
-    resume: bool = False,
-    quiet: bool = False,
-    num_threads: Optional[int] = None,
-    **config_options: Any,
-) -> Path:
-    """:func:`in_process_config` then :func:`run_training`; returns the run's ``config.yml``.
-
-    Example::
-
-        config_yml = train("posefix-small", data=Path("scene"), output_dir=Path("runs"), max_iterations=500,
-                           overrides={"pipeline.model.camera_optimizer.weight": 0.1})
-
-    ``config_options`` go to :func:`in_process_config` (``experiment_name``, ``timestamp``, ``device``,
-    ``seed``, ``steps_per_save``, ``evaluate``).
-    """
-    cfg = in_process_config(config, data, output_dir, max_iterations, overrides=overrides, **config_options)
-    return run_training(cfg, progress=progress, resume=resume, quiet=quiet, num_threads=num_threads).config_path

@@ -15,7 +15,7 @@ Conventions
 * COLMAP poses are **world-to-camera** (``cam_from_world``), OpenCV camera axes (x right, y down,
   looking +z); :class:`~nerf_posefix.camera_sets.CameraSet` poses are camera-to-world with the same
   axes. The world frame and scale of an SfM model are COLMAP's own (arbitrary similarity); compare
-  with a ground truth after a Sim(3) alignment (:mod:`nerf_posefix.metrics`).
+  with a ground truth after a Sim(3) alignment (:mod:`nerf_posefix.geometry.metrics`).
 * Intrinsics are in pixels with COLMAP's pixel convention (the centre of pixel ``(row i, column j)``
   is at ``(u, v) = (j + 0.5, i + 0.5)``). Downscaling by an integer factor ``s`` averages ``s x s``
   pixel blocks (the last ``W mod s`` columns / ``H mod s`` rows are dropped), so a full-resolution
@@ -52,7 +52,7 @@ from nerf_posefix.errors import InputError
 if TYPE_CHECKING:
     import pycolmap
 
-    from nerf_posefix.camera_sets import CameraSet
+    from nerf_posefix.io.camera_set import CameraSet
 
 IntrinsicsMode = Literal["free", "fixed"]
 
@@ -118,7 +118,7 @@ class PinholeCamera:
         Raises:
             InputError: the model has no camera, several different ones, or a distorted camera model.
         """
-        from nerf_posefix.colmap_model import read_colmap_model
+        from nerf_posefix.io.colmap import read_colmap_model
 
         model = read_colmap_model(path)
         found = {(c.model, c.width, c.height, tuple(np.round(c.params, 9))) for c in model.cameras.values()}
@@ -195,7 +195,7 @@ class SfmResult:
         """
         if self.model_path is None:
             raise InputError(f"{self.output_dir}: COLMAP produced no model ({self.error})")
-        from nerf_posefix.camera_sets import load_camera_set
+        from nerf_posefix.io.sources import load_camera_set
 
         return load_camera_set(self.model_path)
 
@@ -576,7 +576,7 @@ def _reconstruction_from_poses(
     (OpenCV axes) and one ``PINHOLE`` camera, no points."""
     import pycolmap
 
-    from nerf_posefix.poses import invert_poses
+    from nerf_posefix.geometry.poses import invert_poses
 
     db = pycolmap.Database.open(str(database))
     try:

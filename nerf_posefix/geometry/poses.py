@@ -28,7 +28,7 @@ from scipy.spatial.transform import Rotation
 OPENGL_OPENCV_FLIP = np.diag([1.0, -1.0, -1.0, 1.0])
 
 
-def _as_batch_of_poses(c2w: np.ndarray, name: str = "c2w") -> np.ndarray:
+def as_4x4(c2w: np.ndarray, name: str = "c2w") -> np.ndarray:
     """``[N, 3|4, 4]`` -> ``[N, 4, 4]`` float64 (the last row set to ``0 0 0 1``)."""
     c2w = np.asarray(c2w, dtype=np.float64)
     if c2w.ndim != 3 or c2w.shape[-1] != 4 or c2w.shape[-2] not in (3, 4):
@@ -37,6 +37,49 @@ def _as_batch_of_poses(c2w: np.ndarray, name: str = "c2w") -> np.ndarray:
     out[:, :3, :] = c2w[:, :3, :]
     out[:, 3, 3] = 1.0
     return out
+
+
+#: Largest ``max |RᵀR - I|`` and ``|det R - 1|`` of a matrix accepted as a rotation when read from a file.
+ROTATION_TOLERANCE = 1e-3
+
+
+def rotation_defect(rot: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """How far matrices ``[..., 3, 3]`` are from rotations: ``(max |RᵀR - I| [...], det R [...])``."""
+    rot = np.asarray(rot, dtype=np.float64)
+    ortho = np.abs(np.swapaxes(rot, -1, -2) @ rot - np.eye(3)).max(axis=(-2, -1))
+    return ortho, np.linalg.det(rot)
+
+
+def is_rotation(rot: np.ndarray, tolerance: float = ROTATION_TOLERANCE) -> np.ndarray:
+    """Whether each of ``rot [..., 3, 3]`` is a finite rotation within ``tolerance`` (bool ``[...]``)."""
+    rot = np.asarray(rot, dtype=np.float64)
+    finite = np.isfinite(rot).all(axis=(-2, -1))
+    ortho, det = rotation_defect(np.where(finite[..., None, None], rot, np.eye(3)))
+    return finite & (ortho <= tolerance) & (np.abs(det - 1.0) <= tolerance)
+
+
+def apply_pose_correction(c2w, rot, trans):  # noqa: ANN001, ANN201 (numpy arrays or torch tensors)
+    """The pose nerfstudio renders for a correction ``[R_adj | t_adj]``: ``[R_adj · R | t + t_adj]``.
+
+    This is how ``CameraOptimizer.apply_to_raybundle`` moves the rays (origins + t_adj, directions
+    R_adj · d): the correction rotates the camera about its own centre, in the world frame, and shifts
+    the centre. Works on numpy arrays and torch tensors alike (any camera axes, any world frame, as long
+    as the correction is expressed in the same world frame).
+
+    Args:
+        c2w: camera-to-world ``[N, 3|4, 4]``.
+        rot: ``R_adj [N, 3, 3]``; trans: ``t_adj [N, 3]``.
+
+    Returns:
+        ``[N, 3, 4]``.
+    """
+    rotated = rot @ c2w[..., :3, :3]  # [N, 3, 3]
+    moved = c2w[..., :3, 3:] + trans[..., :, None]  # [N, 3, 1]
+    if isinstance(rotated, np.ndarray):
+        return np.concatenate([rotated, moved], axis=-1)
+    import torch
+
+    return torch.cat([rotated, moved], dim=-1)
 
 
 def make_c2w(rotation: np.ndarray, translation: np.ndarray) -> np.ndarray:
@@ -53,7 +96,7 @@ def make_c2w(rotation: np.ndarray, translation: np.ndarray) -> np.ndarray:
 
 def invert_poses(pose: np.ndarray) -> np.ndarray:
     """Inverse of rigid poses ``[N, 3|4, 4]`` -> ``[N, 4, 4]`` (``[R | t]^-1 = [Rᵀ | -Rᵀ t]``)."""
-    pose = _as_batch_of_poses(pose, "pose")
+    pose = as_4x4(pose, "pose")
     rot_t = np.swapaxes(pose[:, :3, :3], -1, -2)  # [N, 3, 3]
     trans = -np.einsum("nij,nj->ni", rot_t, pose[:, :3, 3])  # [N, 3]
     return make_c2w(rot_t, trans)
@@ -84,18 +127,18 @@ def c2w_to_colmap(c2w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def opengl_to_opencv(c2w: np.ndarray) -> np.ndarray:
     """Camera-to-world with OpenGL camera axes (nerfstudio) -> OpenCV camera axes; ``[N, 4, 4]``."""
-    return _as_batch_of_poses(c2w) @ OPENGL_OPENCV_FLIP
+    return as_4x4(c2w) @ OPENGL_OPENCV_FLIP
 
 
 def opencv_to_opengl(c2w: np.ndarray) -> np.ndarray:
     """Camera-to-world with OpenCV camera axes -> OpenGL camera axes (nerfstudio); ``[N, 4, 4]``."""
-    return _as_batch_of_poses(c2w) @ OPENGL_OPENCV_FLIP
+    return as_4x4(c2w) @ OPENGL_OPENCV_FLIP
 
 
 def c2w_to_tum(c2w: np.ndarray, timestamps: np.ndarray) -> np.ndarray:
     """Camera-to-world ``[N, 3|4, 4]`` and ``timestamps [N]`` -> TUM rows
     ``[N, 8] = (timestamp, tx, ty, tz, qx, qy, qz, qw)`` with ``qw >= 0``."""
-    c2w = _as_batch_of_poses(c2w)
+    c2w = as_4x4(c2w)
     timestamps = np.asarray(timestamps, dtype=np.float64).reshape(-1)
     if timestamps.shape[0] != c2w.shape[0]:
         raise ValueError(f"{timestamps.shape[0]} timestamps for {c2w.shape[0]} poses")
@@ -132,6 +175,16 @@ def rotation_angle_deg(rot_a: np.ndarray, rot_b: np.ndarray) -> np.ndarray:
     sin = 0.5 * np.linalg.norm(skew, axis=-1)
     cos = 0.5 * (np.trace(rel, axis1=-2, axis2=-1) - 1.0)
     return np.degrees(np.arctan2(sin, cos))
+
+
+def scene_radius(centres: np.ndarray) -> float:
+    """The scene extent used everywhere in this package: the largest distance of a camera centre
+    ``centres [N, 3]`` from their centroid (world units; 0 for no camera). Noise levels, relative
+    translation errors and default depth ranges are fractions of it."""
+    centres = np.asarray(centres, dtype=np.float64).reshape(-1, 3)
+    if centres.shape[0] == 0:
+        return 0.0
+    return float(np.linalg.norm(centres - centres.mean(axis=0), axis=1).max())
 
 
 def camera_centers(c2w: np.ndarray) -> np.ndarray:

@@ -17,7 +17,7 @@ metrics it adds to every iteration (``camera_opt_homography_*``), and the ground
 
 Usage::
 
-    python scripts/bench_plugin.py --data assets/toybox --iterations 60 --threads 1 --output bench.json
+    python -m benchmarks.bench_plugin --data assets/toybox --iterations 60 --threads 1 --output bench.json
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@ r"""Controlled, seeded pose noise (pure numpy).
 Conventions
 -----------
 * Poses are **camera-to-world** ``c2w [N, 4, 4]`` float64 with **OpenCV camera axes** (see
-  :mod:`nerf_posefix.poses`), in the world frame and units of the dataset.
+  :mod:`nerf_posefix.geometry.poses`), in the world frame and units of the dataset.
 * Each camera ``i`` receives a rigid perturbation about its own centre:
 
   .. math::
@@ -21,7 +21,7 @@ Conventions
   **scene radius**, the largest distance of the (clean) camera centres from their centroid.
 * Reproducibility: one ``numpy.random.default_rng(seed)`` draws all rotation axes ``[N, 3]`` first, then
   all translation directions ``[N, 3]``, in the order the poses are given. Callers that want noise
-  independent of file order sort cameras by name first (:mod:`nerf_posefix.cli.perturb` does).
+  independent of file order sort cameras by name first (:mod:`nerf_posefix.workflows.perturb` does).
   Held-out cameras still consume their draws (then get zero noise), so holding cameras out does not
   change the noise of the others.
 """
@@ -34,17 +34,10 @@ from typing import Any, Literal
 import numpy as np
 
 from nerf_posefix.errors import InputError
+from nerf_posefix.geometry.poses import scene_radius
 
 TranslationUnits = Literal["scene-fraction", "absolute"]
 TRANSLATION_UNITS: tuple[str, ...] = ("scene-fraction", "absolute")
-
-
-def scene_radius(c2w: np.ndarray) -> float:
-    """Largest distance of the camera centres ``c2w[:, :3, 3]`` from their centroid (world units)."""
-    centres = np.asarray(c2w, dtype=np.float64)[:, :3, 3]  # [N, 3]
-    if centres.shape[0] == 0:
-        return 0.0
-    return float(np.linalg.norm(centres - centres.mean(axis=0), axis=1).max())
 
 
 def random_unit_vectors(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -119,7 +112,7 @@ class PoseNoise:
 
 def translation_magnitude(c2w: np.ndarray, translation: float, units: TranslationUnits) -> float:
     """The centre offset in world units: ``translation`` itself (``"absolute"``) or
-    ``translation × scene_radius(c2w)`` (``"scene-fraction"``).
+    ``translation × scene_radius(centres)`` (``"scene-fraction"``).
 
     Raises:
         InputError: unknown units, negative or non-finite ``translation``, or a scene radius of 0 with
@@ -131,7 +124,7 @@ def translation_magnitude(c2w: np.ndarray, translation: float, units: Translatio
         raise InputError(f"--translation must be a finite number >= 0, got {translation}")
     if units == "absolute":
         return float(translation)
-    radius = scene_radius(c2w)
+    radius = scene_radius(np.asarray(c2w)[:, :3, 3])
     if radius <= 0 and translation > 0:
         raise InputError(
             "the scene radius (largest distance of a camera centre from their centroid) is 0: "

@@ -10,16 +10,16 @@ its minimum is the true pose. The correction is nerfstudio's 6-vector (translati
 
 * ``off``: P = I;
 * ``homography``: P = (Q + λ diag Q)^-½ with Q the closed-form homography metric
-  (:func:`nerf_posefix.preconditioning.homography_metric`) of the start pose, λ = 0.1;
+  (:func:`nerf_posefix.geometry.preconditioning.homography_metric`) of the start pose, λ = 0.1;
 * ``sampled``: CamP's P from the projection Jacobians of points sampled in the frustum
-  (:func:`nerf_posefix.preconditioning.sampled_metric`).
+  (:func:`nerf_posefix.geometry.preconditioning.sampled_metric`).
 
 Each (optimiser, preconditioner) gets its best fixed learning rate from the same log-spaced grid, and
 the count of steps until the objective falls below ``tolerance`` x its start value (capped) is reported,
 median and range over ``--cameras`` random cameras. Printed as a table; ``--json`` writes the numbers.
 
-    python scripts/precondition_toy.py                    # 20 cameras (a few minutes on 2 busy cores)
-    python scripts/precondition_toy.py --cameras 0        # only the setup cost of P (56 and 1000 cameras)
+    python -m benchmarks.precondition_toy                    # 20 cameras (a few minutes on 2 busy cores)
+    python -m benchmarks.precondition_toy --cameras 0        # only the setup cost of P (56 and 1000 cameras)
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from nerf_posefix.preconditioning import homography_metric, preconditioner, sampled_metric, skew, view_directions
+from nerf_posefix.geometry.preconditioning import homography_metric, preconditioner, sampled_metric, skew, view_directions
 
 XMIN, XMAX = 1.0, 6.0
 INTRINSICS = (100.0, 100.0, 64.0, 64.0)  # fx, fy, cx, cy (pixels)

@@ -2,9 +2,9 @@
 """COLMAP track: does posefix improve the poses users actually start from, COLMAP's?
 
 On scenes with exact ground truth (the bundled ``assets/toybox`` and variants rendered by
-``scripts/make_scene.py`` into ``<output>/cache``), for every case of a preset (``configs/colmap_track*.yaml``):
+``benchmarks/make_scene.py`` into ``<output>/cache``), for every case of a preset (``configs/colmap_track*.yaml``):
 
-1. **SfM** (:func:`nerf_posefix.sfm.run_sfm`): pycolmap as a user runs it (SIFT on the CPU, exhaustive
+1. **SfM** (:func:`benchmarks.sfm.run_sfm`): pycolmap as a user runs it (SIFT on the CPU, exhaustive
    matching, incremental mapping, largest model), with the intrinsics estimated (``free``, COLMAP's
    ``OPENCV`` camera as ``ns-process-data`` asks for) or fixed to the truth (``fixed``). Recorded: wall
    time, registered / total images, and COLMAP's pose error against the ground truth after a Sim(3)
@@ -16,12 +16,12 @@ On scenes with exact ground truth (the bundled ``assets/toybox`` and variants re
    ``posefix refine --regularizer``): ``posefix refine --colmap-model M --images I --output O
    --iterations N --threads T <refiner args>`` in its own process (``python -m nerf_posefix.cli.main
    refine``), ``refine.jobs`` at a time after all SfM is done. Its output (a COLMAP model, or a
-   ``transforms.json``) is read back with :func:`nerf_posefix.camera_sets.load_camera_set` and measured
+   ``transforms.json``) is read back with :func:`nerf_posefix.workflows.pose_sources.load_pose_source` and measured
    like COLMAP's, on the same images; ``gain`` columns give COLMAP's median error divided by the
    refined one (> 1: better than COLMAP). If ``nerf_posefix/cli/refine.py`` does not exist the rows say
    "refine not available"; a refiner whose arguments name an option ``posefix refine`` does not have is
    skipped with that reason instead of failing.
-3. **Geometric baseline** (:func:`nerf_posefix.sfm.bundle_adjust_from_poses`): the noisy-pose track's
+3. **Geometric baseline** (:func:`benchmarks.sfm.bundle_adjust_from_poses`): the noisy-pose track's
    input (``posefix perturb`` of the scene: seed, levels and held-out test views as in
    ``configs/benchmark.yaml``), refined by pycolmap triangulation + bundle adjustment from features
    matched on the images (the ``fixed`` case's database is reused when it covers the same images),
@@ -43,9 +43,9 @@ settings are reused (``--force`` re-runs them), so an interrupted track resumes.
 
 Usage::
 
-    python scripts/colmap_track.py --output colmap_track_results          # default preset, ~14 min on 2 cores
-    python scripts/colmap_track.py --output /tmp/ct --quick               # smoke test (~1 min)
-    python scripts/colmap_track.py --output out --cases default-free --skip-refine
+    python -m benchmarks.colmap_track --output colmap_track_results          # default preset, ~14 min on 2 cores
+    python -m benchmarks.colmap_track --output /tmp/ct --quick               # smoke test (~1 min)
+    python -m benchmarks.colmap_track --output out --cases default-free --skip-refine
 """
 
 from __future__ import annotations
@@ -71,6 +71,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks import make_scene
 from nerf_posefix.errors import InputError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,7 +79,6 @@ DEFAULT_CONFIG = ROOT / "configs" / "colmap_track.yaml"
 QUICK_CONFIG = ROOT / "configs" / "colmap_track_quick.yaml"
 RESULT_FILE = "result.json"
 #: The module ``posefix refine`` lives in (issue #5).
-REFINE_MODULE = "nerf_posefix.cli.refine"
 DEFAULT_REFINE_COMMAND: tuple[str, ...] = (sys.executable, "-m", "nerf_posefix.cli.main", "refine")
 
 #: Columns of the table / CSV after ``case`` and ``stage``: (key, header, format).
@@ -106,7 +106,7 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
 class SceneSpec:
     """A scene with ground truth: a directory (``path``, relative to the repository) or a render.
 
-    Render fields (``scripts/make_scene.py``): ``num_views``, ``size`` (width = height, pixels),
+    Render fields (``benchmarks/make_scene.py``): ``num_views``, ``size`` (width = height, pixels),
     ``supersample`` (rays per pixel = supersample²), ``seed`` (same seed = same poses at any size), and
     ``texture_contrast`` (1 = the generator's materials; < 1 scales their colour and pattern contrast).
     """
@@ -126,10 +126,10 @@ class CaseSpec:
 
     Attributes:
         scene: a :class:`SceneSpec` name.
-        intrinsics: ``free`` or ``fixed`` (see :func:`nerf_posefix.sfm.run_sfm`).
+        intrinsics: ``free`` or ``fixed`` (see :func:`benchmarks.sfm.run_sfm`).
         downscale: shrink the images by this factor before SfM.
         num_views: use this many images, evenly spaced in name order (None: all).
-        camera_model: COLMAP camera model for ``free`` (None: :data:`nerf_posefix.sfm.DEFAULT_FREE_CAMERA_MODEL`).
+        camera_model: COLMAP camera model for ``free`` (None: :data:`benchmarks.sfm.DEFAULT_FREE_CAMERA_MODEL`).
         refine: run the refiners from this case's model.
     """
 
@@ -255,19 +255,6 @@ def load_config(path: str | os.PathLike[str]) -> TrackConfig:
 # scenes
 
 
-def load_make_scene() -> ModuleType:
-    """``scripts/make_scene.py`` as a module (scripts/ is not a package)."""
-    name = "make_scene"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / "make_scene.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up while the file executes
-    spec.loader.exec_module(module)
-    return module
-
-
 def generate_scene(spec: SceneSpec, log: bool = False) -> Any:
     """Render ``spec`` with ``make_scene`` (a ``make_scene.Scene``).
 
@@ -275,7 +262,7 @@ def generate_scene(spec: SceneSpec, log: bool = False) -> Any:
     random draws in the same order (so the poses and points are those of the ``c = 1`` scene) but every
     material's palette amplitude and pattern strength multiplied by ``c``.
     """
-    ms = load_make_scene()
+    ms = make_scene
     cfg = ms.SceneConfig(
         seed=spec.seed, num_views=spec.num_views, width=spec.size, height=spec.size, supersample=spec.supersample
     )
@@ -320,7 +307,7 @@ def prepare_scene(spec: SceneSpec, cache: Path) -> tuple[Path, float]:
         return out, 0.0
     start = time.perf_counter()
     scene = generate_scene(spec)
-    load_make_scene().write_scene(scene, out, overwrite=True)
+    make_scene.write_scene(scene, out, overwrite=True)
     marker.write_text(json.dumps(wanted, indent=2))
     return out, time.perf_counter() - start
 
@@ -340,9 +327,9 @@ def image_subset(names: list[str], count: int | None) -> list[str]:
 
 def measure(reference: Any, estimate: Any, names: list[str] | None, min_cameras: int = 3) -> dict[str, Any]:
     """Pose errors of ``estimate`` against ``reference`` (camera sets) on the cameras in both (and in
-    ``names``), after Sim(3) alignment (:func:`nerf_posefix.cli.demo.pose_errors`): ``{"summary": ...,
+    ``names``), after Sim(3) alignment (:func:`nerf_posefix.workflows.experiment.pose_errors`): ``{"summary": ...,
     "per_camera": {...}}`` or ``{"error": why}`` when fewer than ``min_cameras`` cameras match."""
-    from nerf_posefix.cli.demo import pose_errors
+    from nerf_posefix.workflows.experiment import pose_errors
 
     common = set(reference.names) & set(estimate.names)
     if names is not None:
@@ -383,8 +370,8 @@ def store(directory: Path, result: dict[str, Any]) -> dict[str, Any]:
 
 def run_case(case: CaseSpec, scene_dir: Path, out: Path, config: TrackConfig, force: bool) -> dict[str, Any]:
     """SfM for one case and COLMAP's pose error (cached in ``out/sfm/result.json``)."""
-    from nerf_posefix.camera_sets import load_camera_set
-    from nerf_posefix.sfm import PinholeCamera, list_images, run_sfm
+    from nerf_posefix.workflows.pose_sources import load_pose_source
+    from benchmarks.sfm import PinholeCamera, list_images, run_sfm
 
     names = image_subset(list_images(scene_dir / "images"), case.num_views)
     settings = {"case": dataclasses.asdict(case), "scene": str(scene_dir), "names": names, "seed": config.sfm_seed}
@@ -408,29 +395,21 @@ def run_case(case: CaseSpec, scene_dir: Path, out: Path, config: TrackConfig, fo
     )
     record: dict[str, Any] = {"settings": settings, "sfm": result.to_dict()}
     if result.num_registered >= config.min_registered and result.model_path is not None:
-        reference = load_camera_set(scene_dir / "sparse" / "0")
+        reference = load_pose_source(scene_dir / "sparse" / "0")
         record["errors"] = measure(reference, result.camera_set(), result.registered)
     else:
         record["errors"] = {"error": f"COLMAP registered {result.num_registered}/{result.num_images} images"}
     return store(directory, record)
 
 
-def refine_available(config: TrackConfig) -> str | None:
-    """None if the refine command can run, else why not."""
-    if config.refine_command is not None:
-        return None
-    if importlib.util.find_spec(REFINE_MODULE) is None:
-        return f"refine not available ({REFINE_MODULE.replace('.', '/')}.py does not exist yet)"
-    return None
-
-
 def unsupported_flags(refiner: RefinerSpec, config: TrackConfig) -> list[str]:
     """The ``--flags`` of ``refiner.args`` that ``posefix refine`` does not have (checked against the
-    fields of ``nerf_posefix.cli.refine.Refine``; nothing is checked for a custom refine command)."""
+    fields of ``nerf_posefix.workflows.refine.RefineOptions``; nothing is checked for a custom refine command)."""
     if config.refine_command is not None:
         return []
-    module = importlib.import_module(REFINE_MODULE)
-    fields = {f.name for f in dataclasses.fields(module.Refine)}
+    from nerf_posefix.workflows.refine import RefineOptions
+
+    fields = {f.name for f in dataclasses.fields(RefineOptions)}
     def known(flag: str) -> bool:
         name = flag[2:].replace("-", "_")
         return name in fields or (name.startswith("no_") and name[3:] in fields)  # tyro's --no-<bool>
@@ -444,7 +423,7 @@ def run_refine(
     out: Path, config: TrackConfig, force: bool,
 ) -> dict[str, Any]:
     """``posefix refine`` from ``model`` in a subprocess and the refined poses' error (cached)."""
-    from nerf_posefix.camera_sets import load_camera_set
+    from nerf_posefix.workflows.pose_sources import load_pose_source
 
     command = list(config.refine_command or DEFAULT_REFINE_COMMAND)
     settings = {
@@ -484,7 +463,7 @@ def run_refine(
         record["error"] = f"exit {record['returncode']}: {tail[0][:200] if tail else ''}"
     if "error" not in record:
         try:
-            record["errors"] = measure(reference, load_camera_set(target), names)
+            record["errors"] = measure(reference, load_pose_source(target), names)
         except InputError as err:
             record["error"] = f"cannot read the refined poses: {err}"
     return store(directory, record)
@@ -494,9 +473,9 @@ def run_ba_level(
     level: NoiseLevel, scene_dir: Path, out: Path, database: Path | None, config: TrackConfig, force: bool
 ) -> dict[str, Any]:
     """Perturb the scene like the noisy-pose track and refine by bundle adjustment (cached)."""
-    from nerf_posefix.camera_sets import load_camera_set
-    from nerf_posefix.cli.perturb import perturb_dataset
-    from nerf_posefix.sfm import PinholeCamera, bundle_adjust_from_poses
+    from nerf_posefix.workflows.pose_sources import load_pose_source
+    from nerf_posefix.workflows.perturb import perturb_dataset
+    from benchmarks.sfm import PinholeCamera, bundle_adjust_from_poses
 
     settings = {"level": dataclasses.asdict(level), "scene": str(scene_dir), "seed": config.noise_seed,
                 "holdout_every": config.ba_holdout_every, "database": database is not None}
@@ -510,8 +489,8 @@ def run_ba_level(
         seed=config.noise_seed, holdout_every=config.ba_holdout_every, overwrite=True,
     )
     train = [c["name"] for c in record_noise["cameras"] if not c["held_out"]]
-    reference = load_camera_set(scene_dir / "sparse" / "0")
-    noisy = load_camera_set(data / "sparse" / "0")
+    reference = load_pose_source(scene_dir / "sparse" / "0")
+    noisy = load_pose_source(data / "sparse" / "0")
     camera = PinholeCamera.from_colmap_model(scene_dir / "sparse" / "0")
     result = bundle_adjust_from_poses(
         data / "images", out / "ba", noisy, camera, database=database, num_threads=config.num_threads,
@@ -522,7 +501,7 @@ def run_ba_level(
         "ba": result.to_dict(),
     }
     if result.model_path is not None:
-        record["errors"] = measure(reference, load_camera_set(result.model_path), train)
+        record["errors"] = measure(reference, load_pose_source(result.model_path), train)
     else:
         record["errors"] = {"error": result.error}
     return store(out, record)
@@ -703,7 +682,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"COLMAP track {config.name}: {len(config.cases)} cases, {len(config.refiners)} refiners x "
           f"{config.iterations} iterations, {len(config.ba_levels)} BA levels -> {output}", flush=True)
 
-    from nerf_posefix.camera_sets import load_camera_set
+    from nerf_posefix.workflows.pose_sources import load_pose_source
 
     scene_dirs: dict[str, Path] = {}
     render_s: dict[str, float] = {}
@@ -714,7 +693,7 @@ def main(argv: list[str] | None = None) -> int:
             scene_dirs[name], render_s[name] = prepare_scene(config.scenes[name], cache)
         return scene_dirs[name]
 
-    unavailable = None if args.skip_refine else refine_available(config)
+    unavailable = None
     cases: list[dict[str, Any]] = []
     rows: list[dict[str, Any]] = []
     pending: list[tuple[dict[str, Any], RefinerSpec, dict[str, Any]]] = []  # refines to run after all SfM
@@ -743,7 +722,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 pending.append((result, refiner, dict(
                     refiner=refiner, case=case, model=Path(sfm["model_path"]), images=scene_dir / "images",
-                    reference=load_camera_set(scene_dir / "sparse" / "0"), names=sfm["registered"], out=out,
+                    reference=load_pose_source(scene_dir / "sparse" / "0"), names=sfm["registered"], out=out,
                     config=config, force=args.force,
                 )))
         cases.append(result)

@@ -1,6 +1,6 @@
 """Benchmark: alignment + all metrics (no plots, no I/O) for 1k, 10k and 100k cameras on this CPU.
 
-Usage: ``python scripts/bench_compare.py [--repeats 3]``. Prints the best of ``repeats`` wall times.
+Usage: ``python -m benchmarks.bench_compare [--repeats 3]``. Prints the best of ``repeats`` wall times.
 Target (issue 6): under 5 s for 100k cameras.
 """
 
@@ -12,8 +12,8 @@ import time
 import numpy as np
 from scipy.spatial.transform import Rotation
 
-from nerf_posefix.metrics import compare_poses
-from nerf_posefix.poses import make_c2w
+from nerf_posefix.geometry.metrics import compare_poses
+from nerf_posefix.geometry.poses import make_c2w
 
 
 def make_pair(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

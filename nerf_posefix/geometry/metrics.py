@@ -2,15 +2,15 @@ r"""Pose-error metrics between matched camera sets (pure numpy, plus torch for t
 
 All poses are camera-to-world ``[N, 4, 4]`` with **OpenCV camera axes**, row ``i`` of the estimate
 matching row ``i`` of the reference. The estimate is first mapped into the reference frame by
-:func:`nerf_posefix.alignment.align`, so distances are in reference units.
+:func:`nerf_posefix.geometry.alignment.align`, so distances are in reference units.
 
 Per-camera errors
 -----------------
 * rotation (deg): geodesic angle between ``R_ref`` and the aligned ``R_est``
-  (:func:`nerf_posefix.poses.rotation_angle_deg`); equals evo's APE ``rotation_angle_deg``.
+  (:func:`nerf_posefix.geometry.poses.rotation_angle_deg`); equals evo's APE ``rotation_angle_deg``.
 * translation (reference units): distance between camera centres; equals evo's APE
   ``translation_part``. Its RMSE is the ATE.
-* homography: :func:`nerf_posefix.homography.homography_error` (dimensionless, scale-aware) with the
+* homography: :func:`nerf_posefix.geometry.homography.homography_error` (dimensionless, scale-aware) with the
   reference as ``c2w_ref`` and depth bounds ``[xmin, xmax]`` per camera or global, in reference units.
 
 Relative pose error (RPE), as ``evo.core.metrics.RPE`` with ``delta = 1`` frame (consecutive pairs in
@@ -26,8 +26,9 @@ benchmarks); for a step curve this integral is exact: ``AUC@T = mean_i max(0, 1 
 (SuperGlue's ``pose_auc`` instead interpolates the recall linearly between sorted errors, which gives
 slightly larger values for few cameras.)
 
-The translation thresholds default to fractions of the **scene size**, defined as the diameter of
-the reference centres about their centroid: ``2 · max_i ‖c_i - mean(c)‖`` (rotation invariant).
+The translation thresholds default to fractions of the **scene radius**, the largest distance of a
+reference centre from their centroid, ``max_i ‖c_i - mean(c)‖`` (:func:`~nerf_posefix.geometry.poses.scene_radius`,
+the one scene extent of this package).
 """
 
 from __future__ import annotations
@@ -39,13 +40,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from nerf_posefix.alignment import Alignment, AlignMode, align
-from nerf_posefix.homography import homography_error
-from nerf_posefix.poses import rotation_angle_deg
+from nerf_posefix.geometry.alignment import Alignment, AlignMode, align
+from nerf_posefix.geometry.homography import homography_error
+from nerf_posefix.geometry.poses import rotation_angle_deg, scene_radius
 
 DEFAULT_ROTATION_THRESHOLDS_DEG: tuple[float, ...] = (1.0, 2.0, 5.0)
-#: Fractions of the scene size.
-DEFAULT_TRANSLATION_THRESHOLDS_REL: tuple[float, ...] = (0.01, 0.02, 0.05)
+#: Fractions of the scene radius (:func:`~nerf_posefix.geometry.poses.scene_radius`).
+DEFAULT_TRANSLATION_THRESHOLDS_REL: tuple[float, ...] = (0.02, 0.04, 0.10)
 
 
 @dataclass
@@ -71,12 +72,6 @@ class ErrorStats:
             max=float(errors.max()),
             count=int(errors.size),
         )
-
-
-def scene_size(centres: np.ndarray) -> float:
-    """Diameter of camera centres ``[N, 3]`` about their centroid: ``2 · max ‖c_i - mean‖``."""
-    centres = np.asarray(centres, dtype=np.float64)
-    return float(2.0 * np.linalg.norm(centres - centres.mean(axis=0), axis=1).max())
 
 
 def recall_at(errors: np.ndarray, thresholds: Sequence[float]) -> np.ndarray:
@@ -135,7 +130,7 @@ class PoseComparison:
     homography: np.ndarray
     rpe_translation: np.ndarray
     rpe_rotation_deg: np.ndarray
-    scene_size: float
+    scene_radius: float
     rotation_thresholds_deg: tuple[float, ...]
     translation_thresholds: tuple[float, ...]
     stats: dict[str, ErrorStats] = field(default_factory=dict)
@@ -157,7 +152,7 @@ class PoseComparison:
                 "translation": self.alignment.translation.tolist(),
                 "num_inliers": int(self.alignment.inliers.sum()) if self.alignment.inliers is not None else None,
             },
-            "scene_size": self.scene_size,
+            "scene_radius": self.scene_radius,
             "ate_rmse": self.ate_rmse,
             "stats": {k: asdict(v) for k, v in self.stats.items()},
             "rotation_thresholds_deg": list(self.rotation_thresholds_deg),
@@ -181,11 +176,11 @@ def compare_poses(
     all metrics.
 
     Args:
-        mode, trim: passed to :func:`nerf_posefix.alignment.align`.
+        mode, trim: passed to :func:`nerf_posefix.geometry.alignment.align`.
         xmin, xmax: homography depth bounds in reference units: floats or ``[M]`` arrays.
         rotation_thresholds_deg: recall thresholds (deg); the AUC runs up to the largest.
         translation_thresholds: recall thresholds in reference units; default
-            ``DEFAULT_TRANSLATION_THRESHOLDS_REL × scene size``. The AUC runs up to the largest.
+            ``DEFAULT_TRANSLATION_THRESHOLDS_REL × scene radius``. The AUC runs up to the largest.
 
     Raises:
         InputError: from the alignment (too few cameras, degenerate centres).
@@ -207,7 +202,7 @@ def compare_poses(
     ).numpy()  # [M]
     rpe_t, rpe_r = relative_pose_errors(ref_c2w, aligned, delta=1)
 
-    size = scene_size(ref_c2w[:, :3, 3])
+    size = scene_radius(ref_c2w[:, :3, 3])
     rot_thr = tuple(float(t) for t in rotation_thresholds_deg)
     if translation_thresholds is None:
         trans_thr = tuple(float(f * size) for f in DEFAULT_TRANSLATION_THRESHOLDS_REL)
@@ -222,7 +217,7 @@ def compare_poses(
         homography=hom,
         rpe_translation=rpe_t,
         rpe_rotation_deg=rpe_r,
-        scene_size=size,
+        scene_radius=size,
         rotation_thresholds_deg=rot_thr,
         translation_thresholds=trans_thr,
     )
@@ -241,3 +236,29 @@ def compare_poses(
     if max(trans_thr, default=0.0) > 0:
         result.auc["translation"] = auc_at(trans_err, max(trans_thr))
     return result
+
+
+def pairwise_rotation_errors(ref_c2w: np.ndarray, est_c2w: np.ndarray) -> np.ndarray:
+    """Alignment-free relative-rotation errors (deg) over all pairs ``i < j``: ``[N·(N-1)/2]``.
+
+    For each pair the relative rotation is ``R_i R_jᵀ`` of the **world-to-camera** rotations (COLMAP's
+    convention), i.e. ``Wᵢᵀ W_j`` of the camera-to-world rotations ``W = c2w[:, :3, :3]`` given here
+    (camera ``j`` to camera ``i``). It does not change when either set's world frame is rotated (or
+    translated, or scaled), so no alignment is needed. The error is the angle between the reference's
+    and the estimate's relative rotations (:func:`~nerf_posefix.geometry.poses.rotation_angle_deg`).
+    Pairs come in ``numpy.triu_indices(N, 1)`` order (row-major over ``i``, then ``j > i``).
+
+    Args:
+        ref_c2w, est_c2w: matched camera-to-world poses ``[N, 3|4, 4]`` (row ``i`` is the same camera).
+    """
+    ref_c2w = np.asarray(ref_c2w, dtype=np.float64)
+    est_c2w = np.asarray(est_c2w, dtype=np.float64)
+    if ref_c2w.shape[0] != est_c2w.shape[0]:
+        raise ValueError(f"{est_c2w.shape[0]} estimated poses for {ref_c2w.shape[0]} reference poses")
+    i, j = np.triu_indices(ref_c2w.shape[0], k=1)  # [K] each
+
+    def rel(c2w: np.ndarray) -> np.ndarray:
+        rot = c2w[:, :3, :3]  # [N, 3, 3] camera-to-world
+        return np.swapaxes(rot[i], -1, -2) @ rot[j]  # [K, 3, 3] = W_iᵀ W_j
+
+    return rotation_angle_deg(rel(ref_c2w), rel(est_c2w))

@@ -8,7 +8,7 @@ Conventions
 -----------
 * COLMAP images hold **world-to-camera** poses, OpenCV camera axes (x right, y down, looking +z):
   ``X_cam = R(qvec) X_world + tvec``, ``qvec = (qw, qx, qy, qz)``. A :class:`CameraSet` holds
-  camera-to-world poses with the same axes (see :mod:`nerf_posefix.poses`).
+  camera-to-world poses with the same axes (see :mod:`nerf_posefix.geometry.poses`).
 * Only ``cameras``, ``images`` and ``points3D`` are read and written. COLMAP >= 3.12 also writes
   ``rigs`` and ``frames``, and takes each image pose from ``frames`` when that file is present; a model
   written here has none (and :func:`write_colmap_model` removes stale ones from the target directory),
@@ -22,16 +22,15 @@ import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from nerfstudio.data.utils import colmap_parsing_utils as cpu
 
 from nerf_posefix.errors import InputError
-from nerf_posefix.poses import c2w_to_colmap, colmap_to_c2w
+from nerf_posefix.geometry.poses import c2w_to_colmap, colmap_to_c2w
+from nerf_posefix.io.camera_set import CameraSet
 
-if TYPE_CHECKING:
-    from nerf_posefix.camera_sets import CameraSet
 
 #: Camera models we read and write: those of nerfstudio's table (COLMAP model ids 0-10), which
 #: includes SIMPLE_PINHOLE, PINHOLE, SIMPLE_RADIAL, RADIAL, OPENCV, OPENCV_FISHEYE, FULL_OPENCV, ...
@@ -72,12 +71,10 @@ class ColmapModel:
         """Image ids in increasing order (the order of :meth:`to_camera_set`)."""
         return sorted(self.images)
 
-    def to_camera_set(self, source: str | None = None) -> "CameraSet":
+    def to_camera_set(self, source: str | None = None) -> CameraSet:
         """The images as a :class:`CameraSet`: camera-to-world poses (OpenCV axes) in image-id order,
         the 3D points ``[P, 3]`` in point-id order, and per image the indices (into ``points``) of the
         points it observes (``POINT3D_ID = -1`` and ids missing from ``points3D`` are skipped)."""
-        from nerf_posefix.camera_sets import CameraSet
-
         ids = self.image_ids()
         images = [self.images[i] for i in ids]
         if images:
@@ -110,7 +107,7 @@ class ColmapModel:
             source=source if source is not None else (self.path or "colmap model"),
         )
 
-    def with_poses(self, camera_set: "CameraSet", require_all: bool = True) -> "ColmapModel":
+    def with_poses(self, camera_set: CameraSet, require_all: bool = True) -> "ColmapModel":
         """A copy whose image poses are replaced, by image name, with those of ``camera_set``
         (camera-to-world, OpenCV axes, in this model's world frame).
 

@@ -12,7 +12,7 @@ Conventions
 
 The homography metric
 ---------------------
-By :func:`nerf_posefix.homography.correction_homography_error`, the homography error of a correction
+By :func:`nerf_posefix.geometry.homography.correction_homography_error`, the homography error of a correction
 is ``L(δ) = ‖I - exp(ω)‖² + 2β τᵀ(exp(ω) - I) d + γ‖τ‖²`` with ``d`` the camera's viewing
 direction in world coordinates and ``β = mean(1/x)``, ``γ = mean(1/x²)`` over its depth range. To
 second order in ``δ``: ``‖I - exp(ω)‖² = 8 sin²(|ω|/2) ≈ 2‖ω‖²`` and ``exp(ω) - I ≈ [ω]×``, so
@@ -40,7 +40,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from nerf_posefix.homography import CameraConvention, inverse_depth_moments
+from nerf_posefix.geometry.homography import CameraConvention, inverse_depth_moments
 
 
 def skew(v: Tensor) -> Tensor:

@@ -4,14 +4,14 @@ Both regularisers start from the same learnable pose adjustments ``[N, 6]`` (ner
 ``pose_adjustment``: translation, then so(3)) and end in a scalar whose gradient is taken:
 
 * ``nerfstudio L2``: ``mean‖t_adj‖·1e-2 + mean‖ω_adj‖·1e-3`` (``CameraOptimizer.get_loss_dict``);
-* ``posefix (adjustment)``: :func:`nerf_posefix.homography.adjustment_homography_error`, straight
+* ``posefix (adjustment)``: :func:`nerf_posefix.geometry.homography.adjustment_homography_error`, straight
   from the 6-vectors (what the plugin evaluates);
 * ``posefix (correction)``: nerfstudio's ``exp_map_SO3xR3`` then
-  :func:`nerf_posefix.homography.correction_homography_error`;
+  :func:`nerf_posefix.geometry.homography.correction_homography_error`;
 * ``posefix (pose API)``: the corrected poses built explicitly, then the public
-  :func:`nerf_posefix.homography.homography_error` with its input checks.
+  :func:`nerf_posefix.geometry.homography.homography_error` with its input checks.
 
-Usage: ``python scripts/bench_homography.py [--device cpu|cuda] [--dtype float32|float64]``.
+Usage: ``python -m benchmarks.bench_homography [--device cpu|cuda] [--dtype float32|float64]``.
 Prints the median of repeated runs, in milliseconds, and the ratio to the L2 regulariser.
 """
 
@@ -25,7 +25,7 @@ from collections.abc import Callable
 import torch
 from nerfstudio.cameras.lie_groups import exp_map_SO3xR3
 
-from nerf_posefix.homography import adjustment_homography_error, correction_homography_error, homography_error
+from nerf_posefix.geometry.homography import adjustment_homography_error, correction_homography_error, homography_error
 
 
 def random_poses(n: int, dtype: torch.dtype, device: str, generator: torch.Generator) -> torch.Tensor:

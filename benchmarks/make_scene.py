@@ -33,8 +33,8 @@ Output (``--output DIR``)::
 
 Usage::
 
-    python scripts/make_scene.py --output assets/toybox
-    python scripts/make_scene.py --output assets/toybox_tiny --tiny
+    python -m benchmarks.make_scene --output assets/toybox
+    python -m benchmarks.make_scene --output assets/toybox_tiny --tiny
 """
 
 from __future__ import annotations
@@ -630,8 +630,8 @@ def write_colmap(scene: Scene, directory: Path) -> None:
     """COLMAP model (binary) with one PINHOLE camera, exact poses and the point tracks."""
     from nerfstudio.data.utils import colmap_parsing_utils as cpu
 
-    from nerf_posefix.colmap_model import ColmapModel, write_colmap_model
-    from nerf_posefix.poses import c2w_to_colmap
+    from nerf_posefix.io.colmap import ColmapModel, write_colmap_model
+    from nerf_posefix.geometry.poses import c2w_to_colmap
 
     cfg = scene.cfg
     cameras = {
@@ -710,7 +710,7 @@ def write_scene(scene: Scene, output: Path, overwrite: bool = False) -> Path:
         centres = scene.c2w[:, :3, 3]
         track_lengths = [len(t) for t in scene.tracks]
         info = {
-            "generator": "scripts/make_scene.py",
+            "generator": "benchmarks/make_scene.py",
             "config": asdict(scene.cfg),
             "focal_px": scene.fx,
             "num_points": int(scene.points.shape[0]),

@@ -1,4 +1,4 @@
-r"""Refined training poses of a nerfstudio run, in the input world frame.
+r"""Reading a finished nerfstudio run back: its refined training poses, in the input world frame.
 
 How the refined pose is obtained
 --------------------------------
@@ -31,9 +31,10 @@ Frames
   intrinsics and ``points3D`` unchanged, and a transforms.json (OpenGL camera axes, COLMAP world,
   intrinsics from nerfstudio's ``parse_colmap_camera_params``, no ``applied_transform``).
 
-Only training cameras are refined (nerfstudio does not optimise evaluation cameras); the exported
-transforms.json / COLMAP model keep every other frame's input pose and mark each frame with
-``posefix_refined``. :func:`load_refined_camera_set` returns the refined training cameras only.
+Only training cameras are refined (nerfstudio does not optimise evaluation cameras):
+:func:`refined_input_poses` returns every frame of the input with a ``refined`` mask (what
+``posefix export`` writes, :mod:`nerf_posefix.workflows.export`), :func:`load_refined_camera_set` the
+refined training cameras only. The run (config, dataparser, checkpoint) is read once per call.
 """
 
 from __future__ import annotations
@@ -42,15 +43,18 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 import torch
 
 from nerf_posefix.errors import InputError
-
-IMPLICIT_APPLIED_TRANSFORM = np.array([[0.0, 1.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0], [0.0, 0.0, -1.0, 0.0]])
-"""nerfstudio's ``applied_transform`` for transforms.json files without one next to ``colmap/sparse/0``."""
+from nerf_posefix.geometry.poses import apply_pose_correction, as_4x4, opengl_to_opencv
+from nerf_posefix.io.camera_set import CameraSet, match_image_names
+from nerf_posefix.io.colmap import ColmapModel, read_colmap_model
+from nerf_posefix.io.transforms_json import applied_transform, frame_name, read_transforms_frames
+from nerf_posefix.plugin.checkpoint import latest_checkpoint, load_checkpoint
+from nerf_posefix.plugin.dataset import describe_dataset
 
 #: Largest difference between the saved and the recomputed dataparser transform.
 TRANSFORM_TOLERANCE = 1e-4
@@ -63,13 +67,6 @@ def _nearest_rotation(matrix: np.ndarray) -> np.ndarray:
     if np.linalg.det(rot) < 0:
         raise InputError(f"dataparser transform rotation has negative determinant: {matrix.tolist()}")
     return rot
-
-
-def _as44(c2w: np.ndarray) -> np.ndarray:
-    c2w = np.asarray(c2w, dtype=np.float64)
-    out = np.tile(np.eye(4), (c2w.shape[0], 1, 1))
-    out[:, :3, :] = c2w[:, :3, :]
-    return out
 
 
 def correction_in_input_frame(
@@ -92,14 +89,6 @@ def correction_in_input_frame(
     return rot, trans
 
 
-def apply_correction(c2w: np.ndarray, rot: np.ndarray, trans: np.ndarray) -> np.ndarray:
-    """``[R R_in | t_in + t]`` for input poses ``c2w [N, 3|4, 4]`` (any camera axes) -> ``[N, 4, 4]``."""
-    out = _as44(c2w)
-    out[:, :3, :3] = rot @ out[:, :3, :3]
-    out[:, :3, 3] = out[:, :3, 3] + trans
-    return out
-
-
 @dataclass
 class RefinedRun:
     """A run's training cameras and their corrections.
@@ -113,6 +102,8 @@ class RefinedRun:
         dataparser_transform: ``[3, 4]`` input (original) world -> dataparser frame (float64).
         dataparser_scale: input units -> dataparser units.
         checkpoint: the checkpoint read, and its step.
+        xmin, xmax: ``[N]`` the homography prior's depth bounds of each training camera (dataparser
+            units), for posefix runs; None for nerfstudio's own optimizer.
     """
 
     config_path: Path
@@ -124,6 +115,8 @@ class RefinedRun:
     dataparser_scale: float
     checkpoint: Path
     step: int
+    xmin: Optional[np.ndarray] = None
+    xmax: Optional[np.ndarray] = None
 
 
 def _load_config(config_path: Path):  # noqa: ANN202
@@ -150,9 +143,6 @@ def load_refined_run(config_path: str | os.PathLike[str]) -> RefinedRun:
         InputError: unreadable config, missing dataset, missing checkpoint, a dataset whose dataparser
             transform changed since training, or a dataparser other than nerfstudio-data/colmap.
     """
-    from nerf_posefix.plugin.checkpoint import latest_checkpoint, load_checkpoint
-    from nerf_posefix.plugin.dataset import describe_dataset
-
     config_path = Path(config_path)
     config = _load_config(config_path)
     datamanager = config.pipeline.datamanager
@@ -218,6 +208,8 @@ def load_refined_run(config_path: str | os.PathLike[str]) -> RefinedRun:
         dataparser_scale=scale,
         checkpoint=checkpoint,
         step=int(state.get("step", -1)),
+        xmin=optimizer_state["xmin"].double().numpy() if "xmin" in optimizer_state else None,
+        xmax=optimizer_state["xmax"].double().numpy() if "xmax" in optimizer_state else None,
     )
 
 
@@ -225,22 +217,12 @@ def load_refined_run(config_path: str | os.PathLike[str]) -> RefinedRun:
 # transforms.json inputs
 
 
-def _json_applied(meta: dict, data_dir: Path) -> tuple[np.ndarray, float]:
-    """``(applied_transform [4, 4], applied_scale)`` as nerfstudio's dataparser uses them."""
-    applied = np.eye(4)
-    if "applied_transform" in meta:
-        applied[:3] = np.asarray(meta["applied_transform"], dtype=np.float64).reshape(3, 4)
-    elif (data_dir / "colmap/sparse/0").exists():
-        applied[:3] = IMPLICIT_APPLIED_TRANSFORM
-    return applied, float(meta.get("applied_scale", 1.0))
-
-
 def _refined_json_poses(run: RefinedRun, meta: dict) -> tuple[np.ndarray, np.ndarray]:
     """Poses of every frame of the input transforms.json, refined for training frames:
     ``(c2w [F, 4, 4] OpenGL, json frame, refined [F] bool)``."""
     frames = meta["frames"]
-    poses = _as44(np.stack([np.asarray(f["transform_matrix"], dtype=np.float64)[:3] for f in frames]))
-    applied, applied_scale = _json_applied(meta, run.info.data_dir)
+    poses = as_4x4(np.stack([np.asarray(f["transform_matrix"], dtype=np.float64)[:3] for f in frames]))
+    applied, applied_scale = applied_transform(meta, run.info.data_dir)
     frame_rotation = run.dataparser_transform[:3, :3] @ _nearest_rotation(applied[:3, :3]).T
     rot, trans = correction_in_input_frame(run.correction, frame_rotation, run.dataparser_scale / applied_scale)
     refined = _correct_training_images(
@@ -258,32 +240,21 @@ def _correct_training_images(
     Raises:
         InputError: ``"{missing} for training image NAME"`` when a training image has no pose.
     """
-    from nerf_posefix.plugin.dataset import match_image_names
-
     refined = np.zeros(len(names), dtype=bool)
     for cam, k in enumerate(match_image_names(run.train_filenames, names)):
         if k is None:
             raise InputError(f"{missing} for training image {run.train_filenames[cam]}")
-        poses[k] = apply_correction(poses[k : k + 1], rot[cam : cam + 1], trans[cam : cam + 1])[0]
+        poses[k, :3] = apply_pose_correction(poses[k : k + 1], rot[cam : cam + 1], trans[cam : cam + 1])[0]
         refined[k] = True
     return refined
-
-
-def _relative(path: Path, start: Path) -> str:
-    try:
-        return Path(os.path.relpath(path.resolve(), start.resolve())).as_posix()
-    except ValueError:  # different drives
-        return path.resolve().as_posix()
 
 
 # ---------------------------------------------------------------------------------------------
 # COLMAP inputs
 
 
-def _refined_colmap(run: RefinedRun):  # noqa: ANN202
+def _refined_colmap(run: RefinedRun) -> tuple[ColmapModel, CameraSet, np.ndarray]:
     """``(model, refined CameraSet of all images, refined [N_images] bool)`` in the COLMAP world."""
-    from nerf_posefix.colmap_model import read_colmap_model
-
     model = read_colmap_model(run.info.colmap_dir)
     cams = model.to_camera_set()  # OpenCV c2w, image-id order
     rot, trans = correction_in_input_frame(run.correction, run.dataparser_transform[:3, :3], run.dataparser_scale)
@@ -296,10 +267,54 @@ def _refined_colmap(run: RefinedRun):  # noqa: ANN202
 # public API
 
 
-def load_refined_camera_set(config_path: str | os.PathLike[str]):  # noqa: ANN201 (CameraSet)
-    """The refined training cameras of a run as a :class:`~nerf_posefix.camera_sets.CameraSet`.
+@dataclass
+class RefinedInput:
+    """Every frame of a run's input with the run's refined poses.
 
-    Same conventions as :func:`nerf_posefix.camera_sets.load_camera_set` on the run's input:
+    Attributes:
+        run: the run read.
+        kind: ``"nerfstudio"`` (transforms.json input) or ``"colmap"``.
+        meta: the input transforms.json (file conventions), for ``nerfstudio`` inputs.
+        json_c2w: ``[F, 4, 4]`` refined poses in the json's own convention (OpenGL axes, its
+            ``applied_transform`` applied), for ``nerfstudio`` inputs.
+        model: the input COLMAP model, for ``colmap`` inputs.
+        cameras: ``[F]`` cameras, camera-to-world OpenCV axes in the input world frame (for
+            transforms.json, its explicit ``applied_transform`` undone, as
+            :func:`~nerf_posefix.io.transforms_json.read_transforms_json` reads it).
+        refined: ``[F]`` bool, True for the training cameras the run refined.
+    """
+
+    run: RefinedRun
+    kind: str
+    cameras: CameraSet
+    refined: np.ndarray
+    meta: Optional[dict] = None
+    json_c2w: Optional[np.ndarray] = None
+    model: Optional[ColmapModel] = None
+
+
+def refined_input_poses(config_path: str | os.PathLike[str]) -> RefinedInput:
+    """Read a run once and return every input frame with its refined pose (see :class:`RefinedInput`).
+
+    Raises:
+        InputError: see :func:`load_refined_run`.
+    """
+    run = load_refined_run(config_path)
+    if run.info.kind == "colmap":
+        model, cams, refined = _refined_colmap(run)
+        return RefinedInput(run=run, kind="colmap", cameras=cams, refined=refined, model=model)
+    meta = read_transforms_frames(run.info.transforms_path)
+    poses, refined = _refined_json_poses(run, meta)
+    explicit, _ = applied_transform(meta)  # as read_transforms_json: the explicit applied_transform only
+    names = [frame_name(f) for f in meta["frames"]]
+    cams = CameraSet(names=names, c2w=opengl_to_opencv(np.linalg.inv(explicit) @ poses), source=str(run.config_path))
+    return RefinedInput(run=run, kind="nerfstudio", cameras=cams, refined=refined, meta=meta, json_c2w=poses)
+
+
+def load_refined_camera_set(config_path: str | os.PathLike[str]) -> CameraSet:
+    """The refined training cameras of a run as a :class:`~nerf_posefix.io.camera_set.CameraSet`.
+
+    Same conventions as :func:`nerf_posefix.io.sources.load_camera_set` on the run's input:
     camera-to-world, OpenCV axes, the input's world frame (for transforms.json, ``applied_transform``
     undone), names as that loader gives them (basenames for transforms.json, COLMAP image names),
     points/observations carried over from a COLMAP input. Only training cameras are included.
@@ -307,92 +322,7 @@ def load_refined_camera_set(config_path: str | os.PathLike[str]):  # noqa: ANN20
     Raises:
         InputError: see :func:`load_refined_run`.
     """
-    from nerf_posefix.camera_sets import CameraSet
-    from nerf_posefix.plugin.dataset import read_transforms_frames
-    from nerf_posefix.poses import opengl_to_opencv
-
-    run = load_refined_run(config_path)
-    if run.info.kind == "colmap":
-        _, cams, refined = _refined_colmap(run)
-        subset = cams.subset(np.nonzero(refined)[0])
-        subset.source = str(run.config_path)
-        return subset
-    meta = read_transforms_frames(run.info.transforms_path, check_images=False)
-    poses, refined = _refined_json_poses(run, meta)
-    if "applied_transform" in meta:  # as camera_sets.read_transforms_json: back to the original world
-        applied = np.eye(4)
-        applied[:3] = np.asarray(meta["applied_transform"], dtype=np.float64).reshape(3, 4)
-        poses = np.linalg.inv(applied) @ poses
-    idx = np.nonzero(refined)[0]
-    names = [os.path.basename(str(meta["frames"][k]["file_path"])) for k in idx]
-    return CameraSet(names=names, c2w=opengl_to_opencv(poses[idx]), source=str(run.config_path))
-
-
-def export_run(config_path: str | os.PathLike[str], output_dir: str | os.PathLike[str], overwrite: bool = False) -> dict[str, Path]:
-    """Write a run's refined poses into ``output_dir`` (see the module docstring).
-
-    Returns:
-        ``{"transforms": path}`` and, for COLMAP inputs, ``"colmap": sparse/0 directory``.
-
-    Raises:
-        InputError: see :func:`load_refined_run`.
-        FileExistsError: ``output_dir/transforms.json`` exists and ``overwrite`` is False.
-    """
-    from nerfstudio.process_data.colmap_utils import parse_colmap_camera_params
-
-    from nerf_posefix.colmap_model import write_colmap_model
-    from nerf_posefix.plugin.dataset import read_transforms_frames
-    from nerf_posefix.poses import opencv_to_opengl
-
-    output_dir = Path(output_dir)
-    transforms_out = output_dir / "transforms.json"
-    if transforms_out.exists() and not overwrite:
-        raise FileExistsError(f"{transforms_out} exists (use --overwrite)")
-    run = load_refined_run(config_path)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    written: dict[str, Path] = {}
-    provenance = {"run": str(run.config_path), "checkpoint": str(run.checkpoint), "step": run.step}
-
-    if run.info.kind == "nerfstudio":
-        meta = read_transforms_frames(run.info.transforms_path, check_images=False)
-        poses, refined = _refined_json_poses(run, meta)
-        data_dir = run.info.data_dir
-        out = dict(meta)
-        frames = []
-        for k, frame in enumerate(meta["frames"]):
-            frame = dict(frame)
-            frame["transform_matrix"] = poses[k].tolist()
-            for key in ("file_path", "mask_path", "depth_file_path"):
-                if key in frame:
-                    frame[key] = _relative(data_dir / frame[key], output_dir)
-            frame["posefix_refined"] = bool(refined[k])
-            frames.append(frame)
-        out["frames"] = frames
-        if "ply_file_path" in out:
-            out["ply_file_path"] = _relative(data_dir / out["ply_file_path"], output_dir)
-        out["posefix"] = {**provenance, "frame": f"the world frame of {run.info.transforms_path}"}
-    else:
-        model, cams, refined = _refined_colmap(run)
-        sparse = write_colmap_model(model.with_poses(cams), output_dir / "sparse" / "0", formats=("bin", "txt"))
-        written["colmap"] = sparse
-        gl = opencv_to_opengl(cams.c2w)  # [N, 4, 4]
-        image_ids = model.image_ids()
-        frames = []
-        for k, image_id in enumerate(image_ids):
-            image = model.images[image_id]
-            frame = {
-                "file_path": _relative(run.info.images_dir / image.name, output_dir),
-                "transform_matrix": gl[k].tolist(),
-                "colmap_im_id": int(image_id),
-                **parse_colmap_camera_params(model.cameras[image.camera_id]),
-                "posefix_refined": bool(refined[k]),
-            }
-            frames.append(frame)
-        camera_models = {f["camera_model"] for f in frames}
-        out = {"camera_model": frames[0]["camera_model"]} if len(camera_models) == 1 else {}
-        out["frames"] = frames
-        out["posefix"] = {**provenance, "frame": f"the COLMAP world frame of {model.path} (OpenGL camera axes)"}
-    with open(transforms_out, "w", encoding="utf-8") as fid:
-        json.dump(out, fid, indent=2)
-    written["transforms"] = transforms_out
-    return written
+    refined = refined_input_poses(config_path)
+    subset = refined.cameras.subset(np.nonzero(refined.refined)[0])
+    subset.source = str(refined.run.config_path)
+    return subset

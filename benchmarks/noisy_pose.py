@@ -2,7 +2,7 @@
 """Noisy-pose benchmark: pose refinement with and without regularisers, on the same noisy scenes.
 
 For every scene and noise level of a preset (``configs/*.yaml``), the scene is perturbed once
-(:func:`nerf_posefix.cli.perturb.perturb_dataset`, seeded; every ``eval_interval``-th view keeps its
+(:func:`nerf_posefix.workflows.perturb.perturb_dataset`, seeded; every ``eval_interval``-th view keeps its
 exact pose and serves as a test view), then every variant trains the same method for the same number
 of iterations with the same training seed; only the camera optimizer differs:
 
@@ -13,9 +13,9 @@ of iterations with the same training seed; only the camera optimizer differs:
 * weight sweeps of each regulariser (``<base>-x<factor>``).
 
 Each variant runs in its own Python process (``--worker``), which trains in-process with nerfstudio's
-``Trainer`` (:mod:`nerf_posefix.cli.demo` helpers), renders the test views (PSNR), exports the refined
+``Trainer`` (:mod:`nerf_posefix.workflows.experiment` helpers), renders the test views (PSNR), exports the refined
 poses with the plugin's export and measures them against the ground truth (``sparse_gt/0`` /
-``transforms_gt.json``) after a Sim(3) alignment (:mod:`nerf_posefix.metrics`), on the training cameras.
+``transforms_gt.json``) after a Sim(3) alignment (:mod:`nerf_posefix.geometry.metrics`), on the training cameras.
 It writes ``<output>/<scene>/<level>/<variant>/result.json``; a variant whose result exists with the
 same settings is skipped, so an interrupted benchmark resumes where it stopped.
 
@@ -26,13 +26,13 @@ time). The ``input`` rows are the noisy poses themselves.
 
 Usage::
 
-    python scripts/benchmark.py                       # configs/benchmark.yaml (slow on a CPU: hours)
-    python scripts/benchmark.py --iterations 600 --levels 3deg-5pct --variants 'posefix-*' no-pose-opt
-    python scripts/benchmark.py --quick               # configs/benchmark_quick.yaml: tiny scene, 2 variants
-    python scripts/benchmark.py --list                # the planned runs, nothing trained
-    python scripts/benchmark.py --track colmap [...]  # the COLMAP-pose track (scripts/colmap_track.py)
-    python scripts/benchmark.py --report-only         # tabulate the results that exist
-    python scripts/benchmark.py --device cuda --jobs 9  # on a GPU machine, 9 variants at a time
+    python -m benchmarks.noisy_pose                       # configs/benchmark.yaml (slow on a CPU: hours)
+    python -m benchmarks.noisy_pose --iterations 600 --levels 3deg-5pct --variants 'posefix-*' no-pose-opt
+    python -m benchmarks.noisy_pose --quick               # configs/benchmark_quick.yaml: tiny scene, 2 variants
+    python -m benchmarks.noisy_pose --list                # the planned runs, nothing trained
+    python -m benchmarks.noisy_pose --track colmap [...]  # the COLMAP-pose track (benchmarks/colmap_track.py)
+    python -m benchmarks.noisy_pose --report-only         # tabulate the results that exist
+    python -m benchmarks.noisy_pose --device cuda --jobs 9  # on a GPU machine, 9 variants at a time
 
 On shared CPU cores ``--threads 1`` is faster per variant (OpenMP oversubscription otherwise). The
 ``time (s)`` column is per device and per ``--jobs`` setting: compare timings only within one run.
@@ -225,7 +225,7 @@ def plan(preset: Preset, output: Path, variant_patterns: list[str] | None, level
 
 def ensure_dataset(run: Run) -> None:
     """Perturb the scene for this level once (re-done if the recorded parameters differ)."""
-    from nerf_posefix.cli.perturb import perturb_dataset
+    from nerf_posefix.workflows.perturb import perturb_dataset
 
     record_path = run.data / "perturbation.json"
     want = {
@@ -252,8 +252,8 @@ def ensure_dataset(run: Run) -> None:
 
 def input_errors(data: Path) -> dict[str, Any]:
     """Errors of the noisy training poses themselves (the ``input`` row of a level)."""
-    from nerf_posefix.camera_sets import read_transforms_json
-    from nerf_posefix.cli.demo import load_reference, pose_errors, train_camera_names
+    from nerf_posefix.io.transforms_json import read_transforms_json
+    from nerf_posefix.workflows.experiment import load_reference, pose_errors, train_camera_names
 
     names = train_camera_names(data)
     errors = pose_errors(load_reference(data), read_transforms_json(data / "transforms.json"), names)
@@ -270,7 +270,7 @@ def input_errors(data: Path) -> dict[str, Any]:
 
 def run_worker(spec_path: Path) -> int:
     """Train, evaluate, export and measure one run described by ``spec_path`` (see :func:`launch`)."""
-    from nerf_posefix.cli.demo import (
+    from nerf_posefix.workflows.experiment import (
         TrainSpec,
         build_trainer_config,
         evaluate_test_views,
@@ -345,9 +345,9 @@ CURVE_TAGS = {
     "Train Metrics Dict/pose_gt_rotation_median_deg": "rotation_median_deg",
     "Train Metrics Dict/pose_gt_translation_median_rel": "translation_median_pct",
 }
-#: The logged translation is a fraction of the scene diameter (:func:`nerf_posefix.metrics.scene_size`);
+#: The logged translation is a fraction of the scene radius (:func:`nerf_posefix.geometry.poses.scene_radius`);
 #: curves give it in % of the radius, like the table.
-CURVE_SCALE = {"rotation_median_deg": 1.0, "translation_median_pct": 200.0}
+CURVE_SCALE = {"rotation_median_deg": 1.0, "translation_median_pct": 100.0}
 
 
 def read_curve(run_dir: Path | str) -> dict[str, list[float]] | None:
@@ -408,11 +408,12 @@ def launch(run: Run, force: bool) -> dict[str, Any] | None:
     log_path = run.directory / "log.txt"
     print(f"  {run.name}: training {run.iterations} iterations ...", flush=True)
     start = time.perf_counter()
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONWARNINGS": "ignore"}
+    pythonpath = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONWARNINGS": "ignore", "PYTHONPATH": pythonpath}
     with open(log_path, "w") as log:
         try:
             proc = subprocess.run(
-                [sys.executable, str(Path(__file__).resolve()), "--worker", str(spec_path)],
+                [sys.executable, "-m", "benchmarks.noisy_pose", "--worker", str(spec_path)],
                 stdout=log, stderr=subprocess.STDOUT, env=env, timeout=run.timeout_s, check=False,
             )
             code = proc.returncode
@@ -697,13 +698,12 @@ def write_reports(results: list[dict[str, Any]], output: Path, preset: Preset) -
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if "--track" in argv:  # `--track colmap` runs scripts/colmap_track.py with the other arguments
+    if "--track" in argv:  # `--track colmap` runs benchmarks/colmap_track.py with the other arguments
         i = argv.index("--track")
         track = argv[i + 1] if i + 1 < len(argv) else ""
         rest = argv[:i] + argv[i + 2 :]
         if track == "colmap":
-            sys.path.insert(0, str(ROOT / "scripts"))
-            import colmap_track
+            from benchmarks import colmap_track
 
             return colmap_track.main(rest)
         if track != "noise":

@@ -1,0 +1,180 @@
+"""nerfstudio ``transforms.json``: read and write, the one place its conventions are converted.
+
+Conventions
+-----------
+* In the file: ``transform_matrix`` is **camera-to-world** with **OpenGL camera axes** (x right, y up,
+  the camera looks along -z), in the file's world frame. When the file records an
+  ``applied_transform`` ``A [3, 4]`` (the world change ``ns-process-data`` applied to COLMAP's world;
+  nerfstudio's dataparser assumes ``IMPLICIT_APPLIED_TRANSFORM`` when the key is missing and a
+  ``colmap/sparse/0`` lies beside the file), then ``transform_matrix = A · c2w_input``.
+* In memory (:class:`~nerf_posefix.io.camera_set.CameraSet`): camera-to-world, **OpenCV axes**, in the
+  **input world frame** (``applied_transform`` undone): ``c2w = A⁻¹ · transform_matrix · diag(1,-1,-1,1)``.
+  :func:`json_poses` is the inverse. Camera names are the basenames of the frames' ``file_path``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from nerf_posefix.errors import InputError
+from nerf_posefix.geometry.poses import OPENGL_OPENCV_FLIP, as_4x4, is_rotation, rotation_defect
+from nerf_posefix.io.camera_set import CameraSet, check_unique_names
+
+FILENAME = "transforms.json"
+#: Ground-truth poses kept beside a perturbed dataset (same layout as transforms.json).
+GT_FILENAME = "transforms_gt.json"
+
+IMPLICIT_APPLIED_TRANSFORM = np.array([[0.0, 1.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0], [0.0, 0.0, -1.0, 0.0]])
+"""nerfstudio's ``applied_transform`` for transforms.json files without one next to ``colmap/sparse/0``."""
+
+
+def _check_pose(pose: np.ndarray, where: str) -> None:
+    """Raise InputError unless ``pose`` is a finite 3x4/4x4 rigid camera-to-world matrix."""
+    if pose.shape not in ((4, 4), (3, 4)):
+        raise InputError(f"{where}: transform_matrix has shape {pose.shape}, expected 4x4")
+    if not np.isfinite(pose).all():
+        raise InputError(f"{where}: transform_matrix has non-finite values (NaN or inf)")
+    if not is_rotation(pose[:3, :3]):
+        ortho, det = rotation_defect(pose[:3, :3])
+        raise InputError(f"{where}: transform_matrix rotation is not a rotation (det {det:.6g}, max |RᵀR - I| {ortho:.3g})")
+
+
+def read_transforms_frames(path: Path, check_images: bool = False, downscale_factor: Optional[int] = None) -> dict:
+    """Read and check a transforms.json: every frame needs a ``file_path`` and a finite rigid
+    ``transform_matrix``, file paths are unique; with ``check_images`` each image must exist (the
+    original path, or the ``images_<downscale_factor>`` copy nerfstudio would read).
+
+    Returns:
+        The parsed json (file conventions, nothing converted).
+
+    Raises:
+        InputError: naming the file and the frame (index and file_path).
+    """
+    path = Path(path)
+    try:
+        with open(path, encoding="utf-8") as fid:
+            meta = json.load(fid)
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except (OSError, ValueError) as err:
+        raise InputError(f"{path}: cannot read transforms.json ({err})") from None
+    frames = meta.get("frames") if isinstance(meta, dict) else None
+    if not isinstance(frames, list) or not frames:
+        raise InputError(f"{path}: no 'frames' list in transforms.json")
+    data_dir = path.parent
+    for i, frame in enumerate(frames):
+        file_path = frame.get("file_path") if isinstance(frame, dict) else None
+        if not isinstance(file_path, str) or not file_path:
+            raise InputError(f"{path}: frame {i} has no file_path")
+        where = f"{path}: frame {i} ({file_path})"
+        if "transform_matrix" not in frame:
+            raise InputError(f"{where}: no transform_matrix")
+        try:
+            pose = np.asarray(frame["transform_matrix"], dtype=np.float64)
+        except (TypeError, ValueError):
+            raise InputError(f"{where}: transform_matrix is not a numeric matrix") from None
+        _check_pose(pose, where)
+        if check_images:
+            image = data_dir / file_path
+            candidates = [image]
+            if downscale_factor is not None and downscale_factor > 1:
+                candidates.append(data_dir / f"images_{downscale_factor}" / Path(file_path).name)
+            if not any(c.is_file() for c in candidates):
+                raise InputError(f"{where}: image file not found ({image})")
+    paths = [os.path.normpath(str(f["file_path"])) for f in frames]
+    if len(set(paths)) != len(paths):
+        dups = sorted({p for p in paths if paths.count(p) > 1})
+        raise InputError(
+            f"{path}: duplicate camera names: {', '.join(os.path.basename(p) for p in dups[:5])} "
+            f"(file_path {', '.join(dups[:5])} appears more than once)"
+        )
+    applied_transform(meta, data_dir, where=str(path))  # a malformed applied_transform: named here
+    return meta
+
+
+def applied_transform(meta: dict, data_dir: Optional[Path] = None, where: str = FILENAME) -> tuple[np.ndarray, float]:
+    """``(A [4, 4], applied_scale)``: the world change recorded in a transforms.json, as nerfstudio's
+    dataparser uses it (``IMPLICIT_APPLIED_TRANSFORM`` when the key is missing and ``data_dir`` holds
+    ``colmap/sparse/0``; identity otherwise)."""
+    applied = np.eye(4)
+    if "applied_transform" in meta:
+        try:
+            applied[:3] = np.asarray(meta["applied_transform"], dtype=np.float64).reshape(3, 4)
+        except (TypeError, ValueError):
+            raise InputError(f"{where}: applied_transform must be a 3x4 matrix") from None
+    elif data_dir is not None and (Path(data_dir) / "colmap/sparse/0").exists():
+        applied[:3] = IMPLICIT_APPLIED_TRANSFORM
+    return applied, float(meta.get("applied_scale", 1.0))
+
+
+def input_poses(meta: dict, data_dir: Optional[Path] = None) -> np.ndarray:
+    """Camera-to-world ``[F, 4, 4]``, OpenCV axes, input world frame, of every frame of ``meta``."""
+    applied, _ = applied_transform(meta, data_dir)
+    c2w_gl = as_4x4(np.stack([np.asarray(f["transform_matrix"], dtype=np.float64)[:3] for f in meta["frames"]]))
+    return np.linalg.inv(applied) @ c2w_gl @ OPENGL_OPENCV_FLIP
+
+
+def json_poses(c2w_opencv: np.ndarray, applied: Optional[np.ndarray] = None) -> np.ndarray:
+    """The inverse of :func:`input_poses`: ``transform_matrix [N, 4, 4] = A · c2w · diag(1,-1,-1,1)``."""
+    applied = np.eye(4) if applied is None else as_4x4(np.asarray(applied)[None])[0]
+    return applied @ as_4x4(c2w_opencv) @ OPENGL_OPENCV_FLIP
+
+
+def frame_name(frame: dict) -> str:
+    """The camera name of a frame: the basename of its ``file_path``."""
+    return os.path.basename(str(frame["file_path"]))
+
+
+def read_transforms_json(path: str | os.PathLike[str]) -> CameraSet:
+    """Read a nerfstudio ``transforms.json`` as a :class:`CameraSet` (see the module docstring)."""
+    path = Path(path)
+    meta = read_transforms_frames(path)
+    names = [frame_name(f) for f in meta["frames"]]
+    check_unique_names(names, str(path))
+    # as nerfstudio's own reader of a file given directly: the explicit applied_transform only
+    return CameraSet(names=names, c2w=input_poses(meta), source=str(path))
+
+
+def with_poses(meta: dict, c2w_opencv: np.ndarray, extra: Optional[Sequence[dict]] = None) -> dict:
+    """A copy of ``meta`` whose frames carry the poses ``c2w_opencv [F, 4, 4]`` (OpenCV axes, input world
+    frame, one per frame in order), written in the file's convention (its ``applied_transform`` kept).
+    ``extra``: per frame, keys to add."""
+    applied, _ = applied_transform(meta)
+    poses = json_poses(c2w_opencv, applied)
+    out = dict(meta)
+    out["frames"] = [
+        {**frame, "transform_matrix": poses[k].tolist(), **(extra[k] if extra is not None else {})}
+        for k, frame in enumerate(meta["frames"])
+    ]
+    return out
+
+
+def transforms_meta(
+    file_paths: Sequence[str],
+    c2w_opencv: np.ndarray,
+    intrinsics: Optional[dict[str, Any]] = None,
+    frame_extra: Optional[Sequence[dict]] = None,
+    **top: Any,
+) -> dict:
+    """A new transforms.json: ``file_paths [F]`` with camera-to-world ``c2w_opencv [F, 4, 4]`` (OpenCV
+    axes; the input world frame, recorded as an identity ``applied_transform`` so nerfstudio does not
+    re-orient it). ``intrinsics``: shared keys (``camera_model``, ``fl_x``, ...); ``frame_extra``: per
+    frame keys; ``top``: more top-level keys."""
+    poses = json_poses(c2w_opencv)
+    frames = [
+        {"file_path": str(p), "transform_matrix": poses[k].tolist(), **(frame_extra[k] if frame_extra is not None else {})}
+        for k, p in enumerate(file_paths)
+    ]
+    return {**(intrinsics or {}), "applied_transform": np.eye(4)[:3].tolist(), **top, "frames": frames}
+
+
+def write_transforms_json(meta: dict, path: str | os.PathLike[str]) -> Path:
+    """Write ``meta`` (a dict in the file's convention, e.g. from :func:`with_poses`) to ``path``."""
+    path = Path(path)
+    path.write_text(json.dumps(meta, indent=2), encoding="utf-8")
+    return path
