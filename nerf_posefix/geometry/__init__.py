@@ -7,4 +7,7 @@
 * :mod:`~nerf_posefix.geometry.alignment`: Umeyama alignment (SE(3), Sim(3), trimmed).
 * :mod:`~nerf_posefix.geometry.metrics`: pose-error metrics (aligned errors, ATE, RPE, recall, AUC).
 * :mod:`~nerf_posefix.geometry.noise`: seeded pose noise.
+* :mod:`~nerf_posefix.geometry.reprojection`: COLMAP camera models, reprojection residuals of SfM
+  observations through camera-to-world poses, robust losses (Ceres' definitions).
+* :mod:`~nerf_posefix.geometry.pixel_prior`: the homography prior as a mean squared pixel displacement.
 """
