@@ -323,6 +323,93 @@ _register_builtin_rows()
 
 
 # ------------------------------------------------------------------------------------------------
+# refine rows: ``posefix refine`` on COLMAP's model, as a user runs it (its own process)
+
+#: Budget of every refine row: the same for all of them.
+REFINE_ITERATIONS = 500
+REFINE_DOWNSCALE = 2
+REFINE_SEEDS = (0, 1, 2)
+#: variant -> (description, extra ``posefix refine`` arguments, seeds)
+REFINE_VARIANTS: dict[str, tuple[str, tuple[str, ...], tuple[int, ...]]] = {
+    "posefix": ("posefix refine defaults: robust BA stage, then NeRF + track term + pixel prior", (), REFINE_SEEDS),
+    "posefix-no-tracks": ("BA stage, then NeRF + pixel prior, no track term", ("--tracks", "off"), REFINE_SEEDS),
+    "posefix-points-fixed": ("defaults with the track points held fixed", ("--track-points", "fixed"), (0,)),
+    "posefix-no-ba": ("no BA stage: NeRF + track term + pixel prior from COLMAP's poses",
+                      ("--bundle-adjustment", "none"), (0,)),
+    "posefix-photometric": ("no BA, no tracks: NeRF + pixel prior (photometric information only)",
+                            ("--bundle-adjustment", "none", "--tracks", "off"), (0,)),
+    "nerfstudio-l2": ("nerfstudio's own regulariser (L2 penalties), no BA, no tracks",
+                      ("--bundle-adjustment", "none", "--tracks", "off", "--regularizer", "nerfstudio"), REFINE_SEEDS),
+}
+
+
+def refine_runner(args: Sequence[str], seed: int) -> Callable[[RowContext], Estimate]:
+    """A row runner: ``posefix refine`` of ``sparse/0`` with ``args`` in its own process (resumable:
+    an interrupted run continues from its checkpoint)."""
+
+    def run(ctx: RowContext) -> Estimate:
+        import os
+        import subprocess
+
+        out = ctx.work_dir / "output"
+        if not (out / "report.json").is_file():
+            ctx.work_dir.mkdir(parents=True, exist_ok=True)
+            partial = out.parent / f"{out.name}.partial"
+            cmd = [sys.executable, "-m", "nerf_posefix.cli.main", "refine", "--colmap-model", str(ctx.model_dir),
+                   "--images", str(ctx.scene / "images"), "--output", str(out), "--iterations", str(REFINE_ITERATIONS),
+                   "--downscale-factor", str(REFINE_DOWNSCALE), "--threads", "1", "--seed", str(seed), "--quiet",
+                   *(["--resume"] if partial.exists() else ["--overwrite"] if out.exists() else []), *args]
+            env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+            with open(ctx.work_dir / "log.txt", "a") as log:
+                code = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, check=False).returncode
+            if code != 0:
+                raise InputError(f"posefix refine failed ({code}); see {ctx.work_dir / 'log.txt'}")
+        report = json.loads((out / "report.json").read_text())["summary"]
+        names, c2w = reconstruction_c2w(read_reconstruction(out / "sparse" / "0"))
+        info = {
+            "reproj_before_px": report.get("reprojection_error_px", {}).get("input"),
+            "reproj_after_px": report.get("reprojection_error_px", {}).get("output"),
+            "moved_rotation_median_deg": report["rotation_deg"]["median"],
+            "drift": report["drift"],
+            "bundle_adjustment": report.get("bundle_adjustment"),
+            "points3D": report.get("points3D"),
+        }
+        return Estimate(names=names, c2w=c2w, wall_time_s=report["total_seconds"], info=info)
+
+    return run
+
+
+def _register_refine_rows() -> None:
+    for variant, (description, args, seeds) in REFINE_VARIANTS.items():
+        for seed in seeds:
+            settings = {"variant": variant, "args": list(args), "seed": seed, "iterations": REFINE_ITERATIONS,
+                        "downscale": REFINE_DOWNSCALE, "method": "posefix-small"}
+            register_row(RowSpec(f"{variant}-s{seed}", refine_runner(args, seed),
+                                 f"{description} (seed {seed}, {REFINE_ITERATIONS} it)", settings, "refine"))
+
+
+_register_refine_rows()
+
+
+def seed_summary(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows that differ only by seed (``NAME-sK``): mean ± sd of their metrics, one entry per variant."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in records:
+        variant = r["key"]["settings"].get("variant")
+        if variant is not None:
+            groups.setdefault(variant, []).append(r["metrics"])
+    out = []
+    for variant, metrics in groups.items():
+        entry: dict[str, Any] = {"variant": variant, "seeds": len(metrics)}
+        for key in ("rot_sim3_median_deg", "rot_sim3_max_deg", "centre_median_pct", "centre_max_pct",
+                    "pairwise_median_deg", "pairwise_max_deg"):
+            values = np.array([m[key] for m in metrics], dtype=np.float64)
+            entry[key] = (float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else float("nan"))
+        out.append(entry)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
 # running, caching, reporting
 
 
@@ -420,6 +507,24 @@ def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
         writer.writerows(rows)
 
 
+def print_seed_summary(summary: list[dict[str, Any]]) -> None:
+    """The over-seeds table (mean ± sd of each variant's metrics)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="refine variants: mean ± sd over seeds")
+    keys = [("rot_sim3_median_deg", "rot med °"), ("rot_sim3_max_deg", "rot max °"), ("centre_median_pct", "centre med %"),
+            ("centre_max_pct", "centre max %"), ("pairwise_median_deg", "pairwise med °"), ("pairwise_max_deg", "pairwise max °")]
+    table.add_column("variant")
+    table.add_column("seeds", justify="right")
+    for _, title in keys:
+        table.add_column(title, justify="right")
+    for e in summary:
+        cells = [f"{e[k][0]:.3f}" + (f" ± {e[k][1]:.3f}" if math.isfinite(e[k][1]) else "") for k, _ in keys]
+        table.add_row(e["variant"], str(e["seeds"]), *cells)
+    Console(width=200).print(table)
+
+
 def select_rows(names: str | None, sweep: bool) -> list[RowSpec]:
     """``--rows`` (comma-separated names, ``all``) or the main group (+ the sweep group)."""
     if names:
@@ -442,6 +547,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
                         help="import MODULE first (it may call benchmarks.castle_p30.register_row); repeatable")
     parser.add_argument("--list", action="store_true", help="list the registered rows and exit")
+    parser.add_argument("--refine", action="store_true",
+                        help=f"add the posefix refine rows ({REFINE_ITERATIONS} iterations each, minutes per row)")
+    parser.add_argument("--jobs", type=int, default=1, help="rows run at the same time (refine rows use one thread each)")
     args = parser.parse_args(argv)
 
     try:
@@ -452,16 +560,22 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"{spec.name:24s} [{spec.group}] {spec.description}")
             return 0
         specs = select_rows(args.rows, args.sweep)
+        if args.refine and args.rows is None:
+            specs += [s for s in ROWS.values() if s.group == "refine"]
         scene: Path = args.scene
         gt = GroundTruth.read(scene / "gt_cameras.json")
         if abs(gt.spread - README_SPREAD_M) > 0.01:
             print(f"warning: GT spread {gt.spread:.3f} m, the scene README says {README_SPREAD_M} m", file=sys.stderr)
         output: Path = args.output
         output.mkdir(parents=True, exist_ok=True)
-        records = []
-        for spec in specs:
+        def one(spec: RowSpec) -> dict[str, Any]:
             print(f"[{spec.name}] {spec.description} ...", file=sys.stderr, flush=True)
-            records.append(run_row(spec, scene, output, gt, force=args.force))
+            return run_row(spec, scene, output, gt, force=args.force)
+
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+            records = list(pool.map(one, specs))
     except InputError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -476,6 +590,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                                               "wall_time_s": r["estimate"]["wall_time_s"]}
                  for r in records},
     }
+    summary = seed_summary(records)
+    if summary:
+        print_seed_summary(summary)
+        results["seed_summary"] = summary
+        with open(output / "seed_summary.csv", "w", newline="") as fid:
+            writer = csv.writer(fid)
+            keys = [k for k in summary[0] if k not in ("variant", "seeds")]
+            writer.writerow(["variant", "seeds", *[f"{k}_{s}" for k in keys for s in ("mean", "sd")]])
+            for e in summary:
+                writer.writerow([e["variant"], e["seeds"], *[f"{v:.6g}" for k in keys for v in e[k]]])
     (output / "results.json").write_text(json.dumps(results, indent=1))
     print(f"wrote {output / 'table.csv'} and {output / 'results.json'}", file=sys.stderr)
     return 0

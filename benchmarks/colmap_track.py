@@ -54,8 +54,6 @@ import argparse
 import csv
 import dataclasses
 import hashlib
-import importlib
-import importlib.util
 import json
 import math
 import os
@@ -66,7 +64,6 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import numpy as np

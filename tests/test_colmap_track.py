@@ -5,7 +5,6 @@ plot, with COLMAP's failure reported as such, the BA baseline, and a stand-in re
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import sys
 import textwrap

@@ -16,12 +16,12 @@ from nerf_posefix.io.transforms_json import read_transforms_json
 from nerf_posefix.cli.main import main
 from nerf_posefix.errors import InputError
 from nerf_posefix.geometry.noise import holdout_mask, perturb_poses
+from nerf_posefix.geometry.poses import rotation_angle_deg
 from nerf_posefix.geometry.poses import scene_radius as _radius
 
 
 def scene_radius(c2w):  # noqa: ANN001, ANN201
     return _radius(c2w[:, :3, 3])
-from nerf_posefix.geometry.poses import rotation_angle_deg
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "assets" / "toybox_tiny"

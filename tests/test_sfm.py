@@ -15,7 +15,7 @@ import pytest
 
 pycolmap = pytest.importorskip("pycolmap")
 
-from nerf_posefix.io.sources import load_camera_set
+from nerf_posefix.io.sources import load_camera_set  # noqa: E402
 from nerf_posefix.workflows.experiment import pose_errors  # noqa: E402
 from nerf_posefix.io.colmap import read_colmap_model, write_colmap_model  # noqa: E402
 from nerf_posefix.errors import InputError  # noqa: E402

@@ -33,7 +33,7 @@ from __future__ import annotations
 import functools
 import time
 from dataclasses import dataclass, field
-from typing import Literal, Optional, Type
+from typing import TYPE_CHECKING, Literal, Optional, Type
 
 import numpy
 import torch
@@ -54,8 +54,13 @@ from nerf_posefix.geometry.homography import (
     optical_axis,
     relative_pose,
 )
+from nerf_posefix.geometry.pixel_prior import pixel_prior
 from nerf_posefix.geometry.poses import apply_pose_correction
+from nerf_posefix.geometry.reprojection import CameraIntrinsics, auto_robust_scale, robust_loss
 from nerf_posefix.geometry.preconditioning import homography_metric, preconditioner, sampled_metric, view_directions
+
+if TYPE_CHECKING:
+    from nerf_posefix.plugin.tracks import Tracks
 
 BoundsMode = Literal["auto", "near-far", "scene-box", "points-global", "points-per-camera", "fixed"]
 
@@ -131,6 +136,59 @@ class HomographyCameraOptimizerConfig(CameraOptimizerConfig):
     precondition_samples: int = 5000
     """Points per camera for ``precondition=sampled``."""
 
+    prior: Literal["homography", "pixels"] = "homography"
+    """Form of the prior toward the initial poses: ``homography``, the paper's unscaled homography error
+    times ``weight``; ``pixels``, the mean squared image displacement (pixels of the original image) of a
+    camera's pose change over its image and its depth range
+    (:func:`nerf_posefix.geometry.pixel_prior.pixel_prior`), divided by ``prior_sigma_px²`` and
+    times ``geometric_weight`` (``SO3xR3`` only)."""
+
+    prior_sigma_px: Optional[float] = None
+    """``σ`` of the ``pixels`` prior: how far (mean image displacement, original pixels) an input pose may
+    be from the truth. None: per camera, the median reprojection residual of its SfM observations at
+    the input pose when the dataset has tracks (COLMAP's own accuracy; at least 0.05 px), else
+    ``DEFAULT_PRIOR_SIGMA_PX``."""
+
+    tracks: Literal["auto", "off"] = "auto"
+    """Track term: ``auto`` adds the robust reprojection error of the SfM observations of each training
+    image (a COLMAP model found with the dataset) through the rendered pose, in pixels of the original
+    image; ``off`` never does."""
+
+    geometric_weight: float = 1e-3
+    """Weight of the geometric energy against the photometric MSE. The energy is a negative
+    log-likelihood in pixels: ``E = Σ_obs ρ(‖r‖²)/σ_kp² + Σ_cameras D_i/σ_i²`` (σ_kp: the keypoint noise,
+    the tracks' median residual at the input poses / 1.18; ``D_i``: the ``pixels`` prior), averaged per
+    observation (per camera without tracks), so one camera's prior weighs like one of its observations
+    when σ_i ≈ σ_kp."""
+
+    track_loss: Literal["squared", "huber", "cauchy", "soft_l1"] = "cauchy"
+    """Robust loss of the track term (Ceres' definitions, as COLMAP's bundle adjustment)."""
+
+    track_scale_px: Optional[float] = None
+    """Scale of the robust loss (pixels). None: twice the median reprojection residual of the tracks at the
+    input poses, clipped to [0.1, 2] px (the bundle-adjustment stage's automatic scale)."""
+
+    track_batch: int = 4096
+    """Observations sampled per iteration for the track term (all of them when there are fewer)."""
+
+    track_points: Literal["fixed", "refined"] = "refined"
+    """Whether the 3D points of the tracks are optimised jointly with the poses (dataparser frame)."""
+
+
+#: ``σ`` of the ``pixels`` prior when the input's accuracy is unknown (no SfM tracks), original pixels.
+DEFAULT_PRIOR_SIGMA_PX = 5.0
+#: Buffers (and the points parameter) of the track term; their sizes follow the dataset.
+TRACK_STATE = (
+    "track_camera_index",
+    "track_point_index",
+    "track_observed_px",
+    "track_points_initial",
+    "track_point_ids",
+    "track_points",
+    "track_scale",
+    "track_sigma",
+)
+
 
 class HomographyCameraOptimizer(CameraOptimizer):
     """nerfstudio's camera optimizer with the homography regulariser (see the module docstring).
@@ -166,6 +224,26 @@ class HomographyCameraOptimizer(CameraOptimizer):
         # pose_adjustment = P φ: with preconditioning the learnable ``pose_adjustment`` holds φ
         self.register_buffer("preconditioner", torch.eye(6, device=device)[None].repeat(num_cameras, 1, 1))  # [N, 6, 6]
         self.bounds_source = "not set"
+        if config.prior == "pixels" and config.mode == "SE3":
+            raise ValueError("prior='pixels' needs mode='SO3xR3' (the pixel prior linearises nerfstudio's SO3xR3 adjustment)")
+        if config.geometric_weight < 0 or config.track_batch < 1:
+            raise ValueError("geometric_weight must be >= 0 and track_batch >= 1")
+        # pixel prior: (fx, fy, cx, cy, width, height) per camera in original pixels, and σ per camera
+        self.register_buffer("pixel_intrinsics", torch.zeros(num_cameras, 6, device=device))  # [N, 6]
+        self.register_buffer("prior_sigma", torch.full((num_cameras,), DEFAULT_PRIOR_SIGMA_PX, device=device))  # [N]
+        # track term (empty until set_tracks; resized on checkpoint load)
+        long, f64 = torch.long, torch.float64
+        self.register_buffer("track_camera_index", torch.zeros(0, dtype=long, device=device))  # [K]
+        self.register_buffer("track_point_index", torch.zeros(0, dtype=long, device=device))  # [K]
+        self.register_buffer("track_observed_px", torch.zeros(0, 2, dtype=f64, device=device))  # [K, 2]
+        self.register_buffer("track_points_initial", torch.zeros(0, 3, dtype=f64, device=device))  # [P, 3]
+        self.register_buffer("track_point_ids", torch.zeros(0, dtype=long, device=device))  # [P]
+        self.register_buffer("track_scale", torch.tensor(1.0, dtype=f64, device=device))  # [] pixels
+        self.register_buffer("track_sigma", torch.tensor(1.0, dtype=f64, device=device))  # [] pixels (keypoint noise)
+        self.track_points = torch.nn.Parameter(torch.zeros(0, 3, dtype=f64, device=device), requires_grad=False)  # [P, 3]
+        self.track_intrinsics: Optional[CameraIntrinsics] = None
+        self.tracks_source = "none"
+        self._track_generator = torch.Generator(device="cpu").manual_seed(0)
 
     # ------------------------------------------------------------------------------------------
     # reference poses and bounds
@@ -178,6 +256,7 @@ class HomographyCameraOptimizer(CameraOptimizer):
         source: str = "",
         intrinsics: Optional[Float[Tensor, "num_cameras 4"]] = None,
         image_sizes: Optional[Float[Tensor, "num_cameras 2"]] = None,
+        pixel_scale: float = 1.0,
     ) -> None:
         """Store the initial train poses and the depth bounds, and set up the preconditioner.
 
@@ -186,7 +265,10 @@ class HomographyCameraOptimizer(CameraOptimizer):
             xmin, xmax: depth bounds in dataparser-scaled units: floats or ``[N]`` tensors.
             source: how the bounds were obtained (for messages).
             intrinsics: ``[N, 4]`` pinhole ``(fx, fy, cx, cy)`` in pixels; needed for ``precondition=sampled``.
-            image_sizes: ``[N, 2]`` ``(width, height)`` in pixels; needed for ``precondition=sampled``.
+            image_sizes: ``[N, 2]`` ``(width, height)`` in pixels; needed for ``precondition=sampled``
+                and ``prior=pixels``.
+            pixel_scale: original image pixels per training pixel (the dataparser's downscale factor):
+                the ``pixels`` prior is measured in pixels of the original images.
 
         Raises:
             ValueError: wrong number of poses, poses that are not finite rigid transforms, or bounds
@@ -207,6 +289,15 @@ class HomographyCameraOptimizer(CameraOptimizer):
         self.xmax.copy_(xmax_t)
         self.reference_set.fill_(True)
         self.bounds_source = source
+        if intrinsics is not None and image_sizes is not None:
+            pixel = torch.cat([intrinsics.reshape(-1, 4), image_sizes.reshape(-1, 2)], dim=-1).to(self.pixel_intrinsics)
+            self.pixel_intrinsics.copy_(pixel * float(pixel_scale))
+        elif self.config.prior == "pixels":
+            raise ValueError("prior='pixels' needs the cameras' intrinsics and image sizes")
+        if self.config.prior_sigma_px is not None:
+            if not self.config.prior_sigma_px > 0:
+                raise ValueError(f"prior_sigma_px must be > 0, got {self.config.prior_sigma_px}")
+            self.prior_sigma.fill_(float(self.config.prior_sigma_px))
         if self.config.precondition != "off":
             self._setup_preconditioner(intrinsics, image_sizes)
 
@@ -301,6 +392,119 @@ class HomographyCameraOptimizer(CameraOptimizer):
         return homography_error_from_relative(rot, trans, beta, gamma, axis)
 
     # ------------------------------------------------------------------------------------------
+    # SfM tracks
+
+    def set_tracks(self, tracks: Optional["Tracks"]) -> None:
+        """Store the SfM observations of the training cameras (:class:`nerf_posefix.plugin.tracks.Tracks`:
+        original-resolution pixels, points in the dataparser frame), set the robust scale and, with
+        ``prior=pixels`` and no ``prior_sigma_px``, each camera's ``σ`` from its residuals at the input
+        pose. None (or ``tracks=off``) leaves the track term off."""
+        if tracks is None or self.config.tracks == "off" or self.config.mode == "off":
+            return
+        self._require_reference()
+        device = self.initial_c2w.device
+        self.track_camera_index = tracks.camera_index.to(device)
+        self.track_point_index = tracks.point_index.to(device)
+        self.track_observed_px = tracks.observed_px.to(device=device, dtype=torch.float64)
+        self.track_points_initial = tracks.points.to(device=device, dtype=torch.float64).clone()
+        self.track_point_ids = tracks.point_ids.to(device)
+        self.track_points = torch.nn.Parameter(
+            self.track_points_initial.clone(), requires_grad=self.config.track_points == "refined"
+        )
+        self.track_intrinsics = tracks.intrinsics.to(device=device)
+        self.tracks_source = tracks.source
+        with torch.no_grad():
+            residuals, valid = self.track_residuals(sample=False)
+            norms = residuals.norm(dim=-1)[valid]  # [K'] pixels
+        if norms.numel() == 0:
+            raise ValueError(f"no observation of {tracks.source} lies in front of its camera")
+        self.track_sigma.fill_(max(float(norms.median()) / 1.18, 0.05))  # median norm of 2D Gaussian noise = 1.18 σ
+        if self.config.track_scale_px is not None:
+            if not self.config.track_scale_px > 0:
+                raise ValueError(f"track_scale_px must be > 0, got {self.config.track_scale_px}")
+            self.track_scale.fill_(float(self.config.track_scale_px))
+        else:
+            self.track_scale.fill_(float(auto_robust_scale(norms)))
+        if self.config.prior == "pixels" and self.config.prior_sigma_px is None:
+            cams = self.track_camera_index[valid]
+            sigma = torch.full((self.num_cameras,), DEFAULT_PRIOR_SIGMA_PX, dtype=torch.float64)
+            for cam in range(self.num_cameras):  # robust per-camera σ: the median residual norm (≈ 1.18 σ_keypoint)
+                mine = norms[cams == cam]
+                if mine.numel():
+                    sigma[cam] = float(mine.median())
+            self.prior_sigma.copy_(sigma.clamp(min=0.05).to(self.prior_sigma))
+        CONSOLE.print(
+            f"posefix: track term on {tracks.source}: {self.config.track_loss} loss, scale "
+            f"{float(self.track_scale):.3g} px, median residual at the input poses {float(norms.median()):.3g} px, "
+            f"points {self.config.track_points}",
+            soft_wrap=True,
+        )
+
+    @property
+    def has_tracks(self) -> bool:
+        return self.track_camera_index.numel() > 0 and self.track_intrinsics is not None
+
+    def track_residuals(self, sample: bool = True) -> tuple[Tensor, Tensor]:
+        """Reprojection residuals ``[B, 2]`` (pixels of the original image) of the tracks through the
+        rendered poses, and ``valid [B]`` (point in front of the camera). ``sample``: a random batch of
+        ``track_batch`` observations; else all of them. Differentiable in the adjustment and the points."""
+        assert self.track_intrinsics is not None
+        count = self.track_camera_index.shape[0]
+        if sample and count > self.config.track_batch:
+            rows = torch.randint(count, (self.config.track_batch,), generator=self._track_generator).to(self.initial_c2w.device)
+        else:
+            rows = torch.arange(count, device=self.initial_c2w.device)
+        cams = self.track_camera_index[rows]  # [B]
+        c2w_cv = self.corrected_c2w().double() * self._opengl_to_opencv  # [N, 3, 4] OpenCV axes
+        return self.track_intrinsics.residuals(
+            c2w_cv[cams], self.track_points[self.track_point_index[rows]], self.track_observed_px[rows], cams
+        )
+
+    @functools.cached_property
+    def _opengl_to_opencv(self) -> Tensor:
+        """Column signs that turn camera-to-world OpenGL axes into OpenCV axes: ``[3, 4]``."""
+        return torch.tensor([1.0, -1.0, -1.0, 1.0], dtype=torch.float64, device=self.initial_c2w.device).expand(3, 4)
+
+    def track_loss(self) -> Tensor:
+        """The track energy per observation, ``mean ρ(‖r‖²) / σ_kp²``, over a sampled batch."""
+        residuals, valid = self.track_residuals()
+        rho = robust_loss((residuals**2).sum(-1), self.config.track_loss, self.track_scale)  # [B]
+        mean = rho[valid].mean() if bool(valid.any()) else rho.sum() * 0.0
+        return mean / self.track_sigma**2
+
+    def pixel_prior_errors(self) -> Float[Tensor, "num_cameras"]:
+        """Per camera, the mean squared image displacement (pixels² of the original image) of the
+        rendered pose against the initial one over the image and the depth bounds."""
+        self._require_reference()
+        k = self.pixel_intrinsics
+        return pixel_prior(
+            self.initial_c2w, self.pose_tangent(), k[:, 0], k[:, 1], k[:, 2], k[:, 3], k[:, 4], k[:, 5],
+            self.xmin, self.xmax, camera_convention="opengl",
+        )
+
+    def get_param_groups(self, param_groups: dict) -> None:
+        """nerfstudio's ``camera_opt`` group (the pose adjustment, and the track points when refined);
+        nothing with ``mode=off`` (the empty track-points parameter is not a pose parameter)."""
+        if self.config.mode == "off":
+            return
+        param_groups["camera_opt"] = [p for p in self.parameters() if p.requires_grad]
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:  # noqa: ANN001, ANN002, ANN003
+        """Resize the track state to the checkpoint's (its size follows the dataset) before loading."""
+        for name in TRACK_STATE:
+            saved = state_dict.get(prefix + name)
+            if saved is None:
+                continue
+            if name == "track_points":
+                if tuple(self.track_points.shape) != tuple(saved.shape):
+                    self.track_points = torch.nn.Parameter(
+                        torch.zeros_like(saved, device=self.initial_c2w.device), requires_grad=self.track_points.requires_grad
+                    )
+            elif tuple(getattr(self, name).shape) != tuple(saved.shape):
+                setattr(self, name, torch.zeros_like(saved, device=self.initial_c2w.device))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    # ------------------------------------------------------------------------------------------
     # losses and metrics
 
     def _l2_penalties(self) -> Tensor:
@@ -312,13 +516,23 @@ class HomographyCameraOptimizer(CameraOptimizer):
         )
 
     def get_loss_dict(self, loss_dict: dict) -> None:
-        """Add ``camera_opt_regularizer`` = weight · mean homography error (+ the L2 penalties)."""
+        """Add ``camera_opt_regularizer``: the prior toward the initial poses (``weight`` · mean homography
+        error, or ``geometric_weight`` · mean pixel displacement / σ²) plus the L2 penalties; and, with
+        tracks, ``camera_opt_tracks`` = ``geometric_weight`` · mean robust squared reprojection error."""
         if self.config.mode == "off":
             return
         regularizer = self._l2_penalties()
-        if self.config.weight > 0:
+        if self.config.prior == "pixels":
+            if self.config.geometric_weight > 0:
+                prior = (self.pixel_prior_errors() / self.prior_sigma.to(self.initial_c2w) ** 2).mean()
+                if self.has_tracks:  # per observation, as the track energy: Σ_cameras / K = mean_cameras · N / K
+                    prior = prior * (self.num_cameras / self.track_camera_index.shape[0])
+                regularizer = regularizer + self.config.geometric_weight * prior
+        elif self.config.weight > 0:
             regularizer = regularizer + self.config.weight * self.homography_errors().mean()
         loss_dict["camera_opt_regularizer"] = regularizer
+        if self.has_tracks and self.config.geometric_weight > 0:
+            loss_dict["camera_opt_tracks"] = (self.config.geometric_weight * self.track_loss()).float()
 
     def get_metrics_dict(self, metrics_dict: dict) -> None:
         """nerfstudio's ``camera_opt_{translation,rotation}_{mean,max}`` (dataparser units, degrees)
@@ -337,3 +551,9 @@ class HomographyCameraOptimizer(CameraOptimizer):
                 errors = self.homography_errors()
             metrics_dict["camera_opt_homography_mean"] = errors.mean()
             metrics_dict["camera_opt_homography_max"] = errors.max()
+        if self.has_tracks:
+            with torch.no_grad():
+                residuals, valid = self.track_residuals()
+                norms = residuals.norm(dim=-1)[valid]
+            if norms.numel():
+                metrics_dict["camera_opt_track_median_px"] = norms.median().float()

@@ -18,14 +18,10 @@ Bad input (unreadable files, non-finite or non-rigid poses, frames whose image i
 
 from __future__ import annotations
 
-import json
-import os
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Optional
 
-import numpy as np
 
 from nerf_posefix.errors import InputError
 from nerf_posefix.io.colmap import find_colmap_model_dir, read_colmap_model

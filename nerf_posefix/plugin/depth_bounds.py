@@ -48,6 +48,10 @@ from jaxtyping import Float
 from torch import Tensor
 
 from nerf_posefix.errors import InputError
+from nerf_posefix.geometry.alignment import align
+from nerf_posefix.geometry.poses import opencv_to_opengl
+from nerf_posefix.io.camera_set import match_image_names
+from nerf_posefix.io.colmap import ColmapModel, read_colmap_model
 from nerf_posefix.geometry.homography import camera_depths, check_depth_bounds, depth_bounds_from_points, global_depth_bounds
 
 #: Largest median centre residual, as a fraction of the camera spread, for a COLMAP model to be
@@ -68,11 +72,18 @@ class SparsePoints:
         observations: per training camera, a long tensor of indices into ``xyz`` of the points it
             observes; None when unknown.
         source: where they came from (for messages).
+        xyz64: ``[P, 3]`` the same points in float64 (COLMAP models only).
+        colmap_model: the COLMAP model they came from (its 2D observations and cameras: the SfM tracks).
+        model_index: per training camera, the index of its image in the model's image-id order (None:
+            not in the model).
     """
 
     xyz: Float[Tensor, "num_points 3"]
     observations: Optional[list[Tensor]]
     source: str
+    xyz64: Optional[np.ndarray] = None
+    colmap_model: Optional[ColmapModel] = None
+    model_index: Optional[list[Optional[int]]] = None
 
 
 @dataclass
@@ -130,15 +141,11 @@ def find_sparse_points(
         train_c2w: ``[N, 3, 4]`` train poses (OpenGL, dataparser frame).
         log: messages about rejected sources are appended here.
     """
-    from nerf_posefix.geometry.alignment import align
-    from nerf_posefix.io.colmap import read_colmap_model
-    from nerf_posefix.io.camera_set import match_image_names
-    from nerf_posefix.geometry.poses import opencv_to_opengl
-
     log = log if log is not None else []
     if info.colmap_dir is not None and info.colmap_dir.is_dir():
         try:
-            model_set = read_colmap_model(info.colmap_dir).to_camera_set()
+            colmap_model = read_colmap_model(info.colmap_dir)
+            model_set = colmap_model.to_camera_set()
         except InputError as err:
             log.append(f"ignoring the COLMAP model: {err}")
             model_set = None
@@ -187,6 +194,9 @@ def find_sparse_points(
                     xyz=torch.from_numpy(points).float(),
                     observations=observations,
                     source=f"{len(points)} points of the COLMAP model {info.colmap_dir} (mapped by {how})",
+                    xyz64=points,
+                    colmap_model=colmap_model,
+                    model_index=list(match),
                 )
     xyz = dataparser_outputs.metadata.get("points3D_xyz") if dataparser_outputs.metadata else None
     if xyz is not None and len(xyz) > 0:

@@ -33,6 +33,7 @@ from rich.markup import escape
 from nerf_posefix.plugin.camera_optimizer import HomographyCameraOptimizer
 from nerf_posefix.plugin.dataset import DatasetInfo, describe_dataset, validate_dataset
 from nerf_posefix.io.camera_set import match_image_names
+from nerf_posefix.plugin.tracks import build_tracks
 from nerf_posefix.plugin.depth_bounds import DepthBounds, compute_depth_bounds, find_sparse_points
 
 
@@ -83,7 +84,9 @@ class PosefixPipeline(VanillaPipeline):
         outputs = self.datamanager.train_dataparser_outputs
         train_c2w = self.datamanager.train_dataset.cameras.camera_to_worlds  # [N, 3, 4] OpenGL, dataparser frame
         log: list[str] = []
-        needs_points = optimizer.config.bounds in ("auto", "points-global", "points-per-camera")
+        needs_points = optimizer.config.bounds in ("auto", "points-global", "points-per-camera") or (
+            optimizer.config.tracks == "auto" and optimizer.config.mode != "off"
+        )
         points = find_sparse_points(self.dataset_info, outputs, train_c2w, log) if needs_points else None
         model_config = self.model.config
         bounds = compute_depth_bounds(
@@ -103,11 +106,20 @@ class PosefixPipeline(VanillaPipeline):
             source=bounds.source,
             intrinsics=torch.cat([cameras.fx, cameras.fy, cameras.cx, cameras.cy], dim=-1),  # [N, 4] pixels
             image_sizes=torch.cat([cameras.width, cameras.height], dim=-1),  # [N, 2] pixels
+            pixel_scale=self._downscale_factor(),
         )
+        if optimizer.config.tracks == "auto":
+            optimizer.set_tracks(build_tracks(points, len(train_c2w), log))
         for line in log:
             CONSOLE.print(f"[yellow]posefix: {escape(line)}", soft_wrap=True)
         CONSOLE.print(f"[bold]posefix: {escape(bounds.describe(float(outputs.dataparser_scale)))}", soft_wrap=True)
         return bounds
+
+    def _downscale_factor(self) -> float:
+        """Original image pixels per training pixel (the dataparser's downscale factor, 1 if unknown)."""
+        dataparser = self.datamanager.dataparser
+        factor = getattr(dataparser, "downscale_factor", None) or getattr(dataparser, "_downscale_factor", None)
+        return float(factor) if factor else 1.0
 
     def _setup_ground_truth(self) -> None:
         from nerf_posefix.io.transforms_json import read_transforms_json

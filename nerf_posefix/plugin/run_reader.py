@@ -104,6 +104,8 @@ class RefinedRun:
         checkpoint: the checkpoint read, and its step.
         xmin, xmax: ``[N]`` the homography prior's depth bounds of each training camera (dataparser
             units), for posefix runs; None for nerfstudio's own optimizer.
+        track_point_ids, track_points, track_points_initial: the SfM points of the track term
+            (COLMAP ids ``[P]``; ``[P, 3]`` dataparser frame, trained and initial), None without tracks.
     """
 
     config_path: Path
@@ -117,6 +119,19 @@ class RefinedRun:
     step: int
     xmin: Optional[np.ndarray] = None
     xmax: Optional[np.ndarray] = None
+    track_point_ids: Optional[np.ndarray] = None
+    track_points: Optional[np.ndarray] = None
+    track_points_initial: Optional[np.ndarray] = None
+
+    def refined_point_offsets(self) -> Optional[tuple[np.ndarray, np.ndarray]]:
+        """``(point3D_ids [P], offsets [P, 3])``: how far the track term moved each SfM point, in the
+        input (COLMAP) world frame and units (``R_Dᵀ Δ_dp / s``, the dataparser transform undone), or None
+        when the run has no tracks. Add them to the input points to get the refined points."""
+        if self.track_points is None or self.track_points_initial is None or self.track_point_ids is None:
+            return None
+        rot = _nearest_rotation(self.dataparser_transform[:3, :3])
+        delta = (self.track_points - self.track_points_initial) @ rot / self.dataparser_scale  # Rᵀ Δ as rows
+        return self.track_point_ids, delta
 
 
 def _load_config(config_path: Path):  # noqa: ANN202
@@ -210,7 +225,19 @@ def load_refined_run(config_path: str | os.PathLike[str]) -> RefinedRun:
         step=int(state.get("step", -1)),
         xmin=optimizer_state["xmin"].double().numpy() if "xmin" in optimizer_state else None,
         xmax=optimizer_state["xmax"].double().numpy() if "xmax" in optimizer_state else None,
+        **_track_state(optimizer_state),
     )
+
+
+def _track_state(optimizer_state: dict[str, Any]) -> dict[str, Optional[np.ndarray]]:
+    ids = optimizer_state.get("track_point_ids")
+    if ids is None or ids.numel() == 0:
+        return {}
+    return {
+        "track_point_ids": ids.numpy().astype(np.int64),
+        "track_points": optimizer_state["track_points"].double().numpy(),
+        "track_points_initial": optimizer_state["track_points_initial"].double().numpy(),
+    }
 
 
 # ---------------------------------------------------------------------------------------------

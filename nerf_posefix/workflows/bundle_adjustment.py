@@ -62,6 +62,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from nerf_posefix.geometry.reprojection import AUTO_SCALE_FACTOR, AUTO_SCALE_MAX_PX, AUTO_SCALE_MIN_PX, auto_robust_scale
 from nerf_posefix.errors import InputError
 from nerf_posefix.geometry.alignment import Alignment, align
 from nerf_posefix.geometry.poses import invert_poses, rotation_angle_deg
@@ -77,10 +78,9 @@ LOSS_TYPES: dict[str, str] = {"squared": "TRIVIAL", "huber": "HUBER", "cauchy": 
 GAUGE_MODES: tuple[str, ...] = ("sim3_poses", "sim3_centres", "none")
 #: The COLMAP model files, one of each kind needed (``.bin`` or ``.txt``).
 MODEL_FILES: tuple[str, ...] = ("cameras", "images", "points3D")
-#: Auto loss scale: this factor times the model's median per-point reprojection error ...
-AUTO_SCALE_FACTOR = 2.0
-#: ... clipped to this range (pixels).
-AUTO_SCALE_RANGE_PX: tuple[float, float] = (0.1, 2.0)
+#: Auto loss scale (:func:`nerf_posefix.geometry.reprojection.auto_robust_scale`): this factor times the
+#: model's median reprojection error, clipped to this range (pixels).
+AUTO_SCALE_RANGE_PX: tuple[float, float] = (AUTO_SCALE_MIN_PX, AUTO_SCALE_MAX_PX)
 
 
 @dataclass
@@ -330,9 +330,7 @@ def auto_scale_px(rec: "pycolmap.Reconstruction") -> float:
     rec.update_point_3d_errors()
     errors = np.array([p.error for p in rec.points3D.values()], dtype=np.float64)  # [P]
     errors = errors[np.isfinite(errors) & (errors >= 0)]
-    median = float(np.median(errors)) if errors.size else 0.0
-    low, high = AUTO_SCALE_RANGE_PX
-    return float(np.clip(AUTO_SCALE_FACTOR * median, low, high))
+    return auto_robust_scale(errors if errors.size else np.zeros(1))
 
 
 def reconstruction_c2w(rec: "pycolmap.Reconstruction") -> tuple[list[str], np.ndarray]:

@@ -42,9 +42,6 @@ def bundled_scene(name: str = "toybox") -> Path:
 OPTIMIZER_CLASS_KEY = "class"
 
 
-def bundled_scene(name: str = "toybox") -> Path:
-    """``assets/<name>`` of the source checkout (the scene is not part of the installed package)."""
-    return Path(__file__).resolve().parents[2] / "assets" / name
 
 
 # ------------------------------------------------------------------------------------------------
