@@ -14,11 +14,11 @@ class Export:
     Evaluation frames keep their input poses (each frame is marked with posefix_refined)."""
 
     load_config: Path
-    """The run's config.yml."""
+    """The run: its config.yml, or a directory holding one run (as for posefix compare)."""
     output: Path
-    """Output directory."""
+    """Output directory (a new one; never the run, its dataset, or a directory holding them)."""
     overwrite: bool = False
-    """Replace an existing export in the output directory."""
+    """Replace an earlier posefix export in the output directory."""
 
     def run(self) -> None:
         from nerf_posefix.workflows.export import export_run

@@ -1,8 +1,16 @@
-"""COLMAP sparse models: a thin layer over nerfstudio's ``colmap_parsing_utils``.
+"""COLMAP sparse models: read with nerfstudio's ``colmap_parsing_utils``, written here.
 
-Reading and writing are nerfstudio's (``read_cameras_binary``, ``write_images_text``, ...); this module
-adds format detection, clear :class:`~nerf_posefix.errors.InputError` messages naming the file, the
-conversion to a :class:`~nerf_posefix.camera_sets.CameraSet`, and pose replacement.
+Reading uses nerfstudio's parsers (``read_cameras_binary``, ...; ``images.txt`` is read here so that
+image names may contain spaces); this module adds format detection, validation (unique image names and
+ids, known cameras, finite poses) with :class:`~nerf_posefix.errors.InputError` messages naming the file,
+the conversion to a :class:`~nerf_posefix.io.camera_set.CameraSet`, and pose replacement.
+
+Writing is done here, byte for byte in COLMAP's format (``src/colmap/scene/reconstruction_io.cc``):
+nerfstudio's ``write_images_binary`` packs each *character* of a name as one byte (``struct`` format
+``"c"``), so any name with a non-ASCII character (``img 007 é.png``) raises ``struct.error``, and its text
+writers use the locale's encoding. Here names are written as their UTF-8 bytes followed by a NUL, as
+COLMAP does, and text files are UTF-8. (COLMAP's own text reader stops an image name at the first space;
+its binary format, which every reader here prefers, has no such limit.)
 
 Conventions
 -----------
@@ -22,7 +30,7 @@ import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 from nerfstudio.data.utils import colmap_parsing_utils as cpu
@@ -32,8 +40,10 @@ from nerf_posefix.geometry.poses import c2w_to_colmap, colmap_to_c2w
 from nerf_posefix.io.camera_set import CameraSet
 
 
-#: Camera models we read and write: those of nerfstudio's table (COLMAP model ids 0-10), which
-#: includes SIMPLE_PINHOLE, PINHOLE, SIMPLE_RADIAL, RADIAL, OPENCV, OPENCV_FISHEYE, FULL_OPENCV, ...
+#: Camera models this module reads and writes: those of nerfstudio's table (COLMAP model ids 0-10),
+#: i.e. SIMPLE_PINHOLE, PINHOLE, SIMPLE_RADIAL, RADIAL, OPENCV, OPENCV_FISHEYE, FULL_OPENCV, ... (what
+#: ``compare`` and ``perturb`` accept; ``refine`` trains on fewer, see
+#: :data:`nerf_posefix.workflows.refine_inputs.REFINE_CAMERA_MODELS`, and its messages list those).
 SUPPORTED_CAMERA_MODELS: tuple[str, ...] = tuple(
     m.model_name for m in sorted(cpu.CAMERA_MODELS, key=lambda m: m.model_id)
 )
@@ -166,8 +176,9 @@ def find_colmap_model_dir(path: str | os.PathLike[str]) -> tuple[Path, str] | No
     return None
 
 
-def _check_binary_count(file: Path, kind: str) -> None:
-    """Reject a binary file whose leading record count cannot fit in its size (garbage or truncation)."""
+def _check_binary_count(file: Path, kind: str) -> int:
+    """Reject a binary file whose leading record count cannot fit in its size (garbage or truncation);
+    returns the count."""
     size = file.stat().st_size
     if size < 8:
         raise InputError(f"{file}: truncated COLMAP file ({size} bytes, expected at least an 8-byte count)")
@@ -175,9 +186,45 @@ def _check_binary_count(file: Path, kind: str) -> None:
         (count,) = struct.unpack("<Q", fid.read(8))
     if count * _MIN_RECORD_BYTES[kind] > size - 8:
         raise InputError(f"{file}: truncated or not a COLMAP {kind} file (header says {count} records, file has {size} bytes)")
+    return int(count)
 
 
-def _read_one(file: Path, kind: str, ext: str) -> dict[int, Any]:
+def _read_images_text(path: str) -> dict[int, Any]:
+    """``images.txt`` as nerfstudio's ``read_images_text`` reads it, except that the name is the rest of
+    the line after the camera id (names may contain spaces) and the file is read as UTF-8."""
+    images: dict[int, Any] = {}
+    with open(path, encoding="utf-8") as fid:
+        lines = iter(fid)
+        for line in lines:
+            stripped = line.strip()
+            if not stripped or stripped.startswith("#"):
+                continue
+            head = line.rstrip("\r\n").lstrip().split(maxsplit=9)
+            if len(head) < 10:
+                raise ValueError(f"image line {stripped[:60]!r} has {len(head)} fields, expected 10")
+            image_id = int(head[0])
+            if image_id in images:
+                raise _DuplicateId(image_id)
+            elems = next(lines, "").split()
+            if len(elems) % 3:
+                raise ValueError(f"the POINTS2D line of image {image_id} has {len(elems)} values, not a multiple of 3")
+            images[image_id] = cpu.Image(
+                id=image_id,
+                qvec=np.array(tuple(map(float, head[1:5]))),
+                tvec=np.array(tuple(map(float, head[5:8]))),
+                camera_id=int(head[8]),
+                name=head[9],
+                xys=np.column_stack([tuple(map(float, elems[0::3])), tuple(map(float, elems[1::3]))]).reshape(-1, 2),
+                point3D_ids=np.array(tuple(map(int, elems[2::3])), dtype=np.int64),
+            )
+    return images
+
+
+class _DuplicateId(Exception):
+    """An id that appears twice in a model file."""
+
+
+def _read_one(file: Path, kind: str, ext: str, supported: Sequence[str]) -> dict[int, Any]:
     if not file.is_file():
         raise InputError(f"{file}: missing COLMAP {kind} file")
     readers = {
@@ -185,36 +232,55 @@ def _read_one(file: Path, kind: str, ext: str) -> dict[int, Any]:
         (".bin", "images"): cpu.read_images_binary,
         (".bin", "points3D"): cpu.read_points3D_binary,
         (".txt", "cameras"): cpu.read_cameras_text,
-        (".txt", "images"): cpu.read_images_text,
+        (".txt", "images"): _read_images_text,
         (".txt", "points3D"): cpu.read_points3D_text,
     }
-    if ext == ".bin":
-        _check_binary_count(file, kind)
     try:
-        return readers[(ext, kind)](str(file))
+        count = _check_binary_count(file, kind) if ext == ".bin" else None
+        records = readers[(ext, kind)](str(file))
+    except OSError as err:
+        raise InputError(f"{file}: cannot read the COLMAP {kind} file ({err.strerror or err})") from None
+    except _DuplicateId as err:
+        raise InputError(f"{file}: {kind} id {err.args[0]} appears more than once") from None
     except _PARSE_ERRORS as err:
         if ext == ".bin" and isinstance(err, KeyError) and kind == "cameras":
             raise InputError(
-                f"{file}: unsupported COLMAP camera model id {err.args[0]} (supported: {', '.join(SUPPORTED_CAMERA_MODELS)})"
+                f"{file}: unsupported COLMAP camera model id {err.args[0]} (supported: {', '.join(supported)})"
             ) from None
         reason = "truncated" if isinstance(err, struct.error) else f"{type(err).__name__}: {err}"
         raise InputError(f"{file}: cannot parse COLMAP {kind} file ({reason})") from None
+    if count is not None and count != len(records):
+        raise InputError(
+            f"{file}: {count} {kind} records but {len(records)} distinct ids: some {kind} id appears more than once"
+        )
+    return records
 
 
-def _validate(model: ColmapModel, directory: Path, ext: str) -> None:
+def _validate(model: ColmapModel, directory: Path, ext: str, supported: Sequence[str]) -> None:
     cam_file = directory / f"cameras{ext}"
     for cam in model.cameras.values():
         spec = cpu.CAMERA_MODEL_NAMES.get(cam.model)
         if spec is None:
             raise InputError(
                 f"{cam_file}: camera {cam.id} has unsupported model {cam.model!r} "
-                f"(supported: {', '.join(SUPPORTED_CAMERA_MODELS)})"
+                f"(supported: {', '.join(supported)})"
             )
         if len(cam.params) != spec.num_params:
             raise InputError(
                 f"{cam_file}: camera {cam.id} ({cam.model}) has {len(cam.params)} parameters, expected {spec.num_params}"
             )
     img_file = directory / f"images{ext}"
+    by_name: dict[str, list[int]] = {}
+    for image_id in sorted(model.images):
+        by_name.setdefault(model.images[image_id].name, []).append(image_id)
+    dups = {name: ids for name, ids in by_name.items() if len(ids) > 1}
+    if dups:
+        listed = "; ".join(f"{name!r} (images {', '.join(map(str, ids))})" for name, ids in list(dups.items())[:5])
+        more = f"; ... ({len(dups) - 5} more)" if len(dups) > 5 else ""
+        raise InputError(
+            f"{img_file}: {len(dups)} image name(s) used by several images: {listed}{more}; "
+            "each image of a COLMAP model needs its own name"
+        )
     for im in model.images.values():
         if im.camera_id not in model.cameras:
             raise InputError(f"{img_file}: image {im.id} ({im.name}) refers to camera {im.camera_id}, which is not in {cam_file}")
@@ -224,16 +290,27 @@ def _validate(model: ColmapModel, directory: Path, ext: str) -> None:
             raise InputError(f"{img_file}: image {im.id} ({im.name}) has an invalid pose (qvec {q.tolist()}, tvec {t.tolist()})")
 
 
-def read_colmap_model(path: str | os.PathLike[str]) -> ColmapModel:
+def read_colmap_model(path: str | os.PathLike[str], supported: Optional[Sequence[str]] = None) -> ColmapModel:
     """Read a COLMAP model (binary preferred over text) from ``path`` or its ``sparse/0`` etc.
 
+    Args:
+        supported: the camera models listed in messages about an unknown camera model (default
+            :data:`SUPPORTED_CAMERA_MODELS`; ``refine`` passes the fewer it trains on).
+
     Raises:
-        InputError: no model there, a missing/truncated/unparseable file, an unsupported camera model,
-            an image referring to an unknown camera, or an invalid pose. The message names the file.
+        InputError: no model there, a missing/unreadable/truncated/unparseable file, an unsupported
+            camera model, an image or camera id used twice, an image name used by several images, an
+            image referring to an unknown camera, or an invalid pose. The message names the file.
     """
     path = Path(path)
+    supported = tuple(supported) if supported is not None else SUPPORTED_CAMERA_MODELS
     if not path.exists():
         raise InputError(f"{path}: no such COLMAP model directory")
+    if path.is_dir():
+        try:
+            os.listdir(path)
+        except OSError as err:
+            raise InputError(f"{path}: cannot read the COLMAP model directory ({err.strerror or err})") from None
     found = find_colmap_model_dir(path)
     if found is None:
         present = [f"{k}{e}" for k in MODEL_FILES for e in (".bin", ".txt") if (path / f"{k}{e}").is_file()]
@@ -242,11 +319,11 @@ def read_colmap_model(path: str | os.PathLike[str]) -> ColmapModel:
             f"{path}: not a COLMAP model: expected cameras/images/points3D .bin or .txt there or in sparse/0{detail}"
         )
     directory, ext = found
-    cameras = _read_one(directory / f"cameras{ext}", "cameras", ext)
-    images = _read_one(directory / f"images{ext}", "images", ext)
-    points3D = _read_one(directory / f"points3D{ext}", "points3D", ext)
+    cameras = _read_one(directory / f"cameras{ext}", "cameras", ext, supported)
+    images = _read_one(directory / f"images{ext}", "images", ext, supported)
+    points3D = _read_one(directory / f"points3D{ext}", "points3D", ext, supported)
     model = ColmapModel(cameras=cameras, images=images, points3D=points3D, path=str(directory))
-    _validate(model, directory, ext)
+    _validate(model, directory, ext, supported)
     return model
 
 
@@ -254,11 +331,16 @@ def write_colmap_model(
     model: ColmapModel, path: str | os.PathLike[str], formats: Iterable[str] = ("bin", "txt")
 ) -> Path:
     """Write ``cameras``, ``images`` and ``points3D`` in each of ``formats`` (``"bin"``, ``"txt"``)
-    into the directory ``path`` (created if needed), with nerfstudio's writers.
+    into the directory ``path`` (created if needed), in COLMAP's format (see the module docstring: any
+    UTF-8 image name).
 
     No ``rigs``/``frames`` files are written, and stale ones in ``path`` are deleted: COLMAP >= 3.12
     would otherwise take the poses from them instead of from ``images``. Readers of a directory
     holding both formats (pycolmap, nerfstudio) read the binary one.
+
+    Raises:
+        InputError: an unsupported camera model, an image name with a NUL or line break (which COLMAP's
+            files cannot hold).
 
     Returns:
         The directory written.
@@ -270,20 +352,113 @@ def write_colmap_model(
     for cam in model.cameras.values():
         if cam.model not in cpu.CAMERA_MODEL_NAMES:
             raise InputError(f"camera {cam.id}: cannot write unsupported camera model {cam.model!r}")
+    for im in model.images.values():
+        if any(c in im.name for c in "\x00\r\n"):
+            raise InputError(f"image {im.id}: cannot write the image name {im.name!r} (NUL or line break) in a COLMAP model")
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
     images = {k: _as_array_image(v) for k, v in model.images.items()}
     points3D = {k: _as_array_point(v) for k, v in model.points3D.items()}
     for fmt in formats:
-        cpu.write_model(model.cameras, images, points3D, str(out), ext=f".{fmt}")
+        if fmt == "bin":
+            _write_cameras_binary(model.cameras, out / "cameras.bin")
+            _write_images_binary(images, out / "images.bin")
+            _write_points3D_binary(points3D, out / "points3D.bin")
+        else:
+            _write_cameras_text(model.cameras, out / "cameras.txt")
+            _write_images_text(images, out / "images.txt")
+            _write_points3D_text(points3D, out / "points3D.txt")
     for stale in RIG_FILES:
         for ext in (".bin", ".txt"):
             (out / f"{stale}{ext}").unlink(missing_ok=True)
     return out
 
 
+#: One 2D observation of images.bin: x, y (float64), point3D_id (int64).
+_POINT2D = np.dtype([("x", "<f8"), ("y", "<f8"), ("id", "<i8")])
+
+
+def _write_cameras_binary(cameras: dict[int, Any], path: Path) -> None:
+    with open(path, "wb") as fid:
+        fid.write(struct.pack("<Q", len(cameras)))
+        for cam in cameras.values():
+            spec = cpu.CAMERA_MODEL_NAMES[cam.model]
+            params = np.asarray(cam.params, dtype="<f8").reshape(-1)
+            fid.write(struct.pack("<iiQQ", int(cam.id), int(spec.model_id), int(cam.width), int(cam.height)))
+            fid.write(params.tobytes())
+
+
+def _write_images_binary(images: dict[int, Any], path: Path) -> None:
+    with open(path, "wb") as fid:
+        fid.write(struct.pack("<Q", len(images)))
+        for im in images.values():
+            fid.write(struct.pack("<i4d3di", int(im.id), *im.qvec.tolist(), *im.tvec.tolist(), int(im.camera_id)))
+            fid.write(im.name.encode("utf-8") + b"\x00")
+            points = np.empty(len(im.point3D_ids), dtype=_POINT2D)
+            points["x"], points["y"], points["id"] = im.xys[:, 0], im.xys[:, 1], im.point3D_ids
+            fid.write(struct.pack("<Q", len(points)))
+            fid.write(points.tobytes())
+
+
+def _write_points3D_binary(points3D: dict[int, Any], path: Path) -> None:
+    with open(path, "wb") as fid:
+        fid.write(struct.pack("<Q", len(points3D)))
+        for pt in points3D.values():
+            track = np.empty(len(pt.image_ids), dtype=[("image", "<i4"), ("idx", "<i4")])
+            track["image"], track["idx"] = pt.image_ids, pt.point2D_idxs
+            fid.write(struct.pack("<Q3d3BdQ", int(pt.id), *pt.xyz.tolist(), *(int(c) for c in pt.rgb), pt.error, len(track)))
+            fid.write(track.tobytes())
+
+
+def _numbers(values: Iterable[Any]) -> str:
+    return " ".join(repr(v) for v in values)
+
+
+def _write_cameras_text(cameras: dict[int, Any], path: Path) -> None:
+    lines = [
+        "# Camera list with one line of data per camera:",
+        "#   CAMERA_ID, MODEL, WIDTH, HEIGHT, PARAMS[]",
+        f"# Number of cameras: {len(cameras)}",
+    ]
+    for cam in cameras.values():
+        params = np.asarray(cam.params, dtype=np.float64).reshape(-1).tolist()
+        lines.append(f"{int(cam.id)} {cam.model} {int(cam.width)} {int(cam.height)} {_numbers(params)}")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def _write_images_text(images: dict[int, Any], path: Path) -> None:
+    mean_obs = np.mean([len(im.point3D_ids) for im in images.values()]) if images else 0.0
+    with open(path, "w", encoding="utf-8", newline="\n") as fid:
+        fid.write(
+            "# Image list with two lines of data per image:\n"
+            "#   IMAGE_ID, QW, QX, QY, QZ, TX, TY, TZ, CAMERA_ID, NAME\n"
+            "#   POINTS2D[] as (X, Y, POINT3D_ID)\n"
+            f"# Number of images: {len(images)}, mean observations per image: {mean_obs}\n"
+        )
+        for im in images.values():
+            pose = _numbers([*im.qvec.tolist(), *im.tvec.tolist()])
+            fid.write(f"{int(im.id)} {pose} {int(im.camera_id)} {im.name}\n")
+            fid.write(
+                " ".join(f"{x!r} {y!r} {int(p)}" for (x, y), p in zip(im.xys.tolist(), im.point3D_ids.tolist())) + "\n"
+            )
+
+
+def _write_points3D_text(points3D: dict[int, Any], path: Path) -> None:
+    mean_track = np.mean([len(pt.image_ids) for pt in points3D.values()]) if points3D else 0.0
+    with open(path, "w", encoding="utf-8", newline="\n") as fid:
+        fid.write(
+            "# 3D point list with one line of data per point:\n"
+            "#   POINT3D_ID, X, Y, Z, R, G, B, ERROR, TRACK[] as (IMAGE_ID, POINT2D_IDX)\n"
+            f"# Number of points: {len(points3D)}, mean track length: {mean_track}\n"
+        )
+        for pt in points3D.values():
+            track = " ".join(f"{int(i)} {int(j)}" for i, j in zip(pt.image_ids.tolist(), pt.point2D_idxs.tolist()))
+            rgb = " ".join(str(int(c)) for c in pt.rgb)
+            fid.write(f"{int(pt.id)} {_numbers(pt.xyz.tolist())} {rgb} {pt.error!r} {track}\n")
+
+
 def _as_array_image(im: Any) -> Any:
-    """nerfstudio's writers call ``.tolist()`` and ``len()`` on these fields: make them arrays."""
+    """Fields as arrays of COLMAP's types (the parsers and in-memory models give lists or arrays)."""
     return im._replace(
         qvec=np.asarray(im.qvec, dtype=np.float64),
         tvec=np.asarray(im.tvec, dtype=np.float64),

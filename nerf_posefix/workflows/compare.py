@@ -4,6 +4,15 @@ Camera sets are camera-to-world, OpenCV axes, each in its source's world frame
 (:mod:`nerf_posefix.io.camera_set`); each estimate is aligned onto the reference before its errors are
 measured (:func:`nerf_posefix.geometry.metrics.compare_poses`). Writing the report:
 :mod:`nerf_posefix.workflows.reports`.
+
+Matching (``match``): by image name, by position (``order``), or by **timestamp** for TUM trajectories
+from different clocks and rates, as evo does (:func:`nerf_posefix.io.tum.associate_timestamps`: nearest
+timestamp within ``t_max_diff`` seconds, ``t_offset`` added to the estimate's timestamps; the number of
+associated pairs is reported). ``auto`` (the default) matches by timestamp when the reference and the
+estimate are both TUM files named by their timestamps (not written by posefix with a names line), by name
+otherwise. With timestamp matching, the ATE equals evo's APE (translation part, ``evo_ape tum REF EST -a``
+for ``se3``, ``-as`` for ``sim3``) and the RPE evo's (``evo_rpe tum REF EST --delta 1 --delta_unit f``,
+same alignment) on the same pairs.
 """
 
 from __future__ import annotations
@@ -12,16 +21,22 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Optional
 
 import numpy as np
 
 from nerf_posefix.errors import InputError
 from nerf_posefix.geometry.alignment import AlignMode
-from nerf_posefix.geometry.metrics import PoseComparison, compare_poses
 from nerf_posefix.geometry.poses import scene_radius
 from nerf_posefix.io.camera_set import CameraMatch, CameraSet, match_camera_sets
+from nerf_posefix.io.sources import source_inputs, source_kind
+from nerf_posefix.io.tum import DEFAULT_MAX_DIFF, TumTrajectory, associate_timestamps, read_tum_trajectory
 from nerf_posefix.workflows.pose_sources import load_pose_source
+
+if TYPE_CHECKING:  # torch: imported when the metrics are computed
+    from nerf_posefix.geometry.metrics import PoseComparison
+
+MatchMode = Literal["auto", "name", "order", "timestamp"]
 
 #: Default homography depth range when neither points nor --bounds are available, as fractions of
 #: the scene radius (:func:`~nerf_posefix.geometry.poses.scene_radius` of the reference centres).
@@ -35,8 +50,9 @@ class EstimateResult:
     label: str
     camera_set: CameraSet
     match: CameraMatch
-    comparison: PoseComparison
+    comparison: "PoseComparison"
     names: list[str]
+    matched_by: str = "name"
 
 
 @dataclass
@@ -61,6 +77,7 @@ class CompareReport:
                     "label": res.label,
                     "source": res.camera_set.source,
                     "num_cameras": len(res.camera_set),
+                    "matched_by": res.matched_by,
                     "num_matched": len(res.match),
                     "unmatched_reference": res.match.unmatched_ref,
                     "unmatched_estimate": res.match.unmatched_est,
@@ -153,24 +170,113 @@ def homography_bounds(
     return np.full(n, xmin), np.full(n, xmax), desc
 
 
+def check_sources(reference_path: Path, estimate_paths: Sequence[Path]) -> list[tuple[str, Path]]:
+    """The cheap checks of every pose source, before any is loaded (no torch, no nerfstudio): each path
+    exists and is recognised, each nerfstudio run has a readable config, its dataset and a checkpoint.
+
+    Returns:
+        ``(label, path)`` of every input read (sources, run directories, run datasets), for the output checks.
+
+    Raises:
+        InputError: naming the first bad source.
+    """
+    if not estimate_paths:
+        raise InputError("give at least one estimated camera set after --reference REF")
+    inputs: list[tuple[str, Path]] = []
+    for label, path in [("--reference", reference_path), *(("estimate", p) for p in estimate_paths)]:
+        inputs.extend((label, p) for p in source_inputs(path))
+    return inputs
+
+
+def _match_mode(match_by: str, ref: Optional[TumTrajectory], est: Optional[TumTrajectory], ref_path: Path, est_path: Path) -> str:
+    if match_by == "auto":
+        return "timestamp" if ref is not None and est is not None and not ref.named and not est.named else "name"
+    if match_by == "timestamp":
+        for traj, path in ((ref, ref_path), (est, est_path)):
+            if traj is None:
+                kind, _ = source_kind(path)
+                what = {"colmap": "a COLMAP model", "transforms": "a transforms.json", "run": "a nerfstudio run"}[kind]
+                raise InputError(f"--match timestamp: {path} is {what}, not a TUM trajectory (only TUM files have timestamps)")
+    return match_by
+
+
+def timestamp_match(
+    ref: TumTrajectory, est: TumTrajectory, t_max_diff: float = DEFAULT_MAX_DIFF, t_offset: float = 0.0
+) -> CameraMatch:
+    """Pairs of ``ref`` and ``est`` poses by timestamp, as evo associates them (see the module docstring).
+
+    Raises:
+        InputError: no pair within ``t_max_diff`` (the message gives both time ranges).
+    """
+    ref_idx, est_idx = associate_timestamps(ref.timestamps, est.timestamps, t_max_diff, t_offset)
+    if len(ref_idx) == 0:
+        raise InputError(
+            f"{est.cameras.source}: no pose within --t-max-diff {t_max_diff:g} s of a pose of {ref.cameras.source} "
+            f"(estimate timestamps {est.timestamps.min():.6f}-{est.timestamps.max():.6f} s plus --t-offset {t_offset:g} s, "
+            f"reference {ref.timestamps.min():.6f}-{ref.timestamps.max():.6f} s)"
+        )
+    used_ref, used_est = set(ref_idx.tolist()), set(est_idx.tolist())
+    return CameraMatch(
+        ref_idx,
+        est_idx,
+        [n for i, n in enumerate(ref.cameras.names) if i not in used_ref],
+        [n for i, n in enumerate(est.cameras.names) if i not in used_est],
+    )
+
+
+def _load(path: Path) -> tuple[CameraSet, Optional[TumTrajectory]]:
+    kind, found = source_kind(path)
+    if kind == "tum":
+        traj = read_tum_trajectory(found)
+        return traj.cameras, traj
+    return load_pose_source(path), None
+
+
 def compare(
     reference_path: Path,
     estimate_paths: Sequence[Path],
     align: AlignMode = "sim3",
-    match_by: Literal["name", "order"] = "name",
+    match_by: MatchMode = "auto",
     trim: float = 0.0,
     bounds: tuple[float, float] | None = None,
     log: Callable[[str], None] = lambda message: None,
+    t_max_diff: float = DEFAULT_MAX_DIFF,
+    t_offset: float = 0.0,
 ) -> CompareReport:
-    """Load the pose sources (:func:`~nerf_posefix.workflows.pose_sources.load_pose_source`) and
-    :func:`compare_camera_sets` them. Raises :class:`InputError` on bad input, naming the file."""
-    if not estimate_paths:
-        raise InputError("give at least one estimated camera set after --reference REF")
+    """Load the pose sources (:func:`~nerf_posefix.workflows.pose_sources.load_pose_source`), match each
+    estimate with the reference (``match_by``, see the module docstring) and :func:`compare_camera_sets`
+    them. Every source is checked (:func:`check_sources`) before any is loaded.
+
+    Raises:
+        InputError: on bad input, naming the file.
+    """
+    if match_by not in ("auto", "name", "order", "timestamp"):
+        raise InputError(f"--match must be auto, name, order or timestamp, got {match_by!r}")
     _check_trim(trim)
-    reference = load_pose_source(reference_path)
+    associate_timestamps(np.zeros(0), np.zeros(0), t_max_diff, t_offset)  # checks the two options
+    check_sources(reference_path, estimate_paths)
+    reference, ref_traj = _load(Path(reference_path))
     taken: set[str] = set()
-    estimates = {_label(p, k, taken): load_pose_source(p) for k, p in enumerate(estimate_paths)}
-    return compare_camera_sets(reference, estimates, align, match_by, trim, bounds, log)
+    estimates: dict[str, CameraSet] = {}
+    matches: dict[str, tuple[str, Optional[CameraMatch]]] = {}
+    for k, path in enumerate(estimate_paths):
+        label = _label(path, k, taken)
+        est, est_traj = _load(Path(path))
+        estimates[label] = est
+        mode = _match_mode(match_by, ref_traj, est_traj, Path(reference_path), Path(path))
+        if mode == "timestamp":
+            assert ref_traj is not None and est_traj is not None
+            match = timestamp_match(ref_traj, est_traj, t_max_diff, t_offset)
+            log(
+                f"{label}: {len(match)} pose pairs associated by timestamp (|dt| <= {t_max_diff:g} s, estimate "
+                f"offset {t_offset:+g} s) of {len(reference)} reference and {len(est)} estimate poses"
+            )
+            matches[label] = ("timestamp", match)
+        else:
+            matches[label] = (mode, None)
+    report = compare_camera_sets(reference, estimates, align, "name", trim, bounds, log, matches=matches)
+    report.settings.update({"match": match_by, "t_max_diff": t_max_diff, "t_offset": t_offset})
+    return report
 
 
 def _check_trim(trim: float) -> None:
@@ -186,6 +292,7 @@ def compare_camera_sets(
     trim: float = 0.0,
     bounds: tuple[float, float] | None = None,
     log: Callable[[str], None] = lambda message: None,
+    matches: Optional[dict[str, tuple[str, Optional[CameraMatch]]]] = None,
 ) -> CompareReport:
     """Match, align and measure each estimate against the reference (see :class:`CompareReport`).
 
@@ -193,6 +300,8 @@ def compare_camera_sets(
         reference: the reference cameras; estimates: ``{label: cameras}``.
         align: Umeyama alignment of each estimate onto the reference (camera centres).
         match_by: match cameras by image name or by position.
+        matches: per estimate label, ``(how, match)``: a match made already (e.g. by timestamp) or None
+            to match by ``how`` (``"name"`` / ``"order"``); default: ``match_by`` for every estimate.
         trim: robust alignment, fraction of cameras left out of the re-fits.
         bounds: homography depth range (reference units); None: from the reference's points.
         log: receives progress / warning lines (rich markup).
@@ -200,6 +309,8 @@ def compare_camera_sets(
     Raises:
         InputError: bad input, naming the estimate.
     """
+    from nerf_posefix.geometry.metrics import compare_poses  # torch
+
     _check_trim(trim)
     xmin, xmax, bounds_source = homography_bounds(reference, bounds)
     log(f"reference: {reference.source} ({len(reference)} cameras)")
@@ -212,7 +323,9 @@ def compare_camera_sets(
         bounds_source=bounds_source,
     )
     for label, est in estimates.items():
-        match = match_camera_sets(reference, est, by=match_by)
+        how, match = (matches or {}).get(label, (match_by, None))
+        if match is None:
+            match = match_camera_sets(reference, est, by=how)  # type: ignore[arg-type]
         try:
             comparison = compare_poses(
                 reference.c2w[match.ref_index],
@@ -227,7 +340,7 @@ def compare_camera_sets(
         except ValueError as err:  # invalid poses (non-rotations) reported by the homography error
             raise InputError(f"{label}: {err}") from None
         names = [reference.names[i] for i in match.ref_index]
-        report.results.append(EstimateResult(label, est, match, comparison, names))
+        report.results.append(EstimateResult(label, est, match, comparison, names, how))
         if match.unmatched_ref or match.unmatched_est:
             log(
                 f"[yellow]{label}: {len(match)} cameras matched; {len(match.unmatched_ref)} reference camera(s) "
@@ -255,6 +368,7 @@ def summary_rows(report: CompareReport) -> list[tuple[str, list[str]]]:
     def add(title: str, values: list[Any]) -> None:
         rows.append((title, [v if isinstance(v, str) else _fmt(v) for v in values]))
 
+    add("matched by", [r.matched_by for r in results])
     add("cameras matched", [f"{len(r.match)}/{len(report.reference)}" for r in results])
     add("unmatched (ref / est)", [f"{len(r.match.unmatched_ref)} / {len(r.match.unmatched_est)}" for r in results])
     add("alignment scale", [r.comparison.alignment.scale for r in results])

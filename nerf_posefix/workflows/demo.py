@@ -18,32 +18,23 @@ Steps (everything under ``--output``, default ``outputs/posefix-demo``):
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from nerf_posefix.errors import InputError
 from nerf_posefix.io.atomic import MARKER_FILE, check_output_dir
-from nerf_posefix.io.camera_set import CameraSet
-from nerf_posefix.io.transforms_json import read_transforms_json
-from nerf_posefix.workflows.compare import compare_camera_sets
-from nerf_posefix.workflows.experiment import (
-    TrainSpec,
-    build_trainer_config,
-    bundled_scene,
-    evaluate_test_views,
-    export_refined,
-    load_reference,
-    pose_errors,
-    train,
-    train_camera_names,
-)
-from nerf_posefix.workflows.perturb import perturb_dataset
-from nerf_posefix.workflows.reports import write_outputs
+
+if TYPE_CHECKING:
+    from nerf_posefix.io.camera_set import CameraSet
+
+#: The bundled scene (``assets/toybox`` of the source checkout; what
+#: :func:`nerf_posefix.workflows.experiment.bundled_scene` gives, known here without importing torch).
+DEFAULT_SCENE = Path(__file__).resolve().parents[2] / "assets" / "toybox"
+METHODS = ("posefix", "posefix-small")
 
 
 @dataclass
@@ -66,12 +57,12 @@ class DemoOptions:
     eval_interval: int = 8
     """Every N-th view is a test view at its exact pose (0: all views train)."""
     method: str = "posefix-small"
-    """nerfstudio method to train."""
+    """nerfstudio method to train (posefix or posefix-small)."""
     threads: int | None = None
     """torch CPU threads while training (default: torch's, one per core); 1 is faster when other jobs
     keep the cores busy."""
     overwrite: bool = False
-    """Replace --output if it exists."""
+    """Replace --output if it exists (only an earlier posefix demo output)."""
 
 
 def _fmt_row(label: str, s: dict[str, float]) -> str:
@@ -82,26 +73,70 @@ def _fmt_row(label: str, s: dict[str, float]) -> str:
     )
 
 
-def run_demo(cmd: DemoOptions) -> dict[str, Any]:
-    """Run the demo (see the module docstring); returns the summary written to ``summary.json``."""
-    scene = Path(cmd.scene) if cmd.scene is not None else bundled_scene()
+def check_options(cmd: DemoOptions) -> Path:
+    """Every check of the demo's options and paths, before anything is created or imported.
+
+    Returns:
+        The scene directory.
+
+    Raises:
+        InputError: naming the option.
+    """
+    if cmd.iterations < 1:
+        raise InputError(f"--iterations must be >= 1, got {cmd.iterations}")
+    if not (math.isfinite(cmd.rotation_deg) and 0.0 <= cmd.rotation_deg <= 180.0):
+        raise InputError(f"--rotation-deg must be in [0, 180], got {cmd.rotation_deg}")
+    if not (math.isfinite(cmd.translation) and cmd.translation >= 0):
+        raise InputError(f"--translation must be a finite number >= 0, got {cmd.translation}")
+    if cmd.eval_interval < 0:
+        raise InputError(f"--eval-interval must be >= 0, got {cmd.eval_interval}")
+    if cmd.threads is not None and cmd.threads < 1:
+        raise InputError(f"--threads must be >= 1, got {cmd.threads}")
+    if cmd.method not in METHODS:
+        raise InputError(f"--method must be one of {', '.join(METHODS)}, got {cmd.method!r}")
+    scene = Path(cmd.scene) if cmd.scene is not None else DEFAULT_SCENE
     if not (scene / "transforms.json").is_file():
         raise InputError(
             f"{scene}: no transforms.json (the bundled scene lives in the source checkout's assets/; pass --scene DIR)"
         )
-    if cmd.iterations < 1:
-        raise InputError(f"--iterations must be >= 1, got {cmd.iterations}")
-    if not (cmd.rotation_deg >= 0 and cmd.translation >= 0):
-        raise InputError("--rotation-deg and --translation must be >= 0")
-    method_names = {"posefix", "posefix-small"}
-    if cmd.method not in method_names:
-        raise InputError(f"--method must be one of {', '.join(sorted(method_names))}, got {cmd.method!r}")
+    check_output_dir(cmd.output, [("--scene", scene)], cmd.overwrite)
+    return scene
+
+
+def run_demo(cmd: DemoOptions) -> dict[str, Any]:
+    """Run the demo (see the module docstring); returns the summary written to ``summary.json``.
+
+    All options are checked before ``--output`` is created (:func:`check_options`); if the demo fails or
+    is interrupted after that, the output directory it created is removed again, so the same command
+    can simply be run again.
+    """
+    scene = check_options(cmd)
     out = Path(cmd.output)
-    check_output_dir(out, [scene], cmd.overwrite)
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
     (out / MARKER_FILE).write_text("written by nerf-posefix\n", encoding="utf-8")
+    try:
+        return _run_demo(cmd, scene, out)
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def _run_demo(cmd: DemoOptions, scene: Path, out: Path) -> dict[str, Any]:
+    from nerf_posefix.io.transforms_json import read_transforms_json
+    from nerf_posefix.workflows.experiment import (
+        TrainSpec,
+        build_trainer_config,
+        evaluate_test_views,
+        export_refined,
+        load_reference,
+        pose_errors,
+        train,
+        train_camera_names,
+    )
+    from nerf_posefix.workflows.perturb import perturb_dataset
+
     t0 = time.perf_counter()
     print(f"posefix demo: {scene} -> {out}")
 
@@ -176,9 +211,15 @@ def run_demo(cmd: DemoOptions) -> dict[str, Any]:
     return summary
 
 
-def _write_plots(data: Path, estimates: dict[str, CameraSet], names: list[str], directory: Path) -> list[Path]:
+def _write_plots(data: Path, estimates: dict[str, "CameraSet"], names: list[str], directory: Path) -> list[Path]:
     """``posefix compare``'s outputs (compare.json, CSVs, error_cdf.png, top_view.png, frusta.ply) for the
     estimates restricted to the cameras ``names``, against the ground truth of the dataset ``data``."""
+    import numpy as np
+
+    from nerf_posefix.workflows.compare import compare_camera_sets
+    from nerf_posefix.workflows.experiment import load_reference
+    from nerf_posefix.workflows.reports import write_outputs
+
     wanted = set(names)
     subsets = {label: est.subset(np.array([i for i, n in enumerate(est.names) if n in wanted])) for label, est in estimates.items()}
     report = compare_camera_sets(load_reference(data), subsets)

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 from nerf_posefix.io.atomic import atomic_directory, check_output_dir
 from nerf_posefix.io.colmap import write_colmap_model
-from nerf_posefix.io.sources import run_config_inputs, resolve_run_config
+from nerf_posefix.io.sources import check_run_config, resolve_run_config
 from nerf_posefix.io.transforms_json import FILENAME, transforms_meta, write_transforms_json
 
 
@@ -35,17 +35,23 @@ def _relative(path: Path, start: Path) -> str:
 def export_run(config_path: str | os.PathLike[str], output_dir: str | os.PathLike[str], overwrite: bool = False) -> dict[str, Path]:
     """Write a run's refined poses into ``output_dir`` (see the module docstring).
 
+    ``config_path``: the run's ``config.yml`` or a directory holding one run (as ``posefix compare``).
+    Every check that needs no nerfstudio runs first (the run config, its dataset and checkpoint, the
+    output path against the run directory and its dataset), so these errors come in well under a second.
+
     Returns:
         ``{"transforms": path}`` and, for COLMAP inputs, ``"colmap": sparse/0 directory``.
 
     Raises:
-        InputError: an unreadable run (:func:`~nerf_posefix.plugin.run_reader.load_refined_run`);
-            ``output_dir`` is, holds or lies inside the run or its dataset; it exists and is not a
-            posefix output replaced with ``overwrite``.
+        InputError: an unreadable run (:func:`~nerf_posefix.io.sources.check_run_config`,
+            :func:`~nerf_posefix.plugin.run_reader.load_refined_run`); ``output_dir`` is, holds or lies
+            inside the run or its dataset (with or without ``overwrite``); it exists and is not a posefix
+            output replaced with ``overwrite``; its parent cannot be written; a write fails (named).
     """
     config_path = resolve_run_config(config_path)  # cheap checks first: no torch / nerfstudio yet
     output_dir = Path(output_dir)
-    check_output_dir(output_dir, run_config_inputs(config_path), overwrite)
+    inputs = check_run_config(config_path)
+    check_output_dir(output_dir, [("run", inputs[0]), *[("dataset", p) for p in inputs[1:]]], overwrite, option="--output")
     from nerf_posefix.plugin.run_reader import refined_input_poses  # lazy: nerfstudio
 
     return write_export(refined_input_poses(config_path), output_dir)

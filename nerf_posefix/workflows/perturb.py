@@ -58,7 +58,7 @@ PERTURBATION_FILE = "perturbation.json"
 def _check_paths(data: Path, output: Path, overwrite: bool) -> None:
     if not data.is_dir():
         raise InputError(f"{data}: no such dataset directory")
-    check_output_dir(output, [data], overwrite)
+    check_output_dir(output, [("--data", data)], overwrite)
 
 
 def _model_formats(directory: Path) -> tuple[str, ...]:
@@ -83,22 +83,15 @@ def perturb_dataset(
         The content written to ``perturbation.json``.
 
     Raises:
-        InputError: no dataset in ``data``, output exists (without ``overwrite``) or overlaps the input,
-            both formats present but naming different cameras, bad noise parameters.
+        InputError: no dataset in ``data``, output exists (without ``overwrite``) or overlaps the input
+            (resolved paths, with or without ``overwrite``), its parent cannot be written, a COLMAP model
+            with an image name used twice, both formats present but naming different cameras, bad noise
+            parameters, a failure while writing (named; nothing is left behind).
     """
-    import numpy as np
-
-    from nerf_posefix.io.camera_set import CameraSet
-
-    from nerf_posefix.io.transforms_json import read_transforms_json
-    from nerf_posefix.io.colmap import find_colmap_model_dir, read_colmap_model, write_colmap_model
-    from nerf_posefix.geometry.noise import holdout_mask, perturb_poses
-    from nerf_posefix.geometry.poses import OPENGL_OPENCV_FLIP
-
     data, output = Path(data), Path(output)
-    _check_paths(data, output, overwrite)
     if holdout_every < 0:
         raise InputError(f"--holdout-every must be >= 0, got {holdout_every}")
+    _check_paths(data, output, overwrite)
 
     json_path = data / "transforms.json"
     has_json = json_path.is_file()

@@ -2,6 +2,12 @@
 
 Camera sets in the report are camera-to-world, OpenCV axes; the PLY and plots use the reference's world
 frame (aligned estimates). TUM files are written unaligned, camera-to-world, as evo reads them.
+
+The command's outputs (``--output`` and ``--export-tum`` directories, the ``--json`` file) are checked
+against every input and against each other before anything is loaded (:func:`check_report_outputs`)
+and written atomically (:func:`write_report_outputs`): a directory is replaced only with ``--overwrite``
+and only when posefix wrote it; the ``--json`` file only when it is an earlier ``posefix compare``
+report.
 """
 
 from __future__ import annotations
@@ -15,7 +21,9 @@ from typing import Any
 
 import numpy as np
 
+from nerf_posefix.errors import InputError
 from nerf_posefix.geometry.poses import scene_radius
+from nerf_posefix.io.atomic import atomic_directory, atomic_file, check_output_dir, check_output_file, overlaps
 from nerf_posefix.workflows.compare import CompareReport, summary_rows
 
 #: Frustum depth in the PLY, as a fraction of the scene extent.
@@ -46,8 +54,74 @@ def _json_safe(value: Any) -> Any:
 
 
 def write_json(data: dict[str, Any], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(_json_safe(data), indent=1, allow_nan=False))
+    """Write ``data`` (NaN/inf as null) to ``path``, atomically (a failure leaves ``path`` as it was)."""
+    text = json.dumps(_json_safe(data), indent=1, allow_nan=False)
+    with atomic_file(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def is_compare_report(path: Path) -> bool:
+    """Whether ``path`` holds a ``posefix compare`` JSON report (which ``--json`` may replace)."""
+    try:
+        if path.stat().st_size > 1 << 28:
+            return False
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and {"reference", "settings", "estimates"} <= set(data)
+
+
+def check_report_outputs(
+    inputs: list[tuple[str, Path]],
+    output: Path | None = None,
+    json_path: Path | None = None,
+    export_tum: Path | None = None,
+    overwrite: bool = False,
+) -> None:
+    """Check every output of ``posefix compare`` before anything is loaded or computed: none is, holds or
+    lies inside an input (``inputs``: ``(label, path)``, from
+    :func:`~nerf_posefix.workflows.compare.check_sources`) or another output; the directories are new
+    (or posefix outputs replaced with ``overwrite``); ``json_path`` is not a directory and is new or an
+    earlier report; every parent can be written.
+
+    Raises:
+        InputError: naming the option, the path and the reason.
+    """
+    dirs = [(opt, p) for opt, p in (("--output", output), ("--export-tum", export_tum)) if p is not None]
+    for opt, path in dirs:
+        check_output_dir(path, inputs, overwrite, option=opt)
+    if json_path is not None:
+        check_output_file(json_path, inputs, option="--json", replaceable=is_compare_report)
+    outs = dirs + ([("--json", json_path)] if json_path is not None else [])
+    for i, (opt_a, a) in enumerate(outs):
+        for opt_b, b in outs[i + 1 :]:
+            if overlaps(a, b):
+                raise InputError(f"{opt_b} {b}: is, holds or lies inside {opt_a} {a}; give separate paths")
+
+
+def write_report_outputs(
+    report: CompareReport, output: Path | None = None, json_path: Path | None = None, export_tum: Path | None = None
+) -> list[str]:
+    """Write the outputs checked by :func:`check_report_outputs` (directories assembled aside and renamed
+    into place); returns one line per output written.
+
+    Raises:
+        InputError: a write failed (named; nothing of that output is left behind).
+    """
+    done = []
+    if export_tum is not None:
+        with atomic_directory(export_tum) as tmp:
+            export_tum_files(report, tmp)
+        flag = {"sim3": "-as", "se3": "-a"}.get(report.settings["align"], "")
+        done.append(f"wrote TUM files to {export_tum} (cross-check: evo_ape tum <k>_reference.tum <k>_estimate.tum {flag})")
+    if output is not None:
+        with atomic_directory(output) as tmp:
+            write_outputs(report, tmp)
+        done.append(f"wrote {output}/compare.json, per_camera.csv, summary.csv, error_cdf.png, top_view.png, frusta.ply")
+    if json_path is not None:
+        write_json(report.to_json(), json_path)
+        done.append(f"wrote {json_path}")
+    return done
 
 
 def _file_stem(label: str, index: int) -> str:
