@@ -12,8 +12,9 @@ rays per batch, on CPU:
 Each is set up with nerfstudio's ``Trainer`` and timed on ``Trainer.train_iteration`` (with the
 training callbacks), in interleaved blocks so that both see the same load on a shared machine.
 The regulariser's cost is timed on its own: ``camera_opt_regularizer`` forward + backward, plus the
-metrics it adds to every iteration (``camera_opt_homography_*``), and the ground-truth pose metrics
-(computed every ``steps_per_log`` iterations, amortised).
+metrics it adds to every iteration (``camera_opt_homography_*``, the tracks' median residual), and the
+ground-truth pose metrics (computed every ``steps_per_log`` iterations, amortised); so are the track
+term (a batch of ``track_batch`` observations, forward + backward) and the pixel prior.
 
 Usage::
 
@@ -97,8 +98,18 @@ def time_regulariser(trainer, repeats: int = 200) -> dict[str, float]:  # noqa: 
     def metrics() -> None:
         optimizer.get_metrics_dict({})
 
+    def track_and_backward() -> None:
+        optimizer.track_loss().backward()
+
+    def pixel_prior_and_backward() -> None:
+        (optimizer.pixel_prior_errors() / optimizer.prior_sigma**2).mean().backward()
+
+    timed = [("regulariser_loss_backward_s", loss_and_backward), ("regulariser_metrics_s", metrics),
+             ("pixel_prior_loss_backward_s", pixel_prior_and_backward)]
+    if optimizer.has_tracks:
+        timed.append(("track_term_loss_backward_s", track_and_backward))
     out = {}
-    for name, fn in (("regulariser_loss_backward_s", loss_and_backward), ("regulariser_metrics_s", metrics)):
+    for name, fn in timed:
         fn()
         t0 = time.perf_counter()
         for _ in range(repeats):
@@ -162,6 +173,8 @@ def main() -> None:
     result["regulariser"] = {
         **reg,
         "share_of_iteration": per_iter / iteration,
+        "track_term_share_of_iteration": reg.get("track_term_loss_backward_s", float("nan")) / iteration,
+        "pixel_prior_share_of_iteration": reg["pixel_prior_loss_backward_s"] / iteration,
         "gt_metrics_share_of_iteration_amortised": reg.get("gt_metrics_s", 0.0) / log_every / iteration,
     }
     text = json.dumps(result, indent=2)

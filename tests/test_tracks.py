@@ -177,3 +177,17 @@ def test_a_camera_model_without_projection_falls_back(tmp_path: Path) -> None:
     log: list[str] = []
     assert build_tracks(points, len(cams), log) is None
     assert "OPENCV_FISHEYE" in log[0]
+
+
+def test_refined_points_get_their_own_small_learning_rate(noisy_points_scene: Path) -> None:
+    from nerf_posefix.plugin.camera_optimizer import TRACK_POINTS_GROUP
+
+    pipeline = _pipeline(noisy_points_scene)
+    groups = pipeline.get_param_groups()
+    optimizer = pipeline.model.camera_optimizer
+    assert [p is optimizer.track_points for p in groups[TRACK_POINTS_GROUP]] == [True]
+    assert all(p is not optimizer.track_points for p in groups["camera_opt"])
+    config = posefix_small_config()
+    assert config.optimizers[TRACK_POINTS_GROUP]["optimizer"].lr <= 1e-2 * config.optimizers["camera_opt"]["optimizer"].lr
+    fixed = _pipeline(noisy_points_scene, track_points="fixed").get_param_groups()
+    assert TRACK_POINTS_GROUP not in fixed

@@ -177,6 +177,8 @@ class HomographyCameraOptimizerConfig(CameraOptimizerConfig):
 
 #: ``σ`` of the ``pixels`` prior when the input's accuracy is unknown (no SfM tracks), original pixels.
 DEFAULT_PRIOR_SIGMA_PX = 5.0
+#: nerfstudio parameter group (and optimizer config key) of the refined track points.
+TRACK_POINTS_GROUP = "track_points"
 #: Buffers (and the points parameter) of the track term; their sizes follow the dataset.
 TRACK_STATE = (
     "track_camera_index",
@@ -483,11 +485,15 @@ class HomographyCameraOptimizer(CameraOptimizer):
         )
 
     def get_param_groups(self, param_groups: dict) -> None:
-        """nerfstudio's ``camera_opt`` group (the pose adjustment, and the track points when refined);
-        nothing with ``mode=off`` (the empty track-points parameter is not a pose parameter)."""
+        """nerfstudio's ``camera_opt`` group (the pose adjustment) and, when the track points are refined,
+        a ``track_points`` group: points need a far smaller learning rate than poses (Adam moves every
+        coordinate by about its learning rate per step, and a point that jitters by 1e-3 of the scene moves
+        its projections by pixels). Nothing with ``mode=off``."""
         if self.config.mode == "off":
             return
-        param_groups["camera_opt"] = [p for p in self.parameters() if p.requires_grad]
+        param_groups["camera_opt"] = [p for p in self.parameters() if p.requires_grad and p is not self.track_points]
+        if self.track_points.requires_grad and self.track_points.numel():
+            param_groups[TRACK_POINTS_GROUP] = [self.track_points]
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:  # noqa: ANN001, ANN002, ANN003
         """Resize the track state to the checkpoint's (its size follows the dataset) before loading."""

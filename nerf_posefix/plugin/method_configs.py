@@ -23,7 +23,7 @@ from nerfstudio.engine.schedulers import ExponentialDecaySchedulerConfig
 from nerfstudio.engine.trainer import TrainerConfig
 from nerfstudio.plugins.types import MethodSpecification
 
-from nerf_posefix.plugin.camera_optimizer import HomographyCameraOptimizerConfig
+from nerf_posefix.plugin.camera_optimizer import TRACK_POINTS_GROUP, HomographyCameraOptimizerConfig
 from nerf_posefix.plugin.checkpoint import register_checkpoint_safe_globals
 from nerf_posefix.plugin.model import PosefixModelConfig
 from nerf_posefix.plugin.pipeline import PosefixPipelineConfig
@@ -67,6 +67,12 @@ def posefix_config() -> TrainerConfig:
             "camera_opt": {
                 "optimizer": AdamOptimizerConfig(lr=1e-3, eps=1e-15),
                 "scheduler": ExponentialDecaySchedulerConfig(lr_final=1e-4, max_steps=5000),
+            },
+            # the SfM points of the track term (dataparser units, scene radius ~1): Adam moves each
+            # coordinate by ~lr per step, so 1e-5 of the scene (sub-pixel at any usual distance)
+            TRACK_POINTS_GROUP: {
+                "optimizer": AdamOptimizerConfig(lr=1e-5, eps=1e-15),
+                "scheduler": ExponentialDecaySchedulerConfig(lr_final=1e-6, max_steps=5000),
             },
         },
         viewer=ViewerConfig(num_rays_per_chunk=1 << 15),
@@ -124,6 +130,10 @@ def posefix_small_config() -> TrainerConfig:
             "camera_opt": {
                 "optimizer": AdamOptimizerConfig(lr=1e-3, eps=1e-15),
                 "scheduler": ExponentialDecaySchedulerConfig(lr_final=1e-4, max_steps=SMALL_MAX_ITERATIONS),
+            },
+            TRACK_POINTS_GROUP: {
+                "optimizer": AdamOptimizerConfig(lr=1e-5, eps=1e-15),
+                "scheduler": ExponentialDecaySchedulerConfig(lr_final=1e-6, max_steps=SMALL_MAX_ITERATIONS),
             },
         },
         viewer=ViewerConfig(num_rays_per_chunk=1 << 12),

@@ -62,8 +62,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from nerf_posefix.geometry.reprojection import AUTO_SCALE_FACTOR, AUTO_SCALE_MAX_PX, AUTO_SCALE_MIN_PX, auto_robust_scale
 from nerf_posefix.errors import InputError
+from nerf_posefix.geometry.reprojection import AUTO_SCALE_MAX_PX, AUTO_SCALE_MIN_PX, auto_robust_scale
 from nerf_posefix.geometry.alignment import Alignment, align
 from nerf_posefix.geometry.poses import invert_poses, rotation_angle_deg
 

@@ -13,29 +13,42 @@ Steps
    (the homography prior's depth bounds come from them). Missing or truncated model files, missing
    images, size mismatches, unsupported camera models and point-less models raise one
    :class:`~nerf_posefix.errors.InputError` naming the file (the CLI prints it and exits with code 2).
-2. **Convert** into the work directory ``OUT.partial/data`` (the input is never written to): a binary
-   copy of the model (``sparse/0``), symbolic links to the images (``images/``; names containing
-   directories are flattened, e.g. ``cam1/0001.jpg`` -> ``cam1__0001.jpg``), and nerfstudio's own
-   ``colmap_to_json`` conversion (as ``ns-process-data``) to ``transforms.json`` + ``sparse_pc.ply``.
-3. **Train** the posefix method (:mod:`nerf_posefix.plugin.training`: in process, progress bar, CPU
-   unless a GPU is asked for and present) on all images (``eval_mode=all``: every camera is refined),
-   with the homography prior's depth bounds from the model's 3D points (``--bounds global``: the
-   paper's global variant; ``per-camera``: its local variant). Checkpoints go to
+2. **Bundle-adjust** (``--bundle-adjustment``, default ``cauchy``; :mod:`nerf_posefix.workflows.bundle_adjustment`):
+   pycolmap's bundle adjustment of the model's own tracks with a robust loss whose scale is twice the
+   model's median reprojection error (clipped to 0.1-2 px), intrinsics fixed, points refined, the result
+   mapped back onto the input frame (rotation from the orientations, scale and translation from the
+   centres). Seconds; kept in ``OUT.partial/bundle_adjusted`` for ``--resume``. A model fresh from
+   COLMAP's mapper is at its squared-loss minimum already; a robust loss stops a few outlier tracks
+   from holding poses back (castle-P30: README).
+3. **Convert** the stage's model into the work directory ``OUT.partial/data`` (the input is never
+   written to): a binary copy of the model (``sparse/0``), symbolic links to the images (``images/``;
+   names containing directories are flattened, e.g. ``cam1/0001.jpg`` -> ``cam1__0001.jpg``), and
+   nerfstudio's own ``colmap_to_json`` conversion (as ``ns-process-data``) to ``transforms.json`` +
+   ``sparse_pc.ply``.
+4. **Train** the posefix method (:mod:`nerf_posefix.plugin.training`: in process, progress bar, CPU
+   unless a GPU is asked for and present) on all images (``eval_mode=all``: every camera is refined).
+   Besides the photometric loss, the camera optimizer carries the **track term** (``--tracks on``: the
+   robust reprojection error of the model's observations through the rendered pose, in pixels of the
+   original images; with ``--track-points refined`` the points move too) and a prior toward the stage's
+   input (``--regularizer pixels``: the homography prior as a mean squared image displacement over σ²,
+   σ from ``--prior-sigma-px`` or per image its median reprojection residual), with depth bounds from the
+   model's 3D points (``--bounds global`` / ``per-camera``). Checkpoints go to
    ``OUT.partial/runs/refine/METHOD/run`` every ``--checkpoint-every`` iterations and on Ctrl-C/SIGTERM;
    ``--resume`` continues an interrupted run from there.
-4. **Export** (:func:`nerf_posefix.plugin.export.load_refined_camera_set`): the refined poses mapped back
+5. **Export** (:func:`nerf_posefix.plugin.run_reader.refined_input_poses`): the refined poses mapped back
    to the original COLMAP world frame (the dataparser transform and scale and the conversion's
-   ``applied_transform`` undone; the correction is applied to the float64 input poses, so
-   ``--iterations 0`` returns the input ``qvec``/``tvec``).
-5. **Write** ``OUT`` atomically (assembled in a hidden temporary directory beside ``OUT``, then renamed;
+   ``applied_transform`` undone; the correction is applied to the float64 stage poses, so
+   ``--iterations 0 --bundle-adjustment none`` returns the input exactly, points included), and the
+   refined points (the stage's points plus the track term's offsets, in the input frame).
+6. **Write** ``OUT`` atomically (assembled in a hidden temporary directory beside ``OUT``, then renamed;
    ``OUT.partial`` is removed on success):
 
    * ``sparse/0/{cameras,images,points3D}.{bin,txt}``: the input model with refined image poses
      (world-to-camera ``qvec``/``tvec``, OpenCV camera axes, COLMAP world frame; each ``qvec`` keeps the
-     sign hemisphere of its input). Intrinsics, image/camera ids, 2D keypoints and ``points3D`` are
-     **carried over unchanged** (not re-triangulated: the points keep their input positions and
-     tracks; re-run COLMAP's ``point_triangulator`` on the refined poses if you need points consistent
-     with them). No ``rigs``/``frames`` files are written (COLMAP >= 3.12 would take poses from them).
+     sign hemisphere of its input) and refined point positions (unless both stages are off); intrinsics,
+     image/camera ids, 2D keypoints and tracks are kept. ``report.json`` gives the mean reprojection
+     error of the input model and of the output model (each under its own poses): the output is
+     self-consistent. No ``rigs``/``frames`` files are written (COLMAP >= 3.12 would take poses from them).
    * ``transforms.json`` + ``sparse_pc.ply``: nerfstudio's ``colmap_to_json`` of the refined model,
      exactly what ``ns-process-data`` makes of it (camera-to-world, OpenGL axes, world with COLMAP's y/z
      swapped as recorded in ``applied_transform``; file paths ``./images/NAME``).
@@ -52,31 +65,24 @@ Steps
 
 from __future__ import annotations
 
-import csv
-import hashlib
 import json
 import os
 import shutil
-import sys
 import time
 import warnings
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Literal, Optional
+from typing import Any, Callable, Literal, Optional
 
 import numpy as np
 
 from nerf_posefix.errors import InputError
 from nerf_posefix.io.atomic import atomic_directory, check_output_dir, overlaps
 from nerf_posefix.io.camera_set import CameraSet
-from nerf_posefix.io.colmap import MODEL_FILES, ColmapModel, find_colmap_model_dir, read_colmap_model, write_colmap_model
+from nerf_posefix.io.colmap import ColmapModel, read_colmap_model, write_colmap_model
+from nerf_posefix.workflows.refine_inputs import ValidatedInput, check_resume, prepare_training_data, validate_inputs
 from nerf_posefix.workflows.refine_report import RefineResult, build_report, write_report
 
-#: COLMAP camera models ``posefix refine`` accepts (those nerfstudio's ``colmap_to_json`` maps to a
-#: perspective ``OPENCV`` camera).
-REFINE_CAMERA_MODELS: tuple[str, ...] = ("SIMPLE_PINHOLE", "PINHOLE", "SIMPLE_RADIAL", "RADIAL", "OPENCV")
-#: Fewest images a model must have.
-MIN_IMAGES = 3
 PARTIAL_SUFFIX = ".partial"
 STAMP_FILE = "refine_input.json"
 BOUNDS_MODES = {"global": "points-global", "per-camera": "points-per-camera"}
@@ -97,12 +103,28 @@ class RefineOptions:
     method: Literal["posefix", "posefix-small"] = "posefix-small"
     """posefix-small: sized for a CPU; posefix: nerfacto-sized (GPU)."""
     iterations: Optional[int] = None
-    """Training iterations (default: the method's, 3000 for posefix-small, 30000 for posefix); 0 trains
-    nothing and returns the input poses."""
-    regularizer: Literal["homography", "nerfstudio", "none"] = "homography"
-    """What holds the poses near the input while they are refined: the homography pose prior (this
-    package), nerfstudio's own L2 penalties on the adjustment (its camera_opt_regularizer with its
-    default trans_l2_penalty / rot_l2_penalty; for comparison), or nothing."""
+    """Training iterations of the NeRF stage (default: the method's, 3000 for posefix-small, 30000 for
+    posefix); 0 trains nothing (with --bundle-adjustment none, the output is the input exactly)."""
+    bundle_adjustment: Literal["cauchy", "huber", "soft_l1", "squared", "none"] = "cauchy"
+    """First stage: a bundle adjustment of the model's own tracks with this robust loss (pycolmap, seconds;
+    intrinsics fixed, points refined, the result mapped back onto the input frame), whose poses and
+    points the NeRF stage starts from. none: start from the input model."""
+    ba_scale_px: Optional[float] = None
+    """Robust scale of the bundle adjustment (pixels). Default: twice the model's median reprojection
+    error, clipped to [0.1, 2] px."""
+    tracks: Literal["on", "off"] = "on"
+    """Track term of the NeRF stage: the robust reprojection error of the model's observations through the
+    rendered poses, in pixels of the original images (off: photometric error and prior only)."""
+    track_points: Literal["refined", "fixed"] = "refined"
+    """Whether the track term also moves the 3D points (they are written back, in the input frame)."""
+    regularizer: Literal["pixels", "homography", "nerfstudio", "none"] = "pixels"
+    """What holds the poses near the stage's input while they are refined: the homography prior as a mean
+    squared image displacement over σ² (pixels; σ from --prior-sigma-px, else per image from its
+    reprojection residuals), the paper's unscaled homography prior, nerfstudio's own L2 penalties on the
+    adjustment (its default trans_l2_penalty / rot_l2_penalty; for comparison), or nothing."""
+    prior_sigma_px: Optional[float] = None
+    """σ of the pixels prior: how far (mean image displacement, pixels) the input poses may be from the
+    truth, e.g. ~20 for phone AR or SLAM poses. Default: per image, its median reprojection residual."""
     bounds: Literal["global", "per-camera"] = "global"
     """Depth range of the homography prior from the model's 3D points: one range for the scene (global)
     or one per camera from the points it observes (per-camera). Also used by the report's homography
@@ -133,112 +155,6 @@ class RefineOptions:
 
 
 # ---------------------------------------------------------------------------------------------
-# validation
-
-
-@dataclass
-class ValidatedInput:
-    """A COLMAP model checked against its images.
-
-    Attributes:
-        model: the model (world-to-camera poses, OpenCV axes, COLMAP world frame).
-        model_dir: the directory it was read from; ``ext``: ``".bin"`` or ``".txt"``.
-        images_dir: the image directory (absolute).
-        image_paths: ``{image name: absolute path}``.
-        flat_names: ``{image name: file name in the work directory}`` (no directories).
-    """
-
-    model: ColmapModel
-    model_dir: Path
-    ext: str
-    images_dir: Path
-    image_paths: dict[str, Path]
-    flat_names: dict[str, str]
-
-    def fingerprint(self) -> str:
-        """A hash of the cameras and image poses (to recognise the input of a work directory)."""
-        h = hashlib.sha256()
-        for cam_id in sorted(self.model.cameras):
-            cam = self.model.cameras[cam_id]
-            h.update(repr((cam_id, cam.model, int(cam.width), int(cam.height), np.asarray(cam.params).tolist())).encode())
-        for image_id in self.model.image_ids():
-            im = self.model.images[image_id]
-            h.update(repr((image_id, im.name, im.camera_id, np.asarray(im.qvec).tolist(), np.asarray(im.tvec).tolist())).encode())
-        h.update(str(len(self.model.points3D)).encode())
-        return h.hexdigest()
-
-
-def _flat_names(names: list[str]) -> dict[str, str]:
-    """Work-directory file names: the image names, with directory separators replaced by ``__`` (or
-    numbered when that is ambiguous)."""
-    if not any("/" in n or "\\" in n for n in names):
-        return {n: n for n in names}
-    flat = {n: n.replace("\\", "/").strip("/").replace("/", "__") for n in names}
-    if len(set(flat.values())) == len(names):
-        return flat
-    return {n: f"{i:06d}_{Path(n).name}" for i, n in enumerate(names)}
-
-
-def validate_inputs(colmap_model: Path, images: Path) -> ValidatedInput:
-    """Read the model and check it against the images on disk (see the module docstring). Writes nothing.
-
-    Raises:
-        InputError: naming the offending file.
-    """
-    from PIL import Image, UnidentifiedImageError
-
-    colmap_model = Path(colmap_model)
-    for ext in (".bin", ".txt"):  # a model directory missing one of its files: name that file
-        present = [k for k in MODEL_FILES if (colmap_model / f"{k}{ext}").is_file()]
-        if present and len(present) < len(MODEL_FILES) and find_colmap_model_dir(colmap_model) in (None, (colmap_model, ext)):
-            missing = next(k for k in MODEL_FILES if k not in present)
-            raise InputError(f"{colmap_model / f'{missing}{ext}'}: missing COLMAP {missing} file")
-    model = read_colmap_model(colmap_model)  # InputError naming the file: missing, truncated, bad model
-    found = find_colmap_model_dir(colmap_model)
-    assert found is not None
-    model_dir, ext = found
-    cameras_file, images_file = model_dir / f"cameras{ext}", model_dir / f"images{ext}"
-    if not images.is_dir():
-        raise InputError(f"{images}: no such image directory")
-    if len(model.images) < MIN_IMAGES:
-        raise InputError(f"{images_file}: the model has {len(model.images)} images; refining needs at least {MIN_IMAGES}")
-    used = sorted({im.camera_id for im in model.images.values()})
-    for cam_id in used:
-        cam = model.cameras[cam_id]
-        if cam.model not in REFINE_CAMERA_MODELS:
-            raise InputError(
-                f"{cameras_file}: camera {cam_id} uses the camera model {cam.model}, which posefix refine does not "
-                f"support (supported: {', '.join(REFINE_CAMERA_MODELS)})"
-            )
-    if not model.points3D:
-        raise InputError(
-            f"{model_dir / f'points3D{ext}'}: the model has no 3D points; posefix refine needs the sparse points "
-            "(depth bounds of the homography prior, nerfstudio's conversion)"
-        )
-    images_dir = images.resolve()
-    paths: dict[str, Path] = {}
-    for image_id in model.image_ids():
-        im = model.images[image_id]
-        path = images_dir / im.name
-        if not path.is_file():
-            raise InputError(f"{images / im.name}: image file not found (image {image_id} {im.name!r} of {images_file})")
-        try:
-            with Image.open(path) as img:
-                width, height = img.size
-        except (OSError, UnidentifiedImageError) as err:
-            raise InputError(f"{images / im.name}: cannot read the image ({err})") from None
-        cam = model.cameras[im.camera_id]
-        if (int(width), int(height)) != (int(cam.width), int(cam.height)):
-            raise InputError(
-                f"{images / im.name}: the image is {width}x{height} pixels but its camera {cam.id} in {cameras_file} "
-                f"is {cam.width}x{cam.height}"
-            )
-        paths[im.name] = path
-    names = [model.images[i].name for i in model.image_ids()]
-    return ValidatedInput(model, model_dir, ext, images_dir, paths, _flat_names(names))
-
-
-# ---------------------------------------------------------------------------------------------
 # work directory
 
 
@@ -246,46 +162,6 @@ def partial_dir(output: Path) -> Path:
     """The work directory of a refine run writing ``output``: ``OUT.partial`` beside it."""
     output = Path(output)
     return output.parent / f"{output.name}{PARTIAL_SUFFIX}"
-
-
-def _link_or_copy(src: Path, dst: Path) -> None:
-    try:
-        os.symlink(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
-
-
-def prepare_training_data(inp: ValidatedInput, data_dir: Path, downscale_factor: int = 1) -> Path:
-    """Write the training dataset into ``data_dir`` (see the module docstring, step 2): assembled in
-    ``data_dir.tmp`` and renamed, so ``data_dir`` is complete or absent.
-
-    Returns:
-        ``data_dir / "transforms.json"``.
-    """
-    import contextlib
-    import io
-
-    from nerfstudio.process_data.colmap_utils import colmap_to_json
-    from PIL import Image
-
-    tmp = data_dir.with_name(data_dir.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    (tmp / "images").mkdir(parents=True)
-    for name, flat in inp.flat_names.items():
-        _link_or_copy(inp.image_paths[name], tmp / "images" / flat)
-    if downscale_factor > 1:
-        (tmp / f"images_{downscale_factor}").mkdir()
-        for name, flat in inp.flat_names.items():
-            with Image.open(inp.image_paths[name]) as img:
-                size = (max(1, img.width // downscale_factor), max(1, img.height // downscale_factor))
-                img.convert("RGB").resize(size, Image.Resampling.LANCZOS).save(tmp / f"images_{downscale_factor}" / flat)
-    images = {k: im._replace(name=inp.flat_names[im.name]) for k, im in inp.model.images.items()}
-    recon = write_colmap_model(replace(inp.model, images=images), tmp / "sparse" / "0", formats=("bin",))
-    with contextlib.redirect_stdout(io.StringIO()):  # colmap_to_json prints the cameras of multi-camera models
-        colmap_to_json(recon_dir=recon, output_dir=tmp)
-    os.replace(tmp, data_dir)
-    return data_dir / "transforms.json"
 
 
 def _stamp(options: RefineOptions, inp: ValidatedInput) -> dict[str, Any]:
@@ -296,6 +172,11 @@ def _stamp(options: RefineOptions, inp: ValidatedInput) -> dict[str, Any]:
         "method": options.method,
         "bounds": options.bounds,
         "regularizer": options.regularizer,
+        "prior_sigma_px": options.prior_sigma_px,
+        "bundle_adjustment": options.bundle_adjustment,
+        "ba_scale_px": options.ba_scale_px,
+        "tracks": options.tracks,
+        "track_points": options.track_points,
         "downscale_factor": options.downscale_factor,
         "seed": options.seed,
     }
@@ -314,8 +195,10 @@ def _check_output_paths(options: RefineOptions) -> None:
 # output
 
 
-def refined_model(inp: ValidatedInput, refined: CameraSet) -> ColmapModel:
-    """The input model with the refined poses (by image name); each ``qvec`` keeps its input's sign."""
+def refined_model(inp: ValidatedInput, refined: CameraSet, points: Optional[dict[int, np.ndarray]] = None) -> ColmapModel:
+    """The input model with the refined poses (by image name; each ``qvec`` keeps its input's sign) and,
+    when given, the refined positions ``{point3D_id: xyz}`` (input frame) of its points; tracks, errors,
+    colours, intrinsics and ids are kept."""
     model = inp.model.with_poses(CameraSet(names=refined.names, c2w=refined.c2w, source=refined.source))
     images = dict(model.images)
     for image_id, im in images.items():
@@ -323,7 +206,96 @@ def refined_model(inp: ValidatedInput, refined: CameraSet) -> ColmapModel:
         q = np.asarray(im.qvec, dtype=np.float64)
         if float(q @ q_in) < 0:
             images[image_id] = im._replace(qvec=-q)
-    return replace(model, images=images, path="")
+    points3D = dict(model.points3D)
+    for point_id, xyz in (points or {}).items():
+        if point_id in points3D:
+            points3D[point_id] = points3D[point_id]._replace(xyz=np.asarray(xyz, dtype=np.float64))
+    return replace(model, images=images, points3D=points3D, path="")
+
+
+def _bundle_adjustment_stage(options: RefineOptions, inp: ValidatedInput, work: Path) -> tuple[ValidatedInput, Optional[dict[str, Any]]]:
+    """Stage 1 (``--bundle-adjustment``): the robust bundle adjustment of the model's own tracks, kept in
+    ``work/bundle_adjusted`` (reused by ``--resume``). Returns the stage's output as the NeRF stage's
+    input (same images and names, adjusted poses and points in the input frame) and its summary."""
+    if options.bundle_adjustment == "none":
+        return inp, None
+    from nerf_posefix.workflows.bundle_adjustment import BundleAdjustmentOptions, bundle_adjust_model, write_adjusted_model
+
+    ba_dir = work / "bundle_adjusted"
+    record = ba_dir / "result.json"
+    if not record.is_file():
+        shutil.rmtree(ba_dir, ignore_errors=True)
+        print(f"posefix refine: bundle adjustment of {len(inp.model.images)} images ({options.bundle_adjustment} loss) ...", flush=True)
+        result = bundle_adjust_model(
+            inp.model_dir, BundleAdjustmentOptions(loss=options.bundle_adjustment, scale_px=options.ba_scale_px)
+        )
+        write_adjusted_model(result, ba_dir / "sparse" / "0")
+        summary = {
+            "loss": options.bundle_adjustment,
+            "scale_px": result.scale_px,
+            "reprojection_error_before_px": result.reprojection_error_before_px,
+            "reprojection_error_after_px": result.reprojection_error_after_px,
+            "seconds": result.wall_time_s,
+            "gauge": result.options.fix_gauge,
+        }
+        record.write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    summary = json.loads(record.read_text(encoding="utf-8"))
+    adjusted = read_colmap_model(ba_dir / "sparse" / "0")
+    by_name = {im.name: image_id for image_id, im in adjusted.images.items()}
+    missing = [im.name for im in inp.model.images.values() if im.name not in by_name]
+    if missing:
+        raise RuntimeError(f"{ba_dir}: the bundle adjustment lost images {missing[:5]}")
+    return replace(inp, model=adjusted), summary
+
+
+def _refined_points(stage_model: ColmapModel, run: Any, adjusted: bool) -> tuple[Optional[dict[int, np.ndarray]], str]:
+    """The output's points ``{point3D_id: xyz}`` (input frame): the stage input's points plus the NeRF
+    stage's offsets when it refined them; and a note for the report."""
+    offsets = run.refined_point_offsets()
+    base = {pid: np.asarray(p.xyz, dtype=np.float64) for pid, p in stage_model.points3D.items()}
+    if offsets is not None and np.abs(offsets[1]).max(initial=0.0) > 0:
+        for pid, delta in zip(*offsets):
+            if int(pid) in base:
+                base[int(pid)] = base[int(pid)] + delta
+        moved = "refined by the bundle adjustment, then jointly with the poses by the track term" if adjusted else "refined jointly with the poses by the track term"
+        return base, f"{moved} (input world frame; tracks unchanged)"
+    if adjusted:
+        return base, "refined by the bundle adjustment (input world frame; tracks unchanged); held fixed by the NeRF stage"
+    return None, "carried over unchanged from the input (not re-triangulated)"
+
+
+def model_reprojection_error(model: ColmapModel) -> float:
+    """Mean reprojection error (original pixels) of all observations of ``model``'s points under its own
+    poses and cameras (COLMAP's camera models, :mod:`nerf_posefix.geometry.reprojection`)."""
+    import torch
+
+    from nerf_posefix.geometry.reprojection import CameraIntrinsics
+
+    cams = model.to_camera_set()
+    point_ids = np.array(sorted(model.points3D), dtype=np.int64)
+    camera_ids = sorted(model.cameras)
+    intrinsics = CameraIntrinsics([model.cameras[c].model for c in camera_ids], [list(model.cameras[c].params) for c in camera_ids])
+    rows_c, rows_p, rows_xy, cam_of = [], [], [], []
+    for k, image_id in enumerate(model.image_ids()):
+        im = model.images[image_id]
+        ids = np.asarray(im.point3D_ids, dtype=np.int64).reshape(-1)
+        xy = np.asarray(im.xys, dtype=np.float64).reshape(-1, 2)
+        keep = ids >= 0
+        idx = np.clip(np.searchsorted(point_ids, ids[keep]), 0, max(len(point_ids) - 1, 0))
+        known = point_ids[idx] == ids[keep] if len(point_ids) else np.zeros(0, dtype=bool)
+        rows_c.append(np.full(int(known.sum()), k))
+        rows_p.append(idx[known])
+        rows_xy.append(xy[keep][known])
+        cam_of.append(np.full(int(known.sum()), camera_ids.index(im.camera_id)))
+    if not rows_c or sum(len(r) for r in rows_c) == 0:
+        return float("nan")
+    xyz = np.stack([np.asarray(model.points3D[p].xyz, dtype=np.float64) for p in point_ids])
+    c2w = torch.from_numpy(cams.c2w[np.concatenate(rows_c)])
+    residuals, valid = intrinsics.residuals(
+        c2w, torch.from_numpy(xyz[np.concatenate(rows_p)]), torch.from_numpy(np.concatenate(rows_xy)),
+        torch.from_numpy(np.concatenate(cam_of)),
+    )
+    return float(residuals.norm(dim=-1)[valid].mean())
 
 
 def _write_output(options: RefineOptions, inp: ValidatedInput, model: ColmapModel, reports, summary) -> Path:  # noqa: ANN001
@@ -355,11 +327,14 @@ def _write_output(options: RefineOptions, inp: ValidatedInput, model: ColmapMode
 
 def regularizer_overrides(regularizer: str) -> dict[str, Any]:
     """Camera-optimizer settings of ``--regularizer`` (the posefix optimizer is kept in every case, so
-    export, report and bounds work the same): ``homography``: the method's homography prior, no L2
-    penalties; ``nerfstudio``: homography weight 0 and nerfstudio's default ``trans_l2_penalty`` /
-    ``rot_l2_penalty`` (read from its ``CameraOptimizerConfig``: the same loss as its
-    ``camera_opt_regularizer``); ``none``: no regulariser at all."""
+    export, report and bounds work the same): ``pixels``: the pixel form of the homography prior;
+    ``homography``: the method's homography prior, no L2 penalties; ``nerfstudio``: homography weight 0
+    and nerfstudio's default ``trans_l2_penalty`` / ``rot_l2_penalty`` (read from its
+    ``CameraOptimizerConfig``: the same loss as its ``camera_opt_regularizer``); ``none``: no regulariser
+    at all."""
     key = "pipeline.model.camera_optimizer."
+    if regularizer == "pixels":
+        return {key + "prior": "pixels", key + "trans_l2_penalty": 0.0, key + "rot_l2_penalty": 0.0}
     if regularizer == "homography":
         return {key + "trans_l2_penalty": 0.0, key + "rot_l2_penalty": 0.0}
     if regularizer == "nerfstudio":
@@ -370,7 +345,7 @@ def regularizer_overrides(regularizer: str) -> dict[str, Any]:
                 key + "rot_l2_penalty": defaults.rot_l2_penalty}
     if regularizer == "none":
         return {key + "weight": 0.0, key + "trans_l2_penalty": 0.0, key + "rot_l2_penalty": 0.0}
-    raise InputError(f"--regularizer must be homography, nerfstudio or none, got {regularizer!r}")
+    raise InputError(f"--regularizer must be pixels, homography, nerfstudio or none, got {regularizer!r}")
 
 
 def refine(options: RefineOptions, callback: Optional[Callable[[int, Optional[float]], None]] = None) -> RefineResult:
@@ -399,14 +374,6 @@ def refine(options: RefineOptions, callback: Optional[Callable[[int, Optional[fl
     _check_output_paths(options)
     inp = validate_inputs(Path(options.colmap_model), Path(options.images))
 
-    import torch
-
-    device = options.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    elif device == "cuda" and not torch.cuda.is_available():
-        raise InputError("--device cuda: no CUDA device is available")
-
     work = partial_dir(options.output)
     stamp = _stamp(options, inp)
     if work.exists():
@@ -421,7 +388,10 @@ def refine(options: RefineOptions, callback: Optional[Callable[[int, Optional[fl
                     f"{work}: this work directory was made for another input or other options ({', '.join(changed)}); "
                     "use --overwrite to start over"
                 )
+            check_resume(work, options.iterations)  # fewer --iterations than done: refused (no torch yet)
         elif options.overwrite:
+            if not (work / STAMP_FILE).is_file():
+                raise InputError(f"{work}: exists and was not made by posefix refine; --overwrite deletes only its own work directory")
             shutil.rmtree(work)
         else:
             raise InputError(
@@ -429,12 +399,23 @@ def refine(options: RefineOptions, callback: Optional[Callable[[int, Optional[fl
                 "--overwrite to start over"
             )
 
-    # --- convert
+    import torch
+
+    device = options.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    elif device == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda: no CUDA device is available")
+
+    # --- stage 1: robust bundle adjustment of the model's own tracks
     work.mkdir(parents=True, exist_ok=True)
     (work / STAMP_FILE).write_text(json.dumps(stamp, indent=2), encoding="utf-8")
+    stage_input, ba_summary = _bundle_adjustment_stage(options, inp, work)
+
+    # --- convert
     data_dir = work / "data"
     if not (data_dir / "transforms.json").is_file():
-        prepare_training_data(inp, data_dir, options.downscale_factor)
+        prepare_training_data(stage_input, data_dir, options.downscale_factor)
 
     # --- train
     from nerf_posefix.plugin.training import in_process_config, run_training
@@ -453,6 +434,9 @@ def refine(options: RefineOptions, callback: Optional[Callable[[int, Optional[fl
             "pipeline.datamanager.dataparser.eval_mode": "all",
             "pipeline.datamanager.dataparser.downscale_factor": options.downscale_factor,
             "pipeline.model.camera_optimizer.bounds": bounds_mode,
+            "pipeline.model.camera_optimizer.tracks": "auto" if options.tracks == "on" else "off",
+            "pipeline.model.camera_optimizer.track_points": options.track_points,
+            "pipeline.model.camera_optimizer.prior_sigma_px": options.prior_sigma_px,
             **regularizer_overrides(options.regularizer),
         },
     )
@@ -476,7 +460,8 @@ def refine(options: RefineOptions, callback: Optional[Callable[[int, Optional[fl
     if missing or len(exported) != len(inp.flat_names):
         raise RuntimeError(f"export of {run.config_path} returned {len(exported)} cameras for {len(inp.flat_names)} images")
     refined = CameraSet(names=[flat_to_name[n] for n in exported.names], c2w=exported.c2w, source=str(run.config_path))
-    model = refined_model(inp, refined)
+    points, points_note = _refined_points(stage_input.model, refined_input.run, ba_summary is not None)
+    model = refined_model(inp, refined, points)
     reports, summary = build_report(
         inp.model, inp.flat_names, refined, refined_input.run, options.bounds, options.move_threshold_deg, options.move_threshold_rel
     )
@@ -486,12 +471,22 @@ def refine(options: RefineOptions, callback: Optional[Callable[[int, Optional[fl
             "input_images": str(inp.images_dir),
             "method": options.method,
             "regularizer": options.regularizer,
+            "prior_sigma_px": options.prior_sigma_px,
+            "tracks": options.tracks,
+            "track_points": options.track_points,
+            "bundle_adjustment": ba_summary or "none",
             "iterations": int(run.completed_iterations),
             "resumed_from_iteration": run.start_iteration,
             "device": device,
             "training_seconds": run.seconds,
             "total_seconds": time.perf_counter() - t_start,
-            "points3D": "carried over unchanged from the input (not re-triangulated)",
+            "points3D": points_note,
+            "reprojection_error_px": {
+                "input": model_reprojection_error(inp.model),
+                "output": model_reprojection_error(model),
+                "meaning": "mean over observations of the 2D reprojection error of each model's points under its own "
+                "poses (original pixels): the output must be self-consistent",
+            },
             "frame": "COLMAP world frame of the input; world-to-camera qvec/tvec, OpenCV camera axes",
         }
     )

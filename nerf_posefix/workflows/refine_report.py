@@ -12,18 +12,18 @@ import csv
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
-import torch
 
 from nerf_posefix.errors import InputError
 from nerf_posefix.geometry.alignment import align
-from nerf_posefix.geometry.homography import homography_error
 from nerf_posefix.geometry.poses import rotation_angle_deg, scene_radius
 from nerf_posefix.io.camera_set import CameraSet
 from nerf_posefix.io.colmap import ColmapModel
-from nerf_posefix.plugin.run_reader import RefinedRun
+
+if TYPE_CHECKING:  # torch and nerfstudio load only when a report is built (posefix refine's checks stay fast)
+    from nerf_posefix.plugin.run_reader import RefinedRun
 
 REPORT_CSV = "report.csv"
 REPORT_JSON = "report.json"
@@ -86,13 +86,13 @@ class RefineResult:
             )
         out = self.output
         lines.append(
-            f"  wrote {out / 'sparse' / '0'} (bin+txt, points3D carried over), {out / 'transforms.json'}, "
+            f"  wrote {out / 'sparse' / '0'} (bin+txt; points3D {s.get('points3D', 'carried over')}), {out / 'transforms.json'}, "
             f"{out / REPORT_CSV}, {out / REPORT_JSON}"
         )
         return "\n".join(lines)
 
 
-def _training_bounds(run: RefinedRun) -> tuple[Optional[np.ndarray], Optional[np.ndarray], str]:
+def _training_bounds(run: "RefinedRun") -> tuple[Optional[np.ndarray], Optional[np.ndarray], str]:
     """Per training camera: the homography depth bounds the run used, in input units:
     ``(xmin [N], xmax [N], source)``; None if the run has none."""
     if run.xmin is None or run.xmax is None:
@@ -105,7 +105,7 @@ def build_report(
     model: ColmapModel,
     flat_names: dict[str, str],
     refined: CameraSet,
-    run: RefinedRun,
+    run: "RefinedRun",
     bounds_mode: str,
     move_threshold_deg: float,
     move_threshold_rel: float,
@@ -113,6 +113,10 @@ def build_report(
     """Per-image movement between the input ``model``'s poses and the ``refined`` ones (same world frame,
     no alignment). ``flat_names``: image name -> file name in the run's dataset; ``run``: the training
     run (its depth bounds); thresholds: flag images that moved more (degrees, fraction of the radius)."""
+    import torch
+
+    from nerf_posefix.geometry.homography import homography_error
+
     cams_in = model.to_camera_set()  # image-id order, c2w OpenCV, COLMAP world
     index = {n: i for i, n in enumerate(refined.names)}
     c2w_ref = refined.c2w[[index[n] for n in cams_in.names]]
