@@ -55,7 +55,6 @@ EPS = 1e-6
 #: Material ids.
 GROUND, BACKDROP = 0, 1
 
-OPENGL_OPENCV_FLIP = np.diag([1.0, -1.0, -1.0, 1.0])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -599,31 +598,21 @@ def image_name(k: int) -> str:
 
 
 def transforms_dict(scene: Scene) -> dict:
-    """nerfstudio ``transforms.json`` content: shared PINHOLE intrinsics, c2w with OpenGL axes."""
+    """nerfstudio ``transforms.json`` content: shared PINHOLE intrinsics, the exact poses written by the
+    package's one transforms.json writer (camera-to-world, OpenGL axes; an identity ``applied_transform``:
+    the world frame is the COLMAP model's, nerfstudio must not re-orient it)."""
+    from nerf_posefix.io.transforms_json import transforms_meta
+
     cfg = scene.cfg
-    frames = []
-    for k in range(scene.c2w.shape[0]):
-        c2w_gl = scene.c2w[k] @ OPENGL_OPENCV_FLIP
-        frames.append(
-            {
-                "file_path": f"images/{image_name(k)}",
-                "transform_matrix": c2w_gl.tolist(),
-                "colmap_im_id": k + 1,
-            }
-        )
-    return {
-        "camera_model": "PINHOLE",
-        "fl_x": scene.fx,
-        "fl_y": scene.fx,
-        "cx": cfg.width / 2.0,
-        "cy": cfg.height / 2.0,
-        "w": cfg.width,
-        "h": cfg.height,
-        # Identity: the world frame is the COLMAP model's (nerfstudio must not re-orient it).
-        "applied_transform": np.eye(4)[:3].tolist(),
-        "ply_file_path": "sparse_pc.ply",
-        "frames": frames,
-    }
+    num = scene.c2w.shape[0]
+    return transforms_meta(
+        [f"images/{image_name(k)}" for k in range(num)],
+        scene.c2w,
+        intrinsics={"camera_model": "PINHOLE", "fl_x": scene.fx, "fl_y": scene.fx, "cx": cfg.width / 2.0,
+                    "cy": cfg.height / 2.0, "w": cfg.width, "h": cfg.height},
+        frame_extra=[{"colmap_im_id": k + 1} for k in range(num)],
+        ply_file_path="sparse_pc.ply",
+    )
 
 
 def write_colmap(scene: Scene, directory: Path) -> None:
@@ -702,9 +691,11 @@ def write_scene(scene: Scene, output: Path, overwrite: bool = False) -> Path:
         (tmp / "images").mkdir()
         for k in range(scene.images.shape[0]):
             iio.imwrite(tmp / "images" / image_name(k), scene.images[k])
+        from nerf_posefix.io.transforms_json import write_transforms_json
+
         meta = transforms_dict(scene)
         for name in ("transforms.json", "transforms_gt.json"):
-            (tmp / name).write_text(json.dumps(meta, indent=2))
+            write_transforms_json(meta, tmp / name)
         write_colmap(scene, tmp / "sparse" / "0")
         write_ply(scene, tmp / "sparse_pc.ply")
         centres = scene.c2w[:, :3, 3]

@@ -49,7 +49,7 @@ from torch import Tensor
 
 from nerf_posefix.errors import InputError
 from nerf_posefix.geometry.alignment import align
-from nerf_posefix.geometry.poses import opencv_to_opengl
+from nerf_posefix.geometry.poses import as_4x4, opencv_to_opengl
 from nerf_posefix.io.camera_set import match_image_names
 from nerf_posefix.io.colmap import ColmapModel, read_colmap_model
 from nerf_posefix.geometry.homography import camera_depths, check_depth_bounds, depth_bounds_from_points, global_depth_bounds
@@ -166,7 +166,7 @@ def find_sparse_points(
                     points = _to_dataparser(model_set.points, transform, scale)
                     how = "dataparser transform"
                 else:
-                    ref44 = np.concatenate([ref, np.tile([[[0.0, 0.0, 0.0, 1.0]]], (len(ref), 1, 1))], axis=1)
+                    ref44 = as_4x4(ref)
                     try:
                         alignment = align(opencv_to_opengl(model_set.c2w[model_idx]), ref44, mode="sim3")
                         aligned = alignment.apply_points(model_set.c2w[model_idx, :3, 3])

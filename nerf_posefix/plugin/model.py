@@ -138,8 +138,7 @@ class PosefixModel(NerfactoModel):
         ``pose_gt_translation_median_rel`` is relative to the scene radius (largest distance of a
         ground-truth centre from their centroid, :func:`nerf_posefix.geometry.poses.scene_radius`)."""
         from nerf_posefix.geometry.alignment import align
-        from nerf_posefix.geometry.poses import scene_radius
-        from nerf_posefix.geometry.poses import opengl_to_opencv, rotation_angle_deg
+        from nerf_posefix.geometry.poses import as_4x4, opengl_to_opencv, rotation_angle_deg, scene_radius
 
         if self._gt_c2w is None or self._gt_index is None:
             return {}
@@ -149,7 +148,7 @@ class PosefixModel(NerfactoModel):
             return {}
         est = corrected.detach().double().cpu().numpy()  # [N, 3, 4] OpenGL, dataparser frame
         est = est[self._gt_index]
-        est44 = np.concatenate([est, np.tile([[[0.0, 0.0, 0.0, 1.0]]], (len(est), 1, 1))], axis=1)
+        est44 = as_4x4(est)
         est_cv = opengl_to_opencv(est44)  # [M, 4, 4]
         try:
             aligned = align(est_cv, self._gt_c2w, mode="sim3").apply(est_cv)

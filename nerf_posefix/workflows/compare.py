@@ -130,7 +130,7 @@ def homography_bounds(
     """
     import torch
 
-    from nerf_posefix.geometry.homography import depth_bounds_from_points, global_depth_bounds
+    from nerf_posefix.geometry.homography import camera_depths, depth_bounds_from_points, global_depth_bounds
 
     n = len(reference)
     if bounds is not None:
@@ -142,10 +142,9 @@ def homography_bounds(
         c2w = torch.from_numpy(reference.c2w)  # [N, 4, 4]
         points = torch.from_numpy(reference.points)  # [P, 3]
         per_camera = [points[torch.from_numpy(obs)] for obs in reference.observations]
-        axes = reference.c2w[:, :3, 2]  # optical axis (OpenCV +z) in world, [N, 3]
         has_front = np.array(
             [
-                bool(((reference.points[obs] - reference.c2w[i, :3, 3]) @ axes[i] > 0).any()) if len(obs) else False
+                bool((camera_depths(c2w[i], per_camera[i], camera_convention="opencv") > 0).any()) if len(obs) else False
                 for i, obs in enumerate(reference.observations)
             ]
         )
