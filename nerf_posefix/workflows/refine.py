@@ -9,8 +9,11 @@ Steps
 1. **Validate** (nothing is written before this passes): the COLMAP model is read (binary or text,
    :func:`nerf_posefix.io.colmap.read_colmap_model`, i.e. nerfstudio's reader) and checked against the
    images on disk: every image of the model must exist under ``--images`` and have its camera's size, and
-   every camera used must be one of :data:`REFINE_CAMERA_MODELS`, and the model must have 3D points
-   (the homography prior's depth bounds come from them). Missing or truncated model files, missing
+   every camera used must be one of :data:`REFINE_CAMERA_MODELS`, the model must have 3D points (the
+   homography prior's depth bounds come from them) and their tracks (observations in the images, none of
+   them dangling), and every image must decode in full (grayscale / palette / opaque RGBA images are
+   converted to RGB for training, all to RGBA when one has transparency; see
+   :mod:`nerf_posefix.workflows.refine_inputs`). Missing or truncated model files, missing
    images, size mismatches, unsupported camera models and point-less models raise one
    :class:`~nerf_posefix.errors.InputError` naming the file (the CLI prints it and exits with code 2).
 2. **Bundle-adjust** (``--bundle-adjustment``, default ``cauchy``; :mod:`nerf_posefix.workflows.bundle_adjustment`):

@@ -220,6 +220,7 @@ def validate_inputs(colmap_model: Path, images: Path, log: Optional[Callable[[st
             f"{model_dir / f'points3D{ext}'}: the model has no 3D points; posefix refine needs the sparse points "
             "(depth bounds of the homography prior, nerfstudio's conversion)"
         )
+    _check_tracks(model, model_dir / f"images{ext}")
     images_dir = images.resolve()
     paths: dict[str, Path] = {}
     for image_id in model.image_ids():  # cheap checks first: every file is there
@@ -359,3 +360,32 @@ def check_resume(work: Path, iterations: Optional[int]) -> None:
             f"--iterations {iterations}: the interrupted run in {work} has already done {done} iterations; "
             f"resume with --iterations {done} or more, or start over with --overwrite"
         )
+
+
+def _check_tracks(model: ColmapModel, images_file: Path) -> None:
+    """The SfM tracks the bundle adjustment and the track term use: the images' 2D observations of the
+    model's 3D points. None at all, or observations of points the model does not have (a corrupt
+    model; COLMAP never writes one), is one error naming the file."""
+    known = set(model.points3D)
+    observed = dangling = 0
+    first_dangling = ""
+    for image_id in model.image_ids():
+        im = model.images[image_id]
+        ids = np.asarray(im.point3D_ids, dtype=np.int64).reshape(-1)
+        ids = ids[ids >= 0]
+        bad = [int(i) for i in ids if int(i) not in known]
+        dangling += len(bad)
+        observed += len(ids) - len(bad)
+        if bad and not first_dangling:
+            first_dangling = f"image {image_id} ({im.name}) observes point {bad[0]}"
+    if dangling:
+        raise InputError(
+            f"{images_file}: {dangling} observation(s) refer to 3D points that are not in the model (e.g. "
+            f"{first_dangling}); the model is inconsistent: re-export it from COLMAP"
+        )
+    if observed == 0:
+        raise InputError(
+            f"{images_file}: no image observes any of the model's {len(known)} 3D points; posefix refine needs "
+            "the SfM tracks (the images' 2D keypoints with their point3D ids), as COLMAP writes them"
+        )
+
