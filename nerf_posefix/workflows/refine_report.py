@@ -60,9 +60,18 @@ class RefineResult:
         trans = np.array([r.translation for r in self.images])
         hom = np.array([r.homography_error for r in self.images])
         flagged = [r for r in self.images if r.flagged]
+        ba = s.get("bundle_adjustment")
+        stages = (
+            f"bundle adjustment ({ba['loss']}, scale {ba['scale_px']:.3g} px: mean reprojection error "
+            f"{ba['reprojection_error_before_px']:.3g} -> {ba['reprojection_error_after_px']:.3g} px, {ba['seconds']:.1f} s)"
+            if isinstance(ba, dict) else "no bundle adjustment"
+        )
+        nerf = (
+            f"NeRF stage {s['method']}, {s['iterations']} iterations ({s['training_seconds']:.0f} s)"
+            if s["iterations"] else "no NeRF stage (--iterations 0)"
+        )
         lines = [
-            f"posefix refine: {len(self.images)} images, {s['method']}, {s['iterations']} iterations "
-            f"({s['training_seconds']:.0f} s training, {s['total_seconds']:.0f} s in all)",
+            f"posefix refine: {len(self.images)} images; {stages}; {nerf}; {s['total_seconds']:.0f} s in all",
             f"  rotation moved:    median {np.median(rot):.3f} deg, max {rot.max():.3f} deg",
             f"  translation moved: median {np.median(trans):.4g}, max {trans.max():.4g} input units "
             f"(scene radius {s['scene_radius']:.4g}: median {np.median(trans) / s['scene_radius']:.2%}, "
