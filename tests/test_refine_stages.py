@@ -102,3 +102,13 @@ def test_models_without_usable_tracks_are_one_error(defect: str, tmp_path: Path,
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and expected in err[0] and "images.bin" in err[0]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad"]  # nothing written
+
+
+def test_squared_loss_bundle_adjustment_has_no_scale_and_reports(tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    out = tmp_path / "sq"
+    code = main(["refine", "--colmap-model", str(TINY / "sparse" / "0"), "--images", str(TINY / "images"),
+                 "--output", str(out), "--bundle-adjustment", "squared", "--quiet"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "bundle adjustment (squared: mean reprojection error" in captured.out
+    assert json.loads((out / "report.json").read_text())["summary"]["bundle_adjustment"]["scale_px"] is None

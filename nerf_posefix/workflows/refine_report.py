@@ -62,7 +62,9 @@ class RefineResult:
         flagged = [r for r in self.images if r.flagged]
         ba = s.get("bundle_adjustment")
         stages = (
-            f"bundle adjustment ({ba['loss']}, scale {ba['scale_px']:.3g} px: mean reprojection error "
+            f"bundle adjustment ({ba['loss']}"
+            + (f", scale {ba['scale_px']:.3g} px" if ba.get("scale_px") is not None else "")
+            + f": mean reprojection error "
             f"{ba['reprojection_error_before_px']:.3g} -> {ba['reprojection_error_after_px']:.3g} px, {ba['seconds']:.1f} s)"
             if isinstance(ba, dict) else "no bundle adjustment"
         )
