@@ -16,13 +16,12 @@ from scipy.spatial.transform import Rotation
 pycolmap = pytest.importorskip("pycolmap")
 
 from nerf_posefix.errors import InputError  # noqa: E402
-from nerf_posefix.geometry.alignment import align  # noqa: E402
+from nerf_posefix.geometry.alignment import align, pose_alignment  # noqa: E402
 from nerf_posefix.geometry.metrics import pairwise_rotation_errors  # noqa: E402
 from nerf_posefix.geometry.poses import invert_poses, rotation_angle_deg  # noqa: E402
 from nerf_posefix.workflows.bundle_adjustment import (  # noqa: E402
     BundleAdjustmentOptions,
     bundle_adjust_model,
-    pose_alignment,
     reconstruction_c2w,
     write_adjusted_model,
 )

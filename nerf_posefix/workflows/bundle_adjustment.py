@@ -64,7 +64,7 @@ import numpy as np
 
 from nerf_posefix.errors import InputError
 from nerf_posefix.geometry.reprojection import AUTO_SCALE_MAX_PX, AUTO_SCALE_MIN_PX, auto_robust_scale
-from nerf_posefix.geometry.alignment import Alignment, align
+from nerf_posefix.geometry.alignment import Alignment, align, pose_alignment
 from nerf_posefix.geometry.poses import invert_poses, rotation_angle_deg
 
 if TYPE_CHECKING:
@@ -260,42 +260,6 @@ def _colmap_log(verbose: bool) -> Iterator[None]:
                 print("\n".join(kept), file=sys.stderr)
 
 
-def pose_alignment(est_c2w: np.ndarray, ref_c2w: np.ndarray) -> Alignment:
-    """The similarity ``x -> s R x + t`` mapping the estimate's world onto the reference's, with ``R``
-    from the orientations and ``s, t`` from the centres (``fix_gauge="sim3_poses"``).
-
-    ``R`` is the rotation nearest ``M = Σ_i W_ref,i W_est,iᵀ`` (``W``: camera-to-world rotations),
-    i.e. the minimiser of ``Σ_i ‖W_ref,i - R W_est,i‖²_F`` (SVD of ``M`` with the determinant fixed
-    to +1). Given ``R``, ``s = Σ_i ⟨y_i - ȳ, R (x_i - x̄)⟩ / Σ_i ‖x_i - x̄‖²`` and ``t = ȳ - s R x̄``
-    (least squares of ``y ≈ s R x + t`` over the centres ``x`` (estimate), ``y`` (reference)); with
-    coincident estimated centres (e.g. one image) ``s = 1``.
-
-    Args:
-        est_c2w, ref_c2w: matched camera-to-world poses ``[N, 3|4, 4]`` (any camera axes, the same in both).
-
-    Raises:
-        InputError: no camera, or the scale comes out non-positive (the two sets disagree grossly).
-    """
-    est_c2w = np.asarray(est_c2w, dtype=np.float64)
-    ref_c2w = np.asarray(ref_c2w, dtype=np.float64)
-    n = est_c2w.shape[0]
-    if n == 0 or ref_c2w.shape[0] != n:
-        raise InputError(f"pose alignment needs matched, non-empty pose sets (got {n} and {ref_c2w.shape[0]})")
-    m = np.einsum("nij,nkj->ik", ref_c2w[:, :3, :3], est_c2w[:, :3, :3])  # Σ W_ref W_estᵀ, [3, 3]
-    u, _, vt = np.linalg.svd(m)
-    rot = u @ np.diag([1.0, 1.0, np.sign(np.linalg.det(u @ vt))]) @ vt
-    x, y = est_c2w[:, :3, 3], ref_c2w[:, :3, 3]  # [N, 3]
-    xc, yc = x - x.mean(axis=0), y - y.mean(axis=0)
-    denom = float(np.square(xc).sum())
-    scale = 1.0
-    if denom > 1e-24 * (1.0 + float(np.square(x).sum())):
-        scale = float(np.sum(yc * (xc @ rot.T))) / denom
-        if not scale > 0:
-            raise InputError(f"pose alignment: the centres give a non-positive scale ({scale:.3g})")
-    trans = y.mean(axis=0) - scale * rot @ x.mean(axis=0)
-    return Alignment(rotation=rot, translation=trans, scale=scale, mode="sim3", inliers=np.ones(n, dtype=bool))
-
-
 def read_reconstruction(model_dir: str | Path) -> "pycolmap.Reconstruction":
     """Read a COLMAP model directory with pycolmap.
 
@@ -464,7 +428,6 @@ __all__ = [
     "BundleAdjustmentOptions",
     "BundleAdjustmentResult",
     "auto_scale_px",
-    "pose_alignment",
     "bundle_adjust_model",
     "read_reconstruction",
     "reconstruction_c2w",

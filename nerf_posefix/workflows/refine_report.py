@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Optional
 import numpy as np
 
 from nerf_posefix.errors import InputError
-from nerf_posefix.geometry.alignment import align
+from nerf_posefix.geometry.alignment import pose_alignment
 from nerf_posefix.geometry.poses import rotation_angle_deg, scene_radius
 from nerf_posefix.io.camera_set import CameraSet
 from nerf_posefix.io.colmap import ColmapModel
@@ -171,8 +171,9 @@ def build_report(
                 reason="; ".join(reasons),
             )
         )
-    try:  # overall drift: the similarity mapping the refined cameras onto the input ones
-        sim = align(c2w_ref, c2w_in, mode="sim3")
+    try:  # overall drift: the similarity mapping the refined cameras onto the input ones (rotation from the
+        # orientations, scale and translation from the centres: well posed even for nearly coplanar centres)
+        sim = pose_alignment(c2w_ref, c2w_in)
         angle = float(rotation_angle_deg(np.eye(3), sim.rotation))
         shift = np.linalg.norm(sim.apply_points(c2w_ref[:, :3, 3]) - c2w_ref[:, :3, 3], axis=-1)
         drift = {"rotation_deg": angle, "translation": float(np.median(shift)), "scale": float(sim.scale)}
