@@ -9,6 +9,7 @@ import pytest
 import torch
 from scipy.spatial.transform import Rotation
 
+from nerf_posefix.geometry.preconditioning import skew
 from nerf_posefix.geometry.homography import relative_pose
 from nerf_posefix.geometry.pixel_prior import (
     apply_adjustment,
@@ -40,18 +41,6 @@ def random_intrinsics(rng: np.random.Generator, n: int) -> dict[str, torch.Tenso
     xmax = xmin * rng.uniform(1.5, 30.0, size=n)
     values = dict(fx=fx, fy=fy, cx=cx, cy=cy, width=width, height=height, xmin=xmin, xmax=xmax)
     return {k: torch.from_numpy(v) for k, v in values.items()}
-
-
-def skew(v: torch.Tensor) -> torch.Tensor:
-    zero = torch.zeros_like(v[..., 0])
-    return torch.stack(
-        [
-            torch.stack([zero, -v[..., 2], v[..., 1]], -1),
-            torch.stack([v[..., 2], zero, -v[..., 0]], -1),
-            torch.stack([-v[..., 1], v[..., 0], zero], -1),
-        ],
-        -2,
-    )
 
 
 def quadrature_metric(fx, fy, cx, cy, width, height, xmin, xmax) -> np.ndarray:

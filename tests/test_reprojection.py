@@ -10,6 +10,7 @@ import pytest
 import torch
 from scipy.spatial.transform import Rotation
 
+from nerf_posefix.geometry.preconditioning import skew
 from nerf_posefix.geometry.reprojection import (
     CAMERA_MODEL_PARAMS,
     CameraIntrinsics,
@@ -187,18 +188,6 @@ def test_camera_intrinsics_mixes_models() -> None:
     )
     assert residuals32.dtype == torch.float32
     np.testing.assert_allclose(residuals32.numpy(), expected - observed, atol=5e-2)
-
-
-def skew(v: torch.Tensor) -> torch.Tensor:
-    zero = torch.zeros_like(v[..., 0])
-    return torch.stack(
-        [
-            torch.stack([zero, -v[..., 2], v[..., 1]], -1),
-            torch.stack([v[..., 2], zero, -v[..., 0]], -1),
-            torch.stack([-v[..., 1], v[..., 0], zero], -1),
-        ],
-        -2,
-    )
 
 
 def corrected_pose(c2w: torch.Tensor, correction: torch.Tensor) -> torch.Tensor:
