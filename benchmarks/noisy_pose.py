@@ -474,13 +474,21 @@ def _label(row: dict[str, Any]) -> str:
 
 
 def _text_table(headers: list[str], body: list[list[str]], left: int) -> str:
-    """A plain-text table: the first ``left`` columns left-aligned, the others right-aligned."""
-    widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(headers)]
+    """A rich table rendered to text: the first ``left`` columns left-aligned, the others right-aligned."""
+    import io
 
-    def line(cells: list[str]) -> str:
-        return "  ".join(c.ljust(w) if i < left else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
 
-    return "\n".join([line(headers), "  ".join("-" * w for w in widths), *(line(b) for b in body)])
+    table = Table(box=box.SIMPLE_HEAD)
+    for i, header in enumerate(headers):
+        table.add_column(header, justify="left" if i < left else "right", no_wrap=True)
+    for cells in body:
+        table.add_row(*cells)
+    console = Console(width=400, file=io.StringIO(), record=True, color_system=None)
+    console.print(table)
+    return console.export_text().rstrip()
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
