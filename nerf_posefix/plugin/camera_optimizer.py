@@ -470,6 +470,7 @@ class HomographyCameraOptimizer(CameraOptimizer):
     def track_loss(self) -> Tensor:
         """The track energy per observation, ``mean ρ(‖r‖²) / σ_kp²``, over a sampled batch."""
         residuals, valid = self.track_residuals()
+        self._last_track_norms = residuals.detach().norm(dim=-1)[valid]  # [B'] pixels, for the metrics
         rho = robust_loss((residuals**2).sum(-1), self.config.track_loss, self.track_scale)  # [B]
         mean = rho[valid].mean() if bool(valid.any()) else rho.sum() * 0.0
         return mean / self.track_sigma**2
@@ -557,9 +558,6 @@ class HomographyCameraOptimizer(CameraOptimizer):
                 errors = self.homography_errors()
             metrics_dict["camera_opt_homography_mean"] = errors.mean()
             metrics_dict["camera_opt_homography_max"] = errors.max()
-        if self.has_tracks:
-            with torch.no_grad():
-                residuals, valid = self.track_residuals()
-                norms = residuals.norm(dim=-1)[valid]
-            if norms.numel():
-                metrics_dict["camera_opt_track_median_px"] = norms.median().float()
+        norms = getattr(self, "_last_track_norms", None)  # the last loss batch's: no second projection
+        if self.has_tracks and norms is not None and norms.numel():
+            metrics_dict["camera_opt_track_median_px"] = norms.median().float()
