@@ -62,6 +62,29 @@ _PARSE_ERRORS = (struct.error, ValueError, IndexError, KeyError, AssertionError,
 
 
 @dataclass
+class Observations:
+    """Every 2D observation of a model's 3D points, flattened (image-id order, then keypoint order).
+
+    Attributes:
+        point_ids: ``[P]`` the model's point3D ids, sorted (the row order of ``point_index``).
+        image_index: ``[K]`` position of the observing image in :meth:`ColmapModel.image_ids`.
+        point_index: ``[K]`` row of the observed point in ``point_ids``.
+        xy: ``[K, 2]`` keypoint positions, pixels, COLMAP's convention (top-left pixel centre (0.5, 0.5)).
+        dangling: ``[D, 2]`` ``(image position, point3D id)`` of observations whose point is not in the
+            model (skipped above; COLMAP never writes them).
+    """
+
+    point_ids: np.ndarray
+    image_index: np.ndarray
+    point_index: np.ndarray
+    xy: np.ndarray
+    dangling: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.image_index.shape[0])
+
+
+@dataclass
 class ColmapModel:
     """A COLMAP sparse model as nerfstudio's parser returns it.
 
@@ -81,6 +104,31 @@ class ColmapModel:
         """Image ids in increasing order (the order of :meth:`to_camera_set`)."""
         return sorted(self.images)
 
+    def observations(self) -> Observations:
+        """The images' observations of the model's points (``POINT3D_ID = -1`` skipped; see
+        :class:`Observations`)."""
+        point_ids = np.array(sorted(self.points3D), dtype=np.int64)  # [P]
+        images, points, xys, dangling = [], [], [], []
+        for k, image_id in enumerate(self.image_ids()):
+            im = self.images[image_id]
+            ids = np.asarray(im.point3D_ids, dtype=np.int64).reshape(-1)
+            xy = np.asarray(im.xys, dtype=np.float64).reshape(-1, 2)
+            keep = ids >= 0
+            ids, xy = ids[keep], xy[keep]
+            rows = np.clip(np.searchsorted(point_ids, ids), 0, max(len(point_ids) - 1, 0))
+            known = point_ids[rows] == ids if len(point_ids) else np.zeros(len(ids), dtype=bool)
+            images.append(np.full(int(known.sum()), k, dtype=np.int64))
+            points.append(rows[known])
+            xys.append(xy[known])
+            dangling.append(np.stack([np.full(int((~known).sum()), k), ids[~known]], axis=-1))
+        return Observations(
+            point_ids=point_ids,
+            image_index=np.concatenate(images) if images else np.zeros(0, dtype=np.int64),
+            point_index=np.concatenate(points) if points else np.zeros(0, dtype=np.int64),
+            xy=np.concatenate(xys) if xys else np.zeros((0, 2)),
+            dangling=np.concatenate(dangling).astype(np.int64) if dangling else np.zeros((0, 2), dtype=np.int64),
+        )
+
     def to_camera_set(self, source: str | None = None) -> CameraSet:
         """The images as a :class:`CameraSet`: camera-to-world poses (OpenCV axes) in image-id order,
         the 3D points ``[P, 3]`` in point-id order, and per image the indices (into ``points``) of the
@@ -93,22 +141,13 @@ class ColmapModel:
             c2w = colmap_to_c2w(qvec, tvec)
         else:
             c2w = np.zeros((0, 4, 4))
-        point_ids = np.array(sorted(self.points3D), dtype=np.int64)  # [P]
+        obs = self.observations()
         points = (
-            np.stack([np.asarray(self.points3D[p].xyz, dtype=np.float64) for p in point_ids])
-            if len(point_ids)
+            np.stack([np.asarray(self.points3D[p].xyz, dtype=np.float64) for p in obs.point_ids])
+            if len(obs.point_ids)
             else np.zeros((0, 3))
         )
-        observations = []
-        for im in images:
-            pids = np.asarray(im.point3D_ids, dtype=np.int64).reshape(-1)
-            pids = np.unique(pids[pids >= 0])
-            if len(point_ids):
-                idx = np.clip(np.searchsorted(point_ids, pids), 0, len(point_ids) - 1)
-                idx = idx[point_ids[idx] == pids]
-            else:
-                idx = np.zeros(0, dtype=np.int64)
-            observations.append(idx)
+        observations = [np.unique(obs.point_index[obs.image_index == k]) for k in range(len(images))]
         return CameraSet(
             names=[im.name for im in images],
             c2w=c2w,

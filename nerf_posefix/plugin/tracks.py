@@ -67,12 +67,11 @@ def build_tracks(points: Optional[SparsePoints], num_cameras: int, log: Optional
         missing = sum(m is None for m in points.model_index)
         log.append(f"no track term: {missing} training image(s) are not images of the COLMAP model {model.path}")
         return None
-    point_ids = np.array(sorted(model.points3D), dtype=np.int64)  # the row order of points.xyz64
+    obs = model.observations()  # point rows: the row order of points.xyz64
     models, params = [], []
     cams, pts, xys = [], [], []
     for cam, m in enumerate(points.model_index):
-        image = model.images[image_ids[m]]
-        camera = model.cameras[image.camera_id]
+        camera = model.cameras[model.images[image_ids[m]].camera_id]
         if camera.model not in CAMERA_MODEL_PARAMS:
             log.append(
                 f"no track term: camera {camera.id} of {model.path} uses the {camera.model} model "
@@ -81,15 +80,10 @@ def build_tracks(points: Optional[SparsePoints], num_cameras: int, log: Optional
             return None
         models.append(camera.model)
         params.append([float(p) for p in camera.params])
-        ids = np.asarray(image.point3D_ids, dtype=np.int64).reshape(-1)
-        xy = np.asarray(image.xys, dtype=np.float64).reshape(-1, 2)
-        keep = ids >= 0
-        rows = np.searchsorted(point_ids, ids[keep]) if len(point_ids) else np.zeros(0, dtype=np.int64)
-        rows = np.clip(rows, 0, max(len(point_ids) - 1, 0))
-        known = point_ids[rows] == ids[keep] if len(point_ids) else np.zeros(0, dtype=bool)
-        cams.append(np.full(int(known.sum()), cam, dtype=np.int64))
-        pts.append(rows[known])
-        xys.append(xy[keep][known])
+        mine = obs.image_index == m  # this training camera's observations, in keypoint order
+        cams.append(np.full(int(mine.sum()), cam, dtype=np.int64))
+        pts.append(obs.point_index[mine])
+        xys.append(obs.xy[mine])
     camera_index = np.concatenate(cams) if cams else np.zeros(0, dtype=np.int64)
     if len(camera_index) < MIN_OBSERVATIONS:
         log.append(f"no track term: only {len(camera_index)} observations of 3D points in {model.path}")
@@ -99,7 +93,7 @@ def build_tracks(points: Optional[SparsePoints], num_cameras: int, log: Optional
         point_index=torch.from_numpy(np.concatenate(pts)),
         observed_px=torch.from_numpy(np.concatenate(xys)),
         points=torch.from_numpy(np.asarray(points.xyz64, dtype=np.float64)),
-        point_ids=torch.from_numpy(point_ids),
+        point_ids=torch.from_numpy(obs.point_ids),
         intrinsics=CameraIntrinsics(models, params),
-        source=f"{len(camera_index)} observations of {len(point_ids)} points in {model.path}",
+        source=f"{len(camera_index)} observations of {len(obs.point_ids)} points in {model.path}",
     )

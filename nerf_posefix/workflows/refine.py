@@ -278,29 +278,18 @@ def model_reprojection_error(model: ColmapModel) -> float:
 
     from nerf_posefix.geometry.reprojection import CameraIntrinsics
 
-    cams = model.to_camera_set()
-    point_ids = np.array(sorted(model.points3D), dtype=np.int64)
+    cams = model.to_camera_set()  # image-id order, as the observations' image index
+    obs = model.observations()
+    if len(obs) == 0:
+        return float("nan")
     camera_ids = sorted(model.cameras)
     intrinsics = CameraIntrinsics([model.cameras[c].model for c in camera_ids], [list(model.cameras[c].params) for c in camera_ids])
-    rows_c, rows_p, rows_xy, cam_of = [], [], [], []
-    for k, image_id in enumerate(model.image_ids()):
-        im = model.images[image_id]
-        ids = np.asarray(im.point3D_ids, dtype=np.int64).reshape(-1)
-        xy = np.asarray(im.xys, dtype=np.float64).reshape(-1, 2)
-        keep = ids >= 0
-        idx = np.clip(np.searchsorted(point_ids, ids[keep]), 0, max(len(point_ids) - 1, 0))
-        known = point_ids[idx] == ids[keep] if len(point_ids) else np.zeros(0, dtype=bool)
-        rows_c.append(np.full(int(known.sum()), k))
-        rows_p.append(idx[known])
-        rows_xy.append(xy[keep][known])
-        cam_of.append(np.full(int(known.sum()), camera_ids.index(im.camera_id)))
-    if not rows_c or sum(len(r) for r in rows_c) == 0:
-        return float("nan")
-    xyz = np.stack([np.asarray(model.points3D[p].xyz, dtype=np.float64) for p in point_ids])
-    c2w = torch.from_numpy(cams.c2w[np.concatenate(rows_c)])
+    camera_of_image = np.array([camera_ids.index(model.images[i].camera_id) for i in model.image_ids()])
     residuals, valid = intrinsics.residuals(
-        c2w, torch.from_numpy(xyz[np.concatenate(rows_p)]), torch.from_numpy(np.concatenate(rows_xy)),
-        torch.from_numpy(np.concatenate(cam_of)),
+        torch.from_numpy(cams.c2w[obs.image_index]),
+        torch.from_numpy(cams.points[obs.point_index]),
+        torch.from_numpy(obs.xy),
+        torch.from_numpy(camera_of_image[obs.image_index]),
     )
     return float(residuals.norm(dim=-1)[valid].mean())
 

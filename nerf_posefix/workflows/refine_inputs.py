@@ -366,26 +366,18 @@ def _check_tracks(model: ColmapModel, images_file: Path) -> None:
     """The SfM tracks the bundle adjustment and the track term use: the images' 2D observations of the
     model's 3D points. None at all, or observations of points the model does not have (a corrupt
     model; COLMAP never writes one), is one error naming the file."""
-    known = set(model.points3D)
-    observed = dangling = 0
-    first_dangling = ""
-    for image_id in model.image_ids():
-        im = model.images[image_id]
-        ids = np.asarray(im.point3D_ids, dtype=np.int64).reshape(-1)
-        ids = ids[ids >= 0]
-        bad = [int(i) for i in ids if int(i) not in known]
-        dangling += len(bad)
-        observed += len(ids) - len(bad)
-        if bad and not first_dangling:
-            first_dangling = f"image {image_id} ({im.name}) observes point {bad[0]}"
-    if dangling:
+    obs = model.observations()
+    if len(obs.dangling):
+        image_index, point_id = (int(v) for v in obs.dangling[0])
+        image_id = model.image_ids()[image_index]
+        first_dangling = f"image {image_id} ({model.images[image_id].name}) observes point {point_id}"
         raise InputError(
-            f"{images_file}: {dangling} observation(s) refer to 3D points that are not in the model (e.g. "
+            f"{images_file}: {len(obs.dangling)} observation(s) refer to 3D points that are not in the model (e.g. "
             f"{first_dangling}); the model is inconsistent: re-export it from COLMAP"
         )
-    if observed == 0:
+    if len(obs) == 0:
         raise InputError(
-            f"{images_file}: no image observes any of the model's {len(known)} 3D points; posefix refine needs "
+            f"{images_file}: no image observes any of the model's {len(model.points3D)} 3D points; posefix refine needs "
             "the SfM tracks (the images' 2D keypoints with their point3D ids), as COLMAP writes them"
         )
 
