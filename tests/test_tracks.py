@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from nerf_posefix.geometry.alignment import align
+from nerf_posefix.geometry.pixel_prior import pixel_prior
 from nerf_posefix.geometry.poses import opengl_to_opencv, rotation_angle_deg
 from nerf_posefix.io.colmap import read_colmap_model, write_colmap_model
 from nerf_posefix.io.transforms_json import read_transforms_json
@@ -123,6 +124,10 @@ def test_pixel_prior_weighs_like_one_observation(noisy_points_scene: Path) -> No
         loss: dict = {}
         optimizer.get_loss_dict(loss)
         d = optimizer.pixel_prior_errors()
+    intr = optimizer.pixel_intrinsics
+    with torch.no_grad():  # the optimizer's cached metric gives the geometry's pixel prior
+        reference = pixel_prior(optimizer.initial_c2w, optimizer.pose_tangent(), *intr.unbind(-1), optimizer.xmin, optimizer.xmax)
+    torch.testing.assert_close(d, reference, rtol=1e-6, atol=0.0)
     n, k = optimizer.num_cameras, optimizer.track_camera_index.shape[0]
     expected = float((d / optimizer.prior_sigma**2).mean()) * n / k
     assert float(loss["camera_opt_regularizer"]) == pytest.approx(expected, rel=1e-5)

@@ -54,7 +54,7 @@ from nerf_posefix.geometry.homography import (
     optical_axis,
     relative_pose,
 )
-from nerf_posefix.geometry.pixel_prior import pixel_prior
+from nerf_posefix.geometry.pixel_prior import camera_motion_from_adjustment, pixel_displacement_metric
 from nerf_posefix.geometry.poses import apply_pose_correction
 from nerf_posefix.geometry.reprojection import CameraIntrinsics, auto_robust_scale, robust_loss
 from nerf_posefix.geometry.preconditioning import homography_metric, preconditioner, sampled_metric, view_directions
@@ -245,6 +245,7 @@ class HomographyCameraOptimizer(CameraOptimizer):
         self.track_points = torch.nn.Parameter(torch.zeros(0, 3, dtype=f64, device=device), requires_grad=False)  # [P, 3]
         self.track_intrinsics: Optional[CameraIntrinsics] = None
         self.tracks_source = "none"
+        self._pixel_metric: Optional[Tensor] = None  # [N, 6, 6] of the pixel prior, from the intrinsics and bounds buffers
         self._track_generator = torch.Generator(device="cpu").manual_seed(0)
 
     # ------------------------------------------------------------------------------------------
@@ -291,6 +292,7 @@ class HomographyCameraOptimizer(CameraOptimizer):
         self.xmax.copy_(xmax_t)
         self.reference_set.fill_(True)
         self.bounds_source = source
+        self._pixel_metric = None
         if intrinsics is not None and image_sizes is not None:
             pixel = torch.cat([intrinsics.reshape(-1, 4), image_sizes.reshape(-1, 2)], dim=-1).to(self.pixel_intrinsics)
             self.pixel_intrinsics.copy_(pixel * float(pixel_scale))
@@ -479,11 +481,11 @@ class HomographyCameraOptimizer(CameraOptimizer):
         """Per camera, the mean squared image displacement (pixels² of the original image) of the
         rendered pose against the initial one over the image and the depth bounds."""
         self._require_reference()
-        k = self.pixel_intrinsics
-        return pixel_prior(
-            self.initial_c2w, self.pose_tangent(), k[:, 0], k[:, 1], k[:, 2], k[:, 3], k[:, 4], k[:, 5],
-            self.xmin, self.xmax, camera_convention="opengl",
-        )
+        if self._pixel_metric is None:  # fixed per camera (intrinsics, bounds): computed once, not per step
+            k = self.pixel_intrinsics
+            self._pixel_metric = pixel_displacement_metric(k[:, 0], k[:, 1], k[:, 2], k[:, 3], k[:, 4], k[:, 5], self.xmin, self.xmax)
+        phi = camera_motion_from_adjustment(self.initial_c2w, self.pose_tangent(), "opengl")  # [N, 6]
+        return torch.einsum("ni,nij,nj->n", phi, self._pixel_metric.to(phi), phi)  # = pixel_prior(...), [N]
 
     def get_param_groups(self, param_groups: dict) -> None:
         """nerfstudio's ``camera_opt`` group (the pose adjustment) and, when the track points are refined,
@@ -497,7 +499,9 @@ class HomographyCameraOptimizer(CameraOptimizer):
             param_groups[TRACK_POINTS_GROUP] = [self.track_points]
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:  # noqa: ANN001, ANN002, ANN003
-        """Resize the track state to the checkpoint's (its size follows the dataset) before loading."""
+        """Resize the track state to the checkpoint's (its size follows the dataset) before loading; the
+        pixel prior's metric is recomputed from the loaded intrinsics and bounds."""
+        self._pixel_metric = None
         for name in TRACK_STATE:
             saved = state_dict.get(prefix + name)
             if saved is None:
