@@ -505,10 +505,12 @@ def test_unreadable_model_file(command: str, shared_dir: Path, capsys) -> None: 
     images_bin = scene / "sparse" / "0" / "images.bin"
     os.chmod(images_bin, 0)
     out = shared_dir / "out"
+    # the estimate beside the scene: the checkout may lie under a directory the unprivileged user cannot enter
+    estimate = shutil.copy(TINY / "transforms.json", shared_dir / "estimate.json")
     args = {
         "refine": _refine_args(scene, out),
         "perturb": ["perturb", "--data", scene, "--output", out],
-        "compare": ["compare", "--reference", scene / "sparse" / "0", TINY / "transforms.json", "--output", out],
+        "compare": ["compare", "--reference", scene / "sparse" / "0", estimate, "--output", out],
     }[command]
     with unprivileged():
         refused(capsys, *args, says=(str(images_bin), "cannot read", "Permission denied"))
