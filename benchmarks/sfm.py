@@ -569,38 +569,6 @@ class BundleAdjustmentResult:
         return out
 
 
-def _reconstruction_from_poses(
-    database: Path, names: Sequence[str], c2w_by_name: dict[str, np.ndarray], camera: PinholeCamera
-) -> "pycolmap.Reconstruction":
-    """A reconstruction holding the database's images (same ids) with the given camera-to-world poses
-    (OpenCV axes) and one ``PINHOLE`` camera, no points."""
-    import pycolmap
-
-    from nerf_posefix.geometry.poses import invert_poses
-
-    db = pycolmap.Database.open(str(database))
-    try:
-        db_images = {im.name: im for im in db.read_all_images()}
-    finally:
-        db.close()
-    missing = [n for n in names if n not in db_images]
-    if missing:
-        raise InputError(f"{database}: images not in the COLMAP database: {', '.join(missing[:5])}")
-    rec = pycolmap.Reconstruction()
-    camera_ids = sorted({db_images[n].camera_id for n in names})
-    for camera_id in camera_ids:
-        cam = pycolmap.Camera.create_from_model_name(camera_id, "PINHOLE", camera.fx, camera.width, camera.height)
-        cam.params = np.array([camera.fx, camera.fy, camera.cx, camera.cy])
-        rec.add_camera_with_trivial_rig(cam)
-    for name in names:
-        db_image = db_images[name]
-        image = pycolmap.Image(name=name, camera_id=db_image.camera_id, image_id=db_image.image_id)
-        w2c = invert_poses(c2w_by_name[name][None])[0]
-        pose = pycolmap.Rigid3d(pycolmap.Rotation3d(w2c[:3, :3]), w2c[:3, 3])
-        rec.add_image_with_trivial_frame(image, pose)
-    return rec
-
-
 def bundle_adjust_from_poses(
     images_dir: str | os.PathLike[str],
     output_dir: str | os.PathLike[str],
@@ -614,7 +582,8 @@ def bundle_adjust_from_poses(
     overwrite: bool = False,
     verbose: bool = False,
 ) -> BundleAdjustmentResult:
-    """Refine ``initial`` poses by bundle adjustment on features matched in the images.
+    """Refine ``initial`` poses by bundle adjustment on features matched in the images (the package's track
+    building, :func:`nerf_posefix.workflows.track_building.adjust_with_retriangulation`).
 
     Steps: SIFT + exhaustive matching into ``output_dir/database.db`` (or reuse ``database``, a
     COLMAP database of the same images, e.g. :attr:`SfmResult.database_path`); then for each
@@ -664,94 +633,46 @@ def _bundle_adjust(
     num_threads: int,
     seed: int,
 ) -> BundleAdjustmentResult:
-    """:func:`bundle_adjust_from_poses` after its checks (``output_dir`` exists and is empty)."""
-    import pycolmap
+    """:func:`bundle_adjust_from_poses` after its checks (``output_dir`` exists and is empty): the package's
+    own track building (:mod:`nerf_posefix.workflows.track_building`, as ``posefix refine`` runs it on poses
+    without tracks), with this camera's intrinsics."""
+    from nerf_posefix.io.camera_set import CameraSet, ImageCamera
+    from nerf_posefix.workflows.track_building import TrackOptions, adjust_with_retriangulation, copy_database, match_features
 
-    timings = {"extract": 0.0, "match": 0.0}
     t_total = time.perf_counter()
+    options = TrackOptions(matching="exhaustive", reproj_schedule_px=tuple(float(r) for r in reproj_schedule_px),
+                           num_threads=num_threads, seed=seed)
+    intrinsics = ImageCamera("PINHOLE", camera.width, camera.height, (camera.fx, camera.fy, camera.cx, camera.cy))
+    cameras = {n: intrinsics for n in names}
+    db_path = output_dir / "database.db"
+    timings = {"extract": 0.0, "match": 0.0}
     if database is None:
-        db_path = output_dir / "database.db"
-        reader = pycolmap.ImageReaderOptions()
-        reader.camera_model = "PINHOLE"
-        reader.camera_params = camera.colmap_params()
-        extraction = pycolmap.FeatureExtractionOptions()
-        extraction.num_threads = num_threads
-        t0 = time.perf_counter()
-        pycolmap.extract_features(
-            db_path, images_dir, image_names=names, camera_mode=pycolmap.CameraMode.SINGLE,
-            reader_options=reader, extraction_options=extraction, device=pycolmap.Device.cpu,
-        )
-        timings["extract"] = time.perf_counter() - t0
-        matching = pycolmap.FeatureMatchingOptions()
-        matching.num_threads = num_threads
-        verification = pycolmap.TwoViewGeometryOptions()
-        verification.ransac.random_seed = seed
-        t0 = time.perf_counter()
-        pycolmap.match_exhaustive(db_path, matching_options=matching, verification_options=verification, device=pycolmap.Device.cpu)
-        timings["match"] = time.perf_counter() - t0
+        timings.update(match_features(images_dir, names, cameras, db_path, options).seconds)
     else:
-        db_path = output_dir / "database.db"
-        shutil.copyfile(database, db_path)  # triangulation writes nothing, but keep the input untouched
-
-    c2w_by_name = dict(zip(initial.names, initial.c2w))
-    rec = _reconstruction_from_poses(db_path, names, c2w_by_name, camera)
-    work = output_dir / "triangulation"
-    work.mkdir()
-    rounds: list[dict[str, Any]] = []
+        copy_database(database, db_path)  # triangulation writes nothing, but keep the input untouched
+    by_name = dict(zip(initial.names, initial.c2w))
+    posed = CameraSet(names=list(names), c2w=np.stack([by_name[n] for n in names]))
     error: str | None = None
     t0 = time.perf_counter()
-    for r in reproj_schedule_px:
-        options = pycolmap.IncrementalPipelineOptions()
-        options.num_threads = num_threads
-        options.random_seed = seed
-        options.ba_refine_focal_length = False
-        options.ba_refine_principal_point = False
-        options.ba_refine_extra_params = False
-        options.mapper.filter_max_reproj_error = float(r)
-        options.triangulation.merge_max_reproj_error = float(r)
-        options.triangulation.complete_max_reproj_error = float(r)
-        # Angle thresholds of track creation/continuation: a pose error of a few degrees must not
-        # veto every track in the loose first round.
-        options.triangulation.create_max_angle_error = max(2.0, float(r) / camera.fx * 180.0 / np.pi)
-        options.triangulation.continue_max_angle_error = max(2.0, float(r) / camera.fx * 180.0 / np.pi)
-        try:
-            rec = pycolmap.triangulate_points(rec, db_path, images_dir, work, clear_points=True, options=options)
-        except Exception as err:  # noqa: BLE001
-            error = f"triangulation failed at {r} px: {type(err).__name__}: {err}"
-            break
-        if rec.num_points3D() == 0:
-            error = f"no point triangulated at {r} px"
-            break
-        ba = pycolmap.BundleAdjustmentOptions()
-        ba.refine_focal_length = refine_intrinsics
-        ba.refine_principal_point = False
-        ba.refine_extra_params = refine_intrinsics
-        ba.print_summary = False
-        ba.ceres.loss_function_type = pycolmap.LossFunctionType.CAUCHY
-        ba.ceres.loss_function_scale = float(r) / 4.0
-        ba.ceres.solver_options.num_threads = num_threads
-        pycolmap.bundle_adjustment(rec, ba)
-        rounds.append(
-            {
-                "max_reproj_px": float(r),
-                "num_points3D": int(rec.num_points3D()),
-                "num_observations": int(rec.compute_num_observations()),
-                "mean_reprojection_error_px": float(rec.compute_mean_reprojection_error()),
-            }
+    try:
+        adjusted = adjust_with_retriangulation(
+            db_path, images_dir, posed, options, cameras=cameras, refine_intrinsics=refine_intrinsics
         )
+        rec, rounds = adjusted.reconstruction, adjusted.rounds
+    except InputError as err:  # no point triangulated: a result of the baseline, not a crash
+        error, rec, rounds = str(err), None, []
     timings["ba"] = time.perf_counter() - t0
     model_path: Path | None = None
-    if error is None:
+    if rec is not None:
         model_path = output_dir / "sparse" / "0"
         model_path.mkdir(parents=True)
         rec.write(model_path)
-    shutil.rmtree(work, ignore_errors=True)
     timings["total"] = time.perf_counter() - t_total
     return BundleAdjustmentResult(
         output_dir=output_dir,
         model_path=model_path,
         num_images=len(names),
-        num_points3D=int(rec.num_points3D()),
+        num_points3D=0 if rec is None else int(rec.num_points3D()),
         rounds=rounds,
         timings=timings,
         error=error,

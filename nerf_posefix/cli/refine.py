@@ -11,9 +11,10 @@ from nerf_posefix.workflows.refine import RefineOptions
 
 @dataclass
 class Refine(RefineOptions):
-    """Refine the camera poses of a COLMAP model with a NeRF under the homography pose prior, and write
-    a refined COLMAP model (same world frame, intrinsics and points), a nerfstudio transforms.json and a
-    per-image report of how far each camera moved."""
+    """Refine camera poses (a COLMAP model, a transforms.json or a TUM trajectory, with their images): robust
+    bundle adjustment of the input's tracks, or of tracks built from the images when it has none, then
+    optionally a NeRF stage; writes the refined poses in the input's own format and world frame, a COLMAP
+    model with the (new) points, and a per-image report of how far each camera moved."""
 
     def run(self) -> None:
         from nerf_posefix.workflows.refine import partial_dir, refine
@@ -41,10 +42,17 @@ def _discard_without_checkpoint(options: RefineOptions) -> bool:
     from nerf_posefix.workflows.refine_inputs import interrupted_training
 
     work = partial_dir(options.output)
-    if (work / STAMP_FILE).is_file() and interrupted_training(work) is None:
+    if (work / STAMP_FILE).is_file() and interrupted_training(work) is None and not _has_matches(work):
         shutil.rmtree(work, ignore_errors=True)
         return True
     return False
+
+
+def _has_matches(work) -> bool:  # noqa: ANN001
+    """Whether the work directory holds features and matches built from the images (minutes of work)."""
+    from nerf_posefix.workflows.refine import MATCHES_RECORD
+
+    return (work / MATCHES_RECORD).is_file()
 
 
 def interruption_message(options: RefineOptions) -> str:
@@ -60,6 +68,11 @@ def interruption_message(options: RefineOptions) -> str:
         return (
             f"posefix refine: interrupted; {work} keeps the checkpoint of iteration {state['completed_iterations']}: "
             "run the same command with --resume to continue"
+        )
+    if work.is_dir() and _has_matches(work):
+        return (
+            f"posefix refine: interrupted; {work} keeps the features and matches built from the images: run the same "
+            "command with --resume to reuse them"
         )
     _discard_without_checkpoint(options)  # a work directory of this command holding only the converted input
     return "posefix refine: interrupted before the first checkpoint; nothing to resume (run the same command to start again)"

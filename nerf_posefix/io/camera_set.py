@@ -182,3 +182,30 @@ def match_image_names(filenames: Sequence[os.PathLike[str] | str], names: Sequen
         else:
             out.append(None)
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# intrinsics
+
+
+@dataclass(frozen=True)
+class ImageCamera:
+    """The intrinsics of one image as a COLMAP camera model.
+
+    Attributes:
+        model: COLMAP camera model name (``PINHOLE``, ``OPENCV``, ...).
+        width, height: image size in pixels.
+        params: the model's parameters in COLMAP's order (e.g. ``fx, fy, cx, cy`` for ``PINHOLE``; ``fx, fy,
+            cx, cy, k1, k2, p1, p2`` for ``OPENCV``), pixels for focal lengths and principal point, with
+            COLMAP's pixel convention (the centre of the top-left pixel is ``(0.5, 0.5)``).
+    """
+
+    model: str
+    width: int
+    height: int
+    params: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "params", tuple(float(p) for p in self.params))
+        object.__setattr__(self, "width", int(self.width))
+        object.__setattr__(self, "height", int(self.height))

@@ -23,7 +23,7 @@ import numpy as np
 
 from nerf_posefix.errors import InputError
 from nerf_posefix.geometry.poses import OPENGL_OPENCV_FLIP, as_4x4, is_rotation, rotation_defect
-from nerf_posefix.io.camera_set import CameraSet, check_unique_names
+from nerf_posefix.io.camera_set import CameraSet, ImageCamera, check_unique_names
 
 FILENAME = "transforms.json"
 #: Ground-truth poses kept beside a perturbed dataset (same layout as transforms.json).
@@ -138,6 +138,52 @@ def read_transforms_json(path: str | os.PathLike[str]) -> CameraSet:
     check_unique_names(names, str(path))
     # as nerfstudio's own reader of a file given directly: the explicit applied_transform only
     return CameraSet(names=names, c2w=input_poses(meta), source=str(path))
+
+
+#: Intrinsics keys of a frame or of the file (a frame's own value wins, as in nerfstudio's dataparser).
+_INTRINSICS_KEYS = ("fl_x", "fl_y", "cx", "cy", "w", "h")
+_DISTORTION_KEYS = ("k1", "k2", "k3", "k4", "p1", "p2")
+
+
+def frame_cameras(meta: dict, where: str = FILENAME) -> list[ImageCamera]:
+    """The intrinsics of every frame of ``meta`` (file order) as COLMAP camera models, read as nerfstudio's
+    dataparser reads them (a frame's own ``fl_x``/``fl_y``/``cx``/``cy``/``w``/``h``/distortion keys win over
+    the file's). A perspective camera without distortion becomes ``PINHOLE``; with ``k1, k2, p1, p2`` it
+    becomes ``OPENCV`` (the same model: nerfstudio's ``OPENCV`` is COLMAP's). ``cx``/``cy`` are in COLMAP's
+    pixel convention, as ``ns-process-data`` writes them.
+
+    Raises:
+        InputError: naming the file and frame: a missing key, a camera model other than the perspective
+            ``OPENCV``/``PINHOLE`` (fisheye, equirectangular), ``k3``/``k4``/``distortion_params`` (no COLMAP
+            model posefix trains on has them), non-positive focal lengths or sizes.
+    """
+    cameras = []
+    for i, frame in enumerate(meta["frames"]):
+        here = f"{where}: frame {i} ({frame.get('file_path')})"
+        merged = {**meta, **frame}
+        model = str(merged.get("camera_model", "OPENCV")).upper()
+        if model not in ("OPENCV", "PINHOLE", "PERSPECTIVE"):
+            raise InputError(f"{here}: camera_model {model} is not supported (perspective OPENCV/PINHOLE cameras only)")
+        missing = [k for k in _INTRINSICS_KEYS if k not in merged]
+        if missing:
+            raise InputError(f"{here}: no {', '.join(missing)} (intrinsics are needed to build tracks)")
+        if "distortion_params" in merged:
+            raise InputError(f"{here}: distortion_params is not supported; give k1, k2, p1, p2")
+        try:
+            fx, fy, cx, cy = (float(merged[k]) for k in ("fl_x", "fl_y", "cx", "cy"))
+            width, height = int(merged["w"]), int(merged["h"])
+            k1, k2, k3, k4, p1, p2 = (float(merged.get(k, 0.0)) for k in _DISTORTION_KEYS)
+        except (TypeError, ValueError):
+            raise InputError(f"{here}: intrinsics must be numbers") from None
+        if not (fx > 0 and fy > 0 and width > 0 and height > 0 and np.isfinite([fx, fy, cx, cy]).all()):
+            raise InputError(f"{here}: focal lengths and image size must be positive (fl_x {fx}, fl_y {fy}, w {width}, h {height})")
+        if k3 != 0.0 or k4 != 0.0:
+            raise InputError(f"{here}: radial k3/k4 are not supported (COLMAP's OPENCV model has k1, k2, p1, p2)")
+        if any(v != 0.0 for v in (k1, k2, p1, p2)):
+            cameras.append(ImageCamera("OPENCV", width, height, (fx, fy, cx, cy, k1, k2, p1, p2)))
+        else:
+            cameras.append(ImageCamera("PINHOLE", width, height, (fx, fy, cx, cy)))
+    return cameras
 
 
 def with_poses(meta: dict, c2w_opencv: np.ndarray, extra: Optional[Sequence[dict]] = None) -> dict:

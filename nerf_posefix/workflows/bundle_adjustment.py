@@ -237,7 +237,7 @@ class BundleAdjustmentResult:
 
 
 @contextlib.contextmanager
-def _colmap_log(verbose: bool) -> Iterator[None]:
+def quiet_colmap_log(verbose: bool) -> Iterator[None]:
     """Hold back COLMAP's INFO log lines (glog writes them to file descriptor 2, out of Python's
     reach; ``pycolmap.logging.minloglevel`` does not silence them in 4.2.1). The C-level stderr goes
     to a temporary file meanwhile; afterwards its warning/error lines (glog prefixes ``W``, ``E``,
@@ -345,7 +345,7 @@ def bundle_adjust_model(model_dir: str | Path, options: BundleAdjustmentOptions 
         scale_px: float | None = None  # no scale (pycolmap ignores it)
     else:
         scale_px = auto_scale_px(rec) if options.scale_px is None else float(options.scale_px)
-    with _colmap_log(options.verbose):
+    with quiet_colmap_log(options.verbose):
         pycolmap.bundle_adjustment(rec, options.to_pycolmap(1.0 if scale_px is None else scale_px))
     _, adjusted_c2w = reconstruction_c2w(rec)
     if options.fix_gauge == "none":

@@ -1,8 +1,26 @@
-"""``posefix refine``: COLMAP model in, refined COLMAP model out, in the same world frame.
+"""``posefix refine``: poses in, refined poses out, in the input's own format and world frame.
 
 ::
 
     posefix refine --colmap-model scene/sparse/0 --images scene/images --output scene_refined
+    posefix refine --poses capture/transforms.json --output capture_refined          # phone AR, Polycam, ...
+    posefix refine --poses slam.txt --images rgb --timestamps rgb.txt --camera "PINHOLE 525,525,319.5,239.5" --output out
+
+Poses without tracks
+--------------------
+A transforms.json, a TUM trajectory or a COLMAP model without points (:mod:`nerf_posefix.io.posed_images`)
+first gets tracks built from its images (stage 0, :mod:`nerf_posefix.workflows.track_building`: SIFT
+features, exhaustive or sequential matching, triangulation with the input poses held fixed; pycolmap),
+kept in ``OUT.partial/tracks`` (the database and the triangulated model) for ``--resume``; ``--database``
+reuses the features and matches of an earlier run. Its stage 1 is rounds of re-triangulation and robust
+bundle adjustment (the poses may be degrees off, so tracks are first formed with a loose threshold and
+re-formed as the poses improve). Too few tracks (fewer than 100 points: low texture, little overlap, tiny
+images) is said, with the counts, and the refinement falls back to the photometric NeRF stage with the prior
+(the method's default iterations when ``--iterations`` is 0), with a warning in the report. The output
+holds the refined poses in the input's format (``transforms.json``: every key kept, ``applied_transform``
+included; TUM: the same timestamps) beside the COLMAP model with the new points (same world frame).
+
+The steps for a COLMAP model with tracks:
 
 Steps
 -----
@@ -83,26 +101,56 @@ from nerf_posefix.errors import InputError
 from nerf_posefix.io.atomic import atomic_directory, check_output_dir, overlaps
 from nerf_posefix.io.camera_set import CameraSet
 from nerf_posefix.io.colmap import ColmapModel, read_colmap_model, write_colmap_model
-from nerf_posefix.workflows.refine_inputs import ValidatedInput, check_resume, prepare_training_data, validate_inputs
+from nerf_posefix.io.posed_images import PosedImages, load_posed_images, write_refined_poses
+from nerf_posefix.workflows.refine_inputs import ValidatedInput, check_resume, colmap_to_transforms, prepare_training_data, read_refine_model, validate_inputs, validate_model
 from nerf_posefix.workflows.refine_report import RefineResult, build_report, write_report
 
 PARTIAL_SUFFIX = ".partial"
 STAMP_FILE = "refine_input.json"
+#: Written when the features and matches of the images are complete (relative to the work directory).
+MATCHES_RECORD = "tracks/matches.json"
 BOUNDS_MODES = {"global": "points-global", "per-camera": "points-per-camera"}
 
 
 @dataclass
 class RefineOptions:
-    """Refine the camera poses of a COLMAP model with a NeRF under the homography pose prior, and write
-    a refined COLMAP model (same world frame, intrinsics and points), a nerfstudio transforms.json and a
-    per-image report of how far each camera moved."""
+    """Refine camera poses (a COLMAP model, a transforms.json or a TUM trajectory, with their images): robust
+    bundle adjustment of the input's tracks, or of tracks built from the images when it has none, then
+    optionally a NeRF stage; writes the refined poses in the input's own format and world frame, a COLMAP
+    model with the (new) points, and a per-image report of how far each camera moved."""
 
-    colmap_model: Path
-    """COLMAP model directory (cameras/images/points3D, .bin or .txt), e.g. scene/sparse/0. Never modified."""
-    images: Path
-    """Directory of the model's images (image names are relative to it). Never modified."""
     output: Path
     """Output directory to create (must not exist unless --overwrite)."""
+    colmap_model: Optional[Path] = None
+    """COLMAP model directory (cameras/images/points3D, .bin or .txt), e.g. scene/sparse/0. Never modified.
+    (The same as --poses with a COLMAP model.)"""
+    poses: Optional[Path] = None
+    """Poses from anywhere: a transforms.json (or its directory), a TUM trajectory file (with --camera and
+    --images), or a COLMAP model (with or without points). Without tracks, they are built from the images
+    (features, matching, triangulation with the poses held fixed; pycolmap). The refined poses are written
+    in the same format and world frame. Never modified."""
+    images: Optional[Path] = None
+    """Directory of the images (names are relative to it). Needed for COLMAP models and TUM trajectories; a
+    transforms.json's images are where its file_path values say. Never modified."""
+    camera: Optional[str] = None
+    """Intrinsics of a TUM trajectory's images: 'MODEL p1,p2,...' in COLMAP's order and pixels, e.g.
+    'PINHOLE 525,525,319.5,239.5'."""
+    timestamps: Optional[Path] = None
+    """TUM input: a 'timestamp image_name' list (TUM RGB-D rgb.txt). Default: image file names are timestamps."""
+    t_max_diff: float = 0.01
+    """TUM input: largest time difference (s) between an image and its trajectory pose."""
+    build_tracks: Literal["auto", "always"] = "auto"
+    """auto: build tracks from the images when the input has none (transforms.json, TUM, point-less COLMAP
+    model); always: also for a COLMAP model with tracks (its own tracks are then ignored)."""
+    matching: Literal["auto", "exhaustive", "sequential"] = "auto"
+    """Feature matching when tracks are built: exhaustive (every pair; small sets), sequential (each image
+    with its --sequential-overlap successors in name/time order; video-like captures), auto (exhaustive up
+    to 150 images)."""
+    sequential_overlap: int = 10
+    """Sequential matching: how many following images each image is matched with."""
+    database: Optional[Path] = None
+    """A COLMAP database of these images (features and verified matches, e.g. from an earlier run or
+    COLMAP's GUI) to build the tracks from instead of extracting and matching again. Copied, never modified."""
     method: Literal["posefix", "posefix-small"] = "posefix-small"
     """posefix-small: sized for a CPU; posefix: nerfacto-sized (GPU)."""
     iterations: Optional[int] = 0
@@ -170,11 +218,15 @@ def partial_dir(output: Path) -> Path:
     return output.parent / f"{output.name}{PARTIAL_SUFFIX}"
 
 
-def _stamp(options: RefineOptions, inp: ValidatedInput) -> dict[str, Any]:
+def _stamp(options: RefineOptions, inp: ValidatedInput, built: bool) -> dict[str, Any]:
     return {
-        "colmap_model": str(inp.model_dir.resolve()),
+        "colmap_model": str(Path(options.poses or options.colmap_model).resolve()),
         "images": str(inp.images_dir),
         "fingerprint": inp.fingerprint(),
+        "build_tracks": built,
+        "matching": options.matching if built else None,
+        "sequential_overlap": options.sequential_overlap if built else None,
+        "database": str(options.database) if built and options.database else None,
         "method": options.method,
         "bounds": options.bounds,
         "regularizer": options.regularizer,
@@ -191,8 +243,11 @@ def _stamp(options: RefineOptions, inp: ValidatedInput) -> dict[str, Any]:
 def _check_output_paths(options: RefineOptions) -> None:
     """OUT must not be, hold or sit inside an input (resolved paths), nor its work directory; it may exist
     only with --overwrite and only if posefix wrote it."""
-    check_output_dir(options.output, [("--colmap-model", options.colmap_model), ("--images", options.images)], options.overwrite)
-    for inp in (options.colmap_model, options.images):
+    inputs = [("--colmap-model", options.colmap_model), ("--poses", options.poses), ("--images", options.images),
+              ("--timestamps", options.timestamps), ("--database", options.database)]
+    inputs = [(flag, path) for flag, path in inputs if path is not None]
+    check_output_dir(options.output, inputs, options.overwrite)
+    for _, inp in inputs:
         if os.path.lexists(inp) and overlaps(partial_dir(options.output), inp):
             raise InputError(f"{partial_dir(options.output)}: the work directory of --output would hold or lie inside the input {inp}")
 
@@ -254,6 +309,154 @@ def _bundle_adjustment_stage(options: RefineOptions, inp: ValidatedInput, work: 
     return replace(inp, model=adjusted), summary
 
 
+def _read_input(options: RefineOptions) -> tuple[PosedImages, ValidatedInput, bool]:
+    """Read the pose source and check it against its images (nothing written). Returns the source, the
+    validated model (a point-less model of the input poses when tracks are to be built) and whether tracks
+    are to be built."""
+    if (options.colmap_model is None) == (options.poses is None):
+        raise InputError("give the input as --poses PATH (transforms.json, TUM file or COLMAP model) or --colmap-model DIR")
+    if options.sequential_overlap < 1:
+        raise InputError(f"--sequential-overlap must be >= 1, got {options.sequential_overlap}")
+    if options.database is not None and not Path(options.database).is_file():
+        raise InputError(f"--database {options.database}: no such file")
+    source = Path(options.poses or options.colmap_model)
+    if options.colmap_model is not None or (source.is_dir() and any(source.glob("cameras.*"))):
+        read_refine_model(source)  # a COLMAP model: its files and camera models, named as refine needs them
+    posed = load_posed_images(source, options.images, options.camera, options.timestamps, options.t_max_diff)
+    built = options.build_tracks == "always" or not posed.has_tracks
+    if posed.kind == "colmap" and not built:
+        assert options.images is not None
+        return posed, validate_inputs(posed.source, Path(options.images)), False
+    if options.database is not None and not built:
+        raise InputError("--database is used to build tracks; this input has its own (use --build-tracks always)")
+    model = posed.to_colmap_model()
+    inp = validate_model(model, posed.source, "", posed.images_dir, require_tracks=False, source=posed.source)
+    return posed, inp, True
+
+
+def _track_building_stage(options: RefineOptions, posed: PosedImages, inp: ValidatedInput, work: Path) -> tuple[ValidatedInput, dict[str, Any]]:
+    """Stage 0 for inputs without tracks: features and matches (``work/tracks/database.db``, or a copy of
+    ``--database``), then COLMAP's triangulation with the input poses held fixed (``work/tracks/sparse/0``);
+    both are kept for ``--resume``. Returns the model with the new tracks (input poses exactly) and a summary."""
+    from nerf_posefix.workflows.bundle_adjustment import write_adjusted_model
+    from nerf_posefix.workflows.track_building import (
+        DATABASE_FILE, copy_database, database_summary, match_features, reconstruction_from_poses, track_stats,
+        triangulate_fixed_poses,
+    )
+
+    track_dir = work / "tracks"
+    track_dir.mkdir(parents=True, exist_ok=True)
+    database, matches_record = track_dir / DATABASE_FILE, work / MATCHES_RECORD
+    track_options = _track_options(options)
+    names = [inp.model.images[i].name for i in inp.model.image_ids()]
+    if not matches_record.is_file():
+        database.unlink(missing_ok=True)
+        if options.database is not None:
+            print(f"posefix refine: features and matches from {options.database}", flush=True)
+            copy_database(options.database, database)
+            _check_database_names(database, names, options.database, posed.images_dir)
+            matches = database_summary(database, f"given ({options.database})")
+        else:
+            t0 = time.perf_counter()
+            print(f"posefix refine: building tracks from {len(names)} images (SIFT, {track_options.matching_for(len(names))} "
+                  "matching; pycolmap) ...", flush=True)
+            matches = match_features(
+                posed.images_dir, names, posed.intrinsics, database, track_options,
+                log=lambda m: print(f"posefix refine:   {m}", flush=True),
+            )
+            print(f"posefix refine:   {matches.num_keypoints} keypoints, {matches.num_verified_pairs} verified pairs "
+                  f"({time.perf_counter() - t0:.0f} s)", flush=True)
+        matches_record.write_text(json.dumps(matches.to_dict(), indent=2), encoding="utf-8")
+    matches_summary = json.loads(matches_record.read_text(encoding="utf-8"))
+    model_dir, record = track_dir / "sparse" / "0", track_dir / "tracks.json"
+    if not record.is_file():
+        shutil.rmtree(model_dir, ignore_errors=True)
+        threshold = track_options.reproj_schedule_px[0]
+        rec = reconstruction_from_poses(database, inp.model.to_camera_set())
+        rec = triangulate_fixed_poses(rec, database, posed.images_dir, threshold, track_options.num_threads, track_options.seed)
+        stats = track_stats(rec, track_options.min_observations_per_image)
+        write_adjusted_model(rec, model_dir)
+        summary = {"matches": matches_summary, "triangulation_max_reproj_px": threshold, **stats.to_dict()}
+        record.write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    summary = json.loads(record.read_text(encoding="utf-8"))
+    print(f"posefix refine: {summary['num_points']} points triangulated with the input poses held fixed "
+          f"({summary['num_observations']} observations, {len(summary['weak_images'])} weakly anchored images)", flush=True)
+    if summary["weak_images"]:
+        print(f"posefix refine: warning: images with fewer than {track_options.min_observations_per_image} track "
+              f"observations: {', '.join(summary['weak_images'][:5])}", flush=True)
+    built = read_colmap_model(model_dir)
+    names_built = {im.name for im in built.images.values()}
+    if names_built != set(names):
+        raise RuntimeError(f"{model_dir}: the triangulated model lost images {sorted(set(names) - names_built)[:5]}")
+    usable = summary["num_points"] >= track_options.min_points
+    return validate_model(built, model_dir, ".bin", posed.images_dir, log=lambda m: None, require_tracks=usable), summary
+
+
+def _check_database_names(database: Path, names: list[str], given: Path, images_dir: Path) -> None:
+    """A given database must hold every image under its name relative to the image directory."""
+    import pycolmap
+
+    db = pycolmap.Database.open(str(database))
+    try:
+        held = {im.name for im in db.read_all_images()}
+    finally:
+        db.close()
+    missing = [n for n in names if n not in held]
+    if missing:
+        example = sorted(held)[:3]
+        raise InputError(
+            f"--database {given}: {len(missing)} of {len(names)} images are not in it under their names relative to "
+            f"{images_dir} (e.g. {missing[0]!r}; the database has {', '.join(repr(n) for n in example) or 'no images'})"
+        )
+
+
+def _track_options(options: RefineOptions) -> "TrackOptions":  # noqa: F821 (lazy: pycolmap and torch load there)
+    from nerf_posefix.workflows.track_building import TrackOptions
+
+    return TrackOptions(matching=options.matching, sequential_overlap=options.sequential_overlap, seed=options.seed)
+
+
+def _built_tracks_adjustment_stage(
+    options: RefineOptions, posed: PosedImages, inp: ValidatedInput, work: Path
+) -> tuple[ValidatedInput, Optional[dict[str, Any]]]:
+    """Stage 1 for built tracks: rounds of triangulation from the current poses and robust bundle adjustment
+    (:func:`nerf_posefix.workflows.track_building.adjust_with_retriangulation`), mapped onto the input frame;
+    kept in ``work/bundle_adjusted`` for ``--resume``."""
+    if options.bundle_adjustment == "none":
+        return inp, None
+    from nerf_posefix.workflows.bundle_adjustment import write_adjusted_model
+    from nerf_posefix.workflows.track_building import DATABASE_FILE, adjust_with_retriangulation
+
+    ba_dir = work / "bundle_adjusted"
+    record = ba_dir / "result.json"
+    if not record.is_file():
+        shutil.rmtree(ba_dir, ignore_errors=True)
+        track_options = _track_options(options)
+        rounds = ", ".join(f"{r:g}" for r in track_options.reproj_schedule_px)
+        print(f"posefix refine: bundle adjustment of {len(inp.model.images)} images, re-triangulating at {rounds} px ...", flush=True)
+        result = adjust_with_retriangulation(
+            work / "tracks" / DATABASE_FILE, posed.images_dir, inp.model.to_camera_set(), track_options,
+            log=lambda m: print(f"posefix refine:   {m}", flush=True),
+        )
+        write_adjusted_model(result.reconstruction, ba_dir / "sparse" / "0")
+        summary = {
+            "loss": "cauchy",
+            "rounds": result.rounds,
+            "reprojection_error_after_px": result.rounds[-1]["mean_reprojection_error_px"],
+            "seconds": result.seconds,
+            "gauge": "sim3_poses",
+        }
+        record.write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    summary = json.loads(record.read_text(encoding="utf-8"))
+    adjusted = read_colmap_model(ba_dir / "sparse" / "0")
+    names = {im.name for im in adjusted.images.values()}
+    missing = [im.name for im in inp.model.images.values() if im.name not in names]
+    if missing:
+        raise RuntimeError(f"{ba_dir}: the bundle adjustment lost images {missing[:5]}")
+    # the NeRF stage trains on the adjusted tracks (their ids differ from the first triangulation's)
+    return replace(inp, model=adjusted), summary
+
+
 def _refined_points(stage_model: ColmapModel, run: Any, adjusted: bool, trained: bool) -> tuple[Optional[dict[int, np.ndarray]], str]:
     """The output's points ``{point3D_id: xyz}`` (input frame): the stage input's points plus the NeRF
     stage's offsets when it refined them; and a note for the report."""
@@ -294,25 +497,53 @@ def model_reprojection_error(model: ColmapModel) -> float:
     return float(residuals.norm(dim=-1)[valid].mean())
 
 
-def _write_output(options: RefineOptions, inp: ValidatedInput, model: ColmapModel, reports, summary) -> Path:  # noqa: ANN001
+#: How the output's poses are written, per input format (report.json's ``frame``).
+FRAME_NOTES = {
+    "colmap": "COLMAP world frame of the input; world-to-camera qvec/tvec, OpenCV camera axes",
+    "transforms": "the input transforms.json's world frame and conventions (camera-to-world, OpenGL axes, its "
+    "applied_transform kept); sparse/0 in the same world frame (world-to-camera, OpenCV axes)",
+    "tum": "the input TUM file's world frame, camera-to-world rows with its timestamps (rows paired with no image "
+    "get the correction of the nearest paired row); sparse/0 in the same world frame (world-to-camera, OpenCV axes)",
+}
+
+
+def _link_images(posed: PosedImages, inp: ValidatedInput, tmp: Path, copy: bool) -> None:
+    """Make the images reachable from the output as the written poses name them: ``images`` -> the image
+    directory, or (a transforms.json whose file_path values are relative to its own directory) one link per
+    top-level entry of those paths."""
+    if posed.kind == "transforms" and posed.images_dir == posed.source.parent:
+        tops = sorted({name.split("/", 1)[0] for name in inp.image_paths})
+        for top in tops:
+            src = posed.images_dir.resolve() / top
+            if copy:
+                (shutil.copytree if src.is_dir() else shutil.copy2)(src, tmp / top)
+            else:
+                os.symlink(src, tmp / top, target_is_directory=src.is_dir())
+        return
+    if copy:
+        (tmp / "images").mkdir()
+        for name, path in inp.image_paths.items():
+            (tmp / "images" / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, tmp / "images" / name)
+    else:
+        os.symlink(inp.images_dir, tmp / "images", target_is_directory=True)
+
+
+def _write_output(options: RefineOptions, posed: PosedImages, inp: ValidatedInput, model: ColmapModel, reports, summary) -> Path:  # noqa: ANN001
     """Assemble OUT in a temporary sibling directory and rename it into place."""
-    import contextlib
-    import io
-
-    from nerfstudio.process_data.colmap_utils import colmap_to_json
-
     out = Path(options.output)
     with atomic_directory(out) as tmp:
         sparse = write_colmap_model(model, tmp / "sparse" / "0", formats=("bin", "txt"))
-        with contextlib.redirect_stdout(io.StringIO()):
-            colmap_to_json(recon_dir=sparse, output_dir=tmp)
-        if options.copy_images:
-            (tmp / "images").mkdir()
-            for name, path in inp.image_paths.items():
-                (tmp / "images" / name).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(path, tmp / "images" / name)
+        if posed.kind == "colmap":
+            colmap_to_transforms(sparse, tmp, has_points=bool(model.points3D))
         else:
-            os.symlink(inp.images_dir, tmp / "images", target_is_directory=True)
+            refined = model.to_camera_set()
+            if posed.kind == "transforms" and posed.images_dir != posed.source.parent:
+                assert posed.transforms_meta is not None
+                frames = [{**f, "file_path": f"images/{n}"} for f, n in zip(posed.transforms_meta["frames"], posed.frame_images)]
+                posed = replace(posed, transforms_meta={**posed.transforms_meta, "frames": frames})
+            write_refined_poses(posed, refined, tmp)
+        _link_images(posed, inp, tmp, options.copy_images)
         write_report(tmp, reports, summary)
     return out
 
@@ -368,10 +599,10 @@ def refine(options: RefineOptions, callback: Optional[Callable[[int, Optional[fl
     if not (options.move_threshold_deg >= 0 and options.move_threshold_rel >= 0):
         raise InputError("--move-threshold-deg and --move-threshold-rel must be >= 0")
     _check_output_paths(options)
-    inp = validate_inputs(Path(options.colmap_model), Path(options.images))
+    posed, inp, built = _read_input(options)
 
     work = partial_dir(options.output)
-    stamp = _stamp(options, inp)
+    stamp = _stamp(options, inp, built)
     if work.exists():
         if options.resume:
             try:
@@ -403,10 +634,33 @@ def refine(options: RefineOptions, callback: Optional[Callable[[int, Optional[fl
     elif device == "cuda" and not torch.cuda.is_available():
         raise InputError("--device cuda: no CUDA device is available")
 
-    # --- stage 1: robust bundle adjustment of the model's own tracks
     work.mkdir(parents=True, exist_ok=True)
     (work / STAMP_FILE).write_text(json.dumps(stamp, indent=2), encoding="utf-8")
-    stage_input, ba_summary = _bundle_adjustment_stage(options, inp, work)
+    iterations, tracks, fallback, track_summary = options.iterations, options.tracks, None, None
+    if built:
+        # --- stage 0: tracks from the images, the poses held fixed
+        inp, track_summary = _track_building_stage(options, posed, inp, work)
+        min_points = _track_options(options).min_points
+        if track_summary["num_points"] < min_points:
+            fallback = (
+                f"only {track_summary['num_points']} points could be triangulated from "
+                f"{track_summary['matches']['num_verified_pairs']} verified image pairs with "
+                f"{track_summary['matches']['num_inlier_matches']} inlier matches (fewer than {min_points} "
+                "points: too little texture, overlap or resolution for tracks): the tracks are not used; photometric "
+                "refinement with the prior instead"
+                + ("" if track_summary["num_points"] else ", its depth bounds from the scene box (no sparse points)")
+            )
+            tracks = "off"
+            if not iterations:
+                iterations = None  # the method's own default: a photometric refinement of 0 iterations does nothing
+            print(f"posefix refine: warning: {fallback}", flush=True)
+    # --- stage 1: robust bundle adjustment of the tracks
+    if fallback is not None:
+        stage_input, ba_summary = inp, None
+    elif built:
+        stage_input, ba_summary = _built_tracks_adjustment_stage(options, posed, inp, work)
+    else:
+        stage_input, ba_summary = _bundle_adjustment_stage(options, inp, work)
 
     # --- convert
     data_dir = work / "data"
@@ -416,12 +670,12 @@ def refine(options: RefineOptions, callback: Optional[Callable[[int, Optional[fl
     # --- train
     from nerf_posefix.plugin.training import in_process_config, run_training
 
-    bounds_mode = BOUNDS_MODES[options.bounds]
+    bounds_mode = BOUNDS_MODES[options.bounds] if stage_input.model.points3D else "auto"  # auto: the scene box
     config = in_process_config(
         options.method,
         data=data_dir,
         output_dir=work / "runs",
-        max_iterations=options.iterations,
+        max_iterations=iterations,
         experiment_name="refine",
         device=device,
         seed=options.seed,
@@ -430,7 +684,7 @@ def refine(options: RefineOptions, callback: Optional[Callable[[int, Optional[fl
             "pipeline.datamanager.dataparser.eval_mode": "all",
             "pipeline.datamanager.dataparser.downscale_factor": options.downscale_factor,
             "pipeline.model.camera_optimizer.bounds": bounds_mode,
-            "pipeline.model.camera_optimizer.tracks": "auto" if options.tracks == "on" else "off",
+            "pipeline.model.camera_optimizer.tracks": "auto" if tracks == "on" else "off",
             "pipeline.model.camera_optimizer.track_points": options.track_points,
             "pipeline.model.camera_optimizer.prior_sigma_px": options.prior_sigma_px,
             **regularizer_overrides(options.regularizer),
@@ -457,18 +711,18 @@ def refine(options: RefineOptions, callback: Optional[Callable[[int, Optional[fl
         raise RuntimeError(f"export of {run.config_path} returned {len(exported)} cameras for {len(inp.flat_names)} images")
     refined = CameraSet(names=[flat_to_name[n] for n in exported.names], c2w=exported.c2w, source=str(run.config_path))
     points, points_note = _refined_points(stage_input.model, refined_input.run, ba_summary is not None, run.completed_iterations > 0)
-    model = refined_model(inp, refined, points)
+    model = refined_model(stage_input if built else inp, refined, points)
     reports, summary = build_report(
         inp.model, inp.flat_names, refined, refined_input.run, options.bounds, options.move_threshold_deg, options.move_threshold_rel
     )
     summary.update(
         {
-            "input_model": str(inp.model_dir),
+            "input_model": str(posed.source),
             "input_images": str(inp.images_dir),
             "method": options.method,
             "regularizer": options.regularizer,
             "prior_sigma_px": options.prior_sigma_px,
-            "tracks": options.tracks,
+            "tracks": tracks,
             "track_points": options.track_points,
             "bundle_adjustment": ba_summary or "none",
             "iterations": int(run.completed_iterations),
@@ -483,10 +737,15 @@ def refine(options: RefineOptions, callback: Optional[Callable[[int, Optional[fl
                 "meaning": "mean over observations of the 2D reprojection error of each model's points under its own "
                 "poses (original pixels): the output must be self-consistent",
             },
-            "frame": "COLMAP world frame of the input; world-to-camera qvec/tvec, OpenCV camera axes",
+            "frame": FRAME_NOTES[posed.kind],
+            "input_format": posed.kind,
+            "output_poses": "sparse/0" if posed.kind == "colmap" else ("transforms.json" if posed.kind == "transforms" else posed.source.name),
         }
     )
-    out = _write_output(options, inp, model, reports, summary)
+    if built:
+        summary["tracks_built"] = {**track_summary, "fallback": fallback}
+        summary["warnings"] = [fallback] if fallback else []
+    out = _write_output(options, posed, inp, model, reports, summary)
     shutil.rmtree(work, ignore_errors=True)
     summary["total_seconds"] = time.perf_counter() - t_start
     return RefineResult(output=out, images=reports, summary=summary)

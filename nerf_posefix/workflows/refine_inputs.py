@@ -27,11 +27,13 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import json
 import os
 import shutil
 import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from unittest import mock
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Optional
@@ -189,20 +191,44 @@ def validate_inputs(colmap_model: Path, images: Path, log: Optional[Callable[[st
     Raises:
         InputError: naming the offending file.
     """
-    log = _print_to_stderr if log is None else log
+    model, model_dir, ext = read_refine_model(colmap_model)
+    return validate_model(model, model_dir, ext, images, log=log)
+
+
+def read_refine_model(colmap_model: Path) -> tuple[ColmapModel, Path, str]:
+    """Read a COLMAP model ``refine`` can train on: ``(model, model directory, ".bin" | ".txt")``.
+
+    Raises:
+        InputError: naming the file: one of the model's files missing, unreadable, truncated, duplicate
+            names, a camera model outside :data:`REFINE_CAMERA_MODELS`.
+    """
     colmap_model = Path(colmap_model)
-    images = Path(images)
     for ext in (".bin", ".txt"):  # a model directory missing one of its files: name that file
         present = [k for k in MODEL_FILES if (colmap_model / f"{k}{ext}").is_file()]
         if present and len(present) < len(MODEL_FILES) and find_colmap_model_dir(colmap_model) in (None, (colmap_model, ext)):
             missing = next(k for k in MODEL_FILES if k not in present)
             raise InputError(f"{colmap_model / f'{missing}{ext}'}: missing COLMAP {missing} file")
-    # InputError naming the file: missing, unreadable, truncated, duplicate names, unknown camera model
     model = read_colmap_model(colmap_model, supported=REFINE_CAMERA_MODELS)
     found = find_colmap_model_dir(colmap_model)
     assert found is not None
-    model_dir, ext = found
-    cameras_file, images_file = model_dir / f"cameras{ext}", model_dir / f"images{ext}"
+    return model, found[0], found[1]
+
+
+def validate_model(
+    model: ColmapModel, model_dir: Path, ext: str, images: Path, log: Optional[Callable[[str], None]] = None,
+    require_tracks: bool = True, source: Optional[Path] = None,
+) -> ValidatedInput:
+    """Check ``model`` (read from ``model_dir``, files ``*{ext}``; or built in memory from ``source``, a pose
+    file) against the images on disk: enough images, supported cameras, every image present, decodable and
+    of its camera's size; with ``require_tracks`` the model must have points observed by its images.
+
+    Raises:
+        InputError: naming the offending file.
+    """
+    log = _print_to_stderr if log is None else log
+    images = Path(images)
+    cameras_file = source or model_dir / f"cameras{ext}"
+    images_file = source or model_dir / f"images{ext}"
     if not images.is_dir():
         raise InputError(f"{images}: no such image directory")
     if len(model.images) < MIN_IMAGES:
@@ -215,12 +241,13 @@ def validate_inputs(colmap_model: Path, images: Path, log: Optional[Callable[[st
                 f"{cameras_file}: camera {cam_id} uses the camera model {cam.model}, which posefix refine does not "
                 f"support (supported: {', '.join(REFINE_CAMERA_MODELS)})"
             )
-    if not model.points3D:
-        raise InputError(
-            f"{model_dir / f'points3D{ext}'}: the model has no 3D points; posefix refine needs the sparse points "
-            "(depth bounds of the homography prior, nerfstudio's conversion)"
-        )
-    _check_tracks(model, model_dir / f"images{ext}")
+    if require_tracks:
+        if not model.points3D:
+            raise InputError(
+                f"{model_dir / f'points3D{ext}'}: the model has no 3D points; posefix refine needs the sparse points "
+                "(depth bounds of the homography prior, nerfstudio's conversion)"
+            )
+        _check_tracks(model, model_dir / f"images{ext}")
     images_dir = images.resolve()
     paths: dict[str, Path] = {}
     for image_id in model.image_ids():  # cheap checks first: every file is there
@@ -278,6 +305,24 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         shutil.copy2(src, dst)
 
 
+def colmap_to_transforms(recon_dir: Path, output_dir: Path, has_points: bool = True) -> Path:
+    """nerfstudio's ``colmap_to_json`` (as ``ns-process-data``): ``output_dir/transforms.json`` and, when the
+    model has points, ``sparse_pc.ply``. Without points (tracks could not be built) nerfstudio's conversion
+    fails on the empty point cloud: the same file is written without the point cloud."""
+    from nerfstudio.process_data import colmap_utils
+
+    with contextlib.redirect_stdout(io.StringIO()):  # colmap_to_json prints the cameras of multi-camera models
+        if has_points:
+            colmap_utils.colmap_to_json(recon_dir=recon_dir, output_dir=output_dir)
+            return output_dir / "transforms.json"
+        with mock.patch.object(colmap_utils, "create_ply_from_colmap", lambda *args, **kwargs: None):
+            colmap_utils.colmap_to_json(recon_dir=recon_dir, output_dir=output_dir)
+    meta = json.loads((output_dir / "transforms.json").read_text(encoding="utf-8"))
+    meta.pop("ply_file_path", None)
+    (output_dir / "transforms.json").write_text(json.dumps(meta, indent=4), encoding="utf-8")
+    return output_dir / "transforms.json"
+
+
 def prepare_training_data(inp: ValidatedInput, data_dir: Path, downscale_factor: int = 1) -> Path:
     """Write the training dataset into ``data_dir``: links to the images (PNG copies of the converted
     ones, see the module docstring), downscaled copies, a binary copy of the model with the work-directory
@@ -287,7 +332,6 @@ def prepare_training_data(inp: ValidatedInput, data_dir: Path, downscale_factor:
     Returns:
         ``data_dir / "transforms.json"``.
     """
-    from nerfstudio.process_data.colmap_utils import colmap_to_json
     from PIL import Image
 
     tmp = data_dir.with_name(data_dir.name + ".tmp")
@@ -307,8 +351,7 @@ def prepare_training_data(inp: ValidatedInput, data_dir: Path, downscale_factor:
             img.resize(size, Image.Resampling.LANCZOS).save(tmp / f"images_{downscale_factor}" / flat)
     images = {k: im._replace(name=inp.flat_names[im.name]) for k, im in inp.model.images.items()}
     recon = write_colmap_model(replace(inp.model, images=images), tmp / "sparse" / "0", formats=("bin",))
-    with contextlib.redirect_stdout(io.StringIO()):  # colmap_to_json prints the cameras of multi-camera models
-        colmap_to_json(recon_dir=recon, output_dir=tmp)
+    colmap_to_transforms(recon, tmp, has_points=bool(inp.model.points3D))
     os.replace(tmp, data_dir)
     return data_dir / "transforms.json"
 

@@ -61,13 +61,22 @@ class RefineResult:
         hom = np.array([r.homography_error for r in self.images])
         flagged = [r for r in self.images if r.flagged]
         ba = s.get("bundle_adjustment")
+        built = s.get("tracks_built")
+        before = ba.get("reprojection_error_before_px", (built or {}).get("mean_reprojection_error_px")) if isinstance(ba, dict) else None
         stages = (
             f"bundle adjustment ({ba['loss']}"
             + (f", scale {ba['scale_px']:.3g} px" if ba.get("scale_px") is not None else "")
+            + (f", {len(ba['rounds'])} rounds re-triangulating" if ba.get("rounds") else "")
             + f": mean reprojection error "
-            f"{ba['reprojection_error_before_px']:.3g} -> {ba['reprojection_error_after_px']:.3g} px, {ba['seconds']:.1f} s)"
+            f"{before:.3g} -> {ba['reprojection_error_after_px']:.3g} px, {ba['seconds']:.1f} s)"
             if isinstance(ba, dict) else "no bundle adjustment"
         )
+        if built:
+            m = built["matches"]
+            stages = (
+                f"tracks built from the images ({m['matching']} matching, {m['num_verified_pairs']} verified pairs: "
+                f"{built['num_points']} points, {built['num_observations']} observations); " + stages
+            )
         nerf = (
             f"NeRF stage {s['method']}, {s['iterations']} iterations ({s['training_seconds']:.0f} s)"
             if s["iterations"] else "no NeRF stage (--iterations 0)"
@@ -95,9 +104,13 @@ class RefineResult:
             lines.append(
                 f"  flagged: none (thresholds {s['move_threshold_deg']:g} deg, {s['move_threshold_rel']:.1%} of the scene radius)"
             )
+        for warning in s.get("warnings", []):
+            lines.append(f"  WARNING: {warning}")
         out = self.output
+        poses_file = out / s.get("output_poses", "transforms.json")
         lines.append(
-            f"  wrote {out / 'sparse' / '0'} (bin+txt; points3D {s.get('points3D', 'carried over')}), {out / 'transforms.json'}, "
+            f"  wrote {poses_file} ({s.get('input_format', 'colmap')} input: same format and world frame), "
+            f"{out / 'sparse' / '0'} (bin+txt; points3D {s.get('points3D', 'carried over')}), "
             f"{out / REPORT_CSV}, {out / REPORT_JSON}"
         )
         return "\n".join(lines)

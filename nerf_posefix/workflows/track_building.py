@@ -1,0 +1,479 @@
+r"""Feature tracks built from the images for poses that come without them (pycolmap).
+
+Phone AR sessions, SLAM systems, robots and survey rigs give poses and images, but no tracks. This module
+makes the tracks with COLMAP's own bindings (``pycolmap``), the poses held as given:
+
+1. :func:`match_features`: SIFT features of every image and their verified matches, in a COLMAP database
+   (``database.db``). Matching is chosen for the capture (:data:`MATCHING_MODES`): ``exhaustive`` (every
+   pair; small sets), ``sequential`` (each image with its ``overlap`` successors in name/time order;
+   video-like sequences), ``auto`` (exhaustive up to :data:`EXHAUSTIVE_MAX_IMAGES` images). Features and
+   matches do not depend on the poses, so one database serves every pose set of the same images.
+2. :func:`triangulate_fixed_poses`: COLMAP's ``point_triangulator`` (``pycolmap.triangulate_points``) on the
+   database's verified matches with the given poses held fixed, at a reprojection threshold wide enough
+   for poses a few degrees off. The result is a COLMAP model in the **input world frame** with the input
+   poses exactly, and the new points and tracks.
+3. :func:`adjust_with_retriangulation`: rounds of (triangulate with the current poses, robust bundle
+   adjustment of poses and points) with a shrinking reprojection threshold (default 16, 8, 4, 2 px,
+   Cauchy scale a quarter of it): the first, loose round lets tracks form despite the pose noise; later
+   rounds re-triangulate from the improved poses and drop what no longer fits. The result is mapped back
+   onto the input frame by the similarity that best aligns the adjusted cameras with the input ones
+   (:func:`nerf_posefix.geometry.alignment.pose_alignment`: rotation from the orientations, scale and
+   translation from the centres), so noise-free input poses stay where they are and the output is in the
+   user's frame.
+
+Conventions
+-----------
+* Poses in and out are **camera-to-world** ``[N, 4, 4]`` float64 with **OpenCV** camera axes (x right,
+  y down, looking along +z), in the input world frame and units. COLMAP stores world-to-camera
+  (``cam_from_world``); the conversion is done here, once, when a reconstruction is made or read.
+* Intrinsics are COLMAP camera models (:class:`~nerf_posefix.io.camera_set.ImageCamera`) in pixels of the
+  full-resolution images, COLMAP's pixel convention (the centre of the top-left pixel is ``(0.5, 0.5)``).
+* Image names are paths relative to the images directory, as COLMAP's database stores them.
+
+``pycolmap`` (4.2.1) is a runtime dependency; it is imported inside the functions.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, Optional
+
+import numpy as np
+
+from nerf_posefix.errors import InputError
+from nerf_posefix.geometry.alignment import pose_alignment
+from nerf_posefix.geometry.poses import invert_poses
+from nerf_posefix.io.camera_set import CameraSet, ImageCamera
+from nerf_posefix.workflows.bundle_adjustment import quiet_colmap_log, reconstruction_c2w
+
+if TYPE_CHECKING:
+    import pycolmap
+
+MatchingMode = Literal["auto", "exhaustive", "sequential"]
+MATCHING_MODES: tuple[str, ...] = ("auto", "exhaustive", "sequential")
+#: ``matching="auto"``: exhaustive matching up to this many images, sequential beyond.
+EXHAUSTIVE_MAX_IMAGES = 150
+#: Database file name inside a track-building directory.
+DATABASE_FILE = "database.db"
+
+
+@dataclass
+class TrackOptions:
+    """How tracks are built from the images.
+
+    Attributes:
+        matching: ``"exhaustive"``, ``"sequential"`` or ``"auto"`` (module docstring).
+        sequential_overlap: images each image is matched with, forward in name order (sequential).
+        max_num_features: most SIFT features per image (COLMAP's default 8192).
+        max_image_size: images are resized for extraction to at most this many pixels on their longer side
+            (COLMAP's default 3200); keypoints are in full-resolution pixels either way.
+        reproj_schedule_px: the reprojection thresholds (pixels) of the triangulate / adjust rounds of
+            :func:`adjust_with_retriangulation`; the first is also the threshold of the initial
+            triangulation with the input poses.
+        min_points: fewest triangulated points for the tracks to be used; below, refine falls back to the
+            photometric refinement and says so.
+        min_observations_per_image: an image with fewer track observations is reported as weakly anchored.
+        num_threads: COLMAP's threads (-1: all cores).
+        seed: COLMAP's random seed (RANSAC of the match verification).
+    """
+
+    matching: MatchingMode = "auto"
+    sequential_overlap: int = 10
+    max_num_features: int = 8192
+    max_image_size: int = 3200
+    reproj_schedule_px: tuple[float, ...] = (16.0, 8.0, 4.0, 2.0)
+    min_points: int = 100
+    min_observations_per_image: int = 20
+    num_threads: int = -1
+    seed: int = 0
+
+    def check(self) -> None:
+        """Raise :class:`InputError` naming the bad option."""
+        if self.matching not in MATCHING_MODES:
+            raise InputError(f"--matching must be one of {', '.join(MATCHING_MODES)}, got {self.matching!r}")
+        if self.sequential_overlap < 1:
+            raise InputError(f"--sequential-overlap must be >= 1, got {self.sequential_overlap}")
+        if self.max_num_features < 64:
+            raise InputError(f"--max-num-features must be >= 64, got {self.max_num_features}")
+        if not self.reproj_schedule_px or not all(np.isfinite(r) and r > 0 for r in self.reproj_schedule_px):
+            raise InputError(f"the reprojection schedule must be positive pixels, got {list(self.reproj_schedule_px)}")
+
+    def matching_for(self, num_images: int) -> str:
+        """The matching actually run for ``num_images`` images."""
+        if self.matching == "auto":
+            return "exhaustive" if num_images <= EXHAUSTIVE_MAX_IMAGES else "sequential"
+        return self.matching
+
+
+@dataclass
+class MatchSummary:
+    """What :func:`match_features` made: ``matching`` used, images, keypoints, image pairs that passed the
+    geometric verification and their inlier matches, seconds."""
+
+    database: Path
+    matching: str
+    num_images: int
+    num_keypoints: int
+    num_verified_pairs: int
+    num_inlier_matches: int
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"database": str(self.database), "matching": self.matching, "num_images": self.num_images,
+                "num_keypoints": self.num_keypoints, "num_verified_pairs": self.num_verified_pairs,
+                "num_inlier_matches": self.num_inlier_matches, "seconds": self.seconds}
+
+
+@dataclass
+class TrackStats:
+    """How well a reconstruction's tracks anchor its images.
+
+    Attributes:
+        num_points: 3D points; num_observations: their 2D observations.
+        observations_per_image: ``{image name: observations}``.
+        mean_reprojection_error_px: COLMAP's mean over points of their mean residual (pixels).
+        weak_images: names of images with fewer than ``min_observations_per_image`` observations.
+    """
+
+    num_points: int
+    num_observations: int
+    observations_per_image: dict[str, int]
+    mean_reprojection_error_px: float
+    weak_images: list[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "num_points": self.num_points,
+            "num_observations": self.num_observations,
+            "mean_reprojection_error_px": self.mean_reprojection_error_px,
+            "median_observations_per_image": float(np.median(list(self.observations_per_image.values()) or [0])),
+            "weak_images": self.weak_images,
+        }
+
+
+def track_stats(rec: "pycolmap.Reconstruction", min_observations_per_image: int) -> TrackStats:
+    """:class:`TrackStats` of ``rec``."""
+    per_image = {}
+    for image_id in rec.reg_image_ids():
+        image = rec.images[image_id]
+        per_image[image.name] = int(image.num_points3D)
+    weak = sorted(n for n, k in per_image.items() if k < min_observations_per_image)
+    error = float(rec.compute_mean_reprojection_error()) if rec.num_points3D() else float("nan")
+    return TrackStats(int(rec.num_points3D()), int(rec.compute_num_observations()), per_image, error, weak)
+
+
+# ---------------------------------------------------------------------------------------------
+# features and matches
+
+
+def _camera_groups(names: Sequence[str], cameras: dict[str, ImageCamera]) -> list[tuple[ImageCamera, list[str]]]:
+    """Images grouped by identical intrinsics, first-appearance order."""
+    groups: dict[ImageCamera, list[str]] = {}
+    for name in names:
+        groups.setdefault(cameras[name], []).append(name)
+    return list(groups.items())
+
+
+def match_features(
+    images_dir: str | Path,
+    names: Sequence[str],
+    cameras: dict[str, ImageCamera],
+    database: str | Path,
+    options: TrackOptions | None = None,
+    verbose: bool = False,
+    log: Optional[Callable[[str], None]] = None,
+) -> MatchSummary:
+    """Extract SIFT features of ``names`` (relative to ``images_dir``) with the given intrinsics and match
+    them into a new COLMAP database ``database`` (which must not exist).
+
+    Each distinct :class:`ImageCamera` becomes one COLMAP camera (``CameraMode.SINGLE`` per group). Images
+    are matched exhaustively or sequentially in the order of ``names`` (:class:`TrackOptions`); pairs are
+    verified geometrically by COLMAP (RANSAC, seeded).
+
+    Raises:
+        InputError: ``database`` exists, or a name has no camera.
+    """
+    import pycolmap
+
+    options = options or TrackOptions()
+    options.check()
+    log = log or (lambda message: None)
+    database, images_dir = Path(database), Path(images_dir)
+    if database.exists():
+        raise InputError(f"{database}: a COLMAP database is there already")
+    missing = [n for n in names if n not in cameras]
+    if missing:
+        raise InputError(f"no intrinsics for the images {', '.join(missing[:5])}")
+    seconds: dict[str, float] = {}
+    t0 = time.perf_counter()
+    extraction = pycolmap.FeatureExtractionOptions()
+    extraction.num_threads = options.num_threads
+    extraction.max_image_size = options.max_image_size
+    extraction.sift.max_num_features = options.max_num_features
+    with quiet_colmap_log(verbose):
+        for camera, group in _camera_groups(names, cameras):
+            reader = pycolmap.ImageReaderOptions()
+            reader.camera_model = camera.model
+            reader.camera_params = ",".join(repr(float(p)) for p in camera.params)
+            log(f"features of {len(group)} images ({camera.model} {camera.width}x{camera.height})")
+            pycolmap.extract_features(
+                database, images_dir, image_names=list(group), camera_mode=pycolmap.CameraMode.SINGLE,
+                reader_options=reader, extraction_options=extraction, device=pycolmap.Device.cpu,
+            )
+    seconds["extract"] = time.perf_counter() - t0
+    matching = options.matching_for(len(names))
+    order = _database_order(database, names)
+    t0 = time.perf_counter()
+    matcher = pycolmap.FeatureMatchingOptions()
+    matcher.num_threads = options.num_threads
+    verification = pycolmap.TwoViewGeometryOptions()
+    verification.ransac.random_seed = options.seed
+    log(f"{matching} matching of {len(names)} images")
+    with quiet_colmap_log(verbose):
+        if matching == "exhaustive":
+            pycolmap.match_exhaustive(database, matching_options=matcher, verification_options=verification, device=pycolmap.Device.cpu)
+        else:
+            if order != sorted(order):
+                raise InputError("sequential matching needs the images' database order to follow their capture order")
+            pairing = pycolmap.SequentialPairingOptions()
+            pairing.overlap = options.sequential_overlap
+            pairing.num_threads = options.num_threads
+            pycolmap.match_sequential(
+                database, matching_options=matcher, pairing_options=pairing, verification_options=verification,
+                device=pycolmap.Device.cpu,
+            )
+    seconds["match"] = time.perf_counter() - t0
+    summary = database_summary(database, matching, seconds)
+    if summary.num_images != len(names):
+        raise RuntimeError(f"{database}: {summary.num_images} images after feature extraction, expected {len(names)}")
+    return summary
+
+
+def database_summary(database: str | Path, matching: str, seconds: dict[str, float] | None = None) -> MatchSummary:
+    """What a COLMAP database holds: images, keypoints, image pairs that passed the geometric verification
+    (COLMAP also records those that failed, with no inliers) and their inlier matches."""
+    import pycolmap
+
+    db = pycolmap.Database.open(str(database))
+    try:
+        num_keypoints = int(db.num_keypoints())
+        num_images = int(db.num_images())
+        _, geometries = db.read_two_view_geometries()
+        inliers = [int(g.inlier_matches.shape[0]) for g in geometries]
+    finally:
+        db.close()
+    num_pairs = sum(1 for k in inliers if k > 0)
+    return MatchSummary(Path(database), matching, num_images, num_keypoints, num_pairs, sum(inliers), dict(seconds or {}))
+
+
+def _database_order(database: Path, names: Sequence[str]) -> list[int]:
+    """The database image id of each of ``names``, in that order."""
+    import pycolmap
+
+    db = pycolmap.Database.open(str(database))
+    try:
+        ids = {im.name: im.image_id for im in db.read_all_images()}
+    finally:
+        db.close()
+    missing = [n for n in names if n not in ids]
+    if missing:
+        raise InputError(f"{database}: images not in the COLMAP database: {', '.join(missing[:5])}")
+    return [int(ids[n]) for n in names]
+
+
+# ---------------------------------------------------------------------------------------------
+# triangulation and adjustment
+
+
+def reconstruction_from_poses(
+    database: str | Path, posed: CameraSet, cameras: dict[str, ImageCamera] | None = None
+) -> "pycolmap.Reconstruction":
+    """A point-less reconstruction of the database's images (same image and camera ids) with the poses of
+    ``posed`` (camera-to-world, OpenCV axes, by name), and the database's cameras or, when given, the
+    intrinsics ``cameras`` (by image name; images sharing a database camera must share intrinsics).
+
+    Raises:
+        InputError: an image of ``posed`` is not in the database.
+    """
+    import pycolmap
+
+    db = pycolmap.Database.open(str(database))
+    try:
+        db_images = {im.name: im for im in db.read_all_images()}
+        db_cameras = {cam.camera_id: cam for cam in db.read_all_cameras()}
+    finally:
+        db.close()
+    missing = [n for n in posed.names if n not in db_images]
+    if missing:
+        raise InputError(f"{database}: images not in the COLMAP database: {', '.join(missing[:5])}")
+    rec = pycolmap.Reconstruction()
+    for camera_id in sorted({db_images[n].camera_id for n in posed.names}):
+        camera = db_cameras[camera_id]
+        if cameras is not None:
+            given = {cameras[n] for n in posed.names if db_images[n].camera_id == camera_id}
+            if len(given) != 1:
+                raise InputError(f"{database}: images of camera {camera_id} are given different intrinsics")
+            intrinsics = given.pop()
+            camera = pycolmap.Camera.create_from_model_name(camera_id, intrinsics.model, 1.0, intrinsics.width, intrinsics.height)
+            camera.params = np.asarray(intrinsics.params, dtype=np.float64)
+        rec.add_camera_with_trivial_rig(camera)
+    w2c = invert_poses(posed.c2w)  # [N, 4, 4] world-to-camera, OpenCV axes
+    for k, name in enumerate(posed.names):
+        db_image = db_images[name]
+        image = pycolmap.Image(name=name, camera_id=db_image.camera_id, image_id=db_image.image_id)
+        rec.add_image_with_trivial_frame(image, pycolmap.Rigid3d(pycolmap.Rotation3d(w2c[k, :3, :3]), w2c[k, :3, 3]))
+    return rec
+
+
+def _triangulation_options(max_reproj_px: float, focal_px: float, num_threads: int, seed: int) -> "pycolmap.IncrementalPipelineOptions":
+    import pycolmap
+
+    options = pycolmap.IncrementalPipelineOptions()
+    options.num_threads = num_threads
+    options.random_seed = seed
+    options.ba_refine_focal_length = False
+    options.ba_refine_principal_point = False
+    options.ba_refine_extra_params = False
+    options.mapper.filter_max_reproj_error = float(max_reproj_px)
+    options.triangulation.merge_max_reproj_error = float(max_reproj_px)
+    options.triangulation.complete_max_reproj_error = float(max_reproj_px)
+    # Angle thresholds of track creation / continuation: poses a few degrees off must not veto every track
+    # in the loose first round.
+    angle = max(2.0, float(max_reproj_px) / focal_px * 180.0 / np.pi)
+    options.triangulation.create_max_angle_error = angle
+    options.triangulation.continue_max_angle_error = angle
+    return options
+
+
+def _focal_px(rec: "pycolmap.Reconstruction") -> float:
+    return float(np.mean([cam.mean_focal_length() for cam in rec.cameras.values()]))
+
+
+def triangulate_fixed_poses(
+    rec: "pycolmap.Reconstruction", database: str | Path, images_dir: str | Path, max_reproj_px: float,
+    num_threads: int = -1, seed: int = 0, verbose: bool = False,
+) -> "pycolmap.Reconstruction":
+    """COLMAP's point triangulator on the database's verified matches with ``rec``'s poses held fixed (its
+    points are cleared first); tracks are created, merged and completed within ``max_reproj_px`` pixels.
+    Returns the new reconstruction (poses unchanged, intrinsics unchanged)."""
+    import tempfile
+
+    import pycolmap
+
+    options = _triangulation_options(max_reproj_px, _focal_px(rec), num_threads, seed)
+    with tempfile.TemporaryDirectory(prefix="posefix-triangulation-") as work, quiet_colmap_log(verbose):
+        return pycolmap.triangulate_points(rec, str(database), str(images_dir), work, clear_points=True, options=options)
+
+
+@dataclass
+class AdjustedTracks:
+    """Outcome of :func:`adjust_with_retriangulation`.
+
+    Attributes:
+        reconstruction: the adjusted ``pycolmap.Reconstruction``, mapped onto the input frame.
+        names: ``[N]`` image names, sorted; c2w: ``[N, 4, 4]`` adjusted camera-to-world poses (OpenCV axes,
+            input world frame); input_c2w: the input poses, same order.
+        rounds: per round ``{max_reproj_px, loss_scale_px, num_points3D, num_observations,
+            mean_reprojection_error_px}``.
+        alignment: the similarity applied at the end (adjusted frame -> input frame).
+        seconds: wall time of all rounds.
+    """
+
+    reconstruction: Any
+    names: list[str]
+    c2w: np.ndarray
+    input_c2w: np.ndarray
+    rounds: list[dict[str, float]]
+    alignment: Any
+    seconds: float
+
+
+def adjust_with_retriangulation(
+    database: str | Path,
+    images_dir: str | Path,
+    posed: CameraSet,
+    options: TrackOptions | None = None,
+    verbose: bool = False,
+    log: Optional[Callable[[str], None]] = None,
+    cameras: dict[str, ImageCamera] | None = None,
+    refine_intrinsics: bool = False,
+) -> AdjustedTracks:
+    """Refine ``posed`` (camera-to-world, OpenCV, input frame) by rounds of triangulation with the current
+    poses held fixed and robust bundle adjustment (Cauchy, scale a quarter of the round's threshold) of poses
+    and points, over ``options.reproj_schedule_px``; then map the result onto the input frame (module
+    docstring). Intrinsics: the database's, or ``cameras`` (see :func:`reconstruction_from_poses`); held
+    fixed unless ``refine_intrinsics`` (focal lengths and distortion; the principal point stays).
+
+    Raises:
+        InputError: no point could be triangulated in a round (the message gives the round's threshold).
+    """
+    import pycolmap
+
+    options = options or TrackOptions()
+    options.check()
+    log = log or (lambda message: None)
+    t0 = time.perf_counter()
+    rec = reconstruction_from_poses(database, posed, cameras)
+    names, input_c2w = reconstruction_c2w(rec)
+    rounds: list[dict[str, float]] = []
+    for r in options.reproj_schedule_px:
+        rec = triangulate_fixed_poses(rec, database, images_dir, r, options.num_threads, options.seed, verbose)
+        if rec.num_points3D() == 0:
+            raise InputError(f"no point could be triangulated at {r:g} px from the verified matches and the given poses")
+        ba = pycolmap.BundleAdjustmentOptions()
+        ba.refine_focal_length = refine_intrinsics
+        ba.refine_principal_point = False
+        ba.refine_extra_params = refine_intrinsics
+        ba.print_summary = False
+        ba.ceres.loss_function_type = pycolmap.LossFunctionType.CAUCHY
+        ba.ceres.loss_function_scale = float(r) / 4.0
+        ba.ceres.solver_options.num_threads = options.num_threads
+        with quiet_colmap_log(verbose):
+            pycolmap.bundle_adjustment(rec, ba)
+        rounds.append({
+            "max_reproj_px": float(r),
+            "loss_scale_px": float(r) / 4.0,
+            "num_points3D": int(rec.num_points3D()),
+            "num_observations": int(rec.compute_num_observations()),
+            "mean_reprojection_error_px": float(rec.compute_mean_reprojection_error()),
+        })
+        log(f"round {len(rounds)}/{len(options.reproj_schedule_px)} at {r:g} px: {rec.num_points3D()} points, "
+            f"mean reprojection error {rounds[-1]['mean_reprojection_error_px']:.3f} px")
+    _, adjusted = reconstruction_c2w(rec)
+    alignment = pose_alignment(adjusted, input_c2w)
+    rec.transform(pycolmap.Sim3d(alignment.scale, pycolmap.Rotation3d(alignment.rotation), alignment.translation))
+    rec.update_point_3d_errors()
+    out_names, c2w = reconstruction_c2w(rec)
+    if out_names != names:
+        raise RuntimeError("the bundle adjustment changed the set of registered images")
+    return AdjustedTracks(rec, names, c2w, input_c2w, rounds, alignment, time.perf_counter() - t0)
+
+
+def copy_database(source: str | Path, target: str | Path) -> Path:
+    """Copy a COLMAP database (the input is never modified: triangulation reads it only, but COLMAP opens
+    it read-write)."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(source, target)
+    return target
+
+
+__all__ = [
+    "AdjustedTracks",
+    "DATABASE_FILE",
+    "MATCHING_MODES",
+    "MatchSummary",
+    "TrackOptions",
+    "TrackStats",
+    "adjust_with_retriangulation",
+    "copy_database",
+    "database_summary",
+    "match_features",
+    "reconstruction_from_poses",
+    "track_stats",
+    "triangulate_fixed_poses",
+]

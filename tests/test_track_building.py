@@ -1,0 +1,247 @@
+"""Tracks built from the images (issue 16): features, matches and triangulation with pycolmap, the poses held
+fixed; ``posefix refine`` on poses that come without tracks (transforms.json, TUM, a point-less COLMAP model),
+written back in the input's own format and frame; bad inputs are one error with nothing written.
+
+The bundled ``toybox`` (64 views, 128²) is used for the tracks: at the tiny scene's 64² SIFT finds ~95
+features per image and at most ~8 of them pass the ratio test between neighbouring views, too few for a
+verified pair (the tiny scene is the fallback's test).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pycolmap
+import pytest
+
+from benchmarks import make_scene
+from nerf_posefix.cli.main import main
+from nerf_posefix.geometry.alignment import align
+from nerf_posefix.geometry.poses import rotation_angle_deg
+from nerf_posefix.io.camera_set import CameraSet
+from nerf_posefix.io.colmap import colmap_model_from_poses, write_colmap_model
+from nerf_posefix.io.posed_images import load_posed_images
+from nerf_posefix.io.sources import load_camera_set
+from nerf_posefix.io.transforms_json import read_transforms_json
+from nerf_posefix.io.tum import write_tum
+from nerf_posefix.workflows.perturb import perturb_dataset
+from nerf_posefix.workflows.track_building import (
+    match_features,
+    reconstruction_from_poses,
+    track_stats,
+    triangulate_fixed_poses,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+TOYBOX = ROOT / "assets" / "toybox"
+TINY = ROOT / "assets" / "toybox_tiny"
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def database(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """SIFT features and exhaustive matches of the bundled scene's images (pose independent)."""
+    posed = load_posed_images(TOYBOX / "transforms.json")
+    db = tmp_path_factory.mktemp("tracks") / "database.db"
+    summary = match_features(posed.images_dir, posed.cameras.names, posed.intrinsics, db)
+    assert summary.num_images == 64 and summary.matching == "exhaustive"
+    return db
+
+
+@pytest.fixture(scope="module")
+def noisy(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    data = tmp_path_factory.mktemp("anywhere") / "noisy"
+    perturb_dataset(TOYBOX, data, rotation_deg=3.0, translation=0.05, seed=3)
+    return data
+
+
+def _errors(est: CameraSet, gt: CameraSet) -> tuple[np.ndarray, np.ndarray]:
+    """Per camera (gt order): rotation error (deg) and centre error (gt units) after Sim(3) alignment."""
+    order = [est.names.index(n) for n in gt.names]
+    c2w = est.c2w[order]
+    aligned = align(c2w, gt.c2w, mode="sim3").apply(c2w)
+    rot = rotation_angle_deg(gt.c2w[:, :3, :3], aligned[:, :3, :3])
+    return rot, np.linalg.norm(aligned[:, :3, 3] - gt.c2w[:, :3, 3], axis=-1)
+
+
+def _tree(path: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def test_tracks_from_exact_poses_lie_on_the_true_surface(database: Path) -> None:
+    posed = load_posed_images(TOYBOX / "transforms.json")
+    rec = triangulate_fixed_poses(reconstruction_from_poses(database, posed.cameras), database, posed.images_dir, 2.0)
+    stats = track_stats(rec, min_observations_per_image=20)
+    assert stats.num_points > 1000 and not stats.weak_images
+    # the poses were held fixed
+    names, c2w = zip(*sorted((im.name, np.linalg.inv(np.vstack([im.cam_from_world().matrix(), [0, 0, 0, 1]])))
+                             for im in rec.images.values()))
+    truth = dict(zip(posed.cameras.names, posed.cameras.c2w))
+    assert max(np.abs(c2w_k - truth[n]).max() for n, c2w_k in zip(names, c2w)) < 1e-9
+    # sub-pixel reprojection errors
+    rec.update_point_3d_errors()
+    per_point = np.array([p.error for p in rec.points3D.values()])
+    assert np.median(per_point) < 0.3 and stats.mean_reprojection_error_px < 0.5
+    # each point at the depth of the scene's surface along the ray from a camera observing it (the
+    # generator's ray caster: ground, backdrop and objects)
+    rel = []
+    for point in rec.points3D.values():
+        centre = np.asarray(rec.images[point.track.elements[0].image_id].projection_center())
+        ray = np.asarray(point.xyz) - centre
+        depth = np.linalg.norm(ray)
+        t, _, _ = make_scene.cast(centre[None], (ray / depth)[None], make_scene.SceneConfig().backdrop_radius)
+        rel.append(abs(depth - t[0]) / t[0])
+    rel = np.array(rel)
+    assert np.median(rel) < 0.01 and np.mean(rel < 0.05) > 0.9
+
+
+def test_transforms_json_in_refined_transforms_json_out(noisy: Path, database: Path, tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    out = tmp_path / "refined"
+    before = _tree(noisy)
+    code = main(["refine", "--poses", str(noisy / "transforms.json"), "--database", str(database), "--output", str(out), "--quiet"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "features and matches from" in captured.out and "re-triangulating" in captured.out
+    assert _tree(noisy) == before  # the input is untouched
+    meta_in = json.loads((noisy / "transforms.json").read_text())
+    meta_out = json.loads((out / "transforms.json").read_text())
+    # same file, same conventions: every key kept (applied_transform included), frames in order, new poses only
+    assert {k: v for k, v in meta_out.items() if k != "frames"} == {k: v for k, v in meta_in.items() if k != "frames"}
+    assert [{k: v for k, v in f.items() if k != "transform_matrix"} for f in meta_out["frames"]] == [
+        {k: v for k, v in f.items() if k != "transform_matrix"} for f in meta_in["frames"]
+    ]
+    gt = read_transforms_json(noisy / "transforms_gt.json")
+    rot_in, centre_in = _errors(read_transforms_json(noisy / "transforms.json"), gt)
+    rot_out, centre_out = _errors(read_transforms_json(out / "transforms.json"), gt)
+    assert np.median(rot_in) > 2.5 and np.median(rot_out) < 0.25
+    assert np.median(centre_out) < 0.1 * np.median(centre_in)
+    # nerfstudio's own dataparser reads the output with its images, and sees the refined poses
+    from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataParserConfig
+
+    outputs = NerfstudioDataParserConfig(data=out, eval_mode="all").setup().get_dataparser_outputs("train")
+    assert len(outputs.image_filenames) == 64 and all(Path(f).is_file() for f in outputs.image_filenames)
+    # the COLMAP model beside it holds the new tracks, in the same world frame as the written poses
+    model = load_camera_set(out / "sparse" / "0")
+    assert model.points is not None and len(model.points) > 1000
+    refined = read_transforms_json(out / "transforms.json")
+    order = [model.names.index(f"images/{n}") for n in refined.names]
+    assert np.abs(model.c2w[order] - refined.c2w).max() < 1e-9
+    report = json.loads((out / "report.json").read_text())["summary"]
+    assert report["input_format"] == "transforms" and report["warnings"] == []
+    assert report["reprojection_error_px"]["output"] < 0.5 < report["reprojection_error_px"]["input"]
+
+
+def test_tum_in_tum_out_with_the_same_timestamps(noisy: Path, database: Path, tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    from evo.tools import file_interface
+
+    noisy_set = read_transforms_json(noisy / "transforms.json")  # names 000.png ...
+    stamps = 1000.0 + 0.1 * np.arange(len(noisy_set))  # [N] image times
+    # the trajectory also has poses between the images (a SLAM system's rate): they are corrected by their
+    # nearest image's correction
+    mid = noisy_set.c2w.copy()
+    mid[:, :3, 3] += 0.01
+    c2w = np.concatenate([noisy_set.c2w, mid])
+    times = np.concatenate([stamps, stamps + 0.05])
+    order = np.argsort(times)
+    traj = tmp_path / "slam.txt"
+    write_tum(CameraSet(names=[f"{t:.6f}" for t in times[order]], c2w=c2w[order]), traj, timestamps=times[order])
+    text = traj.read_text().splitlines()
+    traj.write_text("\n".join(line for line in text if not line.startswith("#")) + "\n")  # a plain TUM file
+    listing = tmp_path / "rgb.txt"
+    # image names relative to --images, as the shared database has them
+    listing.write_text("# timestamp filename\n" + "".join(f"{t:.6f} images/{n}\n" for t, n in zip(stamps, noisy_set.names)))
+    fx = 0.5 * 128 / np.tan(np.deg2rad(55.0) / 2)
+    camera = f"PINHOLE {fx!r},{fx!r},64,64"
+    out = tmp_path / "refined"
+    args = ["refine", "--poses", str(traj), "--images", str(noisy), "--timestamps", str(listing),
+            "--camera", camera, "--database", str(database), "--output", str(out), "--quiet"]
+    code = main(args)
+    assert code == 0, capsys.readouterr().err
+    written = file_interface.read_tum_trajectory_file(str(out / "slam.txt"))
+    original = file_interface.read_tum_trajectory_file(str(traj))
+    assert np.array_equal(written.timestamps, original.timestamps)
+    gt = read_transforms_json(noisy / "transforms_gt.json")
+    at_images = np.searchsorted(written.timestamps, stamps)
+    refined = CameraSet(names=noisy_set.names, c2w=np.stack(written.poses_se3)[at_images])
+    rot_out, _ = _errors(refined, gt)
+    assert np.median(rot_out) < 0.25
+    # the rows between images moved with their neighbour: the 1 cm offset to it is kept (in its camera frame)
+    between = np.stack(written.poses_se3)[at_images + 1]
+    offset = np.linalg.inv(refined.c2w) @ between
+    assert np.allclose(offset[:, :3, :3], np.eye(3), atol=1e-9)
+    assert np.allclose(np.linalg.norm(offset[:, :3, 3], axis=-1), np.sqrt(3) * 0.01, rtol=1e-6)
+
+
+def test_colmap_model_without_points_gets_new_tracks(noisy: Path, database: Path, tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    noisy_set = read_transforms_json(noisy / "transforms.json")
+    fx = 0.5 * 128 / np.tan(np.deg2rad(55.0) / 2)
+    bare = tmp_path / "bare"
+    names = [f"images/{n}" for n in noisy_set.names]  # relative to --images, as the shared database has them
+    write_colmap_model(colmap_model_from_poses(names, noisy_set.c2w, 128, 128, fx), bare, formats=("bin",))
+    out = tmp_path / "refined"
+    code = main(["refine", "--poses", str(bare), "--images", str(noisy), "--database", str(database),
+                 "--output", str(out), "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    rec = pycolmap.Reconstruction(str(out / "sparse" / "0"))
+    assert rec.num_points3D() > 1000 and rec.compute_mean_reprojection_error() < 0.5
+    refined = load_camera_set(out / "sparse" / "0")
+    refined.names = [n.split("/")[-1] for n in refined.names]
+    rot_out, _ = _errors(refined, read_transforms_json(noisy / "transforms_gt.json"))
+    assert np.median(rot_out) < 0.25
+
+
+def test_too_few_tracks_fall_back_to_the_photometric_refinement(tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    out = tmp_path / "refined"
+    code = main(["refine", "--poses", str(TINY / "transforms.json"), "--output", str(out), "--iterations", "2",
+                 "--threads", "1", "--quiet"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "warning: only 0 points could be triangulated" in captured.out
+    summary = json.loads((out / "report.json").read_text())["summary"]
+    assert summary["tracks"] == "off" and summary["iterations"] == 2 and summary["bundle_adjustment"] == "none"
+    assert summary["tracks_built"]["num_points"] == 0 and "photometric refinement" in summary["warnings"][0]
+    assert "WARNING: only 0 points" in captured.out
+    assert len(read_transforms_json(out / "transforms.json")) == 16
+
+
+def _one_error(args: list[str], tmp_path: Path, capsys, expected: str) -> None:  # noqa: ANN001
+    before = sorted(p.name for p in tmp_path.iterdir())
+    code = main(args)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("posefix: error:") and expected in err[0], err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written
+
+
+def test_bad_pose_sources_are_one_error_and_nothing_written(tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    data = tmp_path / "data"
+    shutil.copytree(TINY, data, ignore=shutil.ignore_patterns("sparse*"))
+    (data / "images" / "005.png").unlink()
+    _one_error(["refine", "--poses", str(data / "transforms.json"), "--output", str(tmp_path / "o1")], tmp_path, capsys,
+               "1 of 16 images not found")
+    meta = json.loads((TINY / "transforms.json").read_text())
+    meta["frames"].append(dict(meta["frames"][0]))
+    dup = tmp_path / "dup.json"
+    dup.write_text(json.dumps(meta))
+    shutil.copytree(TINY / "images", tmp_path / "images")
+    _one_error(["refine", "--poses", str(dup), "--output", str(tmp_path / "o2")], tmp_path, capsys, "duplicate camera names: 000.png")
+    # TUM: a timestamp list whose image has no pose in the trajectory, one naming an image twice, no intrinsics
+    gt = read_transforms_json(TINY / "transforms.json")
+    traj = tmp_path / "traj.txt"
+    write_tum(gt, traj, timestamps=np.arange(16, dtype=float))
+    listing = tmp_path / "rgb.txt"
+    listing.write_text("".join(f"{k}.0 {n}\n" for k, n in enumerate(gt.names)).replace("15.0 ", "15.5 "))
+    tum = ["refine", "--poses", str(traj), "--images", str(tmp_path / "images"), "--camera", "PINHOLE 61.5,61.5,32,32"]
+    _one_error(tum + ["--timestamps", str(listing), "--output", str(tmp_path / "o3")], tmp_path, capsys,
+               "1 of 16 images have no pose within 0.01 s (--t-max-diff): 015.png (15.500000)")
+    listing.write_text("".join(f"{k}.0 {n}\n" for k, n in enumerate(gt.names)) + "3.0 003.png\n")
+    _one_error(tum + ["--timestamps", str(listing), "--output", str(tmp_path / "o4")], tmp_path, capsys,
+               "image 003.png is listed twice")
+    listing.write_text("".join(f"{k}.0 {n}\n" for k, n in enumerate(gt.names)))
+    _one_error(tum[:-2] + ["--timestamps", str(listing), "--output", str(tmp_path / "o5")], tmp_path, capsys,
+               "give --camera")
+    _one_error(tum[:3] + ["--camera", "PINHOLE 61.5,32,32", "--images", str(tmp_path / "images"), "--timestamps",
+                          str(listing), "--output", str(tmp_path / "o6")], tmp_path, capsys, "PINHOLE takes 4 parameters")
