@@ -221,7 +221,7 @@ def test_bad_pose_sources_are_one_error_and_nothing_written(tmp_path: Path, caps
     shutil.copytree(TINY, data, ignore=shutil.ignore_patterns("sparse*"))
     (data / "images" / "005.png").unlink()
     _one_error(["refine", "--poses", str(data / "transforms.json"), "--output", str(tmp_path / "o1")], tmp_path, capsys,
-               "1 of 16 images not found")
+               "images/005.png: image file not found (1 of 16 images")
     meta = json.loads((TINY / "transforms.json").read_text())
     meta["frames"].append(dict(meta["frames"][0]))
     dup = tmp_path / "dup.json"
@@ -245,3 +245,38 @@ def test_bad_pose_sources_are_one_error_and_nothing_written(tmp_path: Path, caps
                "give --camera")
     _one_error(tum[:3] + ["--camera", "PINHOLE 61.5,32,32", "--images", str(tmp_path / "images"), "--timestamps",
                           str(listing), "--output", str(tmp_path / "o6")], tmp_path, capsys, "PINHOLE takes 4 parameters")
+
+
+def test_resume_reuses_the_features_and_matches(noisy: Path, tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    """Sequential matching (name order), interrupted in the NeRF stage, resumed: the database, the
+    triangulated tracks and the bundle adjustment kept in OUT.partial are not made again. The bundled scene's
+    two rings of 32 views are not linked by 5-image sequential overlap: each ring is refined within itself
+    and placed by its noisy input poses (said in a warning), so the result is worse than with exhaustive
+    matching but still far better than the input."""
+    from nerf_posefix.workflows.refine import RefineOptions, partial_dir, refine
+
+    out = tmp_path / "refined"
+    options = RefineOptions(output=out, poses=noisy / "transforms.json", matching="sequential", sequential_overlap=5,
+                            iterations=3, checkpoint_every=1, threads=1, quiet=True)
+
+    def interrupt(done: int, loss) -> None:  # noqa: ANN001
+        if done == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        refine(options, callback=interrupt)
+    first = capsys.readouterr().out
+    assert "sequential matching of 64 images" in first
+    work = partial_dir(out)
+    assert (work / "tracks" / "database.db").is_file() and (work / "bundle_adjusted" / "result.json").is_file()
+    result = refine(RefineOptions(**{**options.__dict__, "resume": True}))
+    again = capsys.readouterr().out
+    assert "building tracks" not in again and "re-triangulating" not in again, (first, again)
+    assert result.summary["iterations"] == 3 and result.summary["resumed_from_iteration"] >= 1
+    assert result.summary["tracks_built"]["matches"]["matching"] == "sequential", result.summary
+    assert not work.exists()  # removed once the output is written
+    assert "2 separate groups (largest 32 of 64 images)" in result.summary["warnings"][0]
+    gt = read_transforms_json(noisy / "transforms_gt.json")
+    rot_in, _ = _errors(read_transforms_json(noisy / "transforms.json"), gt)
+    rot_out, _ = _errors(read_transforms_json(out / "transforms.json"), gt)
+    assert np.median(rot_out) < 0.2 * np.median(rot_in)

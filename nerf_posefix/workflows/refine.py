@@ -444,10 +444,20 @@ def _built_tracks_adjustment_stage(
             "rounds": result.rounds,
             "reprojection_error_after_px": result.rounds[-1]["mean_reprojection_error_px"],
             "seconds": result.seconds,
-            "gauge": "sim3_poses",
+            "gauge": "sim3_poses per group of images connected by tracks",
         }
+        last = result.rounds[-1]
+        if last["num_components"] > 1:
+            summary["warning"] = (
+                f"the tracks link the images in {last['num_components']} separate groups (largest "
+                f"{last['largest_component']} of {len(result.names)} images): each group is refined within itself and "
+                "placed by its input poses, so their relative placement keeps the input's error; more overlap "
+                "(--matching exhaustive, --sequential-overlap) can link them"
+            )
         record.write_text(json.dumps(summary, indent=2), encoding="utf-8")
     summary = json.loads(record.read_text(encoding="utf-8"))
+    if "warning" in summary:
+        print(f"posefix refine: warning: {summary['warning']}", flush=True)
     adjusted = read_colmap_model(ba_dir / "sparse" / "0")
     names = {im.name for im in adjusted.images.values()}
     missing = [im.name for im in inp.model.images.values() if im.name not in names]
@@ -744,7 +754,7 @@ def refine(options: RefineOptions, callback: Optional[Callable[[int, Optional[fl
     )
     if built:
         summary["tracks_built"] = {**track_summary, "fallback": fallback}
-        summary["warnings"] = [fallback] if fallback else []
+        summary["warnings"] = [w for w in (fallback, (ba_summary or {}).get("warning")) if w]
     out = _write_output(options, posed, inp, model, reports, summary)
     shutil.rmtree(work, ignore_errors=True)
     summary["total_seconds"] = time.perf_counter() - t_start

@@ -5,8 +5,8 @@ makes the tracks with COLMAP's own bindings (``pycolmap``), the poses held as gi
 
 1. :func:`match_features`: SIFT features of every image and their verified matches, in a COLMAP database
    (``database.db``). Matching is chosen for the capture (:data:`MATCHING_MODES`): ``exhaustive`` (every
-   pair; small sets), ``sequential`` (each image with its ``overlap`` successors in name/time order;
-   video-like sequences), ``auto`` (exhaustive up to :data:`EXHAUSTIVE_MAX_IMAGES` images). Features and
+   pair; small sets), ``sequential`` (each image with its ``overlap`` successors in **name** order,
+   as COLMAP's sequential matcher orders them: frame numbers or timestamps as names; video-like sequences), ``auto`` (exhaustive up to :data:`EXHAUSTIVE_MAX_IMAGES` images). Features and
    matches do not depend on the poses, so one database serves every pose set of the same images.
 2. :func:`triangulate_fixed_poses`: COLMAP's ``point_triangulator`` (``pycolmap.triangulate_points``) on the
    database's verified matches with the given poses held fixed, at a reprojection threshold wide enough
@@ -15,11 +15,12 @@ makes the tracks with COLMAP's own bindings (``pycolmap``), the poses held as gi
 3. :func:`adjust_with_retriangulation`: rounds of (triangulate with the current poses, robust bundle
    adjustment of poses and points) with a shrinking reprojection threshold (default 16, 8, 4, 2 px,
    Cauchy scale a quarter of it): the first, loose round lets tracks form despite the pose noise; later
-   rounds re-triangulate from the improved poses and drop what no longer fits. The result is mapped back
-   onto the input frame by the similarity that best aligns the adjusted cameras with the input ones
-   (:func:`nerf_posefix.geometry.alignment.pose_alignment`: rotation from the orientations, scale and
-   translation from the centres), so noise-free input poses stay where they are and the output is in the
-   user's frame.
+   rounds re-triangulate from the improved poses and drop what no longer fits. After every round each group
+   of images connected by tracks is mapped back onto the input frame by the similarity that best aligns its
+   cameras with their input ones (:func:`fix_gauge_per_component`; rotation from the orientations, scale
+   and translation from the centres): noise-free input poses stay where they are, the output is in the
+   user's frame, and groups that no track links (two rings matched sequentially, a gap in a video) do not
+   float apart.
 
 Conventions
 -----------
@@ -67,7 +68,8 @@ class TrackOptions:
 
     Attributes:
         matching: ``"exhaustive"``, ``"sequential"`` or ``"auto"`` (module docstring).
-        sequential_overlap: images each image is matched with, forward in name order (sequential).
+        sequential_overlap: images each image is matched with, forward in name order (sequential; COLMAP
+            orders the images by name).
         max_num_features: most SIFT features per image (COLMAP's default 8192).
         max_image_size: images are resized for extraction to at most this many pixels on their longer side
             (COLMAP's default 3200); keypoints are in full-resolution pixels either way.
@@ -226,7 +228,7 @@ def match_features(
             )
     seconds["extract"] = time.perf_counter() - t0
     matching = options.matching_for(len(names))
-    order = _database_order(database, names)
+    _database_order(database, names)  # every image is in the database
     t0 = time.perf_counter()
     matcher = pycolmap.FeatureMatchingOptions()
     matcher.num_threads = options.num_threads
@@ -237,8 +239,6 @@ def match_features(
         if matching == "exhaustive":
             pycolmap.match_exhaustive(database, matching_options=matcher, verification_options=verification, device=pycolmap.Device.cpu)
         else:
-            if order != sorted(order):
-                raise InputError("sequential matching needs the images' database order to follow their capture order")
             pairing = pycolmap.SequentialPairingOptions()
             pairing.overlap = options.sequential_overlap
             pairing.num_threads = options.num_threads
@@ -369,6 +369,65 @@ def triangulate_fixed_poses(
         return pycolmap.triangulate_points(rec, str(database), str(images_dir), work, clear_points=True, options=options)
 
 
+def track_components(rec: "pycolmap.Reconstruction") -> list[list[int]]:
+    """The registered images grouped by the tracks that connect them (two images are connected when a
+    point is observed by both, directly or through other images); image ids, largest group first. Images
+    observing no point are groups of their own."""
+    ids = sorted(rec.reg_image_ids())
+    parent = {i: i for i in ids}
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for point in rec.points3D.values():
+        observers = [el.image_id for el in point.track.elements]
+        for other in observers[1:]:
+            parent[root(other)] = root(observers[0])
+    groups: dict[int, list[int]] = {}
+    for i in ids:
+        groups.setdefault(root(i), []).append(i)
+    return sorted(groups.values(), key=lambda g: (-len(g), g[0]))
+
+
+def fix_gauge_per_component(rec: "pycolmap.Reconstruction", input_c2w: dict[str, np.ndarray]) -> list[Any]:
+    """Map each group of :func:`track_components` (its cameras and the points it observes) onto the input
+    frame with the similarity that best aligns its cameras with their input poses
+    (:func:`nerf_posefix.geometry.alignment.pose_alignment`). A bundle adjustment fixes nothing but the
+    relative poses *within* a connected group: groups that no track links (two rings of a capture matched
+    sequentially, a gap in a video) each float in their own similarity frame, and one global alignment would
+    leave them misplaced against each other. A group of one image keeps its input pose. Returns the
+    alignments, one per group (None for single images)."""
+    import pycolmap
+
+    alignments: list[Any] = []
+    for group in track_components(rec):
+        if len(group) < 2:
+            image = rec.images[group[0]]
+            w2c = np.linalg.inv(input_c2w[image.name])
+            rec.frames[image.frame_id].rig_from_world = pycolmap.Rigid3d(pycolmap.Rotation3d(w2c[:3, :3]), w2c[:3, 3])
+            alignments.append(None)
+            continue
+        names = [rec.images[i].name for i in group]
+        current = invert_poses(np.stack([np.asarray(rec.images[i].cam_from_world().matrix()) for i in group]))  # [G, 4, 4]
+        alignment = pose_alignment(current, np.stack([input_c2w[n] for n in names]))
+        s, rot, t = float(alignment.scale), np.asarray(alignment.rotation), np.asarray(alignment.translation)
+        for i, c2w in zip(group, current):
+            new = np.eye(4)
+            new[:3, :3] = rot @ c2w[:3, :3]
+            new[:3, 3] = s * rot @ c2w[:3, 3] + t
+            w2c = np.linalg.inv(new)
+            rec.frames[rec.images[i].frame_id].rig_from_world = pycolmap.Rigid3d(pycolmap.Rotation3d(w2c[:3, :3]), w2c[:3, 3])
+        members = set(group)
+        for point_id, point in rec.points3D.items():
+            if point.track.elements and point.track.elements[0].image_id in members:
+                rec.points3D[point_id].xyz = s * rot @ np.asarray(point.xyz) + t
+        alignments.append(alignment)
+    return alignments
+
+
 @dataclass
 class AdjustedTracks:
     """Outcome of :func:`adjust_with_retriangulation`.
@@ -379,7 +438,8 @@ class AdjustedTracks:
             input world frame); input_c2w: the input poses, same order.
         rounds: per round ``{max_reproj_px, loss_scale_px, num_points3D, num_observations,
             mean_reprojection_error_px}``.
-        alignment: the similarity applied at the end (adjusted frame -> input frame).
+        alignment: the similarity that best maps the output cameras onto the input ones (after the gauge of
+            every connected group was fixed on its input poses: near the identity).
         seconds: wall time of all rounds.
     """
 
@@ -404,7 +464,8 @@ def adjust_with_retriangulation(
 ) -> AdjustedTracks:
     """Refine ``posed`` (camera-to-world, OpenCV, input frame) by rounds of triangulation with the current
     poses held fixed and robust bundle adjustment (Cauchy, scale a quarter of the round's threshold) of poses
-    and points, over ``options.reproj_schedule_px``; then map the result onto the input frame (module
+    and points, over ``options.reproj_schedule_px``, points whose mean residual is still above the round's
+    threshold deleted after each adjustment; then map the result onto the input frame (module
     docstring). Intrinsics: the database's, or ``cameras`` (see :func:`reconstruction_from_poses`); held
     fixed unless ``refine_intrinsics`` (focal lengths and distortion; the principal point stays).
 
@@ -419,6 +480,7 @@ def adjust_with_retriangulation(
     t0 = time.perf_counter()
     rec = reconstruction_from_poses(database, posed, cameras)
     names, input_c2w = reconstruction_c2w(rec)
+    input_by_name = dict(zip(names, input_c2w))
     rounds: list[dict[str, float]] = []
     for r in options.reproj_schedule_px:
         rec = triangulate_fixed_poses(rec, database, images_dir, r, options.num_threads, options.seed, verbose)
@@ -434,7 +496,16 @@ def adjust_with_retriangulation(
         ba.ceres.solver_options.num_threads = options.num_threads
         with quiet_colmap_log(verbose):
             pycolmap.bundle_adjustment(rec, ba)
+        rec.update_point_3d_errors()
+        outliers = [pid for pid, point in rec.points3D.items() if not point.error <= r]  # NaN too
+        for pid in outliers:  # as COLMAP's mapper filters after its adjustments
+            rec.delete_point3D(pid)
+        groups = track_components(rec)
+        fix_gauge_per_component(rec, input_by_name)  # the next round triangulates in the input frame
         rounds.append({
+            "points_filtered": len(outliers),
+            "num_components": len(groups),
+            "largest_component": len(groups[0]),
             "max_reproj_px": float(r),
             "loss_scale_px": float(r) / 4.0,
             "num_points3D": int(rec.num_points3D()),
@@ -443,9 +514,7 @@ def adjust_with_retriangulation(
         })
         log(f"round {len(rounds)}/{len(options.reproj_schedule_px)} at {r:g} px: {rec.num_points3D()} points, "
             f"mean reprojection error {rounds[-1]['mean_reprojection_error_px']:.3f} px")
-    _, adjusted = reconstruction_c2w(rec)
-    alignment = pose_alignment(adjusted, input_c2w)
-    rec.transform(pycolmap.Sim3d(alignment.scale, pycolmap.Rotation3d(alignment.rotation), alignment.translation))
+    alignment = pose_alignment(reconstruction_c2w(rec)[1], input_c2w)  # what remains of a common drift: ~identity
     rec.update_point_3d_errors()
     out_names, c2w = reconstruction_c2w(rec)
     if out_names != names:
@@ -472,6 +541,8 @@ __all__ = [
     "adjust_with_retriangulation",
     "copy_database",
     "database_summary",
+    "fix_gauge_per_component",
+    "track_components",
     "match_features",
     "reconstruction_from_poses",
     "track_stats",
