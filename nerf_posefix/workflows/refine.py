@@ -274,24 +274,46 @@ def refined_model(inp: ValidatedInput, refined: CameraSet, points: Optional[dict
     return replace(model, images=images, points3D=points3D, path="")
 
 
+def _cached_adjustment(
+    inp: ValidatedInput, work: Path, adjust: Callable[[], tuple[Any, dict[str, Any]]]
+) -> tuple[ValidatedInput, dict[str, Any]]:
+    """Run ``adjust()`` (returns an adjusted ``pycolmap.Reconstruction`` in the input frame and a summary)
+    unless ``work/bundle_adjusted`` holds its result already (``--resume``); returns the adjusted model as the
+    NeRF stage's input (same images and names) and the summary."""
+    from nerf_posefix.workflows.bundle_adjustment import write_adjusted_model
+
+    ba_dir = work / "bundle_adjusted"
+    record = ba_dir / "result.json"
+    if not record.is_file():
+        shutil.rmtree(ba_dir, ignore_errors=True)
+        reconstruction, summary = adjust()
+        write_adjusted_model(reconstruction, ba_dir / "sparse" / "0")
+        record.write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    summary = json.loads(record.read_text(encoding="utf-8"))
+    if "warning" in summary:
+        print(f"posefix refine: warning: {summary['warning']}", flush=True)
+    adjusted = read_colmap_model(ba_dir / "sparse" / "0")
+    names = {im.name for im in adjusted.images.values()}
+    missing = [im.name for im in inp.model.images.values() if im.name not in names]
+    if missing:
+        raise RuntimeError(f"{ba_dir}: the bundle adjustment lost images {missing[:5]}")
+    return replace(inp, model=adjusted), summary
+
+
 def _bundle_adjustment_stage(options: RefineOptions, inp: ValidatedInput, work: Path) -> tuple[ValidatedInput, Optional[dict[str, Any]]]:
     """Stage 1 (``--bundle-adjustment``): the robust bundle adjustment of the model's own tracks, kept in
     ``work/bundle_adjusted`` (reused by ``--resume``). Returns the stage's output as the NeRF stage's
     input (same images and names, adjusted poses and points in the input frame) and its summary."""
     if options.bundle_adjustment == "none":
         return inp, None
-    from nerf_posefix.workflows.bundle_adjustment import BundleAdjustmentOptions, bundle_adjust_model, write_adjusted_model
+    from nerf_posefix.workflows.bundle_adjustment import BundleAdjustmentOptions, bundle_adjust_model
 
-    ba_dir = work / "bundle_adjusted"
-    record = ba_dir / "result.json"
-    if not record.is_file():
-        shutil.rmtree(ba_dir, ignore_errors=True)
+    def adjust() -> tuple[Any, dict[str, Any]]:
         print(f"posefix refine: bundle adjustment of {len(inp.model.images)} images ({options.bundle_adjustment} loss) ...", flush=True)
         result = bundle_adjust_model(
             inp.model_dir, BundleAdjustmentOptions(loss=options.bundle_adjustment, scale_px=options.ba_scale_px)
         )
-        write_adjusted_model(result, ba_dir / "sparse" / "0")
-        summary = {
+        return result.reconstruction, {
             "loss": options.bundle_adjustment,
             "scale_px": result.scale_px,
             "reprojection_error_before_px": result.reprojection_error_before_px,
@@ -299,14 +321,8 @@ def _bundle_adjustment_stage(options: RefineOptions, inp: ValidatedInput, work: 
             "seconds": result.wall_time_s,
             "gauge": result.options.fix_gauge,
         }
-        record.write_text(json.dumps(summary, indent=2), encoding="utf-8")
-    summary = json.loads(record.read_text(encoding="utf-8"))
-    adjusted = read_colmap_model(ba_dir / "sparse" / "0")
-    by_name = {im.name: image_id for image_id, im in adjusted.images.items()}
-    missing = [im.name for im in inp.model.images.values() if im.name not in by_name]
-    if missing:
-        raise RuntimeError(f"{ba_dir}: the bundle adjustment lost images {missing[:5]}")
-    return replace(inp, model=adjusted), summary
+
+    return _cached_adjustment(inp, work, adjust)
 
 
 def _read_input(options: RefineOptions) -> tuple[PosedImages, ValidatedInput, bool]:
@@ -421,16 +437,13 @@ def _built_tracks_adjustment_stage(
 ) -> tuple[ValidatedInput, Optional[dict[str, Any]]]:
     """Stage 1 for built tracks: rounds of triangulation from the current poses and robust bundle adjustment
     (:func:`nerf_posefix.workflows.track_building.adjust_with_retriangulation`), mapped onto the input frame;
-    kept in ``work/bundle_adjusted`` for ``--resume``."""
+    kept in ``work/bundle_adjusted`` for ``--resume``. The NeRF stage then trains on the adjusted tracks
+    (their point ids differ from the first triangulation's)."""
     if options.bundle_adjustment == "none":
         return inp, None
-    from nerf_posefix.workflows.bundle_adjustment import write_adjusted_model
     from nerf_posefix.workflows.track_building import DATABASE_FILE, adjust_with_retriangulation
 
-    ba_dir = work / "bundle_adjusted"
-    record = ba_dir / "result.json"
-    if not record.is_file():
-        shutil.rmtree(ba_dir, ignore_errors=True)
+    def adjust() -> tuple[Any, dict[str, Any]]:
         track_options = _track_options(options)
         rounds = ", ".join(f"{r:g}" for r in track_options.reproj_schedule_px)
         print(f"posefix refine: bundle adjustment of {len(inp.model.images)} images, re-triangulating at {rounds} px ...", flush=True)
@@ -438,7 +451,6 @@ def _built_tracks_adjustment_stage(
             work / "tracks" / DATABASE_FILE, posed.images_dir, inp.model.to_camera_set(), track_options,
             log=lambda m: print(f"posefix refine:   {m}", flush=True),
         )
-        write_adjusted_model(result.reconstruction, ba_dir / "sparse" / "0")
         summary = {
             "loss": "cauchy",
             "rounds": result.rounds,
@@ -454,17 +466,9 @@ def _built_tracks_adjustment_stage(
                 "placed by its input poses, so their relative placement keeps the input's error; more overlap "
                 "(--matching exhaustive, --sequential-overlap) can link them"
             )
-        record.write_text(json.dumps(summary, indent=2), encoding="utf-8")
-    summary = json.loads(record.read_text(encoding="utf-8"))
-    if "warning" in summary:
-        print(f"posefix refine: warning: {summary['warning']}", flush=True)
-    adjusted = read_colmap_model(ba_dir / "sparse" / "0")
-    names = {im.name for im in adjusted.images.values()}
-    missing = [im.name for im in inp.model.images.values() if im.name not in names]
-    if missing:
-        raise RuntimeError(f"{ba_dir}: the bundle adjustment lost images {missing[:5]}")
-    # the NeRF stage trains on the adjusted tracks (their ids differ from the first triangulation's)
-    return replace(inp, model=adjusted), summary
+        return result.reconstruction, summary
+
+    return _cached_adjustment(inp, work, adjust)
 
 
 def _refined_points(stage_model: ColmapModel, run: Any, adjusted: bool, trained: bool) -> tuple[Optional[dict[int, np.ndarray]], str]:
