@@ -339,20 +339,11 @@ def existing(job: Job, retry_failed: bool) -> dict[str, Any] | None:
 
 
 def _threads_one() -> None:
-    """Torch and COLMAP at one thread in this worker process (2 jobs on 2 shared cores)."""
+    """Torch at one thread in this worker process (2 jobs on 2 shared cores); refine's track building runs
+    COLMAP with refine's ``threads`` (1 here)."""
     import torch
 
     torch.set_num_threads(1)
-    from nerf_posefix.workflows import refine as refine_module
-
-    original = refine_module._track_options
-
-    def one_thread(options: Any) -> Any:  # COLMAP's threads for refine's track building (default: all cores)
-        track_options = original(options)
-        track_options.num_threads = 1
-        return track_options
-
-    refine_module._track_options = one_thread
 
 
 def _basenames(names: Sequence[str], c2w: np.ndarray, source: str) -> Any:

@@ -192,7 +192,7 @@ class RefineOptions:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Training device; auto: cuda when available, else cpu."""
     threads: int = 0
-    """torch CPU threads (0: torch's default, one per core). On a CPU shared with other jobs, 1 can be
+    """torch CPU threads, and COLMAP's when tracks are built (0: one per core). On a CPU shared with other jobs, 1 can be
     several times faster (OpenMP oversubscription)."""
     checkpoint_every: int = 250
     """Save a checkpoint every this many iterations (for --resume)."""
@@ -429,7 +429,8 @@ def _check_database_names(database: Path, names: list[str], given: Path, images_
 def _track_options(options: RefineOptions) -> "TrackOptions":  # noqa: F821 (lazy: pycolmap and torch load there)
     from nerf_posefix.workflows.track_building import TrackOptions
 
-    return TrackOptions(matching=options.matching, sequential_overlap=options.sequential_overlap, seed=options.seed)
+    return TrackOptions(matching=options.matching, sequential_overlap=options.sequential_overlap, seed=options.seed,
+                        num_threads=options.threads or -1)
 
 
 def _built_tracks_adjustment_stage(
