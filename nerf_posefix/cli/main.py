@@ -26,6 +26,7 @@ SUBCOMMANDS: dict[str, str] = {
     "refine": "nerf_posefix.cli.refine:Refine",
     "export": "nerf_posefix.cli.export:Export",
     "compare": "nerf_posefix.cli.compare:Compare",
+    "evaluate": "nerf_posefix.cli.evaluate:Evaluate",
 }
 
 

@@ -186,6 +186,39 @@ def frame_cameras(meta: dict, where: str = FILENAME) -> list[ImageCamera]:
     return cameras
 
 
+#: COLMAP model -> the index in its parameters of (fx, fy, cx, cy, k1, k2, p1, p2); None: zero.
+_COLMAP_TO_OPENCV = {
+    "SIMPLE_PINHOLE": (0, 0, 1, 2, None, None, None, None),
+    "PINHOLE": (0, 1, 2, 3, None, None, None, None),
+    "SIMPLE_RADIAL": (0, 0, 1, 2, 3, None, None, None),
+    "RADIAL": (0, 0, 1, 2, 3, 4, None, None),
+    "OPENCV": (0, 1, 2, 3, 4, 5, 6, 7),
+}
+
+
+def camera_keys(camera: ImageCamera) -> dict[str, Any]:
+    """The transforms.json intrinsics keys of ``camera`` (the inverse of :func:`frame_cameras`), as
+    nerfstudio's ``parse_colmap_camera_params`` writes them for ``ns-process-data``: ``camera_model``
+    ``OPENCV`` (nerfstudio's perspective model), ``fl_x``, ``fl_y``, ``cx``, ``cy`` (COLMAP's pixel
+    convention, unchanged), ``w``, ``h``, and ``k1``, ``k2``, ``p1``, ``p2`` (zero where the model has none).
+
+    Raises:
+        InputError: a model other than ``SIMPLE_PINHOLE``, ``PINHOLE``, ``SIMPLE_RADIAL``, ``RADIAL``,
+            ``OPENCV``, or the wrong number of parameters.
+    """
+    index = _COLMAP_TO_OPENCV.get(str(camera.model).upper())
+    if index is None:
+        raise InputError(
+            f"camera model {camera.model} has no transforms.json form here (supported: {', '.join(_COLMAP_TO_OPENCV)})"
+        )
+    expected = max(i for i in index if i is not None) + 1
+    if len(camera.params) != expected:
+        raise InputError(f"camera model {camera.model} takes {expected} parameters, got {len(camera.params)}")
+    values = [0.0 if i is None else float(camera.params[i]) for i in index]
+    keys = ("fl_x", "fl_y", "cx", "cy", "k1", "k2", "p1", "p2")
+    return {"camera_model": "OPENCV", "w": int(camera.width), "h": int(camera.height), **dict(zip(keys, values))}
+
+
 def with_poses(meta: dict, c2w_opencv: np.ndarray, extra: Optional[Sequence[dict]] = None) -> dict:
     """A copy of ``meta`` whose frames carry the poses ``c2w_opencv [F, 4, 4]`` (OpenCV axes, input world
     frame, one per frame in order), written in the file's convention (its ``applied_transform`` kept).

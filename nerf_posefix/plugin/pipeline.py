@@ -11,7 +11,12 @@
    (:mod:`nerf_posefix.plugin.depth_bounds`, dataparser-scaled units) are stored in its buffers, and the
    bounds and their source are printed once;
 3. when the dataset has ``transforms_gt.json``, its poses are matched to the training images by name
-   and handed to the model for the ground-truth pose metrics.
+   and handed to the model for the ground-truth pose metrics;
+4. with ``eval_pose_alignment_steps > 0``, :meth:`PosefixPipeline.get_average_eval_image_metrics` (what
+   ``ns-eval`` calls) first aligns every eval camera to the frozen model (test-pose alignment, the
+   protocol of BARF / CamP: :mod:`nerf_posefix.plugin.test_pose_alignment`) and scores the views at the
+   aligned poses, so a run with refined training poses is scored comparably; the mean corrections are
+   reported as ``pose_alignment_rotation_deg`` and ``pose_alignment_translation`` (dataparser units).
 
 Loading a checkpoint afterwards (``ns-train --load-dir``, ``ns-eval``, ...) replaces the buffers with
 the saved ones, so a run keeps the reference poses and bounds it was trained with.
@@ -20,6 +25,7 @@ the saved ones, so a run keeps the reference poses and bounds it was trained wit
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal, Optional, Type
 
 import numpy as np
@@ -35,6 +41,7 @@ from nerf_posefix.plugin.dataset import DatasetInfo, describe_dataset, validate_
 from nerf_posefix.io.camera_set import match_image_names
 from nerf_posefix.plugin.tracks import build_tracks
 from nerf_posefix.plugin.depth_bounds import DepthBounds, compute_depth_bounds, find_sparse_points
+from nerf_posefix.plugin.test_pose_alignment import TestPoseAlignmentConfig, align_test_poses, score_views
 
 
 @dataclass
@@ -44,6 +51,16 @@ class PosefixPipelineConfig(VanillaPipelineConfig):
     _target: Type = field(default_factory=lambda: PosefixPipeline)
     ground_truth_metrics: bool = True
     """Log pose errors against transforms_gt.json when the dataset has one."""
+    eval_pose_alignment_steps: int = 0
+    """Test-pose alignment before ``get_average_eval_image_metrics`` (``ns-eval``): each eval camera's pose
+    is optimised this many Adam steps against the frozen model before it is scored
+    (:mod:`nerf_posefix.plugin.test_pose_alignment`; CamP: 200). 0: scored at the dataset poses."""
+    eval_pose_alignment_lr: float = 1e-3
+    """Adam learning rate of the test-pose alignment (CamP: 1e-3)."""
+    eval_pose_alignment_rays: int = 512
+    """Pixels drawn per eval view and alignment step."""
+    eval_pose_alignment_seed: int = 0
+    """Seed of the alignment's pixel draws."""
 
 
 class PosefixPipeline(VanillaPipeline):
@@ -144,3 +161,49 @@ class PosefixPipeline(VanillaPipeline):
             f"{escape(str(self.dataset_info.gt_path))} (metrics pose_gt_*)",
             soft_wrap=True,
         )
+
+    def get_average_eval_image_metrics(
+        self, step: int | None = None, output_path: Path | None = None, get_std: bool = False
+    ) -> dict[str, float]:
+        """nerfstudio's average over the eval images; with ``eval_pose_alignment_steps > 0`` the eval cameras
+        are first test-pose aligned (see the module docstring) and the views scored at the aligned poses
+        (``output_path``: the renders and ground truths are saved as nerfstudio names them)."""
+        if self.config.eval_pose_alignment_steps <= 0:
+            return super().get_average_eval_image_metrics(step=step, output_path=output_path, get_std=get_std)
+        dataset = self.datamanager.eval_dataset
+        images = [dataset.get_image_float32(i) for i in range(len(dataset))]  # [H, W, C] in [0, 1]
+        budget = TestPoseAlignmentConfig(
+            steps=int(self.config.eval_pose_alignment_steps),
+            lr=float(self.config.eval_pose_alignment_lr),
+            rays_per_view=int(self.config.eval_pose_alignment_rays),
+            seed=int(self.config.eval_pose_alignment_seed),
+        )
+        aligned = align_test_poses(self.model, dataset.cameras, images, budget)
+        per_view = score_views(self.model, aligned.cameras, images)
+        if output_path is not None:
+            self._save_renders(aligned.cameras, output_path)
+        metrics: dict[str, float] = {}
+        for key in per_view[0]:
+            values = torch.tensor([m[key] for m in per_view], dtype=torch.float64)
+            metrics[key] = float(values.mean())
+            if get_std:
+                metrics[f"{key}_std"] = float(values.std()) if len(values) > 1 else 0.0
+        metrics["pose_alignment_rotation_deg"] = float(np.mean(aligned.rotation_deg))
+        metrics["pose_alignment_translation"] = float(np.mean(aligned.translation_norm))
+        self.train()
+        return metrics
+
+    def _save_renders(self, cameras, output_path: Path) -> None:  # cameras: nerfstudio Cameras [N]
+        """Save each eval view's render and ground truth as nerfstudio's ``get_average_image_metrics``."""
+        import torchvision.utils as vutils
+
+        output_path.mkdir(exist_ok=True, parents=True)
+        dataset = self.datamanager.eval_dataset
+        self.eval()
+        with torch.no_grad():
+            for idx in range(len(dataset)):
+                outputs = self.model.get_outputs_for_camera(camera=cameras[idx : idx + 1].to(self.device))
+                batch = {"image": dataset.get_image_float32(idx).to(self.device)}
+                _, images = self.model.get_image_metrics_and_images(outputs, batch)
+                for key, image in images.items():
+                    vutils.save_image(image.permute(2, 0, 1).cpu(), output_path / f"eval_{key}_{idx:04d}.png")

@@ -180,7 +180,7 @@ def build_trainer_config(spec: TrainSpec) -> "TrainerConfig":
 
 
 @contextlib.contextmanager
-def _quiet_nerfstudio(enabled: bool) -> Iterator[None]:
+def quiet_nerfstudio(enabled: bool) -> Iterator[None]:
     """Silence nerfstudio's rich console and Python warnings while ``enabled`` (restored afterwards)."""
     import warnings
 
@@ -205,7 +205,7 @@ def train(
     """
     from nerf_posefix.plugin.training import run_training
 
-    with _quiet_nerfstudio(quiet):
+    with quiet_nerfstudio(quiet):
         return run_training(config, progress=progress, resume=resume, quiet=quiet, num_threads=num_threads)
 
 
@@ -222,12 +222,12 @@ def evaluate_test_views(run: "TrainingRun") -> dict[str, float]:
     else:
         from nerfstudio.utils.eval_utils import eval_setup
 
-        with _quiet_nerfstudio(True):
+        with quiet_nerfstudio(True):
             _, pipeline, _, step = eval_setup(run.config_path, test_mode="test")
     if not len(getattr(pipeline.datamanager, "eval_dataset", []) or []):
         return {}
     pipeline.eval()
-    with torch.no_grad(), _quiet_nerfstudio(True):
+    with torch.no_grad(), quiet_nerfstudio(True):
         metrics = pipeline.get_average_eval_image_metrics(step=step, output_path=None, get_std=False)
     return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) or hasattr(v, "item")}
 
@@ -317,7 +317,7 @@ def export_refined(config_path: Path, output: Path) -> CameraSet:
     from nerf_posefix.plugin.run_reader import refined_input_poses  # lazy: nerfstudio
     from nerf_posefix.workflows.export import write_export
 
-    with _quiet_nerfstudio(True):
+    with quiet_nerfstudio(True):
         refined = refined_input_poses(config_path)
     write_export(refined, output)
     cameras = refined.cameras.subset(np.nonzero(refined.refined)[0])
