@@ -473,7 +473,7 @@ def _label(row: dict[str, Any]) -> str:
     return label + (" DIVERGED" if row.get("diverged") else "")
 
 
-def _text_table(headers: list[str], body: list[list[str]], left: int) -> str:
+def text_table(headers: list[str], body: list[list[str]], left: int, title: str | None = None) -> str:
     """A rich table rendered to text: the first ``left`` columns left-aligned, the others right-aligned."""
     import io
 
@@ -481,7 +481,7 @@ def _text_table(headers: list[str], body: list[list[str]], left: int) -> str:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(box=box.SIMPLE_HEAD)
+    table = Table(title=title, box=box.SIMPLE_HEAD)
     for i, header in enumerate(headers):
         table.add_column(header, justify="left" if i < left else "right", no_wrap=True)
     for cells in body:
@@ -494,7 +494,7 @@ def _text_table(headers: list[str], body: list[list[str]], left: int) -> str:
 def format_table(rows: list[dict[str, Any]]) -> str:
     headers = ["scene", "level", "variant", *[h for _, h, _ in COLUMNS]]
     body = [[r["scene"], r["level"], _label(r), *[_cell(r.get(k), f) for k, _, f in COLUMNS]] for r in rows]
-    return _text_table(headers, body, left=3)
+    return text_table(headers, body, left=3)
 
 
 def mark_divergence(results: list[dict[str, Any]]) -> None:
@@ -546,7 +546,7 @@ def format_seed_summary(entries: list[dict[str, Any]]) -> str:
             mean, std = e[f"{k}_mean"], e[f"{k}_std"]
             cells.append(_cell(mean, f) + ("" if std is None else "±" + _cell(std, f)))
         body.append([e["level"], e["variant"], str(e["seeds"]), *cells, str(e["diverged"]) if e["variant"] != "input" else "-"])
-    return _text_table(headers, body, left=2)
+    return text_table(headers, body, left=2)
 
 
 def unpreconditioned_of(variant: str) -> str | None:

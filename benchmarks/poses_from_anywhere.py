@@ -101,6 +101,8 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.noisy_pose import text_table
+
 ROOT = Path(__file__).resolve().parents[1]
 CASTLE_DIR = ROOT.parent / "shared" / "scenes" / "castle-P30"
 #: Bump when a row's computation or its record changes (results of another version are recomputed).
@@ -677,23 +679,6 @@ def _pm(mean: float, sd: float, fmt: str) -> str:
     return fmt.format(mean) + (f" ± {fmt.format(sd)}" if math.isfinite(sd) else "")
 
 
-def _text_table(title: str, headers: list[str], body: list[list[str]], left: int) -> str:
-    import io
-
-    from rich import box
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=title, box=box.SIMPLE_HEAD)
-    for i, h in enumerate(headers):
-        table.add_column(h, justify="left" if i < left else "right", no_wrap=True)
-    for cells in body:
-        table.add_row(*cells)
-    console = Console(width=250, file=io.StringIO(), record=True, color_system=None)
-    console.print(table)
-    return console.export_text().rstrip()
-
-
 SUMMARY_HEADERS = ["scene", "level", "row", "seeds ok", "rot med (deg)", "centre med (% r)", "ATE (% r)", "wall (s)", "converged"]
 
 
@@ -751,14 +736,14 @@ def report(output: Path) -> str:
             w = csv.DictWriter(f, fieldnames=list(summary[0]))
             w.writeheader()
             w.writerows(summary)
-    per_seed = _text_table(
-        "poses from anywhere: every row",
+    per_seed = text_table(
         ["scene", "level", "seed", "row", *[h for _, h, _ in RESULT_COLUMNS], "converged", "status"],
         [[r["scene"], r["level"], str(r["seed"]), r["row"],
           *[("-" if not (isinstance(r[k], (int, float)) and math.isfinite(r[k])) else fmt.format(r[k])) for k, _, fmt in RESULT_COLUMNS],
           "" if r["converged"] is None else ("yes" if r["converged"] else "no"),
-          r["status"] if r["status"] == "ok" else f"FAILED: {r['error'][:70]}"] for r in rows], left=4)
-    summ = _text_table("mean ± sd over seeds", SUMMARY_HEADERS, [summary_cells(e) for e in summary], left=3)
+          r["status"] if r["status"] == "ok" else f"FAILED: {r['error'][:70]}"] for r in rows], left=4,
+        title="poses from anywhere: every row")
+    summ = text_table(SUMMARY_HEADERS, [summary_cells(e) for e in summary], left=3, title="mean ± sd over seeds")
     tgt = targets(summary)
     tgt_text = "\n".join(f"  [{v}] {t}: {d}" for t, v, d in tgt)
     md = ["| " + " | ".join(SUMMARY_HEADERS) + " |", "|" + "---|" * 3 + "---:|" * (len(SUMMARY_HEADERS) - 3)]
