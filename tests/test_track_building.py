@@ -222,6 +222,11 @@ def test_bad_pose_sources_are_one_error_and_nothing_written(tmp_path: Path, caps
     (data / "images" / "005.png").unlink()
     _one_error(["refine", "--poses", str(data / "transforms.json"), "--output", str(tmp_path / "o1")], tmp_path, capsys,
                "images/005.png: image file not found (1 of 16 images")
+    good = tmp_path / "good"
+    shutil.copytree(TINY, good, ignore=shutil.ignore_patterns("sparse*"))
+    _one_error(["refine", "--poses", str(good / "transforms.json"), "--output", str(good / "images" / ".." / "images" / "out")],
+               tmp_path, capsys, "lies inside the input the images of --poses")
+    assert sorted(p.name for p in (good / "images").iterdir()) == sorted(p.name for p in (TINY / "images").iterdir())
     meta = json.loads((TINY / "transforms.json").read_text())
     meta["frames"].append(dict(meta["frames"][0]))
     dup = tmp_path / "dup.json"

@@ -339,6 +339,9 @@ def _read_input(options: RefineOptions) -> tuple[PosedImages, ValidatedInput, bo
     if options.colmap_model is not None or (source.is_dir() and any(source.glob("cameras.*"))):
         read_refine_model(source)  # a COLMAP model: its files and camera models, named as refine needs them
     posed = load_posed_images(source, options.images, options.camera, options.timestamps, options.t_max_diff)
+    if options.images is None:  # a transforms.json's images: OUT must not be or lie inside their directories
+        folders = sorted({(posed.images_dir / name).parent for name in posed.cameras.names})
+        check_output_dir(options.output, [("the images of --poses", folder) for folder in folders], options.overwrite)
     built = options.build_tracks == "always" or not posed.has_tracks
     if posed.kind == "colmap" and not built:
         assert options.images is not None
