@@ -144,12 +144,17 @@ def parse_camera(spec: str, width: int, height: int) -> ImageCamera:
     return ImageCamera(model, width, height, params)
 
 
-def _image_size(path: Path) -> tuple[int, int]:
+def image_size(path: Path) -> tuple[int, int]:
+    """``(width, height)`` of the image at ``path``, in pixels (its header only).
+
+    Raises:
+        InputError: naming the file, when it cannot be read as an image.
+    """
     from PIL import Image
 
     try:
         with Image.open(path) as img:
-            return img.size
+            return int(img.size[0]), int(img.size[1])
     except (OSError, ValueError) as err:
         raise InputError(f"{path}: cannot read the image ({err})") from None
 
@@ -282,7 +287,7 @@ def _from_tum(path: Path, images: Optional[Path], camera: Optional[str], timesta
         raise InputError(f"{path}: images {', '.join(twins[:3])} are paired with the same pose (t = {trajectory.timestamps[row]:.6f})")
     if camera is None:
         raise InputError(f"{path}: a TUM trajectory has no intrinsics; give --camera 'MODEL p1,p2,...' (COLMAP order, pixels)")
-    sizes = {n: _image_size(images_dir / n) for n in names}
+    sizes = {n: image_size(images_dir / n) for n in names}
     intrinsics = {n: parse_camera(camera, *sizes[n]) for n in names}
     cameras = CameraSet(names=names, c2w=trajectory.cameras.c2w[rows], source=str(path))
     return PosedImages("tum", path, images_dir, cameras, intrinsics, trajectory=trajectory, trajectory_rows=rows)
@@ -362,4 +367,4 @@ def write_refined_poses(posed: PosedImages, refined: CameraSet, output_dir: Path
     raise ValueError(f"write_refined_poses: {posed.kind} sources are written as COLMAP models by the caller")
 
 
-__all__ = ["PosedImages", "load_posed_images", "parse_camera", "read_image_timestamps", "write_refined_poses"]
+__all__ = ["PosedImages", "image_size", "load_posed_images", "parse_camera", "read_image_timestamps", "write_refined_poses"]

@@ -57,7 +57,7 @@ from nerf_posefix.errors import InputError
 from nerf_posefix.geometry.poses import scene_radius
 from nerf_posefix.io.atomic import MARKER_FILE, atomic_file, check_output_dir
 from nerf_posefix.io.camera_set import CameraSet, ImageCamera
-from nerf_posefix.io.posed_images import load_posed_images
+from nerf_posefix.io.posed_images import image_size, load_posed_images
 from nerf_posefix.io.sources import run_config_inputs, source_kind
 from nerf_posefix.io.transforms_json import camera_keys, transforms_meta, write_transforms_json
 from nerf_posefix.workflows.pose_sources import load_pose_source
@@ -299,16 +299,6 @@ def read_intrinsics(path: Path, images: Path) -> dict[str, ImageCamera]:
     raise InputError(f"{path}: holds no camera intrinsics (give --intrinsics: a transforms.json or COLMAP model)")
 
 
-def _image_size(path: Path) -> tuple[int, int]:
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            return int(im.size[0]), int(im.size[1])
-    except OSError as err:
-        raise InputError(f"{path}: cannot read the image ({err})") from None
-
-
 def frame_intrinsics(
     table: dict[str, ImageCamera], files: list[str], images: Path, source: str
 ) -> dict[str, dict[str, Any]]:
@@ -340,7 +330,7 @@ def frame_intrinsics(
             values = camera_keys(camera)
         except InputError as err:
             raise InputError(f"{source}: the camera of {f}: {err}") from None
-        w, h = _image_size(images / f)
+        w, h = image_size(images / f)
         sx, sy = w / float(values["w"]), h / float(values["h"])
         if abs(sx - sy) > 0.01 * max(sx, sy):
             raise InputError(

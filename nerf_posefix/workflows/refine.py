@@ -102,7 +102,7 @@ from nerf_posefix.io.atomic import atomic_directory, check_output_dir, overlaps
 from nerf_posefix.io.camera_set import CameraSet
 from nerf_posefix.io.colmap import ColmapModel, read_colmap_model, write_colmap_model
 from nerf_posefix.io.posed_images import PosedImages, load_posed_images, write_refined_poses
-from nerf_posefix.workflows.refine_inputs import ValidatedInput, check_resume, colmap_to_transforms, prepare_training_data, read_refine_model, validate_inputs, validate_model
+from nerf_posefix.workflows.refine_inputs import ValidatedInput, check_resume, colmap_to_transforms, prepare_training_data, read_refine_model, validate_model
 from nerf_posefix.workflows.refine_report import RefineResult, build_report, write_report
 
 PARTIAL_SUFFIX = ".partial"
@@ -336,8 +336,9 @@ def _read_input(options: RefineOptions) -> tuple[PosedImages, ValidatedInput, bo
     if options.database is not None and not Path(options.database).is_file():
         raise InputError(f"--database {options.database}: no such file")
     source = Path(options.poses or options.colmap_model)
+    refine_model = None
     if options.colmap_model is not None or (source.is_dir() and any(source.glob("cameras.*"))):
-        read_refine_model(source)  # a COLMAP model: its files and camera models, named as refine needs them
+        refine_model = read_refine_model(source)  # a COLMAP model: its files and camera models, named as refine needs them
     posed = load_posed_images(source, options.images, options.camera, options.timestamps, options.t_max_diff)
     if options.images is None:  # a transforms.json's images: OUT must not be or lie inside their directories
         folders = sorted({(posed.images_dir / name).parent for name in posed.cameras.names})
@@ -345,7 +346,8 @@ def _read_input(options: RefineOptions) -> tuple[PosedImages, ValidatedInput, bo
     built = options.build_tracks == "always" or not posed.has_tracks
     if posed.kind == "colmap" and not built:
         assert options.images is not None
-        return posed, validate_inputs(posed.source, Path(options.images)), False
+        model, model_dir, ext = refine_model or read_refine_model(posed.source)
+        return posed, validate_model(model, model_dir, ext, Path(options.images)), False
     if options.database is not None and not built:
         raise InputError("--database is used to build tracks; this input has its own (use --build-tracks always)")
     model = posed.to_colmap_model()
@@ -359,7 +361,7 @@ def _track_building_stage(options: RefineOptions, posed: PosedImages, inp: Valid
     both are kept for ``--resume``. Returns the model with the new tracks (input poses exactly) and a summary."""
     from nerf_posefix.workflows.bundle_adjustment import write_adjusted_model
     from nerf_posefix.workflows.track_building import (
-        DATABASE_FILE, copy_database, database_summary, match_features, reconstruction_from_poses, track_stats,
+        DATABASE_FILE, check_database_images, copy_database, database_summary, match_features, reconstruction_from_poses, track_stats,
         triangulate_fixed_poses,
     )
 
@@ -373,7 +375,7 @@ def _track_building_stage(options: RefineOptions, posed: PosedImages, inp: Valid
         if options.database is not None:
             print(f"posefix refine: features and matches from {options.database}", flush=True)
             copy_database(options.database, database)
-            _check_database_names(database, names, options.database, posed.images_dir)
+            check_database_images(database, names, f"--database {options.database} (images under {posed.images_dir})")
             matches = database_summary(database, f"given ({options.database})")
         else:
             t0 = time.perf_counter()
@@ -409,24 +411,6 @@ def _track_building_stage(options: RefineOptions, posed: PosedImages, inp: Valid
         raise RuntimeError(f"{model_dir}: the triangulated model lost images {sorted(set(names) - names_built)[:5]}")
     usable = summary["num_points"] >= track_options.min_points
     return validate_model(built, model_dir, ".bin", posed.images_dir, log=lambda m: None, require_tracks=usable), summary
-
-
-def _check_database_names(database: Path, names: list[str], given: Path, images_dir: Path) -> None:
-    """A given database must hold every image under its name relative to the image directory."""
-    import pycolmap
-
-    db = pycolmap.Database.open(str(database))
-    try:
-        held = {im.name for im in db.read_all_images()}
-    finally:
-        db.close()
-    missing = [n for n in names if n not in held]
-    if missing:
-        example = sorted(held)[:3]
-        raise InputError(
-            f"--database {given}: {len(missing)} of {len(names)} images are not in it under their names relative to "
-            f"{images_dir} (e.g. {missing[0]!r}; the database has {', '.join(repr(n) for n in example) or 'no images'})"
-        )
 
 
 def _track_options(options: RefineOptions) -> "TrackOptions":  # noqa: F821 (lazy: pycolmap and torch load there)

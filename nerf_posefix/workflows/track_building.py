@@ -228,7 +228,7 @@ def match_features(
             )
     seconds["extract"] = time.perf_counter() - t0
     matching = options.matching_for(len(names))
-    _database_order(database, names)  # every image is in the database
+    check_database_images(database, names)
     t0 = time.perf_counter()
     matcher = pycolmap.FeatureMatchingOptions()
     matcher.num_threads = options.num_threads
@@ -270,19 +270,28 @@ def database_summary(database: str | Path, matching: str, seconds: dict[str, flo
     return MatchSummary(Path(database), matching, num_images, num_keypoints, num_pairs, sum(inliers), dict(seconds or {}))
 
 
-def _database_order(database: Path, names: Sequence[str]) -> list[int]:
-    """The database image id of each of ``names``, in that order."""
+def check_database_images(database: str | Path, names: Sequence[str], label: str | None = None) -> None:
+    """Every one of ``names`` must be an image of the COLMAP database, under that name (names relative to
+    the image directory, as COLMAP stores them).
+
+    Raises:
+        InputError: ``label`` (default: the database path), how many images are missing, one of them and
+            some of the names the database has.
+    """
     import pycolmap
 
     db = pycolmap.Database.open(str(database))
     try:
-        ids = {im.name: im.image_id for im in db.read_all_images()}
+        held = {im.name for im in db.read_all_images()}
     finally:
         db.close()
-    missing = [n for n in names if n not in ids]
+    missing = [n for n in names if n not in held]
     if missing:
-        raise InputError(f"{database}: images not in the COLMAP database: {', '.join(missing[:5])}")
-    return [int(ids[n]) for n in names]
+        example = ", ".join(repr(n) for n in sorted(held)[:3]) or "no images"
+        raise InputError(
+            f"{label or database}: {len(missing)} of {len(names)} images are not in it under their names relative to "
+            f"the image directory (e.g. {missing[0]!r}; the database has {example})"
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -539,6 +548,7 @@ __all__ = [
     "TrackOptions",
     "TrackStats",
     "adjust_with_retriangulation",
+    "check_database_images",
     "copy_database",
     "database_summary",
     "fix_gauge_per_component",
