@@ -24,7 +24,7 @@ nothing should change), ``ba-default`` (the package's default options: Cauchy, a
 ``ba-cauchy-0.3``, ``ba-cauchy-1``, ``ba-huber-1``, ``ba-soft_l1-0.5`` (all with intrinsics fixed,
 points refined, gauge fixed by the package default: a similarity onto the input frame with its
 rotation from the camera orientations, scale and translation from the centres:
-:mod:`nerf_posefix.workflows.bundle_adjustment`). ``--sweep`` adds the robust-scale sweep (Cauchy
+:mod:`nerf_posefix.sfm.bundle_adjustment`). ``--sweep`` adds the robust-scale sweep (Cauchy
 0.1–2 px, Huber 0.3/0.5 px), points held fixed vs refined, the other gauge fixes, and the
 self-calibrated model ``sparse_selfcal/0`` as it is and after robust BA.
 
@@ -62,7 +62,7 @@ from nerf_posefix.geometry.alignment import align
 from nerf_posefix.geometry.metrics import pairwise_rotation_errors
 from nerf_posefix.geometry.poses import rotation_angle_deg
 from nerf_posefix.geometry.reprojection import AUTO_SCALE_FACTOR
-from nerf_posefix.workflows.bundle_adjustment import (
+from nerf_posefix.sfm.bundle_adjustment import (
     AUTO_SCALE_RANGE_PX,
     BundleAdjustmentOptions,
     bundle_adjust_model,

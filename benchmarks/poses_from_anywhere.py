@@ -21,7 +21,7 @@ Scenes and noise
   3000-iteration photometric run. The first 16 views give 512 points with the exact poses.)
 
 Features and matches do not depend on the poses: ONE COLMAP database per scene
-(:func:`nerf_posefix.workflows.track_building.match_features`, exhaustive SIFT matching with the GT image
+(:func:`nerf_posefix.sfm.track_building.match_features`, exhaustive SIFT matching with the GT image
 names and intrinsics, as ``posefix refine`` builds it) serves every tracks row and the COLMAP row of the
 scene, so both use the SAME matches. Its cost is reported once per scene, not in the rows' times.
 
@@ -34,7 +34,7 @@ Rows
     point_triangulator; default ``IncrementalPipelineOptions``, intrinsics fixed), then
     ``pycolmap.bundle_adjustment`` (default options: squared loss; intrinsics fixed), the result mapped
     back onto the input frame with :func:`nerf_posefix.geometry.alignment.pose_alignment` as
-    :func:`~nerf_posefix.workflows.track_building.adjust_with_retriangulation` does. No point
+    :func:`~nerf_posefix.sfm.track_building.adjust_with_retriangulation` does. No point
     triangulated: a failure row.
 ``nerfstudio``
     ``posefix-small``'s NeRF trained with nerfstudio's own camera optimizer and its default L2
@@ -364,8 +364,8 @@ def run_colmap(database: Path, data: Path, work: Path) -> tuple[Any, dict[str, A
     from nerf_posefix.errors import InputError
     from nerf_posefix.geometry.alignment import pose_alignment
     from nerf_posefix.io.posed_images import load_posed_images
-    from nerf_posefix.workflows.bundle_adjustment import reconstruction_c2w
-    from nerf_posefix.workflows.track_building import (
+    from nerf_posefix.sfm.bundle_adjustment import reconstruction_c2w
+    from nerf_posefix.sfm.track_building import (
         copy_database,
         reconstruction_from_poses,
     )
@@ -518,7 +518,7 @@ def database_worker(spec: dict[str, Any]) -> int:
     """Build the scene's shared COLMAP database (features + exhaustive verified matches, GT names and
     intrinsics; one thread)."""
     from nerf_posefix.io.posed_images import load_posed_images
-    from nerf_posefix.workflows.track_building import TrackOptions, match_features
+    from nerf_posefix.sfm.track_building import TrackOptions, match_features
 
     scene = SCENES[spec["scene"]]
     output = Path(spec["output"])

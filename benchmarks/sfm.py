@@ -583,7 +583,7 @@ def bundle_adjust_from_poses(
     verbose: bool = False,
 ) -> BundleAdjustmentResult:
     """Refine ``initial`` poses by bundle adjustment on features matched in the images (the package's track
-    building, :func:`nerf_posefix.workflows.track_building.adjust_with_retriangulation`).
+    building, :func:`nerf_posefix.sfm.track_building.adjust_with_retriangulation`).
 
     Steps: SIFT + exhaustive matching into ``output_dir/database.db`` (or reuse ``database``, a
     COLMAP database of the same images, e.g. :attr:`SfmResult.database_path`); then for each
@@ -634,10 +634,10 @@ def _bundle_adjust(
     seed: int,
 ) -> BundleAdjustmentResult:
     """:func:`bundle_adjust_from_poses` after its checks (``output_dir`` exists and is empty): the package's
-    own track building (:mod:`nerf_posefix.workflows.track_building`, as ``posefix refine`` runs it on poses
+    own track building (:mod:`nerf_posefix.sfm.track_building`, as ``posefix refine`` runs it on poses
     without tracks), with this camera's intrinsics."""
     from nerf_posefix.io.camera_set import CameraSet, ImageCamera
-    from nerf_posefix.workflows.track_building import TrackOptions, adjust_with_retriangulation, copy_database, match_features
+    from nerf_posefix.sfm.track_building import TrackOptions, adjust_with_retriangulation, copy_database, match_features
 
     t_total = time.perf_counter()
     options = TrackOptions(matching="exhaustive", reproj_schedule_px=tuple(float(r) for r in reproj_schedule_px),

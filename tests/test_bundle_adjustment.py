@@ -1,4 +1,4 @@
-"""nerf_posefix.workflows.bundle_adjustment: robust BA of a COLMAP model's own tracks with pycolmap.
+"""nerf_posefix.sfm.bundle_adjustment: robust BA of a COLMAP model's own tracks with pycolmap.
 
 Runs on the bundled synthetic model ``assets/toybox_tiny/sparse/0`` (16 views of 64x64, exact 2D
 observations: the true poses and points reproject with zero error), so the truth is known exactly.
@@ -19,7 +19,7 @@ from nerf_posefix.errors import InputError  # noqa: E402
 from nerf_posefix.geometry.alignment import align, pose_alignment  # noqa: E402
 from nerf_posefix.geometry.metrics import pairwise_rotation_errors  # noqa: E402
 from nerf_posefix.geometry.poses import invert_poses, rotation_angle_deg  # noqa: E402
-from nerf_posefix.workflows.bundle_adjustment import (  # noqa: E402
+from nerf_posefix.sfm.bundle_adjustment import (  # noqa: E402
     BundleAdjustmentOptions,
     bundle_adjust_model,
     reconstruction_c2w,

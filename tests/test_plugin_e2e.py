@@ -55,7 +55,7 @@ def test_ns_train_help_lists_both_methods(env: dict[str, str]) -> None:
 @pytest.fixture(scope="module")
 def trained_run(env: dict[str, str]) -> Path:
     output = Path(env["HOME_RUN"]) / "outputs"
-    run_cli(
+    proc = run_cli(
         [
             str(BIN / "ns-train"), "posefix-small",
             "--data", str(TINY),
@@ -73,6 +73,7 @@ def trained_run(env: dict[str, str]) -> Path:
         ],
         env,
     )
+    (output / "ns-train.log").write_text(proc.stdout + proc.stderr)
     return output / "e2e" / "posefix-small" / "run"
 
 
@@ -111,3 +112,18 @@ def test_ns_eval_loads_the_checkpoint_offline(trained_run: Path, env: dict[str, 
     assert results["results"]["psnr"] > 5.0 and "ssim" in results["results"]
     assert "lpips" not in results["results"]
     assert "LPIPS disabled" in proc.stdout + proc.stderr
+    assert "front end (reused)" in proc.stdout + proc.stderr  # the run's adjusted dataset, not a second adjustment
+
+
+def test_ns_train_runs_the_front_end_into_the_run_directory(trained_run: Path) -> None:
+    """The dataset's COLMAP model beside its transforms.json is bundle-adjusted before the first iteration;
+    the result is cached in the run directory, the dataset is not written."""
+    import subprocess as sp
+
+    log = (trained_run.parents[2] / "ns-train.log").read_text()
+    assert "posefix: front end: bundle adjustment (cauchy) of the COLMAP model's tracks on 16 images" in log
+    result = json.loads((trained_run / "front_end" / "result.json").read_text())
+    assert result["num_images"] == 16 and result["moved"]["rotation_deg_median"] > 0.0
+    assert (trained_run / "front_end" / "dataset" / "transforms.json").is_file()
+    status = sp.run(["git", "status", "--porcelain", "--ignored", str(TINY)], capture_output=True, text=True, cwd=ROOT)
+    assert status.returncode != 0 or status.stdout == ""  # nothing written into the dataset (when in a git checkout)

@@ -47,6 +47,7 @@ def small_pipeline(data: Path = TINY, seed: int = 0, rays: int = 1024, **camera_
     config = posefix_small_config().pipeline
     config.datamanager.data = data
     config.datamanager.train_num_rays_per_batch = rays
+    config.front_end = "off"  # the optimizer itself, from the dataset's poses
     if isinstance(camera_optimizer.get("config"), CameraOptimizerConfig):
         config.model.camera_optimizer = camera_optimizer["config"]
     else:

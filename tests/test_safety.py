@@ -346,7 +346,8 @@ def _images_of(data_dir: Path) -> dict[str, np.ndarray]:
 def test_opaque_rgba_and_grayscale_among_rgb_are_converted_to_rgb(scene: Path, tmp_path: Path) -> None:
     from PIL import Image
 
-    from nerf_posefix.workflows.refine_inputs import prepare_training_data, validate_inputs
+    from nerf_posefix.sfm.inputs import validate_inputs
+    from nerf_posefix.workflows.refine_inputs import prepare_training_data
 
     with Image.open(scene / "images" / "003.png") as img:
         rgb3 = np.asarray(img.convert("RGB"))
@@ -385,7 +386,8 @@ def test_transparent_rgba_among_rgb_trains_as_rgba(scene: Path, tmp_path: Path, 
     assert (out / "sparse" / "0" / "images.bin").is_file() and not leftovers(tmp_path)
     assert digest(scene) == before
 
-    from nerf_posefix.workflows.refine_inputs import prepare_training_data, validate_inputs
+    from nerf_posefix.sfm.inputs import validate_inputs
+    from nerf_posefix.workflows.refine_inputs import prepare_training_data
 
     inp = validate_inputs(scene / "sparse" / "0", scene / "images", log=lambda line: None)
     prepare_training_data(inp, tmp_path / "data")
@@ -703,7 +705,7 @@ def test_camera_model_lists_match_what_each_command_accepts(scene: Path, tmp_pat
     data[12:16] = (99).to_bytes(4, "little")  # model id of camera 1
     cameras.write_bytes(bytes(data))
     line = refused(capsys, *_refine_args(scene, tmp_path / "out"), says=(str(cameras), "unsupported COLMAP camera model id 99"))
-    from nerf_posefix.workflows.refine_inputs import REFINE_CAMERA_MODELS
+    from nerf_posefix.sfm.inputs import REFINE_CAMERA_MODELS
 
     assert line.endswith(f"(supported: {', '.join(REFINE_CAMERA_MODELS)})")
     line = refused(capsys, "compare", "--reference", scene / "sparse" / "0", TINY / "transforms.json")

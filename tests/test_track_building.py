@@ -28,7 +28,7 @@ from nerf_posefix.io.sources import load_camera_set
 from nerf_posefix.io.transforms_json import read_transforms_json
 from nerf_posefix.io.tum import write_tum
 from nerf_posefix.workflows.perturb import perturb_dataset
-from nerf_posefix.workflows.track_building import (
+from nerf_posefix.sfm.track_building import (
     match_features,
     reconstruction_from_poses,
     track_stats,

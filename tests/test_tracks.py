@@ -38,6 +38,7 @@ def _pipeline(data: Path, **camera_optimizer):  # noqa: ANN003, ANN202
     config = posefix_small_config().pipeline
     config.datamanager.data = data
     config.datamanager.dataparser.eval_mode = "all"
+    config.front_end = "off"  # the track term itself, from the dataset's poses
     for key, value in camera_optimizer.items():
         setattr(config.model.camera_optimizer, key, value)
     torch.manual_seed(0)

@@ -80,6 +80,11 @@ class Alignment:
         out[:3, 3] = self.translation
         return out
 
+    def inverse(self) -> "Alignment":
+        """The similarity from the reference's world back to the estimate's: ``x -> (1/s) Rᵀ (x - t)``."""
+        rot_t = self.rotation.T
+        return Alignment(rotation=rot_t, translation=-(rot_t @ self.translation) / self.scale, scale=1.0 / self.scale, mode=self.mode)
+
     def apply_points(self, points: np.ndarray) -> np.ndarray:
         """Map points ``[..., 3]`` of the estimate's world into the reference's world."""
         return self.scale * np.asarray(points, dtype=np.float64) @ self.rotation.T + self.translation

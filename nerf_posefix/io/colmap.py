@@ -43,7 +43,7 @@ from nerf_posefix.io.camera_set import CameraSet
 #: Camera models this module reads and writes: those of nerfstudio's table (COLMAP model ids 0-10),
 #: i.e. SIMPLE_PINHOLE, PINHOLE, SIMPLE_RADIAL, RADIAL, OPENCV, OPENCV_FISHEYE, FULL_OPENCV, ... (what
 #: ``compare`` and ``perturb`` accept; ``refine`` trains on fewer, see
-#: :data:`nerf_posefix.workflows.refine_inputs.REFINE_CAMERA_MODELS`, and its messages list those).
+#: :data:`nerf_posefix.sfm.inputs.REFINE_CAMERA_MODELS`, and its messages list those).
 SUPPORTED_CAMERA_MODELS: tuple[str, ...] = tuple(
     m.model_name for m in sorted(cpu.CAMERA_MODELS, key=lambda m: m.model_id)
 )

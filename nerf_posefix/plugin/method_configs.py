@@ -14,6 +14,9 @@ Importing this module also lets ``torch.load`` read nerfstudio checkpoints with 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
+
 from nerfstudio.configs.base_config import MachineConfig, ViewerConfig
 from nerfstudio.data.datamanagers.base_datamanager import VanillaDataManagerConfig
 from nerfstudio.data.datamanagers.parallel_datamanager import ParallelDataManagerConfig
@@ -28,7 +31,27 @@ from nerf_posefix.plugin.checkpoint import register_checkpoint_safe_globals
 from nerf_posefix.plugin.model import PosefixModelConfig
 from nerf_posefix.plugin.pipeline import PosefixPipelineConfig
 
+#: The front end's cache directory inside a run directory.
+FRONT_END_DIR = "front_end"
+
 register_checkpoint_safe_globals()
+
+
+@dataclass
+class PosefixTrainerConfig(TrainerConfig):
+    """nerfstudio's ``TrainerConfig``; saving the run's config also fixes where the pipeline's front end
+    keeps its result (``RUN/front_end``; with ``--load-dir``, the loaded run's when it has one), so
+    ``ns-train --load-dir``, ``ns-eval``, ``ns-viewer`` and ``posefix export`` reuse it."""
+
+    def save_config(self) -> None:
+        pipeline = self.pipeline
+        if isinstance(pipeline, PosefixPipelineConfig) and pipeline.front_end == "on":
+            cache = self.get_base_dir() / FRONT_END_DIR
+            if self.load_dir is not None and (Path(self.load_dir).parent / FRONT_END_DIR).is_dir():
+                cache = Path(self.load_dir).parent / FRONT_END_DIR
+            pipeline.front_end_cache = cache
+        super().save_config()
+
 
 #: posefix-small field sizes (measured ~0.24 s per 1024-ray iteration on 2 CPU cores).
 SMALL_LOG2_HASHMAP_SIZE = 15
@@ -37,7 +60,7 @@ SMALL_MAX_ITERATIONS = 3000
 
 def posefix_config() -> TrainerConfig:
     """``posefix``: nerfstudio's nerfacto config with the homography camera optimizer."""
-    return TrainerConfig(
+    return PosefixTrainerConfig(
         method_name="posefix",
         steps_per_eval_batch=500,
         steps_per_save=2000,
@@ -102,7 +125,7 @@ def small_model_config(**overrides) -> PosefixModelConfig:  # noqa: ANN003
 
 def posefix_small_config() -> TrainerConfig:
     """``posefix-small``: a CPU-sized nerfacto with the homography camera optimizer."""
-    return TrainerConfig(
+    return PosefixTrainerConfig(
         method_name="posefix-small",
         steps_per_eval_batch=500,
         steps_per_eval_image=500,

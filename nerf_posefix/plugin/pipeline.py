@@ -4,7 +4,10 @@
 
 1. before the datamanager reads anything, :func:`nerf_posefix.plugin.dataset.validate_dataset` (one
    :class:`~nerf_posefix.errors.InputError` naming the file and frame for NaN poses, missing images,
-   broken COLMAP files);
+   broken COLMAP files), then (``front_end on``, the default) posefix refine's front end
+   (:mod:`nerf_posefix.plugin.front_end`: robust bundle adjustment of the dataset's tracks, or of tracks
+   built from its images), whose adjusted dataset the datamanager then reads (the run's config keeps the
+   dataset as given);
 2. after the model is built, when its camera optimizer is a
    :class:`~nerf_posefix.plugin.camera_optimizer.HomographyCameraOptimizer`: the training cameras'
    ``camera_to_worlds`` (OpenGL axes, dataparser frame: the initial poses) and the depth bounds
@@ -24,6 +27,7 @@ the saved ones, so a run keeps the reference poses and bounds it was trained wit
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Optional, Type
@@ -37,6 +41,7 @@ from nerfstudio.utils.rich_utils import CONSOLE
 from rich.markup import escape
 
 from nerf_posefix.plugin.camera_optimizer import HomographyCameraOptimizer
+from nerf_posefix.plugin.front_end import training_dataparser
 from nerf_posefix.plugin.dataset import DatasetInfo, describe_dataset, validate_dataset
 from nerf_posefix.io.camera_set import match_image_names
 from nerf_posefix.plugin.tracks import build_tracks
@@ -49,6 +54,17 @@ class PosefixPipelineConfig(VanillaPipelineConfig):
     """nerfstudio's vanilla pipeline + dataset checks + reference poses/bounds for the camera optimizer."""
 
     _target: Type = field(default_factory=lambda: PosefixPipeline)
+    front_end: Literal["on", "off"] = "on"
+    """Before training, run posefix refine's front end on the dataset (:mod:`nerf_posefix.plugin.front_end`):
+    the robust bundle adjustment of its COLMAP tracks, or tracks built from the images of a pose-only
+    transforms.json, then the adjustment; every camera (eval split included) starts from the adjusted
+    poses, which are also the prior's reference. Cached in the run directory. off: train from the
+    dataset's poses as they are."""
+    front_end_cache: Optional[Path] = None
+    """Where the front end keeps its result (set to RUN/front_end when the run's config is saved; None: a
+    temporary directory, not reused)."""
+    front_end_matching: Literal["auto", "exhaustive", "sequential"] = "auto"
+    """Feature matching when the front end builds tracks (as posefix refine --matching)."""
     ground_truth_metrics: bool = True
     """Log pose errors against transforms_gt.json when the dataset has one."""
     eval_pose_alignment_steps: int = 0
@@ -86,7 +102,19 @@ class PosefixPipeline(VanillaPipeline):
             config.datamanager.dataparser.data = config.datamanager.data
         self.dataset_info: DatasetInfo = describe_dataset(config.datamanager.dataparser)
         validate_dataset(self.dataset_info)
-        super().__init__(config, device, test_mode, world_size, local_rank, grad_scaler)
+        original = config.datamanager
+        dataparser, self.front_end = training_dataparser(config, log=lambda line: CONSOLE.print(f"posefix: {escape(line)}", soft_wrap=True))
+        if self.front_end is not None:
+            CONSOLE.print(f"[bold]posefix: {escape(self.front_end.line)}", soft_wrap=True)
+        if dataparser is not original.dataparser:  # the datamanager reads the adjusted dataset
+            config.datamanager = copy.copy(original)
+            config.datamanager.dataparser = dataparser
+            config.datamanager.data = None
+            self.dataset_info = describe_dataset(dataparser)
+        try:
+            super().__init__(config, device, test_mode, world_size, local_rank, grad_scaler)
+        finally:
+            config.datamanager = original  # the run's config keeps the dataset as given
         self.depth_bounds: Optional[DepthBounds] = None
         optimizer = self.model.camera_optimizer
         if isinstance(optimizer, HomographyCameraOptimizer):

@@ -161,9 +161,13 @@ def load_refined_run(config_path: str | os.PathLike[str]) -> RefinedRun:
     config_path = Path(config_path)
     config = _load_config(config_path)
     datamanager = config.pipeline.datamanager
-    dataparser_config = datamanager.dataparser
     if getattr(datamanager, "data", None) is not None:
-        dataparser_config.data = Path(datamanager.data)
+        datamanager.dataparser.data = Path(datamanager.data)
+    if not Path(datamanager.dataparser.data).exists():
+        raise InputError(f"{config_path}: the run's dataset {datamanager.dataparser.data} does not exist (moved?)")
+    from nerf_posefix.plugin.front_end import training_dataparser
+
+    dataparser_config, _ = training_dataparser(config.pipeline)  # the adjusted dataset when the front end ran
     info = describe_dataset(dataparser_config)
     if info.kind == "other":
         raise InputError(

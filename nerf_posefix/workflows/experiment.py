@@ -71,6 +71,9 @@ class TrainSpec:
         tracks: the posefix optimizer's track term (``"auto"`` or ``"off"``). Off by default: the bundled
             scenes' COLMAP models carry the generator's exact observations, and a benchmark that fed them
             to the track term would hand it the answer (tracks built from the images come with issue 16).
+        front_end: the posefix pipeline's front end (``"on"``: the SfM stages of posefix refine adjust the
+            dataset's poses before training; :mod:`nerf_posefix.plugin.front_end`). Off by default here, so
+            that a row measures the refiner it names from the poses it was given.
         seed: random seed (python, numpy, torch).
         rays_per_batch: training rays per iteration (None: the method's).
         device: torch device type, ``"cpu"`` (default) or ``"cuda"``.
@@ -85,6 +88,7 @@ class TrainSpec:
     eval_interval: int = 8
     camera_optimizer: dict[str, Any] = field(default_factory=dict)
     tracks: str = "off"
+    front_end: str = "off"
     camera_optimizer_scale: dict[str, float] = field(default_factory=dict)
     camera_lr_scale: float = 1.0
     model: dict[str, Any] = field(default_factory=dict)
@@ -152,6 +156,8 @@ def build_trainer_config(spec: TrainSpec) -> "TrainerConfig":
             )
         if hasattr(model.camera_optimizer, "tracks"):
             model.camera_optimizer.tracks = spec.tracks
+        if hasattr(config.pipeline, "front_end"):
+            config.pipeline.front_end = spec.front_end
         if spec.camera_lr_scale != 1.0:
             if not spec.camera_lr_scale > 0:
                 raise InputError(f"camera_lr_scale must be > 0, got {spec.camera_lr_scale}")

@@ -1,7 +1,10 @@
 """``posefix export``: a run's refined poses written in its input's own format and world frame.
 
 * transforms.json input: a transforms.json in the frame of the input file (its ``applied_transform``
-  and ``applied_scale`` kept, file paths rewritten relative to the export directory);
+  and ``applied_scale`` kept, file paths rewritten relative to the export directory); when the dataset has
+  a COLMAP model of the same cameras beside it (``ns-process-data``'s ``colmap/sparse/0``), also that model
+  with the refined poses, in the model's own world frame (``sparse/0``, as below), for COLMAP-based tools
+  (3DGS trainers, MVS);
 * COLMAP input: a COLMAP model ``sparse/0`` (``.bin`` and ``.txt``; world-to-camera, OpenCV axes,
   intrinsics and points unchanged, no ``rigs``/``frames``) and a transforms.json of it (camera-to-world,
   OpenGL axes, COLMAP world, intrinsics from nerfstudio's ``parse_colmap_camera_params``).
@@ -14,9 +17,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Optional
 
 if TYPE_CHECKING:
+    from nerf_posefix.io.colmap import ColmapModel
     from nerf_posefix.plugin.run_reader import RefinedInput
 
 from nerf_posefix.io.atomic import atomic_directory, check_output_dir
@@ -57,6 +61,39 @@ def export_run(config_path: str | os.PathLike[str], output_dir: str | os.PathLik
     return write_export(refined_input_poses(config_path), output_dir)
 
 
+def _input_transforms_path(run) -> Path:  # noqa: ANN001 (RefinedRun)
+    """The transforms.json the run was given (not the front end's adjusted copy it read)."""
+    data = getattr(run.config.pipeline.datamanager, "data", None) or run.config.pipeline.datamanager.dataparser.data
+    data = Path(data)
+    return data if data.suffix == ".json" else data / FILENAME
+
+
+def _refined_model_of_transforms_run(refined: "RefinedInput") -> tuple[Optional["ColmapModel"], str]:
+    """The COLMAP model beside a run's transforms.json with the run's refined poses mapped into the model's
+    world (by the similarity relating the model's cameras to the transforms.json's input poses, checked
+    exact), or None and why not."""
+    from nerf_posefix.io.camera_set import CameraSet, match_image_names
+    from nerf_posefix.io.colmap import read_colmap_model
+    from nerf_posefix.io.transforms_json import read_transforms_json
+    from nerf_posefix.plugin.front_end import frame_similarity
+
+    info = refined.run.info
+    assert info.colmap_dir is not None and info.transforms_path is not None
+    model = read_colmap_model(info.colmap_dir)
+    model_cams = model.to_camera_set()  # image-id order, c2w OpenCV, the model's world
+    json_in = read_transforms_json(info.transforms_path)  # the run's input poses, same conventions as refined.cameras
+    sim, why = frame_similarity(model_cams, json_in)
+    if sim is None:
+        return None, f"the COLMAP model {info.colmap_dir}: {why}"
+    back = sim.inverse()
+    match = match_image_names(refined.cameras.names, model_cams.names)
+    c2w = model_cams.c2w.copy()
+    for j, m in enumerate(match):
+        if m is not None:
+            c2w[m] = back.apply(refined.cameras.c2w[j : j + 1])[0]
+    return model.with_poses(CameraSet(names=model_cams.names, c2w=c2w, source=str(refined.run.config_path))), "of the dataset"
+
+
 def write_export(refined: "RefinedInput", output_dir: str | os.PathLike[str]) -> dict[str, Path]:
     """Write the refined poses of a run already read (:func:`~nerf_posefix.plugin.run_reader.refined_input_poses`)
     into ``output_dir`` (replaced if it exists; see the module docstring)."""
@@ -80,7 +117,16 @@ def write_export(refined: "RefinedInput", output_dir: str | os.PathLike[str]) ->
             out["frames"] = frames
             if "ply_file_path" in out:
                 out["ply_file_path"] = _relative(data_dir / out["ply_file_path"], output_dir)
-            out["posefix"] = {**provenance, "frame": f"the world frame of {run.info.transforms_path}"}
+            source = _input_transforms_path(run)
+            out["posefix"] = {**provenance, "frame": f"the world frame of {source}"}
+            if run.info.colmap_dir is not None:
+                model, note = _refined_model_of_transforms_run(refined)
+                if model is not None:
+                    write_colmap_model(model, tmp / "sparse" / "0", formats=("bin", "txt"))
+                    written["colmap"] = output_dir / "sparse" / "0"
+                    out["posefix"]["colmap_model"] = f"sparse/0: the COLMAP model {note} with the refined poses, in its own world frame"
+                else:
+                    out["posefix"]["colmap_model"] = f"not written: {note}"
         else:
             from nerfstudio.process_data.colmap_utils import parse_colmap_camera_params
 

@@ -9,7 +9,7 @@
 Poses without tracks
 --------------------
 A transforms.json, a TUM trajectory or a COLMAP model without points (:mod:`nerf_posefix.io.posed_images`)
-first gets tracks built from its images (stage 0, :mod:`nerf_posefix.workflows.track_building`: SIFT
+first gets tracks built from its images (stage 0, :mod:`nerf_posefix.sfm.track_building`: SIFT
 features, exhaustive or sequential matching, triangulation with the input poses held fixed; pycolmap),
 kept in ``OUT.partial/tracks`` (the database and the triangulated model) for ``--resume``; ``--database``
 reuses the features and matches of an earlier run. Its stage 1 is rounds of re-triangulation and robust
@@ -34,7 +34,7 @@ Steps
    :mod:`nerf_posefix.workflows.refine_inputs`). Missing or truncated model files, missing
    images, size mismatches, unsupported camera models and point-less models raise one
    :class:`~nerf_posefix.errors.InputError` naming the file (the CLI prints it and exits with code 2).
-2. **Bundle-adjust** (``--bundle-adjustment``, default ``cauchy``; :mod:`nerf_posefix.workflows.bundle_adjustment`):
+2. **Bundle-adjust** (``--bundle-adjustment``, default ``cauchy``; :mod:`nerf_posefix.sfm.bundle_adjustment`):
    pycolmap's bundle adjustment of the model's own tracks with a robust loss whose scale is twice the
    model's median reprojection error (clipped to 0.1-2 px), intrinsics fixed, points refined, the result
    mapped back onto the input frame (rotation from the orientations, scale and translation from the
@@ -100,15 +100,15 @@ import numpy as np
 from nerf_posefix.errors import InputError
 from nerf_posefix.io.atomic import atomic_directory, check_output_dir, overlaps
 from nerf_posefix.io.camera_set import CameraSet
-from nerf_posefix.io.colmap import ColmapModel, read_colmap_model, write_colmap_model
+from nerf_posefix.io.colmap import ColmapModel, write_colmap_model
 from nerf_posefix.io.posed_images import PosedImages, load_posed_images, write_refined_poses
-from nerf_posefix.workflows.refine_inputs import ValidatedInput, check_resume, colmap_to_transforms, prepare_training_data, read_refine_model, validate_model
+from nerf_posefix.sfm.front_end import FrontEndOptions, check_front_end_options, front_end_input, run_front_end
+from nerf_posefix.sfm.inputs import ValidatedInput, read_refine_model, validate_model
+from nerf_posefix.workflows.refine_inputs import check_resume, colmap_to_transforms, prepare_training_data
 from nerf_posefix.workflows.refine_report import RefineResult, build_report, write_report
 
 PARTIAL_SUFFIX = ".partial"
 STAMP_FILE = "refine_input.json"
-#: Written when the features and matches of the images are complete (relative to the work directory).
-MATCHES_RECORD = "tracks/matches.json"
 BOUNDS_MODES = {"global": "points-global", "per-camera": "points-per-camera"}
 
 
@@ -274,67 +274,13 @@ def refined_model(inp: ValidatedInput, refined: CameraSet, points: Optional[dict
     return replace(model, images=images, points3D=points3D, path="")
 
 
-def _cached_adjustment(
-    inp: ValidatedInput, work: Path, adjust: Callable[[], tuple[Any, dict[str, Any]]]
-) -> tuple[ValidatedInput, dict[str, Any]]:
-    """Run ``adjust()`` (returns an adjusted ``pycolmap.Reconstruction`` in the input frame and a summary)
-    unless ``work/bundle_adjusted`` holds its result already (``--resume``); returns the adjusted model as the
-    NeRF stage's input (same images and names) and the summary."""
-    from nerf_posefix.workflows.bundle_adjustment import write_adjusted_model
-
-    ba_dir = work / "bundle_adjusted"
-    record = ba_dir / "result.json"
-    if not record.is_file():
-        shutil.rmtree(ba_dir, ignore_errors=True)
-        reconstruction, summary = adjust()
-        write_adjusted_model(reconstruction, ba_dir / "sparse" / "0")
-        record.write_text(json.dumps(summary, indent=2), encoding="utf-8")
-    summary = json.loads(record.read_text(encoding="utf-8"))
-    if "warning" in summary:
-        print(f"posefix refine: warning: {summary['warning']}", flush=True)
-    adjusted = read_colmap_model(ba_dir / "sparse" / "0")
-    names = {im.name for im in adjusted.images.values()}
-    missing = [im.name for im in inp.model.images.values() if im.name not in names]
-    if missing:
-        raise RuntimeError(f"{ba_dir}: the bundle adjustment lost images {missing[:5]}")
-    return replace(inp, model=adjusted), summary
-
-
-def _bundle_adjustment_stage(options: RefineOptions, inp: ValidatedInput, work: Path) -> tuple[ValidatedInput, Optional[dict[str, Any]]]:
-    """Stage 1 (``--bundle-adjustment``): the robust bundle adjustment of the model's own tracks, kept in
-    ``work/bundle_adjusted`` (reused by ``--resume``). Returns the stage's output as the NeRF stage's
-    input (same images and names, adjusted poses and points in the input frame) and its summary."""
-    if options.bundle_adjustment == "none":
-        return inp, None
-    from nerf_posefix.workflows.bundle_adjustment import BundleAdjustmentOptions, bundle_adjust_model
-
-    def adjust() -> tuple[Any, dict[str, Any]]:
-        print(f"posefix refine: bundle adjustment of {len(inp.model.images)} images ({options.bundle_adjustment} loss) ...", flush=True)
-        result = bundle_adjust_model(
-            inp.model_dir, BundleAdjustmentOptions(loss=options.bundle_adjustment, scale_px=options.ba_scale_px)
-        )
-        return result.reconstruction, {
-            "loss": options.bundle_adjustment,
-            "scale_px": result.scale_px,
-            "reprojection_error_before_px": result.reprojection_error_before_px,
-            "reprojection_error_after_px": result.reprojection_error_after_px,
-            "seconds": result.wall_time_s,
-            "gauge": result.options.fix_gauge,
-        }
-
-    return _cached_adjustment(inp, work, adjust)
-
-
 def _read_input(options: RefineOptions) -> tuple[PosedImages, ValidatedInput, bool]:
     """Read the pose source and check it against its images (nothing written). Returns the source, the
     validated model (a point-less model of the input poses when tracks are to be built) and whether tracks
     are to be built."""
     if (options.colmap_model is None) == (options.poses is None):
         raise InputError("give the input as --poses PATH (transforms.json, TUM file or COLMAP model) or --colmap-model DIR")
-    if options.sequential_overlap < 1:
-        raise InputError(f"--sequential-overlap must be >= 1, got {options.sequential_overlap}")
-    if options.database is not None and not Path(options.database).is_file():
-        raise InputError(f"--database {options.database}: no such file")
+    check_front_end_options(front_end_options(options))
     source = Path(options.poses or options.colmap_model)
     refine_model = None
     if options.colmap_model is not None or (source.is_dir() and any(source.glob("cameras.*"))):
@@ -343,126 +289,32 @@ def _read_input(options: RefineOptions) -> tuple[PosedImages, ValidatedInput, bo
     if options.images is None:  # a transforms.json's images: OUT must not be or lie inside their directories
         folders = sorted({(posed.images_dir / name).parent for name in posed.cameras.names})
         check_output_dir(options.output, [("the images of --poses", folder) for folder in folders], options.overwrite)
-    built = options.build_tracks == "always" or not posed.has_tracks
-    if posed.kind == "colmap" and not built:
-        assert options.images is not None
-        model, model_dir, ext = refine_model or read_refine_model(posed.source)
-        return posed, validate_model(model, model_dir, ext, Path(options.images)), False
-    if options.database is not None and not built:
+    if options.database is not None and posed.has_tracks and options.build_tracks != "always":
         raise InputError("--database is used to build tracks; this input has its own (use --build-tracks always)")
-    model = posed.to_colmap_model()
-    inp = validate_model(model, posed.source, "", posed.images_dir, require_tracks=False, source=posed.source)
-    return posed, inp, True
+    if refine_model is not None and posed.kind == "colmap" and posed.has_tracks and options.build_tracks != "always":
+        model, model_dir, ext = refine_model
+        return posed, validate_model(model, model_dir, ext, Path(options.images or posed.images_dir)), False
+    inp, built = front_end_input(posed, options.build_tracks)
+    return posed, inp, built
 
 
-def _track_building_stage(options: RefineOptions, posed: PosedImages, inp: ValidatedInput, work: Path) -> tuple[ValidatedInput, dict[str, Any]]:
-    """Stage 0 for inputs without tracks: features and matches (``work/tracks/database.db``, or a copy of
-    ``--database``), then COLMAP's triangulation with the input poses held fixed (``work/tracks/sparse/0``);
-    both are kept for ``--resume``. Returns the model with the new tracks (input poses exactly) and a summary."""
-    from nerf_posefix.workflows.bundle_adjustment import write_adjusted_model
-    from nerf_posefix.workflows.track_building import (
-        DATABASE_FILE, check_database_images, copy_database, database_summary, match_features, reconstruction_from_poses, track_stats,
-        triangulate_fixed_poses,
+def front_end_options(options: RefineOptions) -> FrontEndOptions:
+    """The front end's options of a refine run."""
+    return FrontEndOptions(
+        build_tracks=options.build_tracks, matching=options.matching, sequential_overlap=options.sequential_overlap,
+        database=options.database, bundle_adjustment=options.bundle_adjustment, ba_scale_px=options.ba_scale_px,
+        threads=options.threads, seed=options.seed,
     )
 
-    track_dir = work / "tracks"
-    track_dir.mkdir(parents=True, exist_ok=True)
-    database, matches_record = track_dir / DATABASE_FILE, work / MATCHES_RECORD
-    track_options = _track_options(options)
-    names = [inp.model.images[i].name for i in inp.model.image_ids()]
-    if not matches_record.is_file():
-        database.unlink(missing_ok=True)
-        if options.database is not None:
-            print(f"posefix refine: features and matches from {options.database}", flush=True)
-            copy_database(options.database, database)
-            check_database_images(database, names, f"--database {options.database} (images under {posed.images_dir})")
-            matches = database_summary(database, f"given ({options.database})")
-        else:
-            t0 = time.perf_counter()
-            print(f"posefix refine: building tracks from {len(names)} images (SIFT, {track_options.matching_for(len(names))} "
-                  "matching; pycolmap) ...", flush=True)
-            matches = match_features(
-                posed.images_dir, names, posed.intrinsics, database, track_options,
-                log=lambda m: print(f"posefix refine:   {m}", flush=True),
-            )
-            print(f"posefix refine:   {matches.num_keypoints} keypoints, {matches.num_verified_pairs} verified pairs "
-                  f"({time.perf_counter() - t0:.0f} s)", flush=True)
-        matches_record.write_text(json.dumps(matches.to_dict(), indent=2), encoding="utf-8")
-    matches_summary = json.loads(matches_record.read_text(encoding="utf-8"))
-    model_dir, record = track_dir / "sparse" / "0", track_dir / "tracks.json"
-    if not record.is_file():
-        shutil.rmtree(model_dir, ignore_errors=True)
-        threshold = track_options.reproj_schedule_px[0]
-        rec = reconstruction_from_poses(database, inp.model.to_camera_set())
-        rec = triangulate_fixed_poses(rec, database, posed.images_dir, threshold, track_options.num_threads, track_options.seed)
-        stats = track_stats(rec, track_options.min_observations_per_image)
-        write_adjusted_model(rec, model_dir)
-        summary = {"matches": matches_summary, "triangulation_max_reproj_px": threshold, **stats.to_dict()}
-        record.write_text(json.dumps(summary, indent=2), encoding="utf-8")
-    summary = json.loads(record.read_text(encoding="utf-8"))
-    print(f"posefix refine: {summary['num_points']} points triangulated with the input poses held fixed "
-          f"({summary['num_observations']} observations, {len(summary['weak_images'])} weakly anchored images)", flush=True)
-    if summary["weak_images"]:
-        print(f"posefix refine: warning: images with fewer than {track_options.min_observations_per_image} track "
-              f"observations: {', '.join(summary['weak_images'][:5])}", flush=True)
-    built = read_colmap_model(model_dir)
-    names_built = {im.name for im in built.images.values()}
-    if names_built != set(names):
-        raise RuntimeError(f"{model_dir}: the triangulated model lost images {sorted(set(names) - names_built)[:5]}")
-    usable = summary["num_points"] >= track_options.min_points
-    return validate_model(built, model_dir, ".bin", posed.images_dir, log=lambda m: None, require_tracks=usable), summary
 
-
-def _track_options(options: RefineOptions) -> "TrackOptions":  # noqa: F821 (lazy: pycolmap and torch load there)
-    from nerf_posefix.workflows.track_building import TrackOptions
-
-    return TrackOptions(matching=options.matching, sequential_overlap=options.sequential_overlap, seed=options.seed,
-                        num_threads=options.threads or -1)
-
-
-def _built_tracks_adjustment_stage(
-    options: RefineOptions, posed: PosedImages, inp: ValidatedInput, work: Path
-) -> tuple[ValidatedInput, Optional[dict[str, Any]]]:
-    """Stage 1 for built tracks: rounds of triangulation from the current poses and robust bundle adjustment
-    (:func:`nerf_posefix.workflows.track_building.adjust_with_retriangulation`), mapped onto the input frame;
-    kept in ``work/bundle_adjusted`` for ``--resume``. The NeRF stage then trains on the adjusted tracks
-    (their point ids differ from the first triangulation's)."""
-    if options.bundle_adjustment == "none":
-        return inp, None
-    from nerf_posefix.workflows.track_building import DATABASE_FILE, adjust_with_retriangulation
-
-    def adjust() -> tuple[Any, dict[str, Any]]:
-        track_options = _track_options(options)
-        rounds = ", ".join(f"{r:g}" for r in track_options.reproj_schedule_px)
-        print(f"posefix refine: bundle adjustment of {len(inp.model.images)} images, re-triangulating at {rounds} px ...", flush=True)
-        result = adjust_with_retriangulation(
-            work / "tracks" / DATABASE_FILE, posed.images_dir, inp.model.to_camera_set(), track_options,
-            log=lambda m: print(f"posefix refine:   {m}", flush=True),
-        )
-        summary = {
-            "loss": "cauchy",
-            "rounds": result.rounds,
-            "reprojection_error_after_px": result.rounds[-1]["mean_reprojection_error_px"],
-            "seconds": result.seconds,
-            "gauge": "sim3_poses per group of images connected by tracks",
-        }
-        last = result.rounds[-1]
-        if last["num_components"] > 1:
-            summary["warning"] = (
-                f"the tracks link the images in {last['num_components']} separate groups (largest "
-                f"{last['largest_component']} of {len(result.names)} images): each group is refined within itself and "
-                "placed by its input poses, so their relative placement keeps the input's error; more overlap "
-                "(--matching exhaustive, --sequential-overlap) can link them"
-            )
-        return result.reconstruction, summary
-
-    return _cached_adjustment(inp, work, adjust)
+def _log(message: str) -> None:
+    print(f"posefix refine: {message}", flush=True)
 
 
 def _refined_points(stage_model: ColmapModel, run: Any, adjusted: bool, trained: bool) -> tuple[Optional[dict[int, np.ndarray]], str]:
     """The output's points ``{point3D_id: xyz}`` (input frame): the stage input's points plus the NeRF
     stage's offsets when it refined them; and a note for the report."""
-    offsets = run.refined_point_offsets()
+    offsets = run.refined_point_offsets() if run is not None else None
     base = {pid: np.asarray(p.xyz, dtype=np.float64) for pid, p in stage_model.points3D.items()}
     if offsets is not None and np.abs(offsets[1]).max(initial=0.0) > 0:
         for pid, delta in zip(*offsets):
@@ -577,6 +429,107 @@ def regularizer_overrides(regularizer: str) -> dict[str, Any]:
     raise InputError(f"--regularizer must be pixels, homography, nerfstudio or none, got {regularizer!r}")
 
 
+def _point_depth_bounds(stage_model: ColmapModel, input_model: ColmapModel, mode: str) -> Optional[tuple[np.ndarray, np.ndarray, str]]:
+    """The report's homography depth bounds without a NeRF stage: robust quantiles (2.5 %, 97.5 %) of the
+    depths of the stage model's points observed by each image (``per-camera``) or pooled (``global``), in
+    input units, per image of ``input_model`` (image-id order); None when the model has no tracks."""
+    import torch
+
+    from nerf_posefix.geometry.homography import depth_bounds_from_points, global_depth_bounds
+
+    cams = stage_model.to_camera_set()  # image-id order of the stage model, c2w OpenCV, input frame
+    obs = stage_model.observations()
+    if len(obs) == 0:
+        return None
+    xyz = torch.from_numpy(np.asarray(cams.points if cams.points is not None else [], dtype=np.float64).reshape(-1, 3))
+    per_image = [xyz[torch.from_numpy(obs.point_index[obs.image_index == i])] for i in range(len(cams))]
+    c2w = torch.from_numpy(cams.c2w)
+    try:
+        if mode == "per-camera":
+            xmin, xmax = (t.numpy() for t in depth_bounds_from_points(c2w, per_image, camera_convention="opencv"))
+        else:
+            lo, hi = global_depth_bounds(c2w, per_image, camera_convention="opencv")
+            xmin, xmax = np.full(len(cams), lo), np.full(len(cams), hi)
+    except ValueError:
+        return None
+    order = [cams.names.index(input_model.images[i].name) for i in input_model.image_ids()]
+    return xmin[order], xmax[order], f"depths of the adjusted model's points ({mode})"
+
+
+def _nerf_stage(
+    options: RefineOptions, inp: ValidatedInput, stage_input: ValidatedInput, work: Path, iterations: Optional[int], tracks: str,
+    ba_summary: Optional[dict[str, Any]], callback: Optional[Callable[[int, Optional[float]], None]],
+) -> tuple[CameraSet, Optional[dict[int, np.ndarray]], str, Optional[tuple[np.ndarray, np.ndarray, str]], dict[str, Any]]:
+    """Steps 3-5: the training dataset of the stage's model, the posefix method trained on it, and its
+    refined poses (c2w OpenCV, input frame, image names), points, the training's depth bounds per image of
+    ``inp`` (input units) and a summary of the run."""
+    import torch
+
+    device = options.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    elif device == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda: no CUDA device is available")
+    data_dir = work / "data"
+    if not (data_dir / "transforms.json").is_file():
+        prepare_training_data(stage_input, data_dir, options.downscale_factor)
+
+    from nerf_posefix.plugin.training import in_process_config, run_training
+
+    bounds_mode = BOUNDS_MODES[options.bounds] if stage_input.model.points3D else "auto"  # auto: the scene box
+    config = in_process_config(
+        options.method,
+        data=data_dir,
+        output_dir=work / "runs",
+        max_iterations=iterations,
+        experiment_name="refine",
+        device=device,
+        seed=options.seed,
+        steps_per_save=options.checkpoint_every,
+        overrides={
+            "pipeline.datamanager.dataparser.eval_mode": "all",
+            "pipeline.datamanager.dataparser.downscale_factor": options.downscale_factor,
+            "pipeline.front_end": "off",  # the front end ran already (the dataset holds its result)
+            "pipeline.model.camera_optimizer.bounds": bounds_mode,
+            "pipeline.model.camera_optimizer.tracks": "auto" if tracks == "on" else "off",
+            "pipeline.model.camera_optimizer.track_points": options.track_points,
+            "pipeline.model.camera_optimizer.prior_sigma_px": options.prior_sigma_px,
+            **regularizer_overrides(options.regularizer),
+        },
+    )
+    with warnings.catch_warnings():
+        if options.quiet:
+            warnings.simplefilter("ignore")
+        run = run_training(
+            config, progress=True, resume=options.resume, quiet=options.quiet, label=f"refine {options.method}", callback=callback,
+            num_threads=options.threads or None,
+        )
+
+    # export (nerfstudio's dataparser messages, e.g. its eval-mode=all warning, are hidden)
+    from nerf_posefix.plugin.run_reader import refined_input_poses
+    from nerf_posefix.plugin.training import quiet_console
+
+    with quiet_console(True):
+        refined_input = refined_input_poses(run.config_path)  # the run, read once
+    exported = refined_input.cameras.subset(np.nonzero(refined_input.refined)[0])  # c2w OpenCV, COLMAP world, flat names
+    flat_to_name = {flat: name for name, flat in inp.flat_names.items()}
+    missing = [n for n in exported.names if n not in flat_to_name]
+    if missing or len(exported) != len(inp.flat_names):
+        raise RuntimeError(f"export of {run.config_path} returned {len(exported)} cameras for {len(inp.flat_names)} images")
+    refined = CameraSet(names=[flat_to_name[n] for n in exported.names], c2w=exported.c2w, source=str(run.config_path))
+    points, points_note = _refined_points(stage_input.model, refined_input.run, ba_summary is not None, run.completed_iterations > 0)
+    bounds = None
+    trained = refined_input.run
+    if trained.xmin is not None and trained.xmax is not None:  # dataparser units -> input units, per input image
+        by_name = {flat_to_name[Path(f).name]: k for k, f in enumerate(trained.train_filenames)}
+        order = [by_name[inp.model.images[i].name] for i in inp.model.image_ids()]
+        scale = trained.dataparser_scale
+        bounds = (trained.xmin[order] / scale, trained.xmax[order] / scale, f"training bounds / dataparser scale {scale:.6g}")
+    run_summary = {"iterations": int(run.completed_iterations), "resumed_from_iteration": run.start_iteration, "device": device,
+                   "training_seconds": run.seconds}
+    return refined, points, points_note, bounds, run_summary
+
+
 def refine(options: RefineOptions, callback: Optional[Callable[[int, Optional[float]], None]] = None) -> RefineResult:
     """Run ``posefix refine`` (see the module docstring).
 
@@ -628,95 +581,30 @@ def refine(options: RefineOptions, callback: Optional[Callable[[int, Optional[fl
                 "--overwrite to start over"
             )
 
-    import torch
-
-    device = options.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    elif device == "cuda" and not torch.cuda.is_available():
-        raise InputError("--device cuda: no CUDA device is available")
-
     work.mkdir(parents=True, exist_ok=True)
     (work / STAMP_FILE).write_text(json.dumps(stamp, indent=2), encoding="utf-8")
-    iterations, tracks, fallback, track_summary = options.iterations, options.tracks, None, None
-    if built:
-        # --- stage 0: tracks from the images, the poses held fixed
-        inp, track_summary = _track_building_stage(options, posed, inp, work)
-        min_points = _track_options(options).min_points
-        if track_summary["num_points"] < min_points:
-            fallback = (
-                f"only {track_summary['num_points']} points could be triangulated from "
-                f"{track_summary['matches']['num_verified_pairs']} verified image pairs with "
-                f"{track_summary['matches']['num_inlier_matches']} inlier matches (fewer than {min_points} "
-                "points: too little texture, overlap or resolution for tracks): the tracks are not used; photometric "
-                "refinement with the prior instead"
-                + ("" if track_summary["num_points"] else ", its depth bounds from the scene box (no sparse points)")
-            )
-            tracks = "off"
-            if not iterations:
-                iterations = None  # the method's own default: a photometric refinement of 0 iterations does nothing
-            print(f"posefix refine: warning: {fallback}", flush=True)
-    # --- stage 1: robust bundle adjustment of the tracks
+    # --- the front end: tracks (built from the images when the input has none), robust adjustment
+    front = run_front_end(posed, inp, built, work, front_end_options(options), log=_log)
+    inp, stage_input, ba_summary, track_summary, fallback = front.input, front.model, front.adjustment, front.tracks, front.fallback
+    iterations, tracks = options.iterations, options.tracks
     if fallback is not None:
-        stage_input, ba_summary = inp, None
-    elif built:
-        stage_input, ba_summary = _built_tracks_adjustment_stage(options, posed, inp, work)
+        fallback += "; photometric refinement with the prior instead" + (
+            "" if track_summary["num_points"] else ", its depth bounds from the scene box (no sparse points)")
+        tracks = "off"
+        if not iterations:
+            iterations = None  # the method's own default: a photometric refinement of 0 iterations does nothing
+        _log(f"warning: {fallback}")
+    elif "warning" in (ba_summary or {}):
+        _log(f"warning: {ba_summary['warning']}")
+    if iterations == 0:  # no NeRF stage: no nerfstudio, no image copies
+        refined = stage_input.model.to_camera_set()
+        run_summary: dict[str, Any] = {"iterations": 0, "resumed_from_iteration": 0, "device": None, "training_seconds": 0.0}
+        points, points_note = _refined_points(stage_input.model, None, ba_summary is not None, False)
+        bounds = _point_depth_bounds(stage_input.model, inp.model, options.bounds)
     else:
-        stage_input, ba_summary = _bundle_adjustment_stage(options, inp, work)
-
-    # --- convert
-    data_dir = work / "data"
-    if not (data_dir / "transforms.json").is_file():
-        prepare_training_data(stage_input, data_dir, options.downscale_factor)
-
-    # --- train
-    from nerf_posefix.plugin.training import in_process_config, run_training
-
-    bounds_mode = BOUNDS_MODES[options.bounds] if stage_input.model.points3D else "auto"  # auto: the scene box
-    config = in_process_config(
-        options.method,
-        data=data_dir,
-        output_dir=work / "runs",
-        max_iterations=iterations,
-        experiment_name="refine",
-        device=device,
-        seed=options.seed,
-        steps_per_save=options.checkpoint_every,
-        overrides={
-            "pipeline.datamanager.dataparser.eval_mode": "all",
-            "pipeline.datamanager.dataparser.downscale_factor": options.downscale_factor,
-            "pipeline.model.camera_optimizer.bounds": bounds_mode,
-            "pipeline.model.camera_optimizer.tracks": "auto" if tracks == "on" else "off",
-            "pipeline.model.camera_optimizer.track_points": options.track_points,
-            "pipeline.model.camera_optimizer.prior_sigma_px": options.prior_sigma_px,
-            **regularizer_overrides(options.regularizer),
-        },
-    )
-    with warnings.catch_warnings():
-        if options.quiet:
-            warnings.simplefilter("ignore")
-        run = run_training(
-            config, progress=True, resume=options.resume, quiet=options.quiet, label=f"refine {options.method}", callback=callback,
-            num_threads=options.threads or None,
-        )
-
-    # --- export and report (nerfstudio's dataparser messages, e.g. its eval-mode=all warning, are hidden)
-    from nerf_posefix.plugin.run_reader import refined_input_poses
-    from nerf_posefix.plugin.training import quiet_console
-
-    with quiet_console(True):
-        refined_input = refined_input_poses(run.config_path)  # the run, read once
-    exported = refined_input.cameras.subset(np.nonzero(refined_input.refined)[0])  # c2w OpenCV, COLMAP world, flat names
-    flat_to_name = {flat: name for name, flat in inp.flat_names.items()}
-    missing = [n for n in exported.names if n not in flat_to_name]
-    if missing or len(exported) != len(inp.flat_names):
-        raise RuntimeError(f"export of {run.config_path} returned {len(exported)} cameras for {len(inp.flat_names)} images")
-    refined = CameraSet(names=[flat_to_name[n] for n in exported.names], c2w=exported.c2w, source=str(run.config_path))
-    points, points_note = _refined_points(stage_input.model, refined_input.run, ba_summary is not None, run.completed_iterations > 0)
+        refined, points, points_note, bounds, run_summary = _nerf_stage(options, inp, stage_input, work, iterations, tracks, ba_summary, callback)
     model = refined_model(stage_input if built else inp, refined, points)
-    reports, summary = build_report(
-        inp.model, inp.flat_names, refined, refined_input.run, options.bounds, options.move_threshold_deg, options.move_threshold_rel
-    )
+    reports, summary = build_report(inp.model, refined, bounds, options.bounds, options.move_threshold_deg, options.move_threshold_rel)
     summary.update(
         {
             "input_model": str(posed.source),
@@ -727,10 +615,7 @@ def refine(options: RefineOptions, callback: Optional[Callable[[int, Optional[fl
             "tracks": tracks,
             "track_points": options.track_points,
             "bundle_adjustment": ba_summary or "none",
-            "iterations": int(run.completed_iterations),
-            "resumed_from_iteration": run.start_iteration,
-            "device": device,
-            "training_seconds": run.seconds,
+            **run_summary,
             "total_seconds": time.perf_counter() - t_start,
             "points3D": points_note,
             "reprojection_error_px": {
@@ -747,6 +632,7 @@ def refine(options: RefineOptions, callback: Optional[Callable[[int, Optional[fl
     if built:
         summary["tracks_built"] = {**track_summary, "fallback": fallback}
         summary["warnings"] = [w for w in (fallback, (ba_summary or {}).get("warning")) if w]
+    summary["front_end_seconds"] = front.seconds
     out = _write_output(options, posed, inp, model, reports, summary)
     shutil.rmtree(work, ignore_errors=True)
     summary["total_seconds"] = time.perf_counter() - t_start

@@ -4,15 +4,36 @@ Poses compared are camera-to-world, OpenCV axes, in the input's COLMAP world fra
 ``rotation_deg`` is the geodesic angle, ``translation`` the camera-centre distance in input units and
 as a fraction of the scene radius (:func:`nerf_posefix.geometry.poses.scene_radius` of the input
 centres), ``homography_error`` the homography pose error with the depth bounds the training used.
+
+Flags
+-----
+A camera is **flagged** when it moved far more than its input's own accuracy says it should
+(:func:`flag_moves`). Each move is converted into what it does to the image: ``move_px``, the image
+displacement at the camera's median scene depth, ``f · (rotation + translation / depth)`` (``f``: focal
+length in pixels; depth: median depth of the points the image observes, under its input pose). Its input
+accuracy is ``input_residual_px``, the median reprojection residual of its observations under its input
+pose. A camera is flagged when its ``move_px`` is
+
+* more than :data:`RESIDUAL_FACTOR` times its input residual (what its own observations say it may be
+  off by), **and**
+* an outlier among the moves of all cameras: more than :data:`MEDIAN_FACTOR` times the median move and
+  more than :data:`MAD_SIGMAS` robust standard deviations (1.4826 · MAD) above it, **and**
+* at least :data:`MIN_MOVE_PX` pixel (and, where ``--move-threshold-deg`` / ``--move-threshold-rel`` are
+  not 0, at least that rotation or that fraction of the scene radius).
+
+So poses that are all degrees off (phone AR, SLAM) and all move by degrees flag nothing, while the one
+camera of a COLMAP model that moves 8x more than the others does. Without tracks (no residuals) the
+first condition is left out, and the summary says so.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import textwrap
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import Any, Optional
 
 import numpy as np
 
@@ -22,11 +43,19 @@ from nerf_posefix.geometry.poses import rotation_angle_deg, scene_radius
 from nerf_posefix.io.camera_set import CameraSet
 from nerf_posefix.io.colmap import ColmapModel
 
-if TYPE_CHECKING:  # torch and nerfstudio load only when a report is built (posefix refine's checks stay fast)
-    from nerf_posefix.plugin.run_reader import RefinedRun
-
 REPORT_CSV = "report.csv"
 REPORT_JSON = "report.json"
+
+#: A flagged camera moved more than this many times its input reprojection residual (see the module docstring).
+RESIDUAL_FACTOR = 3.0
+#: ... more than this many times the median camera's move ...
+MEDIAN_FACTOR = 3.0
+#: ... and more than this many robust standard deviations (1.4826 · MAD) above the median move ...
+MAD_SIGMAS = 5.0
+#: ... and at least this many pixels.
+MIN_MOVE_PX = 1.0
+#: Fewest observations for an image's median residual and depth.
+MIN_OBSERVATIONS = 5
 
 
 @dataclass
@@ -43,6 +72,10 @@ class ImageReport:
     xmax: float
     flagged: bool
     reason: str
+    move_px: float = float("nan")
+    """Image displacement of the move at the image's median scene depth (pixels; see the module docstring)."""
+    input_residual_px: float = float("nan")
+    """Median reprojection residual of the image's observations under its input pose (pixels; NaN: no tracks)."""
 
 
 @dataclass
@@ -54,89 +87,237 @@ class RefineResult:
     summary: dict[str, Any] = field(default_factory=dict)
 
     def summary_text(self) -> str:
-        """The summary printed at the end."""
+        """The summary printed at the end: one table (stages, how far the cameras moved, flags), the
+        warnings, then each path written, once, with what it holds."""
         s = self.summary
         rot = np.array([r.rotation_deg for r in self.images])
         trans = np.array([r.translation for r in self.images])
         hom = np.array([r.homography_error for r in self.images])
+        move = np.array([r.move_px for r in self.images])
         flagged = [r for r in self.images if r.flagged]
-        ba = s.get("bundle_adjustment")
+        radius = s.get("scene_radius", float("nan"))
+        rows: list[tuple[str, str]] = []
         built = s.get("tracks_built")
-        before = ba.get("reprojection_error_before_px", (built or {}).get("mean_reprojection_error_px")) if isinstance(ba, dict) else None
-        stages = (
-            f"bundle adjustment ({ba['loss']}"
-            + (f", scale {ba['scale_px']:.3g} px" if ba.get("scale_px") is not None else "")
-            + (f", {len(ba['rounds'])} rounds re-triangulating" if ba.get("rounds") else "")
-            + f": mean reprojection error "
-            f"{before:.3g} -> {ba['reprojection_error_after_px']:.3g} px, {ba['seconds']:.1f} s)"
-            if isinstance(ba, dict) else "no bundle adjustment"
-        )
         if built:
             m = built["matches"]
-            stages = (
-                f"tracks built from the images ({m['matching']} matching, {m['num_verified_pairs']} verified pairs: "
-                f"{built['num_points']} points, {built['num_observations']} observations); " + stages
-            )
-        nerf = (
-            f"NeRF stage {s['method']}, {s['iterations']} iterations ({s['training_seconds']:.0f} s)"
-            if s["iterations"] else "no NeRF stage (--iterations 0)"
-        )
-        lines = [
-            f"posefix refine: {len(self.images)} images; {stages}; {nerf}; {s['total_seconds']:.0f} s in all",
-            f"  rotation moved:    median {np.median(rot):.3f} deg, max {rot.max():.3f} deg",
-            f"  translation moved: median {np.median(trans):.4g}, max {trans.max():.4g} input units "
-            f"(scene radius {s['scene_radius']:.4g}: median {np.median(trans) / s['scene_radius']:.2%}, "
-            f"max {trans.max() / s['scene_radius']:.2%})",
-            f"  homography error:  median {np.median(hom):.3g}, max {hom.max():.3g} (bounds: {s['bounds_mode']})",
-            f"  common drift (the Sim(3) best mapping the refined cameras onto the input ones): rotation "
-            f"{s['drift']['rotation_deg']:.3f} deg, scale {s['drift']['scale']:.5f}, moves centres by "
-            f"{s['drift']['translation']:.4g} (median)",
-        ]
-        if flagged:
-            worst = sorted(flagged, key=lambda r: -r.rotation_deg)[:5]
-            listed = ", ".join(f"{r.name} ({r.rotation_deg:.2f} deg, {r.translation_rel:.1%})" for r in worst)
-            more = f" and {len(flagged) - len(worst)} more" if len(flagged) > len(worst) else ""
-            lines.append(
-                f"  FLAGGED: {len(flagged)} image(s) moved more than {s['move_threshold_deg']:g} deg or "
-                f"{s['move_threshold_rel']:.1%} of the scene radius: {listed}{more}"
-            )
+            rows.append(("tracks", f"built from the images: {m['matching']} matching, {m['num_verified_pairs']} verified pairs, "
+                                   f"{built['num_points']} points, {built['num_observations']} observations"))
+        ba = s.get("bundle_adjustment")
+        if isinstance(ba, dict):
+            before = ba.get("reprojection_error_before_px", (built or {}).get("mean_reprojection_error_px"))
+            before_text = f"{before:.3g} -> " if before is not None else ""
+            rows.append(("adjustment", f"bundle adjustment ({ba['loss']}"
+                         + (f", scale {ba['scale_px']:.3g} px" if ba.get("scale_px") is not None else "")
+                         + (f", {len(ba['rounds'])} rounds re-triangulating" if ba.get("rounds") else "")
+                         + f": mean reprojection error {before_text}{ba['reprojection_error_after_px']:.3g} px, {ba['seconds']:.1f} s)"))
         else:
-            lines.append(
-                f"  flagged: none (thresholds {s['move_threshold_deg']:g} deg, {s['move_threshold_rel']:.1%} of the scene radius)"
-            )
+            rows.append(("adjustment", "none"))
+        if s.get("iterations"):
+            seconds = s.get("training_seconds")
+            rows.append(("NeRF stage", f"{s.get('method', 'posefix')}, {s['iterations']} iterations"
+                         + (f" ({seconds:.0f} s)" if seconds is not None else "")))
+        else:
+            rows.append(("NeRF stage", "none (--iterations 0)"))
+        rows.append(("", ""))
+        rows.append(("moved", f"{'median':>8}      {'max':>8}"))
+        rows.append(("rotation", f"{_num(np.median(rot), '.3f')} deg {_num(rot.max(), '.3f')} deg"))
+        if radius and np.isfinite(radius):
+            rows.append(("centre", f"{_num(100 * np.median(trans) / radius, '.2f')} %   {_num(100 * trans.max() / radius, '.2f')} %   "
+                         f"of the scene radius {radius:.4g} ({np.median(trans):.4g} / {trans.max():.4g} input units)"))
+        else:
+            rows.append(("centre", f"{_num(np.median(trans), '.4g')}     {_num(trans.max(), '.4g')}     input units"))
+        if np.isfinite(move).any():
+            rows.append(("image shift", f"{_num(np.nanmedian(move), '.3g')} px  {_num(np.nanmax(move), '.3g')} px  "
+                         "(the move's displacement of the image at its scene depth)"))
+        if np.isfinite(hom).any():
+            rows.append(("homography", f"{_num(np.nanmedian(hom), '.3g')}     {_num(np.nanmax(hom), '.3g')}     "
+                         f"(homography pose error, bounds: {s.get('bounds_mode', '?')})"))
+        drift = s.get("drift")
+        if drift:
+            rows.append(("common drift", f"rotation {drift['rotation_deg']:.3f} deg, scale {drift['scale']:.5f}, centres moved "
+                         f"{drift['translation']:.3g} (median) by the Sim(3) mapping the refined cameras onto the input"))
+        rows.append(("", ""))
+        if flagged:
+            worst = sorted(flagged, key=lambda r: -(r.move_px if np.isfinite(r.move_px) else r.rotation_deg))[:5]
+            listed = ", ".join(f"{r.name} ({r.rotation_deg:.2f} deg, {r.translation_rel:.1%}, {r.move_px:.3g} px)" for r in worst)
+            more = f" and {len(flagged) - len(worst)} more (report.csv)" if len(flagged) > len(worst) else ""
+            rows.append(("FLAGGED", f"{len(flagged)} of {len(self.images)} images: {listed}{more}"))
+        else:
+            rows.append(("flagged", f"none of {len(self.images)} images"))
+        if s.get("flag_rule"):
+            rows += [("", line) for line in textwrap.wrap(f"rule: {s['flag_rule']}", width=96)]
+        width = max(len(k) for k, _ in rows)
+        total = s.get("total_seconds")
+        lines = [f"posefix refine: {len(self.images)} images" + (f", {total:.0f} s in all" if total is not None else "")]
+        lines += [f"  {k:<{width}}  {v}".rstrip() for k, v in rows]
         for warning in s.get("warnings", []):
             lines.append(f"  WARNING: {warning}")
-        out = self.output
-        poses_file = out / s.get("output_poses", "transforms.json")
-        lines.append(
-            f"  wrote {poses_file} ({s.get('input_format', 'colmap')} input: same format and world frame), "
-            f"{out / 'sparse' / '0'} (bin+txt; points3D {s.get('points3D', 'carried over')}), "
-            f"{out / REPORT_CSV}, {out / REPORT_JSON}"
-        )
+        lines.append("wrote")
+        lines += [f"  {path}  {what}" for path, what in self.written()]
         return "\n".join(lines)
 
+    def written(self) -> list[tuple[str, str]]:
+        """``(path, what it holds)`` of everything written under the output directory, each path once."""
+        s, out = self.summary, Path(self.output)
+        kind = s.get("input_format", "colmap")
+        points = s.get("points3D", "carried over")
+        entries: list[tuple[Path, str]] = []
+        if kind == "colmap":
+            entries.append((out / "sparse" / "0", f"the refined COLMAP model (bin+txt; the input's world frame; points3D {points})"))
+            entries.append((out / "transforms.json", "the same poses for nerfstudio (its colmap_to_json conversion, with sparse_pc.ply)"))
+        else:
+            poses = out / s.get("output_poses", "transforms.json")
+            what = {"transforms": "transforms.json", "tum": "TUM trajectory"}.get(kind, kind)
+            entries.append((poses, f"the refined poses ({what}: the input's format and world frame)"))
+            entries.append((out / "sparse" / "0", f"COLMAP model (bin+txt) of the refined poses and the tracks; points3D {points}"))
+        entries.append((out / REPORT_CSV, "per image: how far it moved, flagged and why"))
+        entries.append((out / REPORT_JSON, "the same, with this summary, the options and the timings"))
+        images = out / "images"
+        if images.is_symlink():
+            entries.append((images, f"a link to the input images ({images.resolve()})"))
+        elif images.is_dir():
+            entries.append((images, "a copy of the input images"))
+        width = max(len(str(p)) for p, _ in entries)
+        return [(f"{str(p):<{width}}", what) for p, what in entries]
 
-def _training_bounds(run: "RefinedRun") -> tuple[Optional[np.ndarray], Optional[np.ndarray], str]:
-    """Per training camera: the homography depth bounds the run used, in input units:
-    ``(xmin [N], xmax [N], source)``; None if the run has none."""
-    if run.xmin is None or run.xmax is None:
-        return None, None, "none"
-    scale = run.dataparser_scale
-    return run.xmin / scale, run.xmax / scale, f"training bounds / dataparser scale {scale:.6g}"
+
+def _num(value: float, fmt: str) -> str:
+    """``value`` formatted right-aligned in 8 characters (``n/a`` when not finite)."""
+    return f"{value:>8{fmt}}" if np.isfinite(value) else f"{'n/a':>8}"
+
+
+@dataclass
+class ImageAccuracy:
+    """Per image of a model (image-id order), under its own poses: focal length (pixels), median depth of
+    the points it observes (input units; NaN with fewer than :data:`MIN_OBSERVATIONS`), median
+    reprojection residual (pixels; NaN likewise, or for camera models the residuals do not cover)."""
+
+    focal_px: np.ndarray
+    depth: np.ndarray
+    residual_px: np.ndarray
+
+
+def image_accuracy(model: ColmapModel) -> ImageAccuracy:
+    """:class:`ImageAccuracy` of ``model``'s images under its own poses and points."""
+    import torch
+
+    from nerf_posefix.geometry.reprojection import CameraIntrinsics, world_to_camera_points
+
+    ids = model.image_ids()
+    n = len(ids)
+    focal = np.array([float(np.mean(_focal(model.cameras[model.images[i].camera_id]))) for i in ids])
+    depth, residual = np.full(n, np.nan), np.full(n, np.nan)
+    obs = model.observations()
+    if len(obs) == 0:
+        return ImageAccuracy(focal, depth, residual)
+    cams = model.to_camera_set()
+    c2w = torch.from_numpy(cams.c2w[obs.image_index])
+    points = torch.from_numpy(cams.points[obs.point_index])
+    z = world_to_camera_points(c2w, points)[:, 2].numpy()
+    camera_ids = sorted(model.cameras)
+    try:
+        intrinsics = CameraIntrinsics([model.cameras[c].model for c in camera_ids], [list(model.cameras[c].params) for c in camera_ids])
+        camera_of_image = np.array([camera_ids.index(model.images[i].camera_id) for i in ids])
+        res, valid = intrinsics.residuals(c2w, points, torch.from_numpy(obs.xy), torch.from_numpy(camera_of_image[obs.image_index]))
+        norms, valid = res.norm(dim=-1).numpy(), valid.numpy()
+    except ValueError:  # a camera model the residuals do not cover: depths only
+        norms, valid = None, z > 0
+    for k in range(n):
+        mine = (obs.image_index == k) & valid
+        if mine.sum() >= MIN_OBSERVATIONS:
+            depth[k] = float(np.median(z[mine]))
+            if norms is not None:
+                residual[k] = float(np.median(norms[mine]))
+    return ImageAccuracy(focal, depth, residual)
+
+
+def _focal(camera: Any) -> tuple[float, float]:
+    """``(fx, fy)`` of a COLMAP camera (single-focal models: ``f`` twice)."""
+    params = [float(v) for v in camera.params]
+    if camera.model in ("SIMPLE_PINHOLE", "SIMPLE_RADIAL", "RADIAL", "SIMPLE_RADIAL_FISHEYE", "RADIAL_FISHEYE", "FOV") or len(params) < 2:
+        return params[0], params[0]
+    return params[0], params[1]
+
+
+def flag_moves(
+    rotation_deg: np.ndarray,
+    translation: np.ndarray,
+    radius: float,
+    accuracy: ImageAccuracy,
+    move_threshold_deg: float = 0.0,
+    move_threshold_rel: float = 0.0,
+) -> tuple[np.ndarray, np.ndarray, list[str], str]:
+    """The flag rule of the report (module docstring).
+
+    Args:
+        rotation_deg, translation: ``[N]`` how far each camera moved (degrees; input units).
+        radius: the scene radius (input units).
+        accuracy: the input's focal lengths, depths and residuals per image.
+        move_threshold_deg, move_threshold_rel: where > 0, a camera must also have moved at least this
+            rotation or this fraction of the scene radius.
+
+    Returns:
+        ``(flagged [N] bool, move_px [N], reasons [N], rule)``: ``rule`` says the rule in words.
+    """
+    depth = accuracy.depth.copy()
+    known = np.isfinite(depth) & (depth > 0)
+    fallback_depth = float(np.median(depth[known])) if known.any() else (radius if radius > 0 else float("inf"))
+    depth[~known] = fallback_depth
+    move_px = accuracy.focal_px * (np.radians(rotation_deg) + translation / depth)
+    median = float(np.median(move_px)) if len(move_px) else 0.0
+    sigma = 1.4826 * float(np.median(np.abs(move_px - median))) if len(move_px) else 0.0
+    outlier_above = max(MEDIAN_FACTOR * median, median + MAD_SIGMAS * sigma, MIN_MOVE_PX)
+    residual = accuracy.residual_px
+    has_residual = np.isfinite(residual)
+    typical_residual = float(np.median(residual[has_residual])) if has_residual.any() else float("nan")
+    floors = []
+    if move_threshold_deg > 0:
+        floors.append(rotation_deg > move_threshold_deg)
+    if move_threshold_rel > 0 and radius > 0:
+        floors.append(translation / radius > move_threshold_rel)
+    big_enough = np.logical_or.reduce(floors) if floors else np.ones(len(move_px), dtype=bool)
+    beyond_residual = ~has_residual | (move_px > RESIDUAL_FACTOR * residual)
+    flagged = (move_px > outlier_above) & beyond_residual & big_enough
+    reasons = []
+    for k in range(len(move_px)):
+        if not flagged[k]:
+            reasons.append("")
+            continue
+        why = f"moved the image by {move_px[k]:.3g} px, {move_px[k] / max(median, 1e-12):.1f}x the median camera's {median:.3g} px"
+        if has_residual[k]:
+            why += f" and {move_px[k] / max(residual[k], 1e-12):.0f}x its input reprojection residual {residual[k]:.3g} px"
+        reasons.append(why)
+    residual_words = (
+        f"more than {RESIDUAL_FACTOR:g}x its own input reprojection residual (median over the images {typical_residual:.3g} px), "
+        if has_residual.any() else ""
+    )
+    rule = (
+        f"a camera is flagged when its move, as the shift of its image at its scene depth, is {residual_words}"
+        f"more than {MEDIAN_FACTOR:g}x the median camera's move ({median:.3g} px) and {MAD_SIGMAS:g} robust SDs above it, "
+        f"and is at least {MIN_MOVE_PX:g} px"
+    )
+    if floors:
+        parts = ([f"{move_threshold_deg:g} deg"] if move_threshold_deg > 0 else []) + (
+            [f"{move_threshold_rel:.1%} of the scene radius"] if move_threshold_rel > 0 else [])
+        rule += f" and at least {' or '.join(parts)}"
+    if not has_residual.any():
+        rule += " (no tracks: the input's residuals are unknown)"
+    return flagged, move_px, reasons, rule
 
 
 def build_report(
     model: ColmapModel,
-    flat_names: dict[str, str],
     refined: CameraSet,
-    run: "RefinedRun",
+    bounds: Optional[tuple[np.ndarray, np.ndarray, str]],
     bounds_mode: str,
     move_threshold_deg: float,
     move_threshold_rel: float,
 ) -> tuple[list[ImageReport], dict[str, Any]]:
     """Per-image movement between the input ``model``'s poses and the ``refined`` ones (same world frame,
-    no alignment). ``flat_names``: image name -> file name in the run's dataset; ``run``: the training
-    run (its depth bounds); thresholds: flag images that moved more (degrees, fraction of the radius)."""
+    no alignment). ``bounds``: the homography depth bounds ``(xmin [N], xmax [N], source)`` per image of
+    ``model`` (image-id order, input units), or None; thresholds: where > 0, a flagged image must also have
+    moved more (degrees, fraction of the radius). Flags: :func:`flag_moves`, with the input's accuracy
+    from ``model``'s own observations (:func:`image_accuracy`)."""
     import torch
 
     from nerf_posefix.geometry.homography import homography_error
@@ -150,26 +331,19 @@ def build_report(
     radius = scene_radius(c2w_in[:, :3, 3])
     rel = trans / radius if radius > 0 else np.full_like(trans, np.nan)
 
-    xmin_t, xmax_t, source = _training_bounds(run)
-    files = run.train_filenames
-    flat_to_name = {flat: name for name, flat in flat_names.items()}
-    if xmin_t is not None:
-        by_name = {flat_to_name[Path(f).name]: k for k, f in enumerate(files)}
-        order = [by_name[n] for n in cams_in.names]
-        xmin, xmax = xmin_t[order], xmax_t[order]
+    source = "none"
+    if bounds is not None:
+        xmin, xmax, source = bounds
         hom = homography_error(
             torch.from_numpy(c2w_in), torch.from_numpy(c2w_ref), torch.from_numpy(xmin), torch.from_numpy(xmax), camera_convention="opencv"
         ).numpy()
     else:
         xmin = xmax = hom = np.full(len(c2w_in), np.nan)
 
+    accuracy = image_accuracy(model)
+    flagged, move_px, reasons, rule = flag_moves(rot, trans, radius, accuracy, move_threshold_deg, move_threshold_rel)
     reports = []
     for k, name in enumerate(cams_in.names):
-        reasons = []
-        if rot[k] > move_threshold_deg:
-            reasons.append(f"rotation {rot[k]:.3f} deg > {move_threshold_deg:g}")
-        if rel[k] > move_threshold_rel:
-            reasons.append(f"translation {rel[k]:.2%} of the scene radius > {move_threshold_rel:.2%}")
         reports.append(
             ImageReport(
                 image_id=int(model.image_ids()[k]),
@@ -180,8 +354,10 @@ def build_report(
                 homography_error=float(hom[k]),
                 xmin=float(xmin[k]),
                 xmax=float(xmax[k]),
-                flagged=bool(reasons),
-                reason="; ".join(reasons),
+                flagged=bool(flagged[k]),
+                reason=reasons[k],
+                move_px=float(move_px[k]),
+                input_residual_px=float(accuracy.residual_px[k]),
             )
         )
     try:  # overall drift: the similarity mapping the refined cameras onto the input ones (rotation from the
@@ -200,7 +376,9 @@ def build_report(
         "rotation_deg": {"median": float(np.median(rot)), "max": float(rot.max())},
         "translation": {"median": float(np.median(trans)), "max": float(trans.max())},
         "homography_error": {"median": float(np.median(hom)), "max": float(hom.max())},
+        "move_px": {"median": float(np.median(move_px)), "max": float(move_px.max())},
         "num_flagged": int(sum(r.flagged for r in reports)),
+        "flag_rule": rule,
         "move_threshold_deg": move_threshold_deg,
         "move_threshold_rel": move_threshold_rel,
     }

@@ -49,7 +49,7 @@ from nerf_posefix.errors import InputError
 from nerf_posefix.geometry.alignment import pose_alignment
 from nerf_posefix.geometry.poses import invert_poses
 from nerf_posefix.io.camera_set import CameraSet, ImageCamera
-from nerf_posefix.workflows.bundle_adjustment import quiet_colmap_log, reconstruction_c2w
+from nerf_posefix.sfm.bundle_adjustment import quiet_colmap_log, reconstruction_c2w
 
 if TYPE_CHECKING:
     import pycolmap

@@ -1,0 +1,333 @@
+"""The front end: the SfM stages every posefix path runs before a NeRF, with their cached results.
+
+One implementation, two callers: ``posefix refine`` (:mod:`nerf_posefix.workflows.refine`) and the
+nerfstudio methods' pipeline at set-up (:mod:`nerf_posefix.plugin.front_end`).
+
+Stages
+------
+0. **Tracks** (inputs without SfM tracks only: a transforms.json, a TUM trajectory, a COLMAP model without
+   points): SIFT features and verified matches (``work/tracks/database.db``, or a copy of a given
+   database), then COLMAP's triangulation with the input poses held fixed (``work/tracks/sparse/0``).
+   Fewer than ``TrackOptions.min_points`` points is not an error: the result says so with the counts
+   (:attr:`FrontEndResult.fallback`) and the adjustment is skipped.
+1. **Adjust**: for a model with its own tracks, pycolmap's robust bundle adjustment of them
+   (:func:`nerf_posefix.sfm.bundle_adjustment.bundle_adjust_model`); for built tracks, rounds of
+   re-triangulation and robust adjustment
+   (:func:`nerf_posefix.sfm.track_building.adjust_with_retriangulation`). Either result is mapped back onto
+   the input's world frame and kept in ``work/bundle_adjusted``.
+
+Every stage writes its record file last, so a stage is either complete in ``work`` (and reused) or redone.
+
+Conventions: models are COLMAP's (world-to-camera ``qvec``/``tvec``, OpenCV camera axes) in the **input's
+world frame** before and after every stage; camera sets are camera-to-world, OpenCV axes.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, Optional
+
+from nerf_posefix.errors import InputError
+from nerf_posefix.io.colmap import read_colmap_model
+from nerf_posefix.io.posed_images import PosedImages
+from nerf_posefix.sfm.inputs import ValidatedInput, read_refine_model, validate_model
+
+if TYPE_CHECKING:
+    from nerf_posefix.sfm.track_building import TrackOptions
+
+#: Written when the features and matches of the images are complete (relative to the work directory).
+MATCHES_RECORD = "tracks/matches.json"
+#: The adjusted model (relative to the work directory).
+ADJUSTED_MODEL = "bundle_adjusted/sparse/0"
+LossName = Literal["cauchy", "huber", "soft_l1", "squared", "none"]
+
+
+@dataclass
+class FrontEndOptions:
+    """How the front end runs (the ``posefix refine`` options of the same names).
+
+    Attributes:
+        build_tracks: ``"auto"``: build tracks when the input has none; ``"always"``: also for a COLMAP
+            model with tracks (its own are then ignored).
+        matching, sequential_overlap: feature matching when tracks are built
+            (:class:`nerf_posefix.sfm.track_building.TrackOptions`).
+        database: a COLMAP database of these images to build the tracks from (copied, never modified).
+        bundle_adjustment: the robust loss of the adjustment, or ``"none"`` (no adjustment: the front end
+            returns its input, with built tracks when they were built).
+        ba_scale_px: the robust scale of a model's own-track adjustment (None: automatic).
+        threads: COLMAP's threads (0: one per core).
+        seed: COLMAP's random seed.
+    """
+
+    build_tracks: Literal["auto", "always"] = "auto"
+    matching: Literal["auto", "exhaustive", "sequential"] = "auto"
+    sequential_overlap: int = 10
+    database: Optional[Path] = None
+    bundle_adjustment: LossName = "cauchy"
+    ba_scale_px: Optional[float] = None
+    threads: int = 0
+    seed: int = 42
+
+    def track_options(self) -> "TrackOptions":
+        from nerf_posefix.sfm.track_building import TrackOptions
+
+        return TrackOptions(matching=self.matching, sequential_overlap=self.sequential_overlap, seed=self.seed,
+                            num_threads=self.threads or -1)
+
+    def stamp(self, built: bool) -> dict[str, Any]:
+        """The options that decide the front end's result (a cache made with other ones is not reused)."""
+        return {
+            "build_tracks": built,
+            "matching": self.matching if built else None,
+            "sequential_overlap": self.sequential_overlap if built else None,
+            "database": str(self.database) if built and self.database else None,
+            "bundle_adjustment": self.bundle_adjustment,
+            "ba_scale_px": self.ba_scale_px,
+            "seed": self.seed if built else None,
+        }
+
+
+@dataclass
+class FrontEndResult:
+    """What the front end made.
+
+    Attributes:
+        model: the stage's output as a checked input: the adjusted model (poses and points in the input
+            frame, same image names), or the input itself when no adjustment ran.
+        input: the input poses with their tracks: the input itself, or (tracks built) the input poses with
+            the points triangulated from them.
+        built: whether tracks were built from the images.
+        tracks: stage 0's summary (matches, points, weak images), or None.
+        adjustment: stage 1's summary (loss, scale, residuals, seconds), or None when it did not run.
+        fallback: why the tracks are not used (too few points), or None.
+        seconds: wall time of the stages run now (0 when everything came from the cache).
+    """
+
+    model: ValidatedInput
+    input: ValidatedInput
+    built: bool
+    tracks: Optional[dict[str, Any]] = None
+    adjustment: Optional[dict[str, Any]] = None
+    fallback: Optional[str] = None
+    seconds: float = 0.0
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def adjusted(self) -> bool:
+        return self.adjustment is not None
+
+
+def front_end_input(
+    posed: PosedImages, build_tracks: str = "auto", log: Optional[Callable[[str], None]] = None,
+) -> tuple[ValidatedInput, bool]:
+    """The checked input of the front end (nothing written): a COLMAP model with tracks, read and checked
+    against its images, or (tracks to be built) a point-less model of the input poses checked against the
+    images. Returns it and whether tracks are to be built.
+
+    Raises:
+        InputError: naming the file (unreadable model, missing images, wrong sizes, ...).
+    """
+    built = build_tracks == "always" or not posed.has_tracks
+    if posed.kind == "colmap" and not built:
+        model, model_dir, ext = read_refine_model(posed.source)
+        return validate_model(model, model_dir, ext, posed.images_dir, log=log), False
+    model = posed.to_colmap_model()
+    return validate_model(model, posed.source, "", posed.images_dir, log=log, require_tracks=False, source=posed.source), True
+
+
+def run_front_end(
+    posed: PosedImages, inp: ValidatedInput, built: bool, work: Path, options: FrontEndOptions,
+    log: Callable[[str], None] = print,
+) -> FrontEndResult:
+    """Run the stages (module docstring) on ``inp`` (from :func:`front_end_input`), reusing what ``work``
+    already holds. ``log`` receives the progress lines (without a prefix).
+
+    Raises:
+        InputError: bad options or a database that does not hold these images.
+    """
+    t0 = time.perf_counter()
+    work = Path(work)
+    work.mkdir(parents=True, exist_ok=True)
+    result = FrontEndResult(model=inp, input=inp, built=built)
+    if built:
+        inp, result.tracks = _track_building_stage(options, posed, inp, work, log)
+        result.model = result.input = inp
+        min_points = options.track_options().min_points
+        if result.tracks["num_points"] < min_points:
+            result.fallback = (
+                f"only {result.tracks['num_points']} points could be triangulated from "
+                f"{result.tracks['matches']['num_verified_pairs']} verified image pairs with "
+                f"{result.tracks['matches']['num_inlier_matches']} inlier matches (fewer than {min_points} "
+                "points: too little texture, overlap or resolution for tracks): the tracks are not used"
+            )
+            result.warnings.append(result.fallback)
+            result.seconds = time.perf_counter() - t0
+            return result
+    if options.bundle_adjustment != "none":
+        if built:
+            result.model, result.adjustment = _cached_adjustment(inp, work, lambda: _adjust_built_tracks(options, posed, inp, work, log))
+        else:
+            result.model, result.adjustment = _cached_adjustment(inp, work, lambda: _adjust_own_tracks(options, inp, log))
+        if "warning" in result.adjustment:
+            result.warnings.append(result.adjustment["warning"])
+        weak = result.adjustment["support"]["num_weak"]
+        if weak:
+            why = "; ".join(f"{v['count']} {k}" for k, v in result.adjustment["support"]["weak_by_reason"].items())
+            log(f"{weak} of {len(inp.model.images)} images are weakly held by the tracks ({why})")
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# stage 0: tracks from the images, the poses held fixed
+
+
+def _track_building_stage(
+    options: FrontEndOptions, posed: PosedImages, inp: ValidatedInput, work: Path, log: Callable[[str], None]
+) -> tuple[ValidatedInput, dict[str, Any]]:
+    """Features and matches (``work/tracks/database.db``, or a copy of ``options.database``), then COLMAP's
+    triangulation with the input poses held fixed (``work/tracks/sparse/0``); both are kept. Returns the model
+    with the new tracks (input poses exactly) and a summary."""
+    from nerf_posefix.sfm.bundle_adjustment import write_adjusted_model
+    from nerf_posefix.sfm.track_building import (
+        DATABASE_FILE, check_database_images, copy_database, database_summary, match_features, reconstruction_from_poses, track_stats,
+        triangulate_fixed_poses,
+    )
+
+    track_dir = work / "tracks"
+    track_dir.mkdir(parents=True, exist_ok=True)
+    database, matches_record = track_dir / DATABASE_FILE, work / MATCHES_RECORD
+    track_options = options.track_options()
+    names = [inp.model.images[i].name for i in inp.model.image_ids()]
+    if not matches_record.is_file():
+        database.unlink(missing_ok=True)
+        if options.database is not None:
+            log(f"features and matches from {options.database}")
+            copy_database(options.database, database)
+            check_database_images(database, names, f"--database {options.database} (images under {posed.images_dir})")
+            matches = database_summary(database, f"given ({options.database})")
+        else:
+            t0 = time.perf_counter()
+            log(f"building tracks from {len(names)} images (SIFT, {track_options.matching_for(len(names))} matching; pycolmap) ...")
+            matches = match_features(posed.images_dir, names, posed.intrinsics, database, track_options, log=lambda m: log(f"  {m}"))
+            log(f"  {matches.num_keypoints} keypoints, {matches.num_verified_pairs} verified pairs ({time.perf_counter() - t0:.0f} s)")
+        matches_record.write_text(json.dumps(matches.to_dict(), indent=2), encoding="utf-8")
+    matches_summary = json.loads(matches_record.read_text(encoding="utf-8"))
+    model_dir, record = track_dir / "sparse" / "0", track_dir / "tracks.json"
+    if not record.is_file():
+        shutil.rmtree(model_dir, ignore_errors=True)
+        threshold = track_options.reproj_schedule_px[0]
+        rec = reconstruction_from_poses(database, inp.model.to_camera_set())
+        rec = triangulate_fixed_poses(rec, database, posed.images_dir, threshold, track_options.num_threads, track_options.seed)
+        stats = track_stats(rec, track_options.min_observations_per_image)
+        write_adjusted_model(rec, model_dir)
+        summary = {"matches": matches_summary, "triangulation_max_reproj_px": threshold, **stats.to_dict()}
+        record.write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    summary = json.loads(record.read_text(encoding="utf-8"))
+    log(f"{summary['num_points']} points triangulated with the input poses held fixed "
+        f"({summary['num_observations']} observations, {len(summary['weak_images'])} weakly anchored images)")
+    if summary["weak_images"]:
+        log(f"warning: images with fewer than {track_options.min_observations_per_image} track "
+            f"observations: {', '.join(summary['weak_images'][:5])}")
+    built = read_colmap_model(model_dir)
+    names_built = {im.name for im in built.images.values()}
+    if names_built != set(names):
+        raise RuntimeError(f"{model_dir}: the triangulated model lost images {sorted(set(names) - names_built)[:5]}")
+    usable = summary["num_points"] >= track_options.min_points
+    return validate_model(built, model_dir, ".bin", posed.images_dir, log=lambda m: None, require_tracks=usable), summary
+
+
+# ---------------------------------------------------------------------------------------------
+# stage 1: the robust adjustment
+
+
+def _cached_adjustment(
+    inp: ValidatedInput, work: Path, adjust: Callable[[], tuple[Any, dict[str, Any]]]
+) -> tuple[ValidatedInput, dict[str, Any]]:
+    """Run ``adjust()`` (returns an adjusted ``pycolmap.Reconstruction`` in the input frame and a summary)
+    unless ``work/bundle_adjusted`` holds its result already; returns the adjusted model (same images and
+    names) and the summary."""
+    from nerf_posefix.sfm.bundle_adjustment import write_adjusted_model
+
+    ba_dir = work / "bundle_adjusted"
+    record = ba_dir / "result.json"
+    if not record.is_file():
+        from nerf_posefix.sfm.support import image_support, summarise
+
+        shutil.rmtree(ba_dir, ignore_errors=True)
+        reconstruction, summary = adjust()
+        scale = summary.get("scale_px") or (summary.get("rounds") or [{}])[-1].get("loss_scale_px")  # the adjustment's robust scale
+        support = image_support(reconstruction, loss_scale_px=scale)
+        summary["support"] = summarise(support)
+        summary["images"] = {s.name: s.to_dict() for s in support}
+        write_adjusted_model(reconstruction, work / ADJUSTED_MODEL)
+        record.write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    summary = json.loads(record.read_text(encoding="utf-8"))
+    adjusted = read_colmap_model(work / ADJUSTED_MODEL)
+    names = {im.name for im in adjusted.images.values()}
+    missing = [im.name for im in inp.model.images.values() if im.name not in names]
+    if missing:
+        raise RuntimeError(f"{ba_dir}: the bundle adjustment lost images {missing[:5]}")
+    return replace(inp, model=adjusted, model_dir=work / ADJUSTED_MODEL, ext=".bin"), summary
+
+
+def _adjust_own_tracks(options: FrontEndOptions, inp: ValidatedInput, log: Callable[[str], None]) -> tuple[Any, dict[str, Any]]:
+    """The robust bundle adjustment of a model's own tracks."""
+    from nerf_posefix.sfm.bundle_adjustment import BundleAdjustmentOptions, bundle_adjust_model
+
+    log(f"bundle adjustment of {len(inp.model.images)} images ({options.bundle_adjustment} loss) ...")
+    result = bundle_adjust_model(inp.model_dir, BundleAdjustmentOptions(loss=options.bundle_adjustment, scale_px=options.ba_scale_px))
+    return result.reconstruction, {
+        "loss": options.bundle_adjustment,
+        "scale_px": result.scale_px,
+        "reprojection_error_before_px": result.reprojection_error_before_px,
+        "reprojection_error_after_px": result.reprojection_error_after_px,
+        "seconds": result.wall_time_s,
+        "gauge": result.options.fix_gauge,
+    }
+
+
+def _adjust_built_tracks(
+    options: FrontEndOptions, posed: PosedImages, inp: ValidatedInput, work: Path, log: Callable[[str], None]
+) -> tuple[Any, dict[str, Any]]:
+    """Rounds of triangulation from the current poses and robust bundle adjustment, mapped onto the input
+    frame (the adjusted tracks' point ids differ from the first triangulation's)."""
+    from nerf_posefix.sfm.track_building import DATABASE_FILE, adjust_with_retriangulation
+
+    track_options = options.track_options()
+    rounds = ", ".join(f"{r:g}" for r in track_options.reproj_schedule_px)
+    log(f"bundle adjustment of {len(inp.model.images)} images, re-triangulating at {rounds} px ...")
+    result = adjust_with_retriangulation(
+        work / "tracks" / DATABASE_FILE, posed.images_dir, inp.model.to_camera_set(), track_options, log=lambda m: log(f"  {m}"),
+    )
+    summary: dict[str, Any] = {
+        "loss": "cauchy",
+        "rounds": result.rounds,
+        "reprojection_error_after_px": result.rounds[-1]["mean_reprojection_error_px"],
+        "seconds": result.seconds,
+        "gauge": "sim3_poses per group of images connected by tracks",
+    }
+    last = result.rounds[-1]
+    if last["num_components"] > 1:
+        summary["warning"] = (
+            f"the tracks link the images in {last['num_components']} separate groups (largest "
+            f"{last['largest_component']} of {len(result.names)} images): each group is refined within itself and "
+            "placed by its input poses, so their relative placement keeps the input's error; more overlap "
+            "(--matching exhaustive, --sequential-overlap) can link them"
+        )
+    return result.reconstruction, summary
+
+
+def check_front_end_options(options: FrontEndOptions) -> None:
+    """Raise :class:`InputError` naming a bad option (before anything runs)."""
+    if options.sequential_overlap < 1:
+        raise InputError(f"--sequential-overlap must be >= 1, got {options.sequential_overlap}")
+    if options.database is not None and not Path(options.database).is_file():
+        raise InputError(f"--database {options.database}: no such file")
+    if options.threads < 0:
+        raise InputError(f"--threads must be >= 0, got {options.threads}")
