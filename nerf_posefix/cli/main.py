@@ -8,14 +8,23 @@ one line on stderr, without a traceback, and the process exits with code 2. So i
 ``OSError`` that reaches this level (a file-system failure: the path and the reason). Ctrl-C prints one
 line and exits with code 130; further Ctrl-C presses while the process exits are ignored (no traceback
 from exit handlers).
+
+Output: the command prints the package's own lines. Third-party warnings that say nothing to the user
+(:data:`QUIET_WARNINGS`: deprecation notices of torch / nerfstudio internals, the DataLoader's worker-count
+advice, ...) are ignored while the command runs, and only then (:func:`quiet_warnings`; a caller's own
+filters are restored afterwards, and nothing is filtered at import). ``-v`` / ``--verbose``, anywhere on
+the command line, shows them, and nerfstudio's console for the commands that have a ``verbose`` option.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import importlib
 import signal
 import sys
-from typing import Any
+import warnings
+from typing import Any, Iterator
 
 from nerf_posefix.errors import InputError
 
@@ -28,6 +37,38 @@ SUBCOMMANDS: dict[str, str] = {
     "compare": "nerf_posefix.cli.compare:Compare",
     "evaluate": "nerf_posefix.cli.evaluate:Evaluate",
 }
+
+
+#: Third-party warnings ignored while a command runs (unless ``-v``): ``(category, module regex, message
+#: regex)``, the module being where the warning is attributed. Deprecation notices of the libraries'
+#: own internals (the user can do nothing about them) and advice meant for the libraries' authors.
+QUIET_WARNINGS: tuple[tuple[type[Warning], str, str], ...] = (
+    (FutureWarning, r"(torch|torchvision|nerfstudio|gsplat|torchmetrics|tyro|timm)(\..*)?$", ""),
+    (DeprecationWarning, r"(torch|torchvision|nerfstudio|gsplat|torchmetrics|tyro|timm|pkg_resources|jaxtyping)(\..*)?$", ""),
+    (UserWarning, r"torch\.utils\.data(\..*)?$", r"This DataLoader will create \d+ worker processes"),
+    (UserWarning, r"(torch|torchvision|torchmetrics)(\..*)?$", r".*(TypedStorage is deprecated|is deprecated|The parameter 'pretrained')"),
+    (UserWarning, r"nerfstudio(\..*)?$", r"(Converting a tensor with requires_grad=True to a scalar|.*deprecated)"),
+)
+
+#: Command-line switches that show everything (accepted anywhere: ``posefix -v refine ...`` or ``posefix refine ... -v``).
+VERBOSE_FLAGS = ("-v", "--verbose")
+
+
+@contextlib.contextmanager
+def quiet_warnings(enabled: bool = True) -> Iterator[None]:
+    """While the block runs, ignore :data:`QUIET_WARNINGS` (when ``enabled``); the warning filters are
+    restored afterwards, so code that calls :func:`main` keeps its own."""
+    with warnings.catch_warnings():
+        if enabled:
+            for category, module, message in QUIET_WARNINGS:
+                warnings.filterwarnings("ignore", message=message, category=category, module=module)
+        yield
+
+
+def split_verbose(argv: list[str]) -> tuple[list[str], bool]:
+    """``argv`` without the :data:`VERBOSE_FLAGS`, and whether one was there."""
+    rest = [a for a in argv if a not in VERBOSE_FLAGS]
+    return rest, len(rest) != len(argv)
 
 
 def _load_subcommands() -> dict[str, Any]:
@@ -56,6 +97,7 @@ def ignore_further_interrupts() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Parse ``argv`` and run the chosen subcommand; returns the process exit code."""
+    argv, verbose = split_verbose(list(sys.argv[1:] if argv is None else argv))
     try:
         import tyro
 
@@ -63,9 +105,13 @@ def main(argv: list[str] | None = None) -> int:
         config = tyro.extras.subcommand_cli_from_dict(
             commands,
             args=argv,
-            description="nerf-posefix: refine camera poses with a NeRF under the homography pose prior.",
+            description="nerf-posefix: refine camera poses (robust bundle adjustment of tracks, optionally a NeRF under "
+            "the homography pose prior). -v / --verbose (anywhere): also show third-party warnings and nerfstudio's console.",
         )
-        config.run()
+        if verbose and dataclasses.is_dataclass(config) and any(f.name == "verbose" for f in dataclasses.fields(config)):
+            config.verbose = True
+        with quiet_warnings(not verbose):
+            config.run()
     except (InputError, FileNotFoundError, FileExistsError) as err:
         print(f"posefix: error: {err}", file=sys.stderr)
         return 2
