@@ -18,10 +18,11 @@ Inputs (``../shared/scenes/castle-P30``, 30 photos 768x512, LIDAR ground truth):
 Rows, all the same CPU-sized model (``posefix-small``: nerfacto with small grids) and budget, images
 downscaled 2x for training, every 4th view held out:
 
-* ``posefix``: the method's defaults, front end on (robust bundle adjustment of the model's tracks, or
-  tracks built from the images then adjusted), the prior toward the adjusted poses, the track term;
-* ``posefix-pixels``: the same with the pixel form of the prior (``prior pixels``, σ per image from its
-  residuals, as ``posefix refine`` uses);
+* ``posefix``: the method's defaults: front end on (robust bundle adjustment of the model's tracks, or
+  tracks built from the images then adjusted), the cameras the tracks hold kept at the adjusted pose and
+  the weakly held ones refined, the pixels prior (σ per camera from its support), the track term;
+* ``posefix-homography``: the same with the paper's unscaled homography prior;
+* ``posefix-all-cameras``: the defaults, but the NeRF refines every camera (``nerf_cameras all``);
 * ``posefix-no-front-end``: the method as it was before issue 21 (front end off);
 * ``nerfacto-l2``: nerfstudio's camera optimizer with its L2 penalties (SO3xR3; the posefix optimizer with
   the homography weight 0 and nerfstudio's default penalties), no tracks, no front end;
@@ -51,7 +52,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 CASTLE = ROOT.parent / "shared" / "scenes" / "castle-P30"
-ROWS = ("posefix", "posefix-pixels", "posefix-no-front-end", "nerfacto-l2", "nerfacto-off")
+ROWS = ("posefix", "posefix-homography", "posefix-all-cameras", "posefix-no-front-end", "nerfacto-l2", "nerfacto-off")
 INPUTS = ("colmap", "poses")
 DOWNSCALE = 4
 EVAL_INTERVAL = 4
@@ -141,9 +142,11 @@ def _config(job: Job, data: Path) -> Any:
         dp.eval_interval = EVAL_INTERVAL
         pipeline.ground_truth_metrics = False
         cam = pipeline.model.camera_optimizer
-        pipeline.front_end = "on" if job.row in ("posefix", "posefix-pixels") else "off"
-        if job.row == "posefix-pixels":
-            cam.prior = "pixels"
+        pipeline.front_end = "on" if job.row.startswith("posefix") and job.row != "posefix-no-front-end" else "off"
+        if job.row == "posefix-homography":
+            cam.prior = "homography"
+        elif job.row == "posefix-all-cameras":
+            pipeline.nerf_cameras = "all"
         elif job.row == "nerfacto-l2":
             for key, value in regularizer_overrides("nerfstudio").items():
                 setattr(cam, key.rsplit(".", 1)[-1], value)

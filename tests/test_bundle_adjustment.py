@@ -285,3 +285,87 @@ def test_pose_alignment_recovers_a_similarity(truth):
     single = pose_alignment(moved[:1], c2w[:1])
     assert single.scale == 1.0
     np.testing.assert_allclose(single.apply(moved[:1])[0, :3, :3], c2w[0, :3, :3], atol=1e-12)
+
+
+# ------------------------------------------------------------------------------------------------
+# issue 23: stopping when the poses stop moving, the linear solver, memory
+
+
+def test_the_pose_rule_stops_early_at_the_converged_answer(tmp_path, truth):
+    """The default stopping rule ends before the iteration cap and lands where running to the cap lands."""
+    _, truth_c2w = truth
+    model = _perturbed_model(tmp_path / "model", outlier_fraction=0.02)
+    early = bundle_adjust_model(model)
+    full = bundle_adjust_model(model, BundleAdjustmentOptions(pose_tolerance=0.0))
+    assert early.run is not None and full.run is not None
+    assert early.run.stop in ("poses_stopped", "converged") and early.run.iterations < 100
+    assert early.run.linear_solver == "dense_schur"  # 16 images
+    assert early.run.graph["stop_threshold_px_per_iteration"] is not None or early.run.stop == "converged"
+    rot_early, centre_early = _errors_to_truth(early.c2w, truth_c2w)
+    rot_full, centre_full = _errors_to_truth(full.c2w, truth_c2w)
+    assert rot_early < 0.05 and rot_full < 0.05
+    assert abs(rot_early - rot_full) < 0.01
+    # every block records how far the images moved
+    assert all(b["max_update_px"] >= b["median_update_px"] >= 0 for b in early.run.blocks)
+    assert early.summary()["solver"]["iterations"] == early.run.iterations
+
+
+def test_image_motion_ignores_a_common_similarity(truth):
+    from nerf_posefix.sfm.bundle_adjustment import image_motion_px
+
+    _, c2w = truth
+    n = len(c2w)
+    focal, depth = np.full(n, 100.0), np.full(n, 3.0)
+    sim = np.eye(4)
+    sim[:3, :3] = Rotation.from_rotvec([0.1, -0.2, 0.3]).as_matrix() * 1.5
+    sim[:3, 3] = [1.0, 2.0, -1.0]
+    moved = sim @ c2w
+    moved[:, :3, :3] /= 1.5  # a similarity of the whole set: rotations stay rotations
+    assert image_motion_px(c2w, moved, focal, depth).max() < 1e-6
+    one = c2w.copy()
+    one[3, :3, :3] = Rotation.from_rotvec([0.0, 0.0, 1e-3]).as_matrix() @ one[3, :3, :3]
+    motion = image_motion_px(c2w, one, focal, depth)
+    assert int(np.argmax(motion)) == 3 and 0.05 < motion[3] < 0.15  # ~1e-3 rad x 100 px (less a share of the fit)
+
+
+def test_linear_solver_for_the_problem_size():
+    from nerf_posefix.sfm.bundle_adjustment import choose_linear_solver
+
+    assert choose_linear_solver(30, 29.0) == "dense_schur"
+    assert choose_linear_solver(500, 400.0) == "sparse_schur"
+    assert choose_linear_solver(5000, 20.0) == "sparse_schur"  # a survey's sparse camera graph
+    assert choose_linear_solver(5000, 1500.0) == "iterative_schur"  # everyone sees everyone
+
+
+def test_track_graph_of_the_bundled_model():
+    from nerf_posefix.sfm.bundle_adjustment import track_graph
+
+    rec = pycolmap.Reconstruction(str(MODEL))
+    graph = track_graph(rec)
+    assert graph.num_points == rec.num_points3D() and graph.num_observations == rec.compute_num_observations()
+    assert 0 < graph.covisible_pairs <= 16 * 15 // 2
+    assert graph.focal_px.shape == (16,) and np.all(graph.focal_px > 0)
+    assert np.all(graph.depth > 1.0) and np.all(graph.depth < 10.0)  # cameras ~3 units from the scene
+
+
+def test_memory_estimate_and_refusal(tmp_path):
+    from nerf_posefix.sfm.bundle_adjustment import check_adjustment_memory, estimate_adjustment_memory, model_size
+
+    rec = pycolmap.Reconstruction(str(MODEL))
+    images, observations = model_size(MODEL)
+    assert images == 16 and observations == rec.compute_num_observations()
+    rec.write_text(str(tmp_path))
+    images_txt, observations_txt = model_size(tmp_path)
+    assert images_txt == 16 and observations_txt > 0
+    assert estimate_adjustment_memory(5000, 2_000_000) < 8 * 2**30
+    assert check_adjustment_memory(MODEL) > 0
+    with pytest.raises(InputError, match=r"GiB of memory .* available"):
+        check_adjustment_memory(MODEL, available=100 * 2**20)
+    # bundle_adjust_model refuses before reading (the same check, with the machine's memory: passes here)
+    assert bundle_adjust_model(MODEL).run is not None
+
+
+def test_bad_stopping_options():
+    for bad in (BundleAdjustmentOptions(pose_tolerance=-1.0), BundleAdjustmentOptions(linear_solver="cholesky")):  # type: ignore[arg-type]
+        with pytest.raises(InputError):
+            bad.check()

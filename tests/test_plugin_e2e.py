@@ -100,7 +100,7 @@ def test_ns_train_writes_checkpoint_and_pose_metrics(trained_run: Path) -> None:
     gt_rot = [e.value for e in events.Scalars("Train Metrics Dict/pose_gt_rotation_median_deg")]
     assert len(gt_rot) == 3 and all(0.0 < v < 20.0 for v in gt_rot)  # steps 0, 10, 20; the input is noisy
     moved = [e.value for e in events.Scalars("Train Metrics Dict/camera_opt_translation_max")]
-    assert moved[0] == 0.0 and moved[-1] > 0.0
+    assert moved[0] == 0.0 and moved[-1] == 0.0  # the front end's tracks hold every camera: the NeRF keeps their adjusted poses
 
 
 def test_ns_eval_loads_the_checkpoint_offline(trained_run: Path, env: dict[str, str]) -> None:

@@ -96,6 +96,29 @@ def test_pose_only_transforms_json_gets_tracks_and_the_adjustment(pose_only: Pat
     np.testing.assert_allclose(again.cameras.c2w, refined.cameras.c2w, atol=1e-12)
 
 
+def test_the_cache_is_recomputed_when_the_dataset_changes(pose_only: Path, tmp_path: Path) -> None:
+    from nerf_posefix.plugin.front_end import run_pipeline_front_end
+    from nerf_posefix.plugin.method_configs import posefix_small_config
+    from nerf_posefix.sfm.front_end import FrontEndOptions
+
+    data = tmp_path / "data"
+    shutil.copytree(pose_only, data)
+    dataparser = posefix_small_config().pipeline.datamanager.dataparser
+    dataparser.data = data
+    cache = tmp_path / "cache"
+    lines: list[str] = []
+    first = run_pipeline_front_end(dataparser, cache, FrontEndOptions(), lines.append)
+    reused = run_pipeline_front_end(dataparser, cache, FrontEndOptions(), lines.append)
+    assert "(reused)" in reused.line and "(reused)" not in first.line
+    meta = json.loads((data / "transforms.json").read_text())
+    meta["frames"][0]["transform_matrix"][0][3] += 0.01  # one pose changed
+    (data / "transforms.json").write_text(json.dumps(meta))
+    changed = run_pipeline_front_end(dataparser, cache, FrontEndOptions(), lines.append)
+    assert "(reused)" not in changed.line
+    other = run_pipeline_front_end(dataparser, cache, FrontEndOptions(matching="sequential"), lines.append)
+    assert "(reused)" not in other.line  # other options: recomputed too
+
+
 def test_colmap_dataparser_trains_from_the_adjusted_model(tmp_path: Path) -> None:
     data = tmp_path / "data"
     perturb_dataset(TINY, data, rotation_deg=1.0, translation=0.02, seed=5)  # sparse/0: the exact tracks, noisy poses

@@ -48,6 +48,7 @@ def small_pipeline(data: Path = TINY, seed: int = 0, rays: int = 1024, **camera_
     config.datamanager.data = data
     config.datamanager.train_num_rays_per_batch = rays
     config.front_end = "off"  # the optimizer itself, from the dataset's poses
+    config.model.camera_optimizer.prior = "homography"  # these tests are about the paper's form (the methods' default is pixels)
     if isinstance(camera_optimizer.get("config"), CameraOptimizerConfig):
         config.model.camera_optimizer = camera_optimizer["config"]
     else:

@@ -556,7 +556,7 @@ def test_refine_failure_leaves_no_work_directory(scene: Path, tmp_path: Path, ca
 
     monkeypatch.setattr(refine_workflow, "prepare_training_data", disk_full)
     out = tmp_path / "out"
-    refused(capsys, *_refine_args(scene, out, "--iterations", "0"), says=("out.partial/data", "No space left on device"))
+    refused(capsys, *_refine_args(scene, out, "--iterations", "1"), says=("out.partial/data", "No space left on device"))
     assert not out.exists() and not leftovers(tmp_path)
 
 

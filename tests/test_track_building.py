@@ -285,3 +285,42 @@ def test_resume_reuses_the_features_and_matches(noisy: Path, tmp_path: Path, cap
     rot_in, _ = _errors(read_transforms_json(noisy / "transforms.json"), gt)
     rot_out, _ = _errors(read_transforms_json(out / "transforms.json"), gt)
     assert np.median(rot_out) < 0.2 * np.median(rot_in)
+
+
+def test_weakly_held_images_start_the_nerf_stage_with_a_wide_prior(noisy: Path, tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    """Four of the 64 views blurred and washed out (no tracks hold them): refine's default runs the NeRF stage
+    after the adjustment, with the pixels prior wide for those four and at each held camera's residual for the
+    others (recorded in the stage's dataset). The run is stopped at its first iteration: what is tested is
+    the decision and the prior, not the NeRF."""
+    from PIL import Image, ImageFilter
+
+    from nerf_posefix.io.transforms_json import PRIOR_SIGMA_KEY
+    from nerf_posefix.sfm.support import WEAK_PRIOR_SIGMA_PX
+    from nerf_posefix.workflows.refine import WEAK_FRAMES_ITERATIONS, RefineOptions, partial_dir, refine
+
+    data = tmp_path / "weak"
+    shutil.copytree(noisy, data, symlinks=False)
+    names = sorted(p.name for p in (data / "images").iterdir())
+    degraded = names[::16]
+    for name in degraded:
+        path = data / "images" / name
+        with Image.open(path) as im:
+            blurred = np.asarray(im.convert("RGB").filter(ImageFilter.GaussianBlur(3))).astype(np.float32)
+        Image.fromarray(((blurred - blurred.mean()) * 0.4 + blurred.mean()).clip(0, 255).astype(np.uint8)).save(path)
+
+    class Stop(Exception):
+        pass
+
+    def stop(done: int, loss) -> None:  # noqa: ANN001
+        raise Stop
+
+    out = tmp_path / "refined"
+    with pytest.raises(Stop):
+        refine(RefineOptions(output=out, poses=data / "transforms.json", threads=1, quiet=True), callback=stop)
+    printed = capsys.readouterr().out
+    assert f"{len(degraded)} of 64 images are weakly held by the tracks" in printed
+    assert f"weakly held image(s): the NeRF stage runs ({WEAK_FRAMES_ITERATIONS} iterations" in printed
+    meta = json.loads((partial_dir(out) / "data" / "transforms.json").read_text())
+    sigma = {Path(f["file_path"]).name.split("__")[-1]: f[PRIOR_SIGMA_KEY] for f in meta["frames"]}  # flat names: images__000.png
+    assert sorted(n for n, s in sigma.items() if s == WEAK_PRIOR_SIGMA_PX) == degraded
+    assert all(0.05 <= s < 1.0 for n, s in sigma.items() if n not in degraded)

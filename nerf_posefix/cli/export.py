@@ -25,4 +25,6 @@ class Export:
 
         written = export_run(self.load_config, self.output, overwrite=self.overwrite)
         for kind, path in written.items():
-            print(f"posefix export: {kind}: {path}")
+            binary_only = kind == "colmap" and not (path / "images.txt").is_file()
+            note = " (COLMAP's binary format only: image names with spaces, which its text format cannot hold)" if binary_only else ""
+            print(f"posefix export: {kind}: {path}{note}")

@@ -6,8 +6,9 @@ matplotlib, open3d) inside ``run()`` so that ``posefix --help`` starts quickly.
 Bad input raises :class:`nerf_posefix.errors.InputError` (or ``FileNotFoundError``); it is printed as
 one line on stderr, without a traceback, and the process exits with code 2. So is any other
 ``OSError`` that reaches this level (a file-system failure: the path and the reason). Ctrl-C prints one
-line and exits with code 130; further Ctrl-C presses while the process exits are ignored (no traceback
-from exit handlers).
+line and exits with code 130, SIGTERM with code 143 (128 + the signal, as a shell reports a process it
+ended); both run the same clean-up (a refine run keeps its checkpoint), and further signals while the
+process exits are ignored (no traceback from exit handlers).
 
 Output: the command prints the package's own lines. Third-party warnings that say nothing to the user
 (:data:`QUIET_WARNINGS`: deprecation notices of torch / nerfstudio internals, the DataLoader's worker-count
@@ -84,15 +85,37 @@ _COMMAND_PROCESS = False
 
 
 def ignore_further_interrupts() -> None:
-    """In the ``posefix`` process, ignore SIGINT from now on: called once an interruption is being
-    handled, so a second Ctrl-C cannot interrupt the handler or the interpreter's exit handlers (atexit)
-    with a traceback. A no-op when :func:`main` is called from Python (tests, scripts)."""
+    """In the ``posefix`` process, ignore SIGINT and SIGTERM from now on: called once an interruption is
+    being handled, so a second signal cannot interrupt the handler or the interpreter's exit handlers
+    (atexit) with a traceback. A no-op when :func:`main` is called from Python (tests, scripts)."""
     if not _COMMAND_PROCESS:
         return
     try:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
     except ValueError:  # not the main thread
         pass
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM in the ``posefix`` process, raised where Ctrl-C's KeyboardInterrupt would be, so the same
+    clean-up runs (a subclass: every ``except KeyboardInterrupt`` handles it); the exit code is 143."""
+
+
+#: Set once SIGTERM arrived (the training loop turns it into a plain KeyboardInterrupt of its own).
+_TERMINATED = False
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:  # noqa: ARG001
+    global _TERMINATED
+    _TERMINATED = True
+    raise Terminated(f"signal {signum}")
+
+
+def interrupt_exit_code(err: BaseException) -> int:
+    """The exit code of an interruption: 143 after SIGTERM (128 + 15), 130 after SIGINT (Ctrl-C)."""
+    term = isinstance(err, Terminated) or (bool(err.args) and err.args[0] == f"signal {int(signal.SIGTERM)}")
+    return 128 + int(signal.SIGTERM) if term or _TERMINATED else 128 + int(signal.SIGINT)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -120,10 +143,11 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"posefix: error: {os_reason(err)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as err:
         ignore_further_interrupts()
-        print("\nposefix: interrupted", file=sys.stderr)
-        return 130
+        code = interrupt_exit_code(err)
+        print("\nposefix: " + ("terminated (SIGTERM)" if code == 143 else "interrupted"), file=sys.stderr)
+        return code
     return 0
 
 
@@ -135,10 +159,14 @@ def entrypoint() -> None:
 
     importable._COMMAND_PROCESS = True
     try:
+        signal.signal(signal.SIGTERM, importable._on_sigterm)
+    except ValueError:  # not the main thread
+        pass
+    try:
         code = main()
-    except KeyboardInterrupt:  # between the handlers above and here
+    except KeyboardInterrupt as err:  # between the handlers above and here
         ignore_further_interrupts()
-        code = 130
+        code = importable.interrupt_exit_code(err)
     sys.exit(code)
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import sys
 from dataclasses import dataclass
 
@@ -17,21 +16,17 @@ class Refine(RefineOptions):
     model with the (new) points, and a per-image report of how far each camera moved."""
 
     def run(self) -> None:
-        from nerf_posefix.workflows.refine import partial_dir, refine
+        from nerf_posefix.workflows.refine import refine
 
-        work_existed = partial_dir(self.output).exists()
         try:
-            result = refine(self)
-        except KeyboardInterrupt:
-            from nerf_posefix.cli.main import ignore_further_interrupts
+            result = refine(self)  # a failure removes OUT.partial unless it keeps a valid cache, and says so
+        except KeyboardInterrupt as err:
+            from nerf_posefix.cli.main import ignore_further_interrupts, interrupt_exit_code
 
             ignore_further_interrupts()
-            print(f"\n{interruption_message(self)}", file=sys.stderr)
-            raise SystemExit(130) from None
-        except BaseException:
-            if not work_existed:  # a failure (not an interruption) leaves no useless work directory behind
-                _discard_without_checkpoint(self)
-            raise
+            code = interrupt_exit_code(err)
+            print(f"\n{interruption_message(self, 'terminated (SIGTERM)' if code == 143 else 'interrupted')}", file=sys.stderr)
+            raise SystemExit(code) from None
         print(result.summary_text())
 
 
@@ -41,21 +36,28 @@ def _discard_without_checkpoint(options: RefineOptions) -> bool:
     from nerf_posefix.workflows.refine import STAMP_FILE, partial_dir
     from nerf_posefix.workflows.refine_inputs import interrupted_training
 
+    from nerf_posefix.errors import InputError
+    from nerf_posefix.io.atomic import lock_directory
+
     work = partial_dir(options.output)
     if (work / STAMP_FILE).is_file() and interrupted_training(work) is None and not _has_matches(work):
-        shutil.rmtree(work, ignore_errors=True)
+        try:
+            lock = lock_directory(work, options.output)  # never another live run's directory
+        except InputError:
+            return False
+        lock.remove_directory()
         return True
     return False
 
 
 def _has_matches(work) -> bool:  # noqa: ANN001
     """Whether the work directory holds features and matches built from the images (minutes of work)."""
-    from nerf_posefix.workflows.refine import MATCHES_RECORD
+    from nerf_posefix.sfm.front_end import MATCHES_RECORD
 
     return (work / MATCHES_RECORD).is_file()
 
 
-def interruption_message(options: RefineOptions) -> str:
+def interruption_message(options: RefineOptions, how: str = "interrupted") -> str:
     """What an interrupted ``posefix refine`` left, said truthfully: the checkpoint to resume from (and
     its iteration) if one was saved; otherwise that there is nothing to resume, after removing the work
     directory when it holds nothing of value (only the converted input), so the same command starts over."""
@@ -66,13 +68,13 @@ def interruption_message(options: RefineOptions) -> str:
     state = interrupted_training(work) if work.is_dir() else None
     if state is not None:
         return (
-            f"posefix refine: interrupted; {work} keeps the checkpoint of iteration {state['completed_iterations']}: "
+            f"posefix refine: {how}; {work} keeps the checkpoint of iteration {state['completed_iterations']}: "
             "run the same command with --resume to continue"
         )
     if work.is_dir() and _has_matches(work):
         return (
-            f"posefix refine: interrupted; {work} keeps the features and matches built from the images: run the same "
+            f"posefix refine: {how}; {work} keeps the features and matches built from the images: run the same "
             "command with --resume to reuse them"
         )
     _discard_without_checkpoint(options)  # a work directory of this command holding only the converted input
-    return "posefix refine: interrupted before the first checkpoint; nothing to resume (run the same command to start again)"
+    return f"posefix refine: {how} before the first checkpoint; nothing to resume (run the same command to start again)"

@@ -116,7 +116,8 @@ class CameraMatch:
 
 
 def match_camera_sets(ref: CameraSet, est: CameraSet, by: Literal["name", "order"] = "name") -> CameraMatch:
-    """Match cameras by name (exact string) or by position in the sets.
+    """Match cameras by name (:func:`match_names`: the same name, or the same image named from another
+    folder) or by position in the sets.
 
     Matches are listed in the reference's order (so "consecutive cameras" follow the reference).
     With ``by="order"``, the first ``min(N_ref, N_est)`` cameras are paired and the rest are unmatched.
@@ -131,15 +132,15 @@ def match_camera_sets(ref: CameraSet, est: CameraSet, by: Literal["name", "order
     elif by == "name":
         check_unique_names(ref.names, ref.source)
         check_unique_names(est.names, est.source)
-        est_lookup = {n: i for i, n in enumerate(est.names)}
-        pairs = [(i, est_lookup[n]) for i, n in enumerate(ref.names) if n in est_lookup]
-        ref_names = set(ref.names)
-        arr = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+        pairs = match_names(ref.names, est.names)
+        est_of = dict(pairs)
+        matched_est = set(est_of.values())
+        arr = np.asarray(sorted(pairs), dtype=np.int64).reshape(-1, 2)
         match = CameraMatch(
             arr[:, 0].copy(),
             arr[:, 1].copy(),
-            [n for n in ref.names if n not in est_lookup],
-            [n for n in est.names if n not in ref_names],
+            [n for i, n in enumerate(ref.names) if i not in est_of],
+            [n for j, n in enumerate(est.names) if j not in matched_est],
         )
     else:
         raise ValueError(f"by must be 'name' or 'order', got {by!r}")
@@ -149,6 +150,47 @@ def match_camera_sets(ref: CameraSet, est: CameraSet, by: Literal["name", "order
             f"{est.source} ({len(est)} cameras, e.g. {est.names[:2]}) matching by {by}"
         )
     return match
+
+
+def _components(name: str) -> tuple[str, ...]:
+    return tuple(p for p in _norm(str(name)).split("/") if p not in ("", "."))
+
+
+def _is_tail(short: tuple[str, ...], long: tuple[str, ...]) -> bool:
+    return 0 < len(short) <= len(long) and long[len(long) - len(short):] == short
+
+
+def match_names(a: Sequence[str], b: Sequence[str]) -> list[tuple[int, int]]:
+    """Pairs ``(i, j)`` of image names ``a[i]`` and ``b[j]`` that name the same image: the same name, or
+    (for the names left) one's path components end the other's (``images/cam0/000.png`` and
+    ``cam0/000.png``; ``images/000.png`` and ``000.png``), when that pairing is unique both ways. One
+    identity for every command: a name is the image's path relative to an image folder, with the folders
+    the input has (``cam0/000.png``), and readers that name images from another root (a transforms.json
+    beside its ``images/`` folder) still match."""
+    exact = {n: j for j, n in enumerate(b)}
+    pairs = [(i, exact[n]) for i, n in enumerate(a) if n in exact]
+    used_a, used_b = {i for i, _ in pairs}, {j for _, j in pairs}
+    rest_b: dict[str, list[int]] = {}
+    comps_b = {}
+    for j, n in enumerate(b):
+        if j not in used_b:
+            comps_b[j] = _components(n)
+            if comps_b[j]:
+                rest_b.setdefault(comps_b[j][-1], []).append(j)
+    candidates: dict[int, list[int]] = {}
+    back: dict[int, list[int]] = {}
+    for i, n in enumerate(a):
+        if i in used_a:
+            continue
+        ca = _components(n)
+        if not ca:
+            continue
+        for j in rest_b.get(ca[-1], []):
+            if _is_tail(ca, comps_b[j]) or _is_tail(comps_b[j], ca):
+                candidates.setdefault(i, []).append(j)
+                back.setdefault(j, []).append(i)
+    pairs += [(i, js[0]) for i, js in candidates.items() if len(js) == 1 and len(back[js[0]]) == 1]
+    return sorted(pairs)
 
 
 def _norm(name: str) -> str:
@@ -209,3 +251,30 @@ class ImageCamera:
         object.__setattr__(self, "params", tuple(float(p) for p in self.params))
         object.__setattr__(self, "width", int(self.width))
         object.__setattr__(self, "height", int(self.height))
+
+
+#: Parameter names of the COLMAP camera models the pose readers give (COLMAP's order; the same table as
+#: :data:`nerf_posefix.geometry.reprojection.CAMERA_MODEL_PARAMS`, here without importing torch).
+CAMERA_PARAM_NAMES: dict[str, tuple[str, ...]] = {
+    "SIMPLE_PINHOLE": ("f", "cx", "cy"),
+    "PINHOLE": ("fx", "fy", "cx", "cy"),
+    "SIMPLE_RADIAL": ("f", "cx", "cy", "k"),
+    "RADIAL": ("f", "cx", "cy", "k1", "k2"),
+    "OPENCV": ("fx", "fy", "cx", "cy", "k1", "k2", "p1", "p2"),
+}
+
+
+def intrinsics_problem(camera: ImageCamera) -> Optional[str]:
+    """What makes ``camera`` unusable for projecting points (the stages divide by its focal lengths and
+    size), in words, or None: a size that is not positive, a parameter that is not finite, a focal length
+    (``f``, ``fx``, ``fy``) that is not positive."""
+    if camera.width <= 0 or camera.height <= 0:
+        return f"image size {camera.width}x{camera.height} is not positive"
+    if not np.isfinite(np.asarray(camera.params, dtype=np.float64)).all():
+        return f"parameters {list(camera.params)} are not all finite"
+    names = CAMERA_PARAM_NAMES.get(str(camera.model).upper())
+    if names is not None and len(names) == len(camera.params):
+        bad = [f"{n} = {v:g}" for n, v in zip(names, camera.params) if n.startswith("f") and not v > 0]
+        if bad:
+            return f"focal length {', '.join(bad)} is not positive"
+    return None

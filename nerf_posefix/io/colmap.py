@@ -9,8 +9,9 @@ Writing is done here, byte for byte in COLMAP's format (``src/colmap/scene/recon
 nerfstudio's ``write_images_binary`` packs each *character* of a name as one byte (``struct`` format
 ``"c"``), so any name with a non-ASCII character (``img 007 é.png``) raises ``struct.error``, and its text
 writers use the locale's encoding. Here names are written as their UTF-8 bytes followed by a NUL, as
-COLMAP does, and text files are UTF-8. (COLMAP's own text reader stops an image name at the first space;
-its binary format, which every reader here prefers, has no such limit.)
+COLMAP does, and text files are UTF-8. COLMAP's own text reader (and pycolmap's) stops an image name at
+its first space, so a model whose image names hold white space is written in the binary format only
+(:func:`text_unsafe_names`; callers say so), which every reader here prefers and which has no such limit.
 
 Conventions
 -----------
@@ -366,12 +367,20 @@ def read_colmap_model(path: str | os.PathLike[str], supported: Optional[Sequence
     return model
 
 
+def text_unsafe_names(names: Iterable[str]) -> list[str]:
+    """The image names COLMAP's text format cannot hold: COLMAP and pycolmap read a name in ``images.txt``
+    only up to its first white space (``img 007.png`` reads back as ``img``)."""
+    return [n for n in names if any(c.isspace() for c in n)]
+
+
 def write_colmap_model(
     model: ColmapModel, path: str | os.PathLike[str], formats: Iterable[str] = ("bin", "txt")
 ) -> Path:
     """Write ``cameras``, ``images`` and ``points3D`` in each of ``formats`` (``"bin"``, ``"txt"``)
     into the directory ``path`` (created if needed), in COLMAP's format (see the module docstring: any
-    UTF-8 image name).
+    UTF-8 image name). When some image name holds white space (:func:`text_unsafe_names`), the text
+    files are not written (nor left from an earlier write) and the binary ones are, whatever ``formats``
+    says: COLMAP would read such a text model with other names.
 
     No ``rigs``/``frames`` files are written, and stale ones in ``path`` are deleted: COLMAP >= 3.12
     would otherwise take the poses from them instead of from ``images``. Readers of a directory
@@ -396,6 +405,10 @@ def write_colmap_model(
             raise InputError(f"image {im.id}: cannot write the image name {im.name!r} (NUL or line break) in a COLMAP model")
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
+    if "txt" in formats and text_unsafe_names(im.name for im in model.images.values()):
+        formats = ("bin",)
+        for kind in MODEL_FILES:
+            (out / f"{kind}.txt").unlink(missing_ok=True)
     images = {k: _as_array_image(v) for k, v in model.images.items()}
     points3D = {k: _as_array_point(v) for k, v in model.points3D.items()}
     for fmt in formats:
@@ -548,3 +561,203 @@ def colmap_model_from_poses(
         for i, name in enumerate(names)
     }
     return ColmapModel(cameras=cameras, images=images, points3D={})
+
+
+# ---------------------------------------------------------------------------------------------
+# COLMAP databases (features and matches), read-only
+
+
+#: Tables every COLMAP database has (what :func:`check_colmap_database` looks for).
+DATABASE_TABLES = ("cameras", "images", "keypoints", "descriptors", "matches", "two_view_geometries")
+#: Pixels within which a database keypoint counts as found again by SIFT in the image on disk, and the
+#: fraction of a sampled image's keypoints that must be (toybox_tiny, 64x64: its own images 61-79 %, other
+#: images of the same size and names 2-13 %, by chance).
+KEYPOINT_TOLERANCE_PX = 1.0
+MIN_KEYPOINTS_FOUND = 0.25
+
+
+def _open_database(database: Path, where: str) -> Any:
+    """The database opened read-only with sqlite3 (never created, never changed, no journal written)."""
+    import sqlite3
+    import urllib.parse
+
+    try:
+        is_file = database.is_file()
+    except OSError:
+        is_file = False
+    if not is_file:
+        raise InputError(f"{where}: no such file")
+    uri = f"file:{urllib.parse.quote(str(database.resolve()))}?mode=ro"
+    try:
+        con = sqlite3.connect(uri, uri=True)
+        tables = {row[0] for row in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    except sqlite3.Error as err:
+        raise InputError(f"{where}: not a COLMAP database (SQLite: {err})") from None
+    missing = [t for t in DATABASE_TABLES if t not in tables]
+    if missing:
+        con.close()
+        raise InputError(f"{where}: not a COLMAP database (no {', '.join(missing)} table: an SQLite file of another program?)")
+    return con
+
+
+def _database_keypoints(con: Any, image_id: int) -> np.ndarray:
+    row = con.execute("SELECT rows, cols, data FROM keypoints WHERE image_id = ?", (image_id,)).fetchone()
+    if row is None or not row[0] or row[2] is None:
+        return np.zeros((0, 2), dtype=np.float32)
+    rows, cols, data = int(row[0]), int(row[1]), row[2]
+    if cols < 2 or len(data) < rows * cols * 4:
+        return np.zeros((0, 2), dtype=np.float32)
+    return np.frombuffer(data, dtype=np.float32, count=rows * cols).reshape(rows, cols)[:, :2]
+
+
+def _quiet_fd2() -> Any:
+    """Hold back what C code writes to file descriptor 2 (glog's INFO lines of pycolmap) while the block
+    runs; its warning and error lines are passed on afterwards."""
+    import sys
+    import tempfile
+    from contextlib import contextmanager
+
+    @contextmanager
+    def block() -> Any:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        with tempfile.TemporaryFile(mode="w+b") as log:
+            os.dup2(log.fileno(), 2)
+            try:
+                yield
+            finally:
+                os.dup2(saved, 2)
+                os.close(saved)
+                log.seek(0)
+                kept = [line for line in log.read().decode(errors="replace").splitlines() if line[:1] in ("W", "E", "F")]
+                if kept:
+                    print("\n".join(kept), file=sys.stderr)
+
+    return block()
+
+
+def keypoints_found_again(image: Path, keypoints: np.ndarray) -> float:
+    """The fraction of ``keypoints`` (``[K, 2]`` x, y in COLMAP's pixel convention, e.g. a database's)
+    within :data:`KEYPOINT_TOLERANCE_PX` of a SIFT keypoint that pycolmap finds in the image file ``image``."""
+    import pycolmap
+    from PIL import Image
+
+    with Image.open(image) as img:
+        gray = np.asarray(img.convert("L"), dtype=np.float32) / 255.0
+    options = pycolmap.FeatureExtractionOptions()
+    options.num_threads = 1
+    options.max_image_size = max(gray.shape)
+    with _quiet_fd2():
+        extractor = pycolmap.FeatureExtractor.create(options, pycolmap.Device.cpu)
+        found, _ = extractor.extract_from_float32_array(np.ascontiguousarray(gray))
+    xy = np.array([[k.x, k.y] for k in found], dtype=np.float64).reshape(-1, 2)
+    if len(xy) == 0 or len(keypoints) == 0:
+        return 0.0
+    near = 0
+    for chunk in np.array_split(np.asarray(keypoints, dtype=np.float64), max(1, len(keypoints) // 512)):
+        d2 = ((chunk[:, None, :] - xy[None, :, :]) ** 2).sum(-1).min(axis=1)
+        near += int((d2 <= KEYPOINT_TOLERANCE_PX**2).sum())
+    return near / len(keypoints)
+
+
+def check_colmap_database(
+    database: str | os.PathLike[str], names: Sequence[str], label: Optional[str] = None,
+    images_dir: Optional[str | os.PathLike[str]] = None, sizes: Optional[dict[str, tuple[int, int]]] = None,
+) -> None:
+    """Check that ``database`` is a COLMAP database of these images, reading it **read-only** (sqlite3,
+    ``mode=ro``: a file that is not a database is never turned into one, nothing is written; no torch):
+
+    * it is an SQLite file with COLMAP's tables (:data:`DATABASE_TABLES`);
+    * every one of ``names`` is an image of it under that name (relative to the image directory, as COLMAP
+      stores them);
+    * with ``sizes`` (``{name: (width, height)}`` of the files on disk): its camera of each image has that
+      size and its keypoints lie inside it;
+    * some of these images have keypoints (verified matches may be few or none: the tracks then say so);
+    * with ``images_dir``: its keypoints are where SIFT finds features in the images on disk (up to three
+      images sampled, :func:`keypoints_found_again`; pycolmap, well under a second for common sizes), so a
+      database of other images with the same names is refused before anything runs.
+
+    Raises:
+        InputError: ``label`` (default: the database path) and what is wrong, in one line.
+    """
+    database = Path(database)
+    where = label or str(database)
+    con = _open_database(database, where)
+    import sqlite3
+
+    try:
+        held = {str(name): (int(image_id), int(camera_id)) for image_id, name, camera_id in
+                con.execute("SELECT image_id, name, camera_id FROM images")}
+        missing = [n for n in names if n not in held]
+        if missing:
+            example = ", ".join(repr(n) for n in sorted(held)[:3]) or "no images"
+            raise InputError(
+                f"{where}: {len(missing)} of {len(names)} images are not in it under their names relative to "
+                f"the image directory (e.g. {missing[0]!r}; the database has {example})"
+            )
+        cameras = {int(c): (int(w), int(h)) for c, w, h in con.execute("SELECT camera_id, width, height FROM cameras")}
+        keypoints = {n: _database_keypoints(con, held[n][0]) for n in names}
+        for name in names:
+            if sizes is None or name not in sizes:
+                continue
+            width, height = (int(v) for v in sizes[name])
+            db_size = cameras.get(held[name][1])
+            if db_size is not None and db_size != (width, height):
+                raise InputError(
+                    f"{where}: its image {name!r} is {db_size[0]}x{db_size[1]} pixels but the file on disk is "
+                    f"{width}x{height}: the database holds other images (or other sizes) under these names"
+                )
+            kp = keypoints[name]
+            if len(kp) and (kp.min() < -1 or kp[:, 0].max() > width + 1 or kp[:, 1].max() > height + 1):
+                raise InputError(
+                    f"{where}: keypoints of its image {name!r} lie outside the {width}x{height} image on disk: the "
+                    "database holds other images under these names"
+                )
+        with_features = [n for n in names if len(keypoints[n])]
+        if not with_features:
+            raise InputError(f"{where}: holds no features of these {len(names)} images (run COLMAP's feature extraction first)")
+    except sqlite3.Error as err:
+        raise InputError(f"{where}: cannot read the COLMAP database ({err})") from None
+    finally:
+        con.close()
+    if images_dir is not None:
+        picks = sorted({with_features[0], with_features[len(with_features) // 2], with_features[-1]})
+        found = {n: keypoints_found_again(Path(images_dir) / n, keypoints[n]) for n in picks}
+        if float(np.median(list(found.values()))) < MIN_KEYPOINTS_FOUND:
+            listed = ", ".join(f"{n}: {100 * f:.0f} %" for n, f in found.items())
+            raise InputError(
+                f"{where}: its keypoints are not where SIFT finds features in the images on disk ({listed} of the "
+                f"database's keypoints found again within {KEYPOINT_TOLERANCE_PX:g} px, where its own images give "
+                "60 % or more): it holds other images under these names"
+            )
+
+
+def copy_colmap_database(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> Path:
+    """Copy the COLMAP database ``source`` to ``target`` with SQLite's online backup from a read-only
+    connection (``source`` is never modified; the copy is a consistent database).
+
+    Raises:
+        InputError: ``source`` is not a COLMAP database, or the copy cannot be written (the reason named,
+            e.g. no space left on the device).
+    """
+    import sqlite3
+
+    source, target = Path(source), Path(target)
+    con = _open_database(source, str(source))
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.unlink(missing_ok=True)
+        copy = sqlite3.connect(str(target))
+        try:
+            con.backup(copy)
+        finally:
+            copy.close()
+    except sqlite3.Error as err:
+        target.unlink(missing_ok=True)
+        raise InputError(f"{target}: cannot copy the COLMAP database {source} ({err})") from None
+    except OSError as err:
+        target.unlink(missing_ok=True)
+        raise InputError(f"{target}: cannot copy the COLMAP database {source} ({err.strerror or err})") from None
+    finally:
+        con.close()
+    return target

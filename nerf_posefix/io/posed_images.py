@@ -33,7 +33,7 @@ import numpy as np
 
 from nerf_posefix.errors import InputError
 from nerf_posefix.geometry.poses import c2w_to_colmap
-from nerf_posefix.io.camera_set import CameraSet, ImageCamera, check_unique_names
+from nerf_posefix.io.camera_set import CAMERA_PARAM_NAMES, CameraSet, ImageCamera, check_unique_names, intrinsics_problem
 from nerf_posefix.io.colmap import ColmapModel, cpu, find_colmap_model_dir, read_colmap_model
 from nerf_posefix.io.sources import source_kind
 from nerf_posefix.io.transforms_json import (
@@ -124,24 +124,58 @@ def parse_camera(spec: str, width: int, height: int) -> ImageCamera:
     Raises:
         InputError: an unknown model or the wrong number of parameters.
     """
-    from nerf_posefix.geometry.reprojection import CAMERA_MODEL_PARAMS
-
     parts = spec.replace(",", " ").split()
     if len(parts) < 2:
         raise InputError(f"--camera {spec!r}: expected 'MODEL p1,p2,...', e.g. 'PINHOLE 525,525,319.5,239.5'")
     model = parts[0].upper()
-    if model not in CAMERA_MODEL_PARAMS:
-        raise InputError(f"--camera {spec!r}: unknown camera model {model} (supported: {', '.join(CAMERA_MODEL_PARAMS)})")
+    if model not in CAMERA_PARAM_NAMES:
+        raise InputError(f"--camera {spec!r}: unknown camera model {model} (supported: {', '.join(CAMERA_PARAM_NAMES)})")
     try:
         params = tuple(float(p) for p in parts[1:])
     except ValueError:
         raise InputError(f"--camera {spec!r}: parameters must be numbers") from None
-    expected = CAMERA_MODEL_PARAMS[model]
+    expected = CAMERA_PARAM_NAMES[model]
     if len(params) != len(expected):
         raise InputError(f"--camera {spec!r}: {model} takes {len(expected)} parameters ({', '.join(expected)}), got {len(params)}")
     if not np.isfinite(params).all():
         raise InputError(f"--camera {spec!r}: parameters must be finite")
-    return ImageCamera(model, width, height, params)
+    camera = ImageCamera(model, width, height, params)
+    problem = intrinsics_problem(camera)
+    if problem is not None:
+        raise InputError(f"--camera {spec!r}: {problem}")
+    return camera
+
+
+def check_camera_spec(spec: Optional[str]) -> None:
+    """The checks of :func:`parse_camera` that need no image (syntax, model, count, finite values,
+    positive focal lengths), so a bad ``--camera`` is refused before anything is read.
+
+    Raises:
+        InputError: naming ``--camera`` and the problem.
+    """
+    if spec is not None:
+        parse_camera(spec, 1, 1)
+
+
+def check_intrinsics(posed: "PosedImages") -> None:
+    """Every image's intrinsics must be usable (:func:`~nerf_posefix.io.camera_set.intrinsics_problem`):
+    the stages divide by the focal lengths and the image size.
+
+    Raises:
+        InputError: naming the source (the COLMAP cameras file and camera id, the transforms.json frame)
+            and the problem.
+    """
+    for name in posed.cameras.names:
+        camera = posed.intrinsics[name]
+        problem = intrinsics_problem(camera)
+        if problem is None:
+            continue
+        if posed.kind == "colmap" and posed.colmap_model is not None:
+            image = next(im for im in posed.colmap_model.images.values() if im.name == name)
+            found = find_colmap_model_dir(posed.source)
+            where = (found[0] / f"cameras{found[1]}") if found else posed.source
+            raise InputError(f"{where}: camera {image.camera_id} ({camera.model}, used by {name}): {problem}")
+        raise InputError(f"{posed.source}: the camera of {name} ({camera.model}): {problem}")
 
 
 def image_size(path: Path) -> tuple[int, int]:
@@ -324,6 +358,7 @@ def load_posed_images(
     if kind != "tum" and (camera is not None or timestamps is not None):
         raise InputError(f"{poses}: --camera and --timestamps apply to TUM trajectories only ({kind} input)")
     _missing_images(posed.images_dir, posed.cameras.names, str(posed.source))
+    check_intrinsics(posed)
     return posed
 
 
@@ -367,4 +402,5 @@ def write_refined_poses(posed: PosedImages, refined: CameraSet, output_dir: Path
     raise ValueError(f"write_refined_poses: {posed.kind} sources are written as COLMAP models by the caller")
 
 
-__all__ = ["PosedImages", "image_size", "load_posed_images", "parse_camera", "read_image_timestamps", "write_refined_poses"]
+__all__ = ["PosedImages", "check_camera_spec", "check_intrinsics", "image_size", "load_posed_images", "parse_camera",
+           "read_image_timestamps", "write_refined_poses"]

@@ -146,19 +146,36 @@ def _read_run_config(config_path: Path) -> dict:
     return config
 
 
+def _section(node: object, *keys: str) -> dict:
+    for key in keys:
+        node = node.get(key) if isinstance(node, dict) else None
+    return node if isinstance(node, dict) else {}
+
+
+def run_dataset(config: dict) -> Optional[Path]:
+    """The dataset of a parsed run config, taken where nerfstudio takes it when the run is loaded:
+    ``pipeline.datamanager.data`` when set (``ns-train --data DATA`` puts it there; the dataparser's own
+    ``data`` is then ``.`` and unused), else ``pipeline.datamanager.dataparser.data``. A relative path is
+    relative to the current directory, as nerfstudio reads it. None when the config names none."""
+    datamanager = _section(config, "pipeline", "datamanager")
+    data = datamanager.get("data")
+    if not isinstance(data, Path):
+        data = _section(datamanager, "dataparser").get("data")
+    return data if isinstance(data, Path) else None
+
+
 def _run_paths(config_path: Path, config: dict) -> tuple[list[Path], list[Path]]:
-    """``(datasets, other inputs)`` named by a parsed run config. A relative path is listed as nerfstudio
-    reads it (relative to the current directory) and relative to the run directory."""
+    """``(datasets, other inputs)`` named by a parsed run config: its dataset (:func:`run_dataset`; a
+    relative path is listed as nerfstudio reads it, relative to the current directory, and relative to the
+    run directory) and the dataparser's absolute ``colmap_path`` / ``images_path`` / ... values."""
     datasets: list[Path] = []
     others: list[Path] = []
-
-    def both(node: Path) -> list[Path]:
-        return [node] if node.is_absolute() else [node, Path(config_path).parent / node]
+    data = run_dataset(config)
+    if data is not None:
+        datasets.extend([data] if data.is_absolute() else [data, Path(config_path).parent / data])
 
     def walk(node: object, key: str = "") -> None:
-        if isinstance(node, Path) and key == "data":
-            datasets.extend(both(node))
-        elif isinstance(node, Path) and key in ("colmap_path", "images_path", "masks_path", "depths_path") and node.is_absolute():
+        if isinstance(node, Path) and key in ("colmap_path", "images_path", "masks_path", "depths_path") and node.is_absolute():
             others.append(node)
         elif isinstance(node, dict):
             for k, v in node.items():
@@ -195,11 +212,8 @@ def check_run_config(config_path: str | os.PathLike[str]) -> list[Path]:
     config_path = resolve_run_config(config_path)
     config = _read_run_config(config_path)
     datasets, others = _run_paths(config_path, config)
-    pipeline = config.get("pipeline") if isinstance(config.get("pipeline"), dict) else {}
-    datamanager = pipeline.get("datamanager") if isinstance(pipeline.get("datamanager"), dict) else {}
-    dataparser = datamanager.get("dataparser") if isinstance(datamanager.get("dataparser"), dict) else {}
-    data = datamanager.get("data") or dataparser.get("data")
-    if isinstance(data, Path) and not data.exists():
+    data = run_dataset(config)
+    if data is not None and not data.exists():
         raise InputError(f"{config_path}: the run's dataset {data} does not exist (moved?)")
     model_dir = config.get("relative_model_dir")
     model_dir = model_dir if isinstance(model_dir, Path) else Path("nerfstudio_models")

@@ -9,7 +9,8 @@ Conventions
   ``colmap/sparse/0`` lies beside the file), then ``transform_matrix = A · c2w_input``.
 * In memory (:class:`~nerf_posefix.io.camera_set.CameraSet`): camera-to-world, **OpenCV axes**, in the
   **input world frame** (``applied_transform`` undone): ``c2w = A⁻¹ · transform_matrix · diag(1,-1,-1,1)``.
-  :func:`json_poses` is the inverse. Camera names are the basenames of the frames' ``file_path``.
+  :func:`json_poses` is the inverse. Camera names are the basenames of the frames' ``file_path``, or the
+  paths themselves when basenames repeat (:func:`frame_names`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,12 @@ from nerf_posefix.io.camera_set import CameraSet, ImageCamera, check_unique_name
 FILENAME = "transforms.json"
 #: Ground-truth poses kept beside a perturbed dataset (same layout as transforms.json).
 GT_FILENAME = "transforms_gt.json"
+#: Per-frame key: the ``σ`` (pixels of the original image) of the ``pixels`` pose prior for that frame's camera,
+#: as ``posefix refine`` writes it into its NeRF stage's dataset (how well its tracks hold each camera).
+PRIOR_SIGMA_KEY = "posefix_prior_sigma_px"
+#: Per-frame key: whether the tracks hold that frame's camera well (``posefix refine`` writes it beside
+#: :data:`PRIOR_SIGMA_KEY`; the NeRF stage then keeps such a camera at its adjusted pose).
+HELD_KEY = "posefix_held"
 
 IMPLICIT_APPLIED_TRANSFORM = np.array([[0.0, 1.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0], [0.0, 0.0, -1.0, 0.0]])
 """nerfstudio's ``applied_transform`` for transforms.json files without one next to ``colmap/sparse/0``."""
@@ -64,7 +71,9 @@ def read_transforms_frames(path: Path, check_images: bool = False, downscale_fac
     except (OSError, ValueError) as err:
         raise InputError(f"{path}: cannot read transforms.json ({err})") from None
     frames = meta.get("frames") if isinstance(meta, dict) else None
-    if not isinstance(frames, list) or not frames:
+    if isinstance(frames, list) and not frames:
+        raise InputError(f"{path}: the 'frames' list is empty (no images, no poses)")
+    if not isinstance(frames, list):
         raise InputError(f"{path}: no 'frames' list in transforms.json")
     data_dir = path.parent
     for i, frame in enumerate(frames):
@@ -126,15 +135,31 @@ def json_poses(c2w_opencv: np.ndarray, applied: Optional[np.ndarray] = None) -> 
 
 
 def frame_name(frame: dict) -> str:
-    """The camera name of a frame: the basename of its ``file_path``."""
+    """The basename of a frame's ``file_path``."""
     return os.path.basename(str(frame["file_path"]))
 
 
+def frame_path(frame: dict) -> str:
+    """A frame's ``file_path``, normalised (``./`` and ``..`` folded, ``/`` separators)."""
+    return os.path.normpath(str(frame["file_path"])).replace(os.sep, "/")
+
+
+def frame_names(meta: dict) -> list[str]:
+    """The camera names of a transforms.json's frames (file order), one identity with the other commands
+    (:func:`nerf_posefix.io.camera_set.match_camera_sets` matches names by path components): the
+    basenames of the ``file_path`` values when they are unique (as COLMAP names the images of one
+    folder), else the ``file_path`` values themselves (``images/cam0/000.png``, ``images/cam1/000.png``:
+    images in several folders, as ``posefix refine`` names them)."""
+    bases = [frame_name(f) for f in meta["frames"]]
+    return bases if len(set(bases)) == len(bases) else [frame_path(f) for f in meta["frames"]]
+
+
 def read_transforms_json(path: str | os.PathLike[str]) -> CameraSet:
-    """Read a nerfstudio ``transforms.json`` as a :class:`CameraSet` (see the module docstring)."""
+    """Read a nerfstudio ``transforms.json`` as a :class:`CameraSet` (see the module docstring; names:
+    :func:`frame_names`)."""
     path = Path(path)
     meta = read_transforms_frames(path)
-    names = [frame_name(f) for f in meta["frames"]]
+    names = frame_names(meta)
     check_unique_names(names, str(path))
     # as nerfstudio's own reader of a file given directly: the explicit applied_transform only
     return CameraSet(names=names, c2w=input_poses(meta), source=str(path))

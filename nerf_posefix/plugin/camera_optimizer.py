@@ -233,6 +233,8 @@ class HomographyCameraOptimizer(CameraOptimizer):
         # pixel prior: (fx, fy, cx, cy, width, height) per camera in original pixels, and σ per camera
         self.register_buffer("pixel_intrinsics", torch.zeros(num_cameras, 6, device=device))  # [N, 6]
         self.register_buffer("prior_sigma", torch.full((num_cameras,), DEFAULT_PRIOR_SIGMA_PX, device=device))  # [N]
+        # cameras held at their initial pose (the front end's tracks hold them): adjustment fixed at zero
+        self.register_buffer("held", torch.zeros(num_cameras, dtype=torch.bool, device=device))  # [N]
         # track term (empty until set_tracks; resized on checkpoint load)
         long, f64 = torch.long, torch.float64
         self.register_buffer("track_camera_index", torch.zeros(0, dtype=long, device=device))  # [K]
@@ -305,6 +307,25 @@ class HomographyCameraOptimizer(CameraOptimizer):
         if self.config.precondition != "off":
             self._setup_preconditioner(intrinsics, image_sizes)
 
+    def hold_cameras(self, held: Tensor) -> int:
+        """Hold the cameras where ``held [N]`` is True at their initial pose (the NeRF does not move them:
+        the front end's tracks already determine them better than the photometric loss can); returns how
+        many are held."""
+        self.held.copy_(held.to(self.held))
+        return int(self.held.sum())
+
+    def set_prior_sigma(self, sigma: Tensor) -> int:
+        """Per-camera ``σ`` of the ``pixels`` prior (``[N]`` pixels of the original images; NaN: keep the
+        camera's own), from how well the front end's tracks hold each camera
+        (:func:`nerf_posefix.sfm.support.prior_sigma_px`). Ignored when ``prior_sigma_px`` is set or the prior
+        is not ``pixels``. Returns how many cameras got a new ``σ``."""
+        if self.config.prior != "pixels" or self.config.prior_sigma_px is not None:
+            return 0
+        sigma = sigma.to(self.prior_sigma)  # [N]
+        given = torch.isfinite(sigma) & (sigma > 0)
+        self.prior_sigma.copy_(torch.where(given, sigma, self.prior_sigma))
+        return int(given.sum())
+
     def _setup_preconditioner(self, intrinsics: Optional[Tensor], image_sizes: Optional[Tensor]) -> None:
         """Compute ``P`` once (float64, then stored in the buffer) and log its setup cost."""
         start = time.perf_counter()
@@ -349,6 +370,8 @@ class HomographyCameraOptimizer(CameraOptimizer):
         ``φ`` and the adjustment is ``P φ`` (``P``: the ``preconditioner`` buffer, ``[N, 6, 6]``).
         """
         phi = self.pose_adjustment if indices is None else self.pose_adjustment[indices, :]  # [K, 6]
+        free = ~(self.held if indices is None else self.held[indices])  # [K]
+        phi = phi * free.unsqueeze(-1).to(phi)  # held cameras: no adjustment, no gradient
         if self.config.precondition == "off":
             return phi
         precond = self.preconditioner if indices is None else self.preconditioner[indices]  # [K, 6, 6]
@@ -502,6 +525,8 @@ class HomographyCameraOptimizer(CameraOptimizer):
         """Resize the track state to the checkpoint's (its size follows the dataset) before loading; the
         pixel prior's metric is recomputed from the loaded intrinsics and bounds."""
         self._pixel_metric = None
+        if prefix + "held" not in state_dict:  # a checkpoint from before cameras could be held
+            state_dict[prefix + "held"] = torch.zeros_like(self.held)
         for name in TRACK_STATE:
             saved = state_dict.get(prefix + name)
             if saved is None:

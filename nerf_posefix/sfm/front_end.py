@@ -65,7 +65,7 @@ class FrontEndOptions:
     """
 
     build_tracks: Literal["auto", "always"] = "auto"
-    matching: Literal["auto", "exhaustive", "sequential"] = "auto"
+    matching: Literal["auto", "exhaustive", "sequential", "spatial"] = "auto"
     sequential_overlap: int = 10
     database: Optional[Path] = None
     bundle_adjustment: LossName = "cauchy"
@@ -214,7 +214,8 @@ def _track_building_stage(
         else:
             t0 = time.perf_counter()
             log(f"building tracks from {len(names)} images (SIFT, {track_options.matching_for(len(names))} matching; pycolmap) ...")
-            matches = match_features(posed.images_dir, names, posed.intrinsics, database, track_options, log=lambda m: log(f"  {m}"))
+            matches = match_features(posed.images_dir, names, posed.intrinsics, database, track_options, log=lambda m: log(f"  {m}"),
+                                     poses=inp.model.to_camera_set())
             log(f"  {matches.num_keypoints} keypoints, {matches.num_verified_pairs} verified pairs ({time.perf_counter() - t0:.0f} s)")
         matches_record.write_text(json.dumps(matches.to_dict(), indent=2), encoding="utf-8")
     matches_summary = json.loads(matches_record.read_text(encoding="utf-8"))

@@ -14,7 +14,13 @@ Per image of an adjusted ``pycolmap.Reconstruction``:
   is what separates a blurred or barely overlapping frame from a sharp one. Degrees and input units;
   ``inf`` for an image with fewer than 3 observations.
 * ``sigma_px``: the same as an image displacement, ``f · (σ_rot + σ_centre / depth)`` at the median depth of
-  its points (pixels of the original image): the scale of the ``pixels`` prior for this camera.
+  its points (pixels of the original image);
+* ``residual_px``: the median reprojection residual of its observations (pixels).
+
+The ``pixels`` prior of a NeRF stage takes its scale per camera from these (:func:`prior_sigma_px`): a
+camera the tracks hold keeps ``max(residual_px, sigma_px)`` (what its keypoints say it may be off by; the
+covariance alone is optimistic, it ignores the points' own errors); a weak one gets
+:data:`WEAK_PRIOR_SIGMA_PX`, so that the photometric loss, not the prior, decides where it goes.
 
 An image is **weak** when its tracks cannot hold it (:func:`weak_reason`): fewer than
 :data:`MIN_OBSERVATIONS` observations, a group other than the largest, or ``sigma_px`` above
@@ -38,6 +44,11 @@ if TYPE_CHECKING:
 MIN_OBSERVATIONS = 30
 #: A camera whose pose uncertainty (in pixels) exceeds this many times the median camera's is weak.
 UNCERTAIN_FACTOR = 10.0
+#: ``σ`` of the pixels prior for a weakly held camera (pixels): wide enough that the photometric loss moves it
+#: (a 3 deg error of a 128 px wide image is ~6 px), narrow enough to stop a runaway.
+WEAK_PRIOR_SIGMA_PX = 50.0
+#: Smallest ``σ`` of the pixels prior (pixels).
+MIN_PRIOR_SIGMA_PX = 0.05
 #: Median residual norm of 2D Gaussian keypoint noise, in units of its per-axis σ.
 MEDIAN_NORM_PER_SIGMA = 1.18
 
@@ -52,6 +63,7 @@ class ImageSupport:
     sigma_rotation_deg: float
     sigma_centre: float
     sigma_px: float
+    residual_px: float = float("nan")
     weak: bool = False
     reason: str = ""
 
@@ -121,6 +133,9 @@ def image_support(
         image = rec.images[image_id]
         point_ids = [p.point3D_id for p in image.points2D if p.has_point3D()]
         sigma_rot = sigma_centre = sigma_px = float("inf")
+        residuals = [np.linalg.norm(np.asarray(image.project_point(rec.points3D[p2.point3D_id].xyz)) - np.asarray(p2.xy))
+                     for p2 in image.points2D if p2.has_point3D()]
+        residual_px = float(np.median(residuals)) if residuals else float("nan")
         if len(point_ids) >= 3:
             config = pycolmap.BundleAdjustmentConfig()
             config.add_image(image_id)
@@ -139,13 +154,23 @@ def image_support(
                 xyz = np.array([rec.points3D[p].xyz for p in point_ids])  # [P, 3] world
                 depth = float(np.median(xyz @ cam_from_world[2, :3] + cam_from_world[2, 3]))  # [P] -> median z
                 sigma_px = focal * (np.radians(sigma_rot) + (sigma_centre / depth if depth > 0 else np.inf))
-        out.append(ImageSupport(image.name, len(point_ids), groups.get(int(image_id), 0), sigma_rot, sigma_centre, float(sigma_px)))
+        out.append(ImageSupport(image.name, len(point_ids), groups.get(int(image_id), 0), sigma_rot, sigma_centre, float(sigma_px),
+                                residual_px))
     finite = np.array([s.sigma_px for s in out if np.isfinite(s.sigma_px) and s.observations >= MIN_OBSERVATIONS])
     median_px = float(np.median(finite)) if finite.size else float("nan")
     for s in out:
         s.reason = weak_reason(s, median_px)
         s.weak = bool(s.reason)
     return out
+
+
+def prior_sigma_px(support: dict[str, Any]) -> float:
+    """The ``pixels`` prior's ``σ`` for one camera from its support (a :meth:`ImageSupport.to_dict`; see the
+    module docstring)."""
+    if support.get("weak"):
+        return WEAK_PRIOR_SIGMA_PX
+    values = [v for v in (support.get("residual_px"), support.get("sigma_px")) if v is not None and np.isfinite(v)]
+    return max([MIN_PRIOR_SIGMA_PX, *values])
 
 
 def summarise(support: list[ImageSupport]) -> dict[str, Any]:

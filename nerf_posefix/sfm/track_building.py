@@ -6,8 +6,12 @@ makes the tracks with COLMAP's own bindings (``pycolmap``), the poses held as gi
 1. :func:`match_features`: SIFT features of every image and their verified matches, in a COLMAP database
    (``database.db``). Matching is chosen for the capture (:data:`MATCHING_MODES`): ``exhaustive`` (every
    pair; small sets), ``sequential`` (each image with its ``overlap`` successors in **name** order,
-   as COLMAP's sequential matcher orders them: frame numbers or timestamps as names; video-like sequences), ``auto`` (exhaustive up to :data:`EXHAUSTIVE_MAX_IMAGES` images). Features and
-   matches do not depend on the poses, so one database serves every pose set of the same images.
+   as COLMAP's sequential matcher orders them: frame numbers or timestamps as names; video-like sequences),
+   ``spatial`` (pose-guided: each image with its nearest images by the **input poses**, :func:`spatial_pairs`;
+   the pairs grow linearly with the images, and revisits, loops and the passes of a survey are paired
+   whatever the names' order), ``auto`` (exhaustive up to :data:`EXHAUSTIVE_MAX_IMAGES` images, spatial
+   beyond when poses are given, sequential without them). Features and exhaustive or sequential matches do
+   not depend on the poses, so one database serves every pose set of the same images; spatial pairs do.
 2. :func:`triangulate_fixed_poses`: COLMAP's ``point_triangulator`` (``pycolmap.triangulate_points``) on the
    database's verified matches with the given poses held fixed, at a reprojection threshold wide enough
    for poses a few degrees off. The result is a COLMAP model in the **input world frame** with the input
@@ -49,15 +53,29 @@ from nerf_posefix.errors import InputError
 from nerf_posefix.geometry.alignment import pose_alignment
 from nerf_posefix.geometry.poses import invert_poses
 from nerf_posefix.io.camera_set import CameraSet, ImageCamera
-from nerf_posefix.sfm.bundle_adjustment import quiet_colmap_log, reconstruction_c2w
+from nerf_posefix.sfm.bundle_adjustment import POSE_TOLERANCE, adjust_reconstruction, quiet_colmap_log, reconstruction_c2w
 
 if TYPE_CHECKING:
     import pycolmap
 
-MatchingMode = Literal["auto", "exhaustive", "sequential"]
-MATCHING_MODES: tuple[str, ...] = ("auto", "exhaustive", "sequential")
-#: ``matching="auto"``: exhaustive matching up to this many images, sequential beyond.
+MatchingMode = Literal["auto", "exhaustive", "sequential", "spatial"]
+MATCHING_MODES: tuple[str, ...] = ("auto", "exhaustive", "sequential", "spatial")
+#: ``matching="auto"``: exhaustive matching up to this many images, spatial (poses given) or sequential beyond.
 EXHAUSTIVE_MAX_IMAGES = 150
+#: Spatial matching: images paired with each image (its nearest by the input poses).
+SPATIAL_NEIGHBORS = 20
+#: Spatial matching: two images whose optical axes differ by more than this (degrees) are not paired.
+SPATIAL_MAX_ANGLE_DEG = 75.0
+#: Rounds of :func:`adjust_with_retriangulation` before the last only prepare the next triangulation: their
+#: adjustment stops at this many times the pose tolerance (half the noise level per iteration by default).
+EARLY_ROUND_TOLERANCE_FACTOR = 5.0
+#: File of the spatial pairs beside the database (one ``name1 name2`` line per pair, COLMAP's format).
+PAIRS_FILE = "pairs.txt"
+#: Peak memory model of track building (bytes): fixed part, per feature (keypoints of the database cache)
+#: and per verified match (the correspondence graph; a pair keeps up to a tenth of the features).
+TRACKS_MEMORY_BASE_BYTES = 900 * 2**20  # the process (Python, torch, pycolmap): 0.9 GiB peak for 300 small images
+TRACKS_MEMORY_PER_FEATURE_BYTES = 48
+TRACKS_MEMORY_PER_MATCH_BYTES = 16
 #: Database file name inside a track-building directory.
 DATABASE_FILE = "database.db"
 
@@ -67,9 +85,11 @@ class TrackOptions:
     """How tracks are built from the images.
 
     Attributes:
-        matching: ``"exhaustive"``, ``"sequential"`` or ``"auto"`` (module docstring).
+        matching: ``"exhaustive"``, ``"sequential"``, ``"spatial"`` or ``"auto"`` (module docstring).
         sequential_overlap: images each image is matched with, forward in name order (sequential; COLMAP
             orders the images by name).
+        spatial_neighbors: images each image is paired with by spatial matching (its nearest centres
+            whose optical axes are within ``SPATIAL_MAX_ANGLE_DEG``).
         max_num_features: most SIFT features per image (COLMAP's default 8192).
         max_image_size: images are resized for extraction to at most this many pixels on their longer side
             (COLMAP's default 3200); keypoints are in full-resolution pixels either way.
@@ -79,17 +99,22 @@ class TrackOptions:
         min_points: fewest triangulated points for the tracks to be used; below, refine falls back to the
             photometric refinement and says so.
         min_observations_per_image: an image with fewer track observations is reported as weakly anchored.
+        max_iterations, pose_tolerance: the stopping rule of each round's bundle adjustment
+            (:func:`nerf_posefix.sfm.bundle_adjustment.adjust_reconstruction`).
         num_threads: COLMAP's threads (-1: all cores).
         seed: COLMAP's random seed (RANSAC of the match verification).
     """
 
     matching: MatchingMode = "auto"
     sequential_overlap: int = 10
+    spatial_neighbors: int = SPATIAL_NEIGHBORS
     max_num_features: int = 8192
     max_image_size: int = 3200
     reproj_schedule_px: tuple[float, ...] = (16.0, 8.0, 4.0, 2.0)
     min_points: int = 100
     min_observations_per_image: int = 20
+    max_iterations: int = 100
+    pose_tolerance: float = POSE_TOLERANCE
     num_threads: int = -1
     seed: int = 0
 
@@ -99,16 +124,36 @@ class TrackOptions:
             raise InputError(f"--matching must be one of {', '.join(MATCHING_MODES)}, got {self.matching!r}")
         if self.sequential_overlap < 1:
             raise InputError(f"--sequential-overlap must be >= 1, got {self.sequential_overlap}")
+        if self.spatial_neighbors < 1:
+            raise InputError(f"spatial matching: the number of neighbours must be >= 1, got {self.spatial_neighbors}")
         if self.max_num_features < 64:
             raise InputError(f"--max-num-features must be >= 64, got {self.max_num_features}")
+        if int(self.max_iterations) < 1 or not (np.isfinite(self.pose_tolerance) and self.pose_tolerance >= 0):
+            raise InputError(f"bundle adjustment: max_iterations must be >= 1 and pose_tolerance >= 0, got "
+                             f"{self.max_iterations} and {self.pose_tolerance}")
         if not self.reproj_schedule_px or not all(np.isfinite(r) and r > 0 for r in self.reproj_schedule_px):
             raise InputError(f"the reprojection schedule must be positive pixels, got {list(self.reproj_schedule_px)}")
 
-    def matching_for(self, num_images: int) -> str:
-        """The matching actually run for ``num_images`` images."""
+    def matching_for(self, num_images: int, has_poses: bool = True) -> str:
+        """The matching actually run for ``num_images`` images (``has_poses``: whether input poses are
+        given to pair them by)."""
         if self.matching == "auto":
-            return "exhaustive" if num_images <= EXHAUSTIVE_MAX_IMAGES else "sequential"
+            if num_images <= EXHAUSTIVE_MAX_IMAGES:
+                return "exhaustive"
+            return "spatial" if has_poses else "sequential"
         return self.matching
+
+    def num_pairs(self, num_images: int, has_poses: bool = True) -> int:
+        """Most image pairs the matching compares (exhaustive: ``N(N-1)/2``; sequential: ``2·N·overlap``, COLMAP's
+        successors and its successors at powers of two; spatial: ``N·neighbours``, fewer once the symmetric
+        duplicates are removed)."""
+        n = int(num_images)
+        mode = self.matching_for(n, has_poses)
+        if mode == "exhaustive":
+            return n * (n - 1) // 2
+        if mode == "sequential":
+            return n * min(2 * self.sequential_overlap, max(0, n - 1))
+        return n * min(self.spatial_neighbors, max(0, n - 1))
 
 
 @dataclass
@@ -180,6 +225,84 @@ def _camera_groups(names: Sequence[str], cameras: dict[str, ImageCamera]) -> lis
     return list(groups.items())
 
 
+def spatial_pairs(
+    names: Sequence[str], c2w: np.ndarray, neighbors: int = SPATIAL_NEIGHBORS, max_angle_deg: float = SPATIAL_MAX_ANGLE_DEG,
+) -> list[tuple[str, str]]:
+    """Pose-guided image pairs: each image with its ``neighbors`` nearest images by camera centre among those
+    whose optical axis is within ``max_angle_deg`` of its own (cameras that look apart see different things,
+    however close). ``c2w [N, 4, 4]``: camera-to-world, OpenCV axes (the optical axis is the third column).
+    Returns unique pairs ``(name_a, name_b)`` with ``a`` before ``b`` in ``names``, at most ``N·neighbors``:
+    linear in the number of images, and independent of the names' order (a survey's passes, a walk-through's
+    loops and revisits are paired).
+
+    COLMAP's own ``match_spatial`` pairs by position priors only (and by default ignores their height, for
+    GPS); it knows nothing of the viewing direction.
+    """
+    from scipy.spatial import cKDTree
+
+    n = len(names)
+    if n < 2:
+        return []
+    centres = np.asarray(c2w, dtype=np.float64)[:, :3, 3]
+    axes = np.asarray(c2w, dtype=np.float64)[:, :3, 2]
+    axes = axes / np.linalg.norm(axes, axis=1, keepdims=True)
+    k = min(n, 1 + 4 * int(neighbors))
+    _, index = cKDTree(centres).query(centres, k=k)  # [N, k], itself first (or a coincident camera)
+    index = np.asarray(index).reshape(n, k)
+    cos_max = np.cos(np.deg2rad(max_angle_deg))
+    pairs: set[tuple[int, int]] = set()
+    for i in range(n):
+        candidates = index[i][index[i] != i]
+        keep = candidates[axes[candidates] @ axes[i] >= cos_max][: int(neighbors)]
+        pairs.update((min(i, int(j)), max(i, int(j))) for j in keep)
+    return [(names[a], names[b]) for a, b in sorted(pairs)]
+
+
+def estimate_track_memory(num_images: int, num_pairs: int, features_per_image: float) -> int:
+    """Peak memory (bytes) of building tracks from ``num_images`` images of ``features_per_image`` SIFT
+    features matched over ``num_pairs`` pairs: the keypoints of every image and the verified matches of every
+    pair (up to a tenth of the features) held by COLMAP's correspondence graph during triangulation."""
+    features = float(num_images) * features_per_image
+    matches = float(num_pairs) * 0.1 * features_per_image
+    return int(TRACKS_MEMORY_BASE_BYTES + TRACKS_MEMORY_PER_FEATURE_BYTES * features + TRACKS_MEMORY_PER_MATCH_BYTES * matches)
+
+
+def features_per_image(camera: ImageCamera, max_num_features: int, max_image_size: int) -> float:
+    """Expected SIFT features of an image (one per ~50 pixels of the extraction size, as measured on the
+    bundled 128x128 renders, at most ``max_num_features``)."""
+    scale = min(1.0, max_image_size / max(camera.width, camera.height, 1))
+    return float(min(max_num_features, camera.width * camera.height * scale * scale / 50.0))
+
+
+def check_track_memory(names: Sequence[str], cameras: dict[str, ImageCamera], options: "TrackOptions", has_poses: bool,
+                       available: Optional[int] = None) -> int:
+    """Refuse (before extracting anything) a capture whose track building would not fit in memory. Returns
+    the estimate (bytes).
+
+    Raises:
+        InputError: the estimate, the memory available and what to do.
+    """
+    from nerf_posefix.sfm.bundle_adjustment import available_memory_bytes
+
+    n = len(names)
+    per_image = float(np.mean([features_per_image(cameras[name], options.max_num_features, options.max_image_size) for name in names])) if n else 0.0
+    mode = options.matching_for(n, has_poses)
+    pairs = options.num_pairs(n, has_poses)
+    estimate = estimate_track_memory(n, pairs, per_image)
+    available = available_memory_bytes() if available is None else available
+    if estimate > 0.9 * available:
+        advice = {
+            "exhaustive": "use --matching spatial (pairs from the input poses) or sequential, or fewer images",
+            "sequential": "use a smaller --sequential-overlap or fewer images",
+            "spatial": "use fewer images (every other frame of a video) or fewer features per image",
+        }[mode]
+        raise InputError(
+            f"building tracks from {n} images ({mode} matching: {pairs} image pairs, ~{per_image:.0f} features per "
+            f"image) needs about {estimate / 2**30:.1f} GiB of memory and {available / 2**30:.1f} GiB are available: {advice}"
+        )
+    return estimate
+
+
 def match_features(
     images_dir: str | Path,
     names: Sequence[str],
@@ -188,16 +311,20 @@ def match_features(
     options: TrackOptions | None = None,
     verbose: bool = False,
     log: Optional[Callable[[str], None]] = None,
+    poses: Optional[CameraSet] = None,
 ) -> MatchSummary:
     """Extract SIFT features of ``names`` (relative to ``images_dir``) with the given intrinsics and match
     them into a new COLMAP database ``database`` (which must not exist).
 
     Each distinct :class:`ImageCamera` becomes one COLMAP camera (``CameraMode.SINGLE`` per group). Images
-    are matched exhaustively or sequentially in the order of ``names`` (:class:`TrackOptions`); pairs are
-    verified geometrically by COLMAP (RANSAC, seeded).
+    are matched exhaustively, sequentially in the order of ``names``, or (``poses`` given: camera-to-world,
+    OpenCV axes, by name) spatially with the pairs of :func:`spatial_pairs`, written to ``pairs.txt`` beside
+    the database (:class:`TrackOptions`); pairs are verified geometrically by COLMAP (RANSAC, seeded).
 
     Raises:
-        InputError: ``database`` exists, or a name has no camera.
+        InputError: ``database`` exists, a name has no camera, spatial matching without ``poses`` (or with a
+            name holding a space, which COLMAP's pair lists cannot carry), or a capture too large for the
+            memory available (:func:`check_track_memory`).
     """
     import pycolmap
 
@@ -210,6 +337,21 @@ def match_features(
     missing = [n for n in names if n not in cameras]
     if missing:
         raise InputError(f"no intrinsics for the images {', '.join(missing[:5])}")
+    matching = options.matching_for(len(names), has_poses=poses is not None)
+    pairs: list[tuple[str, str]] = []
+    if matching == "spatial":
+        if poses is None:
+            raise InputError("spatial matching needs the input poses")
+        spaced = [n for n in names if any(c.isspace() for c in n)]
+        if spaced:
+            raise InputError(f"spatial matching: the image name {spaced[0]!r} holds a space, which COLMAP's pair lists "
+                             "cannot carry; use --matching exhaustive or sequential")
+        by_name = dict(zip(poses.names, poses.c2w))
+        absent = [n for n in names if n not in by_name]
+        if absent:
+            raise InputError(f"spatial matching: no input pose for the images {', '.join(absent[:5])}")
+        pairs = spatial_pairs(list(names), np.stack([by_name[n] for n in names]), options.spatial_neighbors)
+    check_track_memory(names, cameras, options, has_poses=poses is not None)
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
     extraction = pycolmap.FeatureExtractionOptions()
@@ -227,17 +369,25 @@ def match_features(
                 reader_options=reader, extraction_options=extraction, device=pycolmap.Device.cpu,
             )
     seconds["extract"] = time.perf_counter() - t0
-    matching = options.matching_for(len(names))
     check_database_images(database, names)
     t0 = time.perf_counter()
     matcher = pycolmap.FeatureMatchingOptions()
     matcher.num_threads = options.num_threads
     verification = pycolmap.TwoViewGeometryOptions()
     verification.ransac.random_seed = options.seed
-    log(f"{matching} matching of {len(names)} images")
+    log(f"{matching} matching of {len(names)} images" + (f" ({len(pairs)} pairs from the input poses)" if matching == "spatial" else ""))
     with quiet_colmap_log(verbose):
         if matching == "exhaustive":
             pycolmap.match_exhaustive(database, matching_options=matcher, verification_options=verification, device=pycolmap.Device.cpu)
+        elif matching == "spatial":
+            pairs_file = database.parent / PAIRS_FILE
+            pairs_file.write_text("".join(f"{a} {b}\n" for a, b in pairs), encoding="utf-8")
+            imported = pycolmap.ImportedPairingOptions()
+            imported.match_list_path = str(pairs_file)
+            pycolmap.match_image_pairs(
+                database, matching_options=matcher, pairing_options=imported, verification_options=verification,
+                device=pycolmap.Device.cpu,
+            )
         else:
             pairing = pycolmap.SequentialPairingOptions()
             pairing.overlap = options.sequential_overlap
@@ -270,28 +420,23 @@ def database_summary(database: str | Path, matching: str, seconds: dict[str, flo
     return MatchSummary(Path(database), matching, num_images, num_keypoints, num_pairs, sum(inliers), dict(seconds or {}))
 
 
-def check_database_images(database: str | Path, names: Sequence[str], label: str | None = None) -> None:
-    """Every one of ``names`` must be an image of the COLMAP database, under that name (names relative to
-    the image directory, as COLMAP stores them).
+def check_database_images(
+    database: str | Path, names: Sequence[str], label: str | None = None, images_dir: Optional[str | Path] = None,
+    sizes: Optional[dict[str, tuple[int, int]]] = None,
+) -> None:
+    """Check that ``database`` is a COLMAP database of these images, reading it **read-only**
+    (:func:`nerf_posefix.io.colmap.check_colmap_database`: an SQLite file with COLMAP's tables, every one of
+    ``names`` an image of it under that name relative to the image directory, as COLMAP stores them; with
+    ``sizes`` its cameras have the images' sizes on disk; with ``images_dir`` its keypoints are where SIFT
+    finds features in the images on disk). Nothing is written, and a file that is not a database is never
+    turned into one.
 
     Raises:
-        InputError: ``label`` (default: the database path), how many images are missing, one of them and
-            some of the names the database has.
+        InputError: ``label`` (default: the database path) and what is wrong, in one line.
     """
-    import pycolmap
+    from nerf_posefix.io.colmap import check_colmap_database
 
-    db = pycolmap.Database.open(str(database))
-    try:
-        held = {im.name for im in db.read_all_images()}
-    finally:
-        db.close()
-    missing = [n for n in names if n not in held]
-    if missing:
-        example = ", ".join(repr(n) for n in sorted(held)[:3]) or "no images"
-        raise InputError(
-            f"{label or database}: {len(missing)} of {len(names)} images are not in it under their names relative to "
-            f"the image directory (e.g. {missing[0]!r}; the database has {example})"
-        )
+    check_colmap_database(database, names, label, images_dir=images_dir, sizes=sizes)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -473,7 +618,8 @@ def adjust_with_retriangulation(
 ) -> AdjustedTracks:
     """Refine ``posed`` (camera-to-world, OpenCV, input frame) by rounds of triangulation with the current
     poses held fixed and robust bundle adjustment (Cauchy, scale a quarter of the round's threshold) of poses
-    and points, over ``options.reproj_schedule_px``, points whose mean residual is still above the round's
+    and points (stopping when the poses stop moving; before the last round at
+    ``EARLY_ROUND_TOLERANCE_FACTOR`` times the tolerance), over ``options.reproj_schedule_px``, points whose mean residual is still above the round's
     threshold deleted after each adjustment; then map the result onto the input frame (module
     docstring). Intrinsics: the database's, or ``cameras`` (see :func:`reconstruction_from_poses`); held
     fixed unless ``refine_intrinsics`` (focal lengths and distortion; the principal point stays).
@@ -503,8 +649,9 @@ def adjust_with_retriangulation(
         ba.ceres.loss_function_type = pycolmap.LossFunctionType.CAUCHY
         ba.ceres.loss_function_scale = float(r) / 4.0
         ba.ceres.solver_options.num_threads = options.num_threads
-        with quiet_colmap_log(verbose):
-            pycolmap.bundle_adjustment(rec, ba)
+        last = len(rounds) == len(options.reproj_schedule_px) - 1
+        tolerance = options.pose_tolerance * (1.0 if last else EARLY_ROUND_TOLERANCE_FACTOR)
+        run = adjust_reconstruction(rec, ba, max_iterations=options.max_iterations, pose_tolerance=tolerance, verbose=verbose)
         rec.update_point_3d_errors()
         outliers = [pid for pid, point in rec.points3D.items() if not point.error <= r]  # NaN too
         for pid in outliers:  # as COLMAP's mapper filters after its adjustments
@@ -520,6 +667,10 @@ def adjust_with_retriangulation(
             "num_points3D": int(rec.num_points3D()),
             "num_observations": int(rec.compute_num_observations()),
             "mean_reprojection_error_px": float(rec.compute_mean_reprojection_error()),
+            "iterations": run.iterations,
+            "stop": run.stop,
+            "linear_solver": run.linear_solver,
+            "adjustment_seconds": run.seconds,
         })
         log(f"round {len(rounds)}/{len(options.reproj_schedule_px)} at {r:g} px: {rec.num_points3D()} points, "
             f"mean reprojection error {rounds[-1]['mean_reprojection_error_px']:.3f} px")
@@ -533,11 +684,15 @@ def adjust_with_retriangulation(
 
 def copy_database(source: str | Path, target: str | Path) -> Path:
     """Copy a COLMAP database (the input is never modified: triangulation reads it only, but COLMAP opens
-    it read-write)."""
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(source, target)
-    return target
+    it read-write): :func:`nerf_posefix.io.colmap.copy_colmap_database` (SQLite's backup from a read-only
+    connection; a file that is not a COLMAP database, or a copy that cannot be written, is one line).
+
+    Raises:
+        InputError: naming the file and the reason.
+    """
+    from nerf_posefix.io.colmap import copy_colmap_database
+
+    return copy_colmap_database(source, target)
 
 
 __all__ = [
@@ -549,6 +704,10 @@ __all__ = [
     "TrackStats",
     "adjust_with_retriangulation",
     "check_database_images",
+    "check_track_memory",
+    "estimate_track_memory",
+    "features_per_image",
+    "spatial_pairs",
     "copy_database",
     "database_summary",
     "fix_gauge_per_component",

@@ -308,9 +308,16 @@ def compare_camera_sets(
     Raises:
         InputError: bad input, naming the estimate.
     """
+    _check_trim(trim)
+    resolved: dict[str, tuple[str, CameraMatch]] = {}
+    for label, est in estimates.items():  # every match first: no shared names is one line before torch loads
+        how, match = (matches or {}).get(label, (match_by, None))
+        if match is None:
+            match = match_camera_sets(reference, est, by=how)  # type: ignore[arg-type]
+        resolved[label] = (how, match)
+
     from nerf_posefix.geometry.metrics import compare_poses  # torch
 
-    _check_trim(trim)
     xmin, xmax, bounds_source = homography_bounds(reference, bounds)
     log(f"reference: {reference.source} ({len(reference)} cameras)")
     log(f"homography bounds: {bounds_source}")
@@ -322,9 +329,7 @@ def compare_camera_sets(
         bounds_source=bounds_source,
     )
     for label, est in estimates.items():
-        how, match = (matches or {}).get(label, (match_by, None))
-        if match is None:
-            match = match_camera_sets(reference, est, by=how)  # type: ignore[arg-type]
+        how, match = resolved[label]
         try:
             comparison = compare_poses(
                 reference.c2w[match.ref_index],

@@ -229,7 +229,10 @@ def _match_files(spec: PoseSetSpec, lookup: dict[str, str], images: Path) -> lis
     missing = []
     for i, name in enumerate(spec.cameras.names):
         norm = name.replace(os.sep, "/").lstrip("./") if name.startswith("./") else name.replace(os.sep, "/")
-        found = lookup.get(norm) or lookup.get(norm.rsplit("/", 1)[-1])
+        parts = [p for p in norm.split("/") if p not in ("", ".")]
+        # one identity with refine and compare: the image's path below --images, the folders the name has
+        # above it (a transforms.json's images/cam0/000.png) dropped; a unique basename last
+        found = next((lookup[k] for k in ("/".join(parts[i:]) for i in range(len(parts))) if k in lookup), None)
         if found is None:
             missing.append(name)
         elif found in spec.files:

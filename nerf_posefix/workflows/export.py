@@ -55,7 +55,8 @@ def export_run(config_path: str | os.PathLike[str], output_dir: str | os.PathLik
     config_path = resolve_run_config(config_path)  # cheap checks first: no torch / nerfstudio yet
     output_dir = Path(output_dir)
     inputs = check_run_config(config_path)
-    check_output_dir(output_dir, [("run", inputs[0]), *[("dataset", p) for p in inputs[1:]]], overwrite, option="--output")
+    check_output_dir(output_dir, [("run", inputs[0]), *[("dataset", p) for p in inputs[1:]]], overwrite, option="--output",
+                     command="export")
     from nerf_posefix.plugin.run_reader import refined_input_poses  # lazy: nerfstudio
 
     return write_export(refined_input_poses(config_path), output_dir)
@@ -102,7 +103,7 @@ def write_export(refined: "RefinedInput", output_dir: str | os.PathLike[str]) ->
     provenance = {"run": str(run.config_path), "checkpoint": str(run.checkpoint), "step": run.step}
     marks = [{"posefix_refined": bool(r)} for r in refined.refined]
     written: dict[str, Path] = {}
-    with atomic_directory(output_dir) as tmp:
+    with atomic_directory(output_dir, command="export") as tmp:
         if refined.kind == "nerfstudio":
             meta, data_dir = refined.meta, run.info.data_dir
             assert meta is not None and refined.json_c2w is not None

@@ -31,7 +31,7 @@ Steps
    homography prior's depth bounds come from them) and their tracks (observations in the images, none of
    them dangling), and every image must decode in full (grayscale / palette / opaque RGBA images are
    converted to RGB for training, all to RGBA when one has transparency; see
-   :mod:`nerf_posefix.workflows.refine_inputs`). Missing or truncated model files, missing
+   :mod:`nerf_posefix.sfm.inputs`). Missing or truncated model files, missing
    images, size mismatches, unsupported camera models and point-less models raise one
    :class:`~nerf_posefix.errors.InputError` naming the file (the CLI prints it and exits with code 2).
 2. **Bundle-adjust** (``--bundle-adjustment``, default ``cauchy``; :mod:`nerf_posefix.sfm.bundle_adjustment`):
@@ -86,7 +86,9 @@ Steps
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import os
 import shutil
 import time
@@ -98,10 +100,12 @@ from typing import Any, Callable, Literal, Optional
 import numpy as np
 
 from nerf_posefix.errors import InputError
-from nerf_posefix.io.atomic import atomic_directory, check_output_dir, overlaps
+from nerf_posefix.io.atomic import (
+    DirectoryLock, atomic_directory, check_output_dir, check_unlocked, lock_directory, overlaps, read_lock_owner,
+)
 from nerf_posefix.io.camera_set import CameraSet
-from nerf_posefix.io.colmap import ColmapModel, write_colmap_model
-from nerf_posefix.io.posed_images import PosedImages, load_posed_images, write_refined_poses
+from nerf_posefix.io.colmap import ColmapModel, check_colmap_database, text_unsafe_names, write_colmap_model
+from nerf_posefix.io.posed_images import PosedImages, check_camera_spec, load_posed_images, write_refined_poses
 from nerf_posefix.sfm.front_end import FrontEndOptions, check_front_end_options, front_end_input, run_front_end
 from nerf_posefix.sfm.inputs import ValidatedInput, read_refine_model, validate_model
 from nerf_posefix.workflows.refine_inputs import check_resume, colmap_to_transforms, prepare_training_data
@@ -110,6 +114,10 @@ from nerf_posefix.workflows.refine_report import RefineResult, build_report, wri
 PARTIAL_SUFFIX = ".partial"
 STAMP_FILE = "refine_input.json"
 BOUNDS_MODES = {"global": "points-global", "per-camera": "points-per-camera"}
+#: The NeRF stage's budget when refine runs it by default for weakly held images (posefix-small on 2 CPU
+#: cores: ~0.3 s per iteration), and the longer image side it trains at.
+WEAK_FRAMES_ITERATIONS = 1000
+WEAK_FRAMES_MAX_SIDE = 400
 
 
 @dataclass
@@ -142,10 +150,12 @@ class RefineOptions:
     build_tracks: Literal["auto", "always"] = "auto"
     """auto: build tracks from the images when the input has none (transforms.json, TUM, point-less COLMAP
     model); always: also for a COLMAP model with tracks (its own tracks are then ignored)."""
-    matching: Literal["auto", "exhaustive", "sequential"] = "auto"
+    matching: Literal["auto", "exhaustive", "sequential", "spatial"] = "auto"
     """Feature matching when tracks are built: exhaustive (every pair; small sets), sequential (each image
-    with its --sequential-overlap successors in name/time order; video-like captures), auto (exhaustive up
-    to 150 images)."""
+    with its --sequential-overlap successors in name/time order; video-like captures), spatial (each image
+    with its 20 nearest images by the input poses whose viewing directions are within 75°: pairs linear in
+    the images, loops and survey passes closed whatever the names' order), auto (exhaustive up to 150
+    images, spatial beyond)."""
     sequential_overlap: int = 10
     """Sequential matching: how many following images each image is matched with."""
     database: Optional[Path] = None
@@ -153,12 +163,14 @@ class RefineOptions:
     COLMAP's GUI) to build the tracks from instead of extracting and matching again. Copied, never modified."""
     method: Literal["posefix", "posefix-small"] = "posefix-small"
     """posefix-small: sized for a CPU; posefix: nerfacto-sized (GPU)."""
-    iterations: Optional[int] = 0
-    """Training iterations of the NeRF stage. 0 (default): the bundle-adjustment stage alone, the best
-    pipeline measured (castle-P30 and the COLMAP track: a NeRF stage of 500 iterations with the track term
-    ties with it at 20-40x the cost; without the track term the NeRF makes the poses worse; README). N:
-    add the NeRF stage (the method's own default with --iterations None: 3000 for posefix-small, 30000
-    for posefix). With --bundle-adjustment none and 0 iterations the output is the input exactly."""
+    iterations: Optional[int] = None
+    """Training iterations of the NeRF stage. Default (auto): the bundle-adjustment stage alone when the
+    tracks hold every image (castle-P30 and the COLMAP track: a NeRF stage with the track term ties with it
+    at 20-40x the cost), and the NeRF stage (:data:`WEAK_FRAMES_ITERATIONS`, images downscaled to at most
+    :data:`WEAK_FRAMES_MAX_SIDE` px) when some images are weakly held (few or no tracks, an uncertain pose,
+    a separate group): there the photometric loss is the only information, and the prior holds the
+    well-held cameras at the adjustment's answer. 0: the adjustment alone, always. N: the NeRF stage with
+    N iterations, always. With --bundle-adjustment none and 0 iterations the output is the input exactly."""
     bundle_adjustment: Literal["cauchy", "huber", "soft_l1", "squared", "none"] = "cauchy"
     """First stage: a bundle adjustment of the model's own tracks with this robust loss (pycolmap, seconds;
     intrinsics fixed, points refined, the result mapped back onto the input frame), whose poses and
@@ -166,6 +178,9 @@ class RefineOptions:
     ba_scale_px: Optional[float] = None
     """Robust scale of the bundle adjustment (pixels). Default: twice the model's median reprojection
     error, clipped to [0.1, 2] px."""
+    nerf_cameras: Literal["weak", "all"] = "weak"
+    """Which cameras the NeRF stage refines: ``weak``, those the tracks hold weakly (few or no tracks, an
+    uncertain pose, a separate group), the others keeping the adjustment's pose; ``all``: every camera."""
     tracks: Literal["on", "off"] = "on"
     """Track term of the NeRF stage: the robust reprojection error of the model's observations through the
     rendered poses, in pixels of the original images (off: photometric error and prior only)."""
@@ -187,8 +202,10 @@ class RefineOptions:
     """Flag images whose rotation moved more than this (degrees)."""
     move_threshold_rel: float = 0.02
     """Flag images whose centre moved more than this fraction of the scene radius."""
-    downscale_factor: int = 1
-    """Train on images downscaled by this integer factor (resized copies in the work directory)."""
+    downscale_factor: Optional[int] = None
+    """Train the NeRF stage on images downscaled by this integer factor (resized copies in the work
+    directory). Default: 1 with --iterations N; the smallest factor that brings the longer side to at most
+    WEAK_FRAMES_MAX_SIDE px when the NeRF stage runs by default for weakly held images."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Training device; auto: cuda when available, else cpu."""
     threads: int = 0
@@ -205,7 +222,10 @@ class RefineOptions:
     resume: bool = False
     """Continue an interrupted run from the last checkpoint in OUT.partial."""
     quiet: bool = False
-    """Hide nerfstudio's console messages (the progress bar and the summary stay)."""
+    """Hide nerfstudio's console messages (the progress bar and the summary stay). The default unless
+    --verbose."""
+    verbose: bool = False
+    """Show nerfstudio's console while a NeRF stage trains (and, from the command line, third-party warnings)."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -235,6 +255,7 @@ def _stamp(options: RefineOptions, inp: ValidatedInput, built: bool) -> dict[str
         "ba_scale_px": options.ba_scale_px,
         "tracks": options.tracks,
         "track_points": options.track_points,
+        "nerf_cameras": options.nerf_cameras,
         "downscale_factor": options.downscale_factor,
         "seed": options.seed,
     }
@@ -246,7 +267,7 @@ def _check_output_paths(options: RefineOptions) -> None:
     inputs = [("--colmap-model", options.colmap_model), ("--poses", options.poses), ("--images", options.images),
               ("--timestamps", options.timestamps), ("--database", options.database)]
     inputs = [(flag, path) for flag, path in inputs if path is not None]
-    check_output_dir(options.output, inputs, options.overwrite)
+    check_output_dir(options.output, inputs, options.overwrite, command="refine")
     for _, inp in inputs:
         if os.path.lexists(inp) and overlaps(partial_dir(options.output), inp):
             raise InputError(f"{partial_dir(options.output)}: the work directory of --output would hold or lie inside the input {inp}")
@@ -281,6 +302,7 @@ def _read_input(options: RefineOptions) -> tuple[PosedImages, ValidatedInput, bo
     if (options.colmap_model is None) == (options.poses is None):
         raise InputError("give the input as --poses PATH (transforms.json, TUM file or COLMAP model) or --colmap-model DIR")
     check_front_end_options(front_end_options(options))
+    _check_options_early(options)  # what needs no input read (and no torch): --camera, --ba-scale-px, --device
     source = Path(options.poses or options.colmap_model)
     refine_model = None
     if options.colmap_model is not None or (source.is_dir() and any(source.glob("cameras.*"))):
@@ -288,14 +310,116 @@ def _read_input(options: RefineOptions) -> tuple[PosedImages, ValidatedInput, bo
     posed = load_posed_images(source, options.images, options.camera, options.timestamps, options.t_max_diff)
     if options.images is None:  # a transforms.json's images: OUT must not be or lie inside their directories
         folders = sorted({(posed.images_dir / name).parent for name in posed.cameras.names})
-        check_output_dir(options.output, [("the images of --poses", folder) for folder in folders], options.overwrite)
+        check_output_dir(options.output, [("the images of --poses", folder) for folder in folders], options.overwrite, command="refine")
     if options.database is not None and posed.has_tracks and options.build_tracks != "always":
         raise InputError("--database is used to build tracks; this input has its own (use --build-tracks always)")
     if refine_model is not None and posed.kind == "colmap" and posed.has_tracks and options.build_tracks != "always":
         model, model_dir, ext = refine_model
-        return posed, validate_model(model, model_dir, ext, Path(options.images or posed.images_dir)), False
-    inp, built = front_end_input(posed, options.build_tracks)
+        inp, built = validate_model(model, model_dir, ext, Path(options.images or posed.images_dir)), False
+    else:
+        inp, built = front_end_input(posed, options.build_tracks)
+    _note_text_unsafe_names(inp, built)
+    if built:
+        _check_not_degenerate(inp)
+        if options.database is not None:  # read-only: a COLMAP database of these very images
+            names = [inp.model.images[i].name for i in inp.model.image_ids()]
+            sizes = {n: (int(c.width), int(c.height)) for n, c in posed.intrinsics.items()}
+            check_colmap_database(options.database, names, f"--database {options.database}", images_dir=inp.images_dir, sizes=sizes)
     return posed, inp, built
+
+
+def _check_options_early(options: RefineOptions) -> None:
+    """The option checks that need neither the input nor torch, so each is one line in well under a second:
+    ``--camera`` (syntax, model, positive focal lengths), ``--ba-scale-px``, ``--device cuda`` without a
+    CUDA device (when a NeRF stage may run)."""
+    check_camera_spec(options.camera)
+    if options.ba_scale_px is not None and not (math.isfinite(options.ba_scale_px) and options.ba_scale_px > 0):
+        raise InputError(f"--ba-scale-px must be a positive number of pixels, got {options.ba_scale_px:g}")
+    if options.device == "cuda" and options.iterations != 0 and not _cuda_may_be_available():
+        raise InputError("--device cuda: no CUDA device is available (use --device cpu or auto)")
+
+
+def _cuda_may_be_available() -> bool:
+    """False when CUDA surely is not available to torch, found without importing it (seconds): a torch
+    built without CUDA, no NVIDIA device file, or CUDA_VISIBLE_DEVICES hiding every device. True means
+    "maybe": torch decides later."""
+    import importlib.util
+    import re
+
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and visible.strip() in ("", "-1"):
+        return False
+    spec = importlib.util.find_spec("torch")
+    if spec is None or spec.origin is None:
+        return False
+    try:
+        version = (Path(spec.origin).parent / "version.py").read_text(encoding="utf-8")
+    except OSError:
+        return True
+    if re.search(r"^cuda(?::[^=]*)?=\s*None\s*$", version, flags=re.MULTILINE):
+        return False
+    return any(Path("/dev").glob("nvidia[0-9]*")) or Path("/dev/nvidiactl").exists() or Path("/dev/dxg").exists()
+
+
+def _note_text_unsafe_names(inp: ValidatedInput, built: bool) -> None:
+    """Say so when image names hold white space, which COLMAP's text format cannot hold (COLMAP and pycolmap
+    read a name in images.txt only up to its first space): the output model is written in the binary format
+    only, and a text input model is handed to pycolmap as a binary copy (in the work directory)."""
+    unsafe = text_unsafe_names(im.name for im in inp.model.images.values())
+    if not unsafe:
+        return
+    copy = "; pycolmap reads a binary copy of the input model (OUT.partial/input)" if inp.ext == ".txt" and not built else ""
+    _log(f"{len(unsafe)} image name(s) hold spaces (e.g. {unsafe[0]!r}), which COLMAP's text format cannot hold: "
+         f"OUT/sparse/0 is written in COLMAP's binary format only{copy}")
+
+
+#: Below this standard deviation of the grey levels (0-255) an image has no texture to find features in.
+FLAT_IMAGE_STD = 2.0
+
+
+def _check_not_degenerate(inp: ValidatedInput) -> None:
+    """Images that tracks cannot be built from, named before any work (feature extraction and matching of
+    such images run for minutes and end in "no point could be triangulated"): every image the same file, or
+    fewer than two images with any texture (images spread over the set are looked at first; the check stops
+    at the second one with texture, so a usual capture costs two small decodes).
+
+    Raises:
+        InputError: naming the image directory and the cause.
+    """
+    from PIL import Image
+
+    names = [inp.model.images[i].name for i in inp.model.image_ids()]
+    paths = [inp.image_paths[n] for n in names]
+    if len(paths) >= 2 and len({p.stat().st_size for p in paths}) == 1:
+        first = paths[0].read_bytes()
+        if all(p.read_bytes() == first for p in paths[1:]):  # stops at the first image that differs
+            raise InputError(
+                f"{inp.images_dir}: all {len(paths)} images are the same picture ({names[0]}, {names[1]}, ... have identical "
+                "content): there is no second view to triangulate from, so no tracks can be built; give the images of "
+                "the capture"
+            )
+
+    def flat(path: Path) -> bool:
+        with Image.open(path) as img:
+            img.draft("L", (256, 256))  # JPEG: decoded at a reduced scale
+            gray = img.convert("L")
+            gray.thumbnail((256, 256))
+            return float(np.asarray(gray, dtype=np.float32).std()) < FLAT_IMAGE_STD
+
+    sample = sorted({round(k * (len(paths) - 1) / 15) for k in range(16)}) if len(paths) > 16 else list(range(len(paths)))
+    order = sample + [k for k in range(len(paths)) if k not in set(sample)]
+    textured: list[int] = []
+    for k in order:  # stops at the second image with texture (usually the first two)
+        if not flat(paths[k]):
+            textured.append(k)
+            if len(textured) == 2:
+                return
+    if len(textured) < 2:
+        which = f"only {names[textured[0]]} has any" if textured else "none has any"
+        raise InputError(
+            f"{inp.images_dir}: the images have no texture (of {len(paths)} images {which}: the grey levels vary by less "
+            f"than {FLAT_IMAGE_STD:g} of 255): no features can be found in them, so no tracks can be built"
+        )
 
 
 def front_end_options(options: RefineOptions) -> FrontEndOptions:
@@ -456,6 +580,32 @@ def _point_depth_bounds(stage_model: ColmapModel, input_model: ColmapModel, mode
     return xmin[order], xmax[order], f"depths of the adjusted model's points ({mode})"
 
 
+def _auto_downscale(inp: ValidatedInput) -> int:
+    """The smallest integer factor that brings every image's longer side to at most WEAK_FRAMES_MAX_SIDE px."""
+    longest = max(max(int(c.width), int(c.height)) for c in inp.model.cameras.values())
+    return max(1, -(-longest // WEAK_FRAMES_MAX_SIDE))
+
+
+def _write_prior_sigma(transforms: Path, stage_input: ValidatedInput, support: dict[str, Any]) -> None:
+    """Record in the training dataset's frames how well the front end's tracks hold each camera: the pixels
+    prior's σ (:data:`~nerf_posefix.io.transforms_json.PRIOR_SIGMA_KEY`,
+    :func:`nerf_posefix.sfm.support.prior_sigma_px`) and whether it is held (``HELD_KEY``: the NeRF stage keeps
+    it at its adjusted pose unless --nerf-cameras all); nothing without the front end's support."""
+    if not support:
+        return
+    from nerf_posefix.io.transforms_json import HELD_KEY, PRIOR_SIGMA_KEY
+    from nerf_posefix.sfm.support import prior_sigma_px
+
+    flat_to_name = {flat: name for name, flat in stage_input.flat_names.items()}
+    meta = json.loads(transforms.read_text(encoding="utf-8"))
+    for frame in meta["frames"]:
+        name = flat_to_name.get(Path(frame["file_path"]).name)
+        if name in support:
+            frame[PRIOR_SIGMA_KEY] = prior_sigma_px(support[name])
+            frame[HELD_KEY] = not support[name].get("weak", False)
+    transforms.write_text(json.dumps(meta, indent=4), encoding="utf-8")
+
+
 def _nerf_stage(
     options: RefineOptions, inp: ValidatedInput, stage_input: ValidatedInput, work: Path, iterations: Optional[int], tracks: str,
     ba_summary: Optional[dict[str, Any]], callback: Optional[Callable[[int, Optional[float]], None]],
@@ -473,6 +623,7 @@ def _nerf_stage(
     data_dir = work / "data"
     if not (data_dir / "transforms.json").is_file():
         prepare_training_data(stage_input, data_dir, options.downscale_factor)
+        _write_prior_sigma(data_dir / "transforms.json", stage_input, (ba_summary or {}).get("images") or {})
 
     from nerf_posefix.plugin.training import in_process_config, run_training
 
@@ -490,6 +641,7 @@ def _nerf_stage(
             "pipeline.datamanager.dataparser.eval_mode": "all",
             "pipeline.datamanager.dataparser.downscale_factor": options.downscale_factor,
             "pipeline.front_end": "off",  # the front end ran already (the dataset holds its result)
+            "pipeline.nerf_cameras": options.nerf_cameras,
             "pipeline.model.camera_optimizer.bounds": bounds_mode,
             "pipeline.model.camera_optimizer.tracks": "auto" if tracks == "on" else "off",
             "pipeline.model.camera_optimizer.track_points": options.track_points,
@@ -498,10 +650,11 @@ def _nerf_stage(
         },
     )
     with warnings.catch_warnings():
-        if options.quiet:
+        quiet = options.quiet or not options.verbose
+        if quiet:
             warnings.simplefilter("ignore")
         run = run_training(
-            config, progress=True, resume=options.resume, quiet=options.quiet, label=f"refine {options.method}", callback=callback,
+            config, progress=True, resume=options.resume, quiet=quiet, label=f"refine {options.method}", callback=callback,
             num_threads=options.threads or None,
         )
 
@@ -545,7 +698,7 @@ def refine(options: RefineOptions, callback: Optional[Callable[[int, Optional[fl
     t_start = time.perf_counter()
     if options.iterations is not None and options.iterations < 0:
         raise InputError(f"--iterations must be >= 0, got {options.iterations}")
-    if options.downscale_factor < 1:
+    if options.downscale_factor is not None and options.downscale_factor < 1:
         raise InputError(f"--downscale-factor must be >= 1, got {options.downscale_factor}")
     if options.threads < 0:
         raise InputError(f"--threads must be >= 0, got {options.threads}")
@@ -554,39 +707,158 @@ def refine(options: RefineOptions, callback: Optional[Callable[[int, Optional[fl
     if not (options.move_threshold_deg >= 0 and options.move_threshold_rel >= 0):
         raise InputError("--move-threshold-deg and --move-threshold-rel must be >= 0")
     _check_output_paths(options)
-    posed, inp, built = _read_input(options)
-
     work = partial_dir(options.output)
-    stamp = _stamp(options, inp, built)
-    if work.exists():
-        if options.resume:
-            try:
-                old = json.loads((work / STAMP_FILE).read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                old = None
-            if old != stamp:
-                changed = sorted(k for k in stamp if old is None or old.get(k) != stamp[k])
-                raise InputError(
-                    f"{work}: this work directory was made for another input or other options ({', '.join(changed)}); "
-                    "use --overwrite to start over"
-                )
-            check_resume(work, options.iterations)  # fewer --iterations than done: refused (no torch yet)
-        elif options.overwrite:
-            if not (work / STAMP_FILE).is_file():
-                raise InputError(f"{work}: exists and was not made by posefix refine; --overwrite deletes only its own work directory")
-            shutil.rmtree(work)
-        else:
-            raise InputError(
-                f"{work}: an interrupted refine run left this work directory: use --resume to continue it or "
-                "--overwrite to start over"
-            )
+    check_unlocked(work, options.output)  # another run writing OUT: refused at once, nothing touched
+    # the lock first (atomic: of two runs started together one is refused here, in well under a second); a
+    # run refused before any work gives the directory back as it found it (lock.abandon)
+    lock = lock_directory(work, options.output, command="refine")
+    try:
+        posed, inp, built = _read_input(options)
+        stamp = _stamp(options, inp, built)
+        if _work_entries(work):
+            if options.resume:
+                try:
+                    old = json.loads((work / STAMP_FILE).read_text(encoding="utf-8"))
+                except (OSError, ValueError):
+                    old = None
+                if old != stamp:
+                    changed = sorted(k for k in stamp if old is None or old.get(k) != stamp[k])
+                    raise InputError(
+                        f"{work}: this work directory was made for another input or other options ({', '.join(changed)}); "
+                        "use --overwrite to start over"
+                    )
+                check_resume(work, options.iterations)  # fewer --iterations than done: refused (no torch yet)
+            elif options.overwrite:
+                if not (work / STAMP_FILE).is_file():
+                    raise InputError(f"{work}: exists and was not made by posefix refine; --overwrite deletes only its own work directory")
+            else:
+                raise InputError(_left_behind(work))
+        _check_output_paths(options)  # a run that finished meanwhile published OUT: not replaced without --overwrite
+    except BaseException:
+        lock.abandon()
+        raise
 
-    work.mkdir(parents=True, exist_ok=True)
-    (work / STAMP_FILE).write_text(json.dumps(stamp, indent=2), encoding="utf-8")
+    try:
+        if options.overwrite and not options.resume:
+            lock.clear()  # never a live run's: the lock is ours
+        (work / ENDED_FILE).unlink(missing_ok=True)
+        (work / STAMP_FILE).write_text(json.dumps(stamp, indent=2), encoding="utf-8")
+        if not built and inp.ext == ".txt" and text_unsafe_names(im.name for im in inp.model.images.values()):
+            binary = write_colmap_model(inp.model, work / "input" / "sparse" / "0", formats=("bin",))
+            inp = replace(inp, model_dir=binary, ext=".bin")  # pycolmap's text reader would cut the names at a space
+        result = _refine_in(work, options, callback, t_start, posed, inp, built)
+    except BaseException as exc:
+        failure = _end_of_work(lock, exc)
+        if failure is not None:
+            raise failure from None
+        raise
+    finally:
+        lock.release()
+    return result
+
+
+#: Written into the work directory when a run ends without an output (``{"how": "interrupted" | "failed",
+#: "reason": ...}``), so the next run says truthfully what left it.
+ENDED_FILE = "ended.json"
+
+
+def _work_entries(work: Path) -> list[str]:
+    """What a work directory holds besides its lock file (nothing: a fresh start)."""
+    from nerf_posefix.io.atomic import LOCK_FILE
+
+    try:
+        return sorted(p.name for p in work.iterdir() if p.name != LOCK_FILE)
+    except OSError:
+        return []
+
+
+def _kept_cache(work: Path) -> Optional[str]:
+    """The valid cache of a work directory worth keeping after a run ended without an output, in words: a
+    training checkpoint, or the features and matches built from the images (minutes of work; each stage
+    writes its record last, so a recorded stage is complete); None when it holds nothing of that value."""
+    from nerf_posefix.sfm.front_end import MATCHES_RECORD
+    from nerf_posefix.workflows.refine_inputs import interrupted_training
+
+    state = interrupted_training(work) if work.is_dir() else None
+    if state is not None:
+        return f"the training checkpoint of iteration {state['completed_iterations']}"
+    if (work / MATCHES_RECORD).is_file():
+        return "the features and matches built from the images"
+    return None
+
+
+def _left_behind(work: Path) -> str:
+    """The refusal when ``OUT.partial`` holds an earlier run's work and neither --resume nor --overwrite is
+    given, saying truthfully what left it: an interruption (a signal), a failure, or a run that ended
+    without a word (killed)."""
+    try:
+        ended = json.loads((work / ENDED_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        ended = None
+    kept = _kept_cache(work)
+    holds = f" with {kept}" if kept else ""
+    if isinstance(ended, dict) and ended.get("how") == "interrupted":
+        who = "an interrupted refine run"
+    elif isinstance(ended, dict) and ended.get("how") == "failed":
+        who = f"a refine run that failed ({ended.get('reason', 'see its message')})"
+    else:
+        owner = read_lock_owner(work)
+        who = f"a refine run that ended without finishing ({owner.describe()}, no longer running)" if owner else "an earlier refine run"
+    return f"{work}: {who} left this work directory{holds}: use --resume to continue it or --overwrite to start over"
+
+
+def _disk_full(path: Path) -> bool:
+    """Whether the file system holding ``path`` has (almost) no space left (pycolmap writes truncated
+    files without an error when it runs out; what reads them back then fails)."""
+    try:
+        fs = os.statvfs(path if path.exists() else path.parent)
+    except OSError:
+        return False
+    return fs.f_blocks > 0 and fs.f_bavail * fs.f_frsize < 2**20
+
+
+def _end_of_work(lock: DirectoryLock, exc: BaseException) -> Optional[InputError]:
+    """What a run that ended without an output leaves, decided while it still holds the lock: the work
+    directory is removed unless it holds a valid cache worth keeping (:func:`_kept_cache`); a kept one
+    records how the run ended (:data:`ENDED_FILE`: "interrupted" only after a signal). Returns the
+    one-line error to raise instead of ``exc`` (a full disk, or what is kept and why), or None."""
+    work = lock.directory
+    interrupted = isinstance(exc, KeyboardInterrupt)
+    message: Optional[str] = None
+    if isinstance(exc, InputError):
+        message = str(exc)
+    elif isinstance(exc, OSError):
+        from nerf_posefix.io.atomic import os_reason
+
+        message = os_reason(exc)
+    elif not interrupted and not isinstance(exc, (SystemExit, GeneratorExit)) and _disk_full(work):
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        message = (f"{work}: no space left on the device while writing the work directory (a file pycolmap wrote reads back "
+                   f"truncated: {type(exc).__name__}: {reason}); free some space and run the same command again")
+    kept = _kept_cache(work)
+    if kept is None:
+        lock.remove_directory()  # nothing of value: the same command starts over
+        return InputError(message) if message is not None and not isinstance(exc, InputError) else None
+    how = "interrupted" if interrupted else "failed"
+    reason = (message or f"{type(exc).__name__}: {exc}").splitlines()[0] if not interrupted else "a signal"
+    with contextlib.suppress(OSError):
+        (work / ENDED_FILE).write_text(json.dumps({"how": how, "reason": reason[:300]}, indent=2), encoding="utf-8")
+    if interrupted or message is None:
+        return None
+    return InputError(f"{message}; {work} keeps {kept} (valid: --resume reuses them once the cause is fixed, --overwrite discards them)")
+
+
+def _refine_in(
+    work: Path, options: RefineOptions, callback: Optional[Callable[[int, Optional[float]], None]], t_start: float,
+    posed: PosedImages, inp: ValidatedInput, built: bool,
+) -> RefineResult:
+    """The stages of :func:`refine` in its locked work directory ``work`` (front end, NeRF stage, report,
+    output)."""
     # --- the front end: tracks (built from the images when the input has none), robust adjustment
     front = run_front_end(posed, inp, built, work, front_end_options(options), log=_log)
     inp, stage_input, ba_summary, track_summary, fallback = front.input, front.model, front.adjustment, front.tracks, front.fallback
-    iterations, tracks = options.iterations, options.tracks
+    iterations, tracks, downscale = options.iterations, options.tracks, options.downscale_factor
+    support = (ba_summary or {}).get("support") or {}
     if fallback is not None:
         fallback += "; photometric refinement with the prior instead" + (
             "" if track_summary["num_points"] else ", its depth bounds from the scene box (no sparse points)")
@@ -594,17 +866,28 @@ def refine(options: RefineOptions, callback: Optional[Callable[[int, Optional[fl
         if not iterations:
             iterations = None  # the method's own default: a photometric refinement of 0 iterations does nothing
         _log(f"warning: {fallback}")
-    elif "warning" in (ba_summary or {}):
-        _log(f"warning: {ba_summary['warning']}")
+    else:
+        if "warning" in (ba_summary or {}):
+            _log(f"warning: {ba_summary['warning']}")
+        if iterations is None:  # auto: the NeRF stage only for images the tracks cannot hold
+            weak = int(support.get("num_weak", 0))
+            iterations = WEAK_FRAMES_ITERATIONS if weak else 0
+            if weak:
+                downscale = downscale or _auto_downscale(inp)
+                _log(f"{weak} weakly held image(s): the NeRF stage runs ({iterations} iterations, images downscaled "
+                     f"{downscale}x) with the prior holding the well-held cameras; --iterations 0 skips it")
+    downscale = downscale or 1
     if iterations == 0:  # no NeRF stage: no nerfstudio, no image copies
         refined = stage_input.model.to_camera_set()
         run_summary: dict[str, Any] = {"iterations": 0, "resumed_from_iteration": 0, "device": None, "training_seconds": 0.0}
         points, points_note = _refined_points(stage_input.model, None, ba_summary is not None, False)
         bounds = _point_depth_bounds(stage_input.model, inp.model, options.bounds)
     else:
-        refined, points, points_note, bounds, run_summary = _nerf_stage(options, inp, stage_input, work, iterations, tracks, ba_summary, callback)
+        refined, points, points_note, bounds, run_summary = _nerf_stage(
+            replace(options, downscale_factor=downscale), inp, stage_input, work, iterations, tracks, ba_summary, callback)
     model = refined_model(stage_input if built else inp, refined, points)
-    reports, summary = build_report(inp.model, refined, bounds, options.bounds, options.move_threshold_deg, options.move_threshold_rel)
+    reports, summary = build_report(inp.model, refined, bounds, options.bounds, options.move_threshold_deg, options.move_threshold_rel,
+                                    support=(ba_summary or {}).get("images"))
     summary.update(
         {
             "input_model": str(posed.source),
@@ -614,6 +897,7 @@ def refine(options: RefineOptions, callback: Optional[Callable[[int, Optional[fl
             "prior_sigma_px": options.prior_sigma_px,
             "tracks": tracks,
             "track_points": options.track_points,
+            "nerf_cameras": options.nerf_cameras,
             "bundle_adjustment": ba_summary or "none",
             **run_summary,
             "total_seconds": time.perf_counter() - t_start,

@@ -76,6 +76,17 @@ class ImageReport:
     """Image displacement of the move at the image's median scene depth (pixels; see the module docstring)."""
     input_residual_px: float = float("nan")
     """Median reprojection residual of the image's observations under its input pose (pixels; NaN: no tracks)."""
+    observations: int = -1
+    """How well the adjustment's tracks hold the image (:mod:`nerf_posefix.sfm.support`; -1: no adjustment ran):
+    its inlier observations ..."""
+    sigma_rotation_deg: float = float("nan")
+    """... its pose's standard deviation (degrees, largest axis; conditional on the points) ..."""
+    sigma_centre: float = float("nan")
+    """... the same for its centre (input units) ..."""
+    weak: bool = False
+    """... whether the tracks hold it only weakly ..."""
+    weak_reason: str = ""
+    """... and why (few tracks, a separate group, an uncertain pose)."""
 
 
 @dataclass
@@ -146,6 +157,14 @@ class RefineResult:
             rows.append(("flagged", f"none of {len(self.images)} images"))
         if s.get("flag_rule"):
             rows += [("", line) for line in textwrap.wrap(f"rule: {s['flag_rule']}", width=96)]
+        support = (s.get("bundle_adjustment") or {}).get("support") if isinstance(s.get("bundle_adjustment"), dict) else None
+        if support:
+            why = "; ".join(f"{v['count']} {k}" for k, v in support["weak_by_reason"].items())
+            rows.append(("tracks hold", f"{support['num_images'] - support['num_weak']} of {support['num_images']} images "
+                         f"(median {support['median_observations']:.0f} observations, pose σ {support['median_sigma_rotation_deg']:.2g} deg)"
+                         + (f"; weakly held: {support['num_weak']} ({why})" if support["num_weak"] else "")
+                         + ("; without a NeRF stage they keep their input error (the default runs one for them)"
+                            if support["num_weak"] and not s.get("iterations") else "")))
         width = max(len(k) for k, _ in rows)
         total = s.get("total_seconds")
         lines = [f"posefix refine: {len(self.images)} images" + (f", {total:.0f} s in all" if total is not None else "")]
@@ -305,6 +324,14 @@ def flag_moves(
     return flagged, move_px, reasons, rule
 
 
+def _support_fields(support: Optional[dict[str, Any]]) -> dict[str, Any]:
+    """The :class:`ImageReport` fields of one image's support (none without it)."""
+    if not support:
+        return {}
+    return {"observations": int(support["observations"]), "sigma_rotation_deg": float(support["sigma_rotation_deg"]),
+            "sigma_centre": float(support["sigma_centre"]), "weak": bool(support["weak"]), "weak_reason": str(support["reason"])}
+
+
 def build_report(
     model: ColmapModel,
     refined: CameraSet,
@@ -312,12 +339,14 @@ def build_report(
     bounds_mode: str,
     move_threshold_deg: float,
     move_threshold_rel: float,
+    support: Optional[dict[str, dict[str, Any]]] = None,
 ) -> tuple[list[ImageReport], dict[str, Any]]:
     """Per-image movement between the input ``model``'s poses and the ``refined`` ones (same world frame,
     no alignment). ``bounds``: the homography depth bounds ``(xmin [N], xmax [N], source)`` per image of
     ``model`` (image-id order, input units), or None; thresholds: where > 0, a flagged image must also have
     moved more (degrees, fraction of the radius). Flags: :func:`flag_moves`, with the input's accuracy
-    from ``model``'s own observations (:func:`image_accuracy`)."""
+    from ``model``'s own observations (:func:`image_accuracy`). ``support``: how well the adjustment's tracks
+    hold each image, by name (:meth:`nerf_posefix.sfm.support.ImageSupport.to_dict`), or None."""
     import torch
 
     from nerf_posefix.geometry.homography import homography_error
@@ -358,6 +387,7 @@ def build_report(
                 reason=reasons[k],
                 move_px=float(move_px[k]),
                 input_residual_px=float(accuracy.residual_px[k]),
+                **_support_fields((support or {}).get(name)),
             )
         )
     try:  # overall drift: the similarity mapping the refined cameras onto the input ones (rotation from the

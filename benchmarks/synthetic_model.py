@@ -1,0 +1,337 @@
+#!/usr/bin/env python
+r"""Synthetic COLMAP models of any size (tracks only, no rendering): a drone survey over relief.
+
+What the scaling benchmark (:mod:`benchmarks.scaling`) adjusts: a COLMAP model as the mapper would hand it
+over (cameras, poses, points, 2D observations), with known truth, made in seconds for 100 to 5000 images.
+
+Layout
+------
+* World: right-handed, z up, units of the flight height ``H = 1``. The ground is ``z = relief · f(x, y)``
+  (a few smooth sine waves, amplitude ``relief``), points sampled uniformly on it.
+* Cameras: pinhole ``width x height`` (default 640x480, ``f = 500`` px, principal point at the centre), nadir
+  looking, flown as a lawn-mower grid (rows along x, alternate rows flown back), each camera jittered in
+  position (10 % of the spacing), height (±5 %), heading (±5°) and tilt (±3°). The spacing gives each ground
+  point ``forward_overlap x side_overlap`` (3 x 2) cameras on average: mean track length ~6, ~400
+  observations per image, ~65 points per image (the 1000-image model: ~65k points, ~400k observations).
+  Images are named in flight order (``00000.png`` ...).
+* Observations: the true projections plus Gaussian noise of ``noise_px`` per axis (0.5 px); a fraction
+  ``outlier_fraction`` (2 %) of them is moved by 3-10 px in a random direction (wrong matches merged into
+  tracks).
+* The model handed over ("noisy"): every pose rotated by ``rotation_deg`` (0.2°, ~1.7 px at the image
+  edge) about a random axis and its centre moved by ``translation`` (0.005 H: 0.5 % of the viewing
+  distance, ~2.5 px) in a random direction, the same in pixels for every size; the points **triangulated
+  from the noisy poses** and the noisy observations (midpoint least squares), as a mapper's would be.
+
+Conventions: camera-to-world poses with OpenCV axes inside; the model files are COLMAP's (world-to-camera
+``qvec`` wxyz / ``tvec``, binary, classic three-file layout: pycolmap 4 reads it with trivial rigs/frames).
+
+Output (``--output DIR``)::
+
+    DIR/sparse/0/{cameras,images,points3D}.bin   # the noisy model with its tracks
+    DIR/truth/sparse/0/...                       # the true poses (no points): posefix compare --reference
+    DIR/truth.npz                                # names, true c2w, true points
+    DIR/images/00000.png ...                     # flat grey PNGs of the cameras' size (refine checks images)
+    DIR/synthetic.json                           # config and counts
+
+Usage::
+
+    python -m benchmarks.synthetic_model --images 1000 --output /tmp/synth1000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import struct
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy.spatial import cKDTree
+from scipy.spatial.transform import Rotation
+
+
+@dataclass(frozen=True)
+class SyntheticConfig:
+    """Parameters of a synthetic survey (lengths in flight heights, angles in degrees)."""
+
+    num_images: int = 1000
+    width: int = 640
+    height: int = 480
+    focal_px: float = 500.0
+    forward_overlap: float = 3.0
+    side_overlap: float = 2.0
+    observations_per_image: float = 400.0
+    relief: float = 0.15
+    noise_px: float = 0.5
+    outlier_fraction: float = 0.02
+    outlier_px: tuple[float, float] = (3.0, 10.0)
+    rotation_deg: float = 0.2
+    translation: float = 0.005
+    seed: int = 0
+
+
+@dataclass
+class SyntheticModel:
+    """A generated survey: truth and the model handed over.
+
+    Attributes:
+        names: ``[N]`` image names (flight order).
+        c2w_true, c2w: ``[N, 4, 4]`` true / noisy camera-to-world poses (OpenCV axes).
+        points_true, points: ``[P, 3]`` true points / points triangulated from the noisy poses.
+        image_index, point_index: ``[M]`` the observations (image row, point row), sorted by image then point.
+        xy: ``[M, 2]`` observed pixels (COLMAP convention, noise and outliers included).
+        outlier: ``[M]`` bool, the observations moved by 3-10 px.
+    """
+
+    config: SyntheticConfig
+    names: list[str]
+    c2w_true: np.ndarray
+    c2w: np.ndarray
+    points_true: np.ndarray
+    points: np.ndarray
+    image_index: np.ndarray
+    point_index: np.ndarray
+    xy: np.ndarray
+    outlier: np.ndarray
+
+    def counts(self) -> dict[str, float]:
+        return {
+            "num_images": len(self.names),
+            "num_points3D": int(self.points.shape[0]),
+            "num_observations": int(self.xy.shape[0]),
+            "mean_track_length": float(self.xy.shape[0] / max(1, self.points.shape[0])),
+            "observations_per_image": float(self.xy.shape[0] / max(1, len(self.names))),
+            "scene_radius": float(np.linalg.norm(self.c2w_true[:, :3, 3] - self.c2w_true[:, :3, 3].mean(0), axis=1).max()),
+        }
+
+
+def terrain(xy: np.ndarray, relief: float) -> np.ndarray:
+    """Ground height at ``xy [M, 2]``: a few smooth waves, amplitude ``relief``."""
+    x, y = xy[:, 0], xy[:, 1]
+    z = 0.5 * np.sin(0.9 * x + 0.3) * np.cos(0.7 * y) + 0.3 * np.sin(2.3 * x - 1.7 * y + 1.0) + 0.2 * np.cos(4.1 * y + 0.5 * x)
+    return relief * z
+
+
+def _grid_poses(cfg: SyntheticConfig, rng: np.random.Generator) -> np.ndarray:
+    """Lawn-mower grid of nadir cameras, ``[N, 4, 4]`` camera-to-world, OpenCV axes."""
+    fw, fh = cfg.width / cfg.focal_px, cfg.height / cfg.focal_px  # footprint at height 1
+    sx, sy = fw / cfg.forward_overlap, fh / cfg.side_overlap
+    rows = max(1, int(round(np.sqrt(cfg.num_images * sx / sy))))
+    cols = int(np.ceil(cfg.num_images / rows))
+    poses = []
+    for k in range(cfg.num_images):
+        r, c = divmod(k, cols)
+        back = r % 2 == 1
+        col = cols - 1 - c if back else c
+        centre = np.array([col * sx, r * sy, 1.0])
+        centre[:2] += rng.uniform(-0.1, 0.1, 2) * np.array([sx, sy])
+        centre[2] *= 1.0 + rng.uniform(-0.05, 0.05)
+        heading = (180.0 if back else 0.0) + rng.uniform(-5.0, 5.0)
+        # nadir: camera z = -world z, camera x = flight direction, y = z x x
+        base = np.array([[1.0, 0.0, 0.0], [0.0, -1.0, 0.0], [0.0, 0.0, -1.0]]).T  # columns: x, y, z axes
+        yaw = Rotation.from_euler("z", heading, degrees=True).as_matrix()
+        axis = rng.uniform(0.0, 2.0 * np.pi)
+        tilt = Rotation.from_rotvec(np.deg2rad(rng.uniform(-3.0, 3.0)) * np.array([np.cos(axis), np.sin(axis), 0.0])).as_matrix()
+        c2w = np.eye(4)
+        c2w[:3, :3] = tilt @ yaw @ base
+        c2w[:3, 3] = centre
+        poses.append(c2w)
+    return np.stack(poses)
+
+
+def _project(c2w: np.ndarray, cfg: SyntheticConfig, pts: np.ndarray, cam: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pixels ``[M, 2]`` and depths ``[M]`` of ``pts [M, 3]`` in cameras ``cam [M]`` (indices into c2w)."""
+    rot = c2w[cam, :3, :3]  # [M, 3, 3] c2w rotation
+    local = np.einsum("mji,mj->mi", rot, pts - c2w[cam, :3, 3])  # R^T (X - C)
+    z = local[:, 2]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        u = cfg.focal_px * local[:, 0] / z + cfg.width / 2.0
+        v = cfg.focal_px * local[:, 1] / z + cfg.height / 2.0
+    return np.stack([u, v], axis=1), z
+
+
+def _random_rotations(n: int, angle_deg: float, rng: np.random.Generator) -> np.ndarray:
+    axes = rng.normal(size=(n, 3))
+    axes /= np.linalg.norm(axes, axis=1, keepdims=True)
+    return Rotation.from_rotvec(axes * np.deg2rad(angle_deg)).as_matrix()
+
+
+def triangulate_midpoint(c2w: np.ndarray, cfg: SyntheticConfig, image_index: np.ndarray, point_index: np.ndarray,
+                         xy: np.ndarray, num_points: int) -> np.ndarray:
+    """Least-squares point closest to all of its observation rays: ``Σ (I - d dᵀ)(X - C) = 0``; ``[P, 3]``."""
+    d_cam = np.stack([(xy[:, 0] - cfg.width / 2.0) / cfg.focal_px, (xy[:, 1] - cfg.height / 2.0) / cfg.focal_px,
+                      np.ones(len(xy))], axis=1)
+    d = np.einsum("mij,mj->mi", c2w[image_index, :3, :3], d_cam)
+    d /= np.linalg.norm(d, axis=1, keepdims=True)
+    proj = np.eye(3)[None] - d[:, :, None] * d[:, None, :]  # [M, 3, 3]
+    a = np.zeros((num_points, 3, 3))
+    b = np.zeros((num_points, 3))
+    np.add.at(a, point_index, proj)
+    np.add.at(b, point_index, np.einsum("mij,mj->mi", proj, c2w[image_index, :3, 3]))
+    return np.linalg.solve(a, b[:, :, None])[:, :, 0]
+
+
+def generate(cfg: SyntheticConfig) -> SyntheticModel:
+    """A survey (deterministic from ``cfg.seed``)."""
+    rng = np.random.default_rng(cfg.seed)
+    c2w_true = _grid_poses(cfg, rng)
+    n = cfg.num_images
+    fw, fh = cfg.width / cfg.focal_px, cfg.height / cfg.focal_px
+    centres = c2w_true[:, :3, 3]
+    lo, hi = centres[:, :2].min(0) - 0.6 * fw, centres[:, :2].max(0) + 0.6 * fw
+    density = cfg.observations_per_image / (fw * fh)
+    num_candidates = int(density * np.prod(hi - lo))
+    xy = rng.uniform(lo, hi, size=(num_candidates, 2))
+    pts = np.concatenate([xy, terrain(xy, cfg.relief)[:, None]], axis=1)
+    # visibility: points within the footprint's circumcircle of each camera, then projected
+    tree = cKDTree(xy)
+    radius = 0.5 * np.hypot(fw, fh) * 1.35
+    lists = tree.query_ball_point(centres[:, :2], radius)
+    cam = np.concatenate([np.full(len(lst), i, dtype=np.int64) for i, lst in enumerate(lists)])
+    pid = np.concatenate([np.asarray(lst, dtype=np.int64) for lst in lists])
+    uv, z = _project(c2w_true, cfg, pts[pid], cam)
+    inside = (z > 0.05) & (uv[:, 0] >= 0.5) & (uv[:, 0] <= cfg.width - 0.5) & (uv[:, 1] >= 0.5) & (uv[:, 1] <= cfg.height - 0.5)
+    cam, pid, uv = cam[inside], pid[inside], uv[inside]
+    track_len = np.bincount(pid, minlength=num_candidates)
+    keep_point = track_len >= 2
+    new_id = np.cumsum(keep_point) - 1
+    sel = keep_point[pid]
+    cam, pid, uv = cam[sel], new_id[pid[sel]], uv[sel]
+    points_true = pts[keep_point]
+    order = np.lexsort((pid, cam))
+    cam, pid, uv = cam[order], pid[order], uv[order]
+    # observation noise and outliers
+    obs = uv + rng.normal(scale=cfg.noise_px, size=uv.shape)
+    outlier = rng.random(len(obs)) < cfg.outlier_fraction
+    angle = rng.uniform(0, 2 * np.pi, outlier.sum())
+    mag = rng.uniform(*cfg.outlier_px, outlier.sum())
+    obs[outlier] += mag[:, None] * np.stack([np.cos(angle), np.sin(angle)], axis=1)
+    obs = np.clip(obs, 0.0, [cfg.width, cfg.height])
+    # the poses handed over, and points triangulated from them
+    c2w = c2w_true.copy()
+    c2w[:, :3, :3] = _random_rotations(n, cfg.rotation_deg, rng) @ c2w_true[:, :3, :3]
+    shift = rng.normal(size=(n, 3))
+    c2w[:, :3, 3] += cfg.translation * shift / np.linalg.norm(shift, axis=1, keepdims=True)
+    points = triangulate_midpoint(c2w, cfg, cam, pid, obs, points_true.shape[0])
+    names = [f"{k:05d}.png" for k in range(n)]
+    return SyntheticModel(cfg, names, c2w_true, c2w, points_true, points, cam, pid, obs, outlier)
+
+
+# ---------------------------------------------------------------------------------------------
+# writing (COLMAP binary, numpy: seconds for millions of observations)
+
+
+def _w2c_colmap(c2w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``qvec [N, 4]`` (wxyz) and ``tvec [N, 3]`` of world-to-camera poses."""
+    rot_w2c = np.transpose(c2w[:, :3, :3], (0, 2, 1))
+    tvec = -np.einsum("nij,nj->ni", rot_w2c, c2w[:, :3, 3])
+    xyzw = Rotation.from_matrix(rot_w2c).as_quat()
+    return np.concatenate([xyzw[:, 3:], xyzw[:, :3]], axis=1), tvec
+
+
+def write_colmap_binary(directory: Path, cfg: SyntheticConfig, names: list[str], c2w: np.ndarray,
+                        points: np.ndarray | None = None, image_index: np.ndarray | None = None,
+                        point_index: np.ndarray | None = None, xy: np.ndarray | None = None) -> Path:
+    """Write a PINHOLE model (one camera) with these poses and, when given, points and observations
+    (sorted by image). Point and image ids are ``row + 1``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / "cameras.bin", "wb") as f:
+        f.write(struct.pack("<Q", 1))
+        f.write(struct.pack("<iiQQ", 1, 1, cfg.width, cfg.height))  # PINHOLE = model id 1
+        f.write(np.array([cfg.focal_px, cfg.focal_px, cfg.width / 2.0, cfg.height / 2.0], "<f8").tobytes())
+    qvec, tvec = _w2c_colmap(c2w)
+    n = len(names)
+    has_points = points is not None
+    if has_points:
+        assert image_index is not None and point_index is not None and xy is not None
+        bounds = np.searchsorted(image_index, np.arange(n + 1))
+        # index of each observation within its image
+        obs_in_image = np.arange(len(image_index)) - bounds[image_index]
+    rec2d = np.dtype([("x", "<f8"), ("y", "<f8"), ("id", "<i8")])
+    with open(directory / "images.bin", "wb") as f:
+        f.write(struct.pack("<Q", n))
+        for i, name in enumerate(names):
+            f.write(struct.pack("<i", i + 1))
+            f.write(np.asarray(qvec[i], "<f8").tobytes() + np.asarray(tvec[i], "<f8").tobytes())
+            f.write(struct.pack("<i", 1) + name.encode() + b"\0")
+            if has_points:
+                a, b = bounds[i], bounds[i + 1]
+                arr = np.empty(b - a, rec2d)
+                arr["x"], arr["y"], arr["id"] = xy[a:b, 0], xy[a:b, 1], point_index[a:b] + 1
+                f.write(struct.pack("<Q", b - a) + arr.tobytes())
+            else:
+                f.write(struct.pack("<Q", 0))
+    with open(directory / "points3D.bin", "wb") as f:
+        if not has_points:
+            f.write(struct.pack("<Q", 0))
+            return directory
+        num = points.shape[0]
+        f.write(struct.pack("<Q", num))
+        by_point = np.argsort(point_index, kind="stable")
+        starts = np.searchsorted(point_index[by_point], np.arange(num + 1))
+        track = np.empty((len(by_point), 2), "<i4")
+        track[:, 0] = image_index[by_point] + 1
+        track[:, 1] = obs_in_image[by_point]
+        head = struct.Struct("<Q3d3BdQ")
+        chunks = []
+        for p in range(num):
+            a, b = starts[p], starts[p + 1]
+            chunks.append(head.pack(p + 1, *points[p], 128, 128, 128, 0.0, b - a))
+            chunks.append(track[a:b].tobytes())
+            if len(chunks) > 20000:
+                f.write(b"".join(chunks))
+                chunks = []
+        f.write(b"".join(chunks))
+    return directory
+
+
+def write_grey_images(directory: Path, names: list[str], width: int, height: int) -> None:
+    """One flat grey PNG of ``width x height``, written under every name."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("L", (width, height), 128).save(buf, format="PNG")
+    data = buf.getvalue()
+    directory.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        (directory / name).write_bytes(data)
+
+
+def write_synthetic(model: SyntheticModel, output: Path, images: bool = True) -> Path:
+    """Write the model, the truth and (``images``) grey PNGs under ``output`` (module docstring)."""
+    cfg = model.config
+    output.mkdir(parents=True, exist_ok=True)
+    write_colmap_binary(output / "sparse" / "0", cfg, model.names, model.c2w, model.points, model.image_index,
+                        model.point_index, model.xy)
+    write_colmap_binary(output / "truth" / "sparse" / "0", cfg, model.names, model.c2w_true)
+    np.savez(output / "truth.npz", names=np.array(model.names), c2w=model.c2w_true, points=model.points_true)
+    if images:
+        write_grey_images(output / "images", model.names, cfg.width, cfg.height)
+    (output / "synthetic.json").write_text(json.dumps({"config": asdict(cfg), **model.counts()}, indent=2), encoding="utf-8")
+    return output
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--output", type=Path, required=True)
+    parser.add_argument("--images", type=int, default=1000, help="number of images")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-image-files", action="store_true", help="do not write the grey PNGs")
+    args = parser.parse_args(argv)
+    if (args.output / "synthetic.json").exists():
+        print(f"synthetic_model: {args.output} holds a model already", file=sys.stderr)
+        return 2
+    t0 = time.perf_counter()
+    model = generate(SyntheticConfig(num_images=args.images, seed=args.seed))
+    write_synthetic(model, args.output, images=not args.no_image_files)
+    print(f"wrote {args.output}: {json.dumps(model.counts())} ({time.perf_counter() - t0:.1f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

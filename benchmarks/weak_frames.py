@@ -1,0 +1,252 @@
+"""Weak frames (issue 22): captures where some frames are blurred and washed out, so tracks cannot hold them.
+
+::
+
+    PYTHONPATH=. .venv/bin/python -m benchmarks.weak_frames --output benchmark_results/weak_frames --scenes toybox --jobs 2
+    PYTHONPATH=. .venv/bin/python -m benchmarks.weak_frames --output benchmark_results/weak_frames --scenes castle --blur 2 6 12
+
+Scenes (the clean images of :mod:`benchmarks.poses_from_anywhere`'s scenes, every 4th image in name order
+degraded by a Gaussian blur of ``--blur`` pixels (σ, at the image's own resolution) and a contrast cut to 40 %
+around its mean), poses perturbed and given as a pose-only transforms.json:
+
+* ``toybox``: 64 views 128x128 (16 degraded), 3 deg / 5 % of the radius; default blur 3 px;
+* ``castle``: castle-P30, 30 photos 768x512 (8 degraded), LIDAR ground truth perturbed 2 deg / 3 %; default
+  blur 6 px.
+
+Rows (``posefix-small`` for every NeRF, the same iteration budget ``--iterations``; castle's NeRF rows
+train at 1/4 size as in the poses-from-anywhere benchmark, refine picks its own size):
+
+* ``input``: the noisy poses;
+* ``adjustment``: ``posefix refine --iterations 0`` (tracks built from the images, robust adjustment);
+* ``nerfstudio``: nerfstudio's camera optimizer (its L2 penalties) alone, from the noisy poses;
+* ``posefix-photometric``: posefix-small's homography prior alone (no tracks), from the noisy poses;
+* ``default``: ``posefix refine`` with its defaults: the adjustment, then (weakly held images found) the
+  NeRF stage with the track term and the pixels prior, σ per camera from how well its tracks hold it;
+* ``default-homography`` / ``default-l2``: the same with the paper's unscaled homography prior or
+  nerfstudio's L2 penalties in place of the pixels prior (``--regularizer``), for the choice of the prior.
+
+Errors: a Sim(3) aligns each estimate to the ground truth **on the sharp images only**; then per image the
+rotation error (deg) and the centre error (% of the ground truth's radius), medians over the degraded and
+over the sharp images. Each (scene, blur, seed, row) runs in its own process and writes
+``OUT/rows/KEY.json`` (resumable); the table goes to ``OUT/weak_frames.csv``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+ROWS = ("input", "adjustment", "nerfstudio", "posefix-photometric", "default", "default-homography", "default-l2")
+NERF_ROWS = ("nerfstudio", "posefix-photometric")
+DEFAULT_BLUR = {"toybox": 3.0, "castle": 6.0}
+CONTRAST = 0.4
+EVERY = 4
+
+
+def degraded_names(names: Sequence[str]) -> list[str]:
+    """Every :data:`EVERY`-th image in name order (the first included)."""
+    return sorted(names)[::EVERY]
+
+
+def degrade(path: Path, target: Path, blur: float) -> None:
+    """A Gaussian blur of ``blur`` px (σ) and the contrast cut to :data:`CONTRAST` around the image's mean."""
+    from PIL import Image, ImageFilter
+
+    with Image.open(path) as im:
+        rgb = im.convert("RGB").filter(ImageFilter.GaussianBlur(blur))
+    a = np.asarray(rgb).astype(np.float32)
+    a = (a - a.mean()) * CONTRAST + a.mean()
+    Image.fromarray(a.clip(0, 255).astype(np.uint8)).save(target, quality=95)
+
+
+def degraded_scene(name: str, blur: float, output: Path) -> Any:
+    """The poses-from-anywhere scene ``name`` with every 4th image degraded: a copy of its source (links to the
+    sharp images, degraded copies of the others) as a :class:`benchmarks.poses_from_anywhere.Scene`."""
+    from benchmarks.poses_from_anywhere import SCENES
+
+    base = SCENES[name]
+    source = output / "sources" / f"{name}_blur{blur:g}"
+    done = source / ".done"
+    if not done.is_file():
+        images = source / "images"
+        images.mkdir(parents=True, exist_ok=True)
+        names = sorted(p.name for p in (base.source / "images").iterdir() if p.is_file())
+        weak = set(degraded_names(names))
+        for n in names:
+            target = images / n
+            if target.exists() or target.is_symlink():
+                target.unlink()
+            if n in weak:
+                degrade(base.source / "images" / n, target, blur)
+            else:
+                os.symlink((base.source / "images" / n).resolve(), target)
+        for extra in ("transforms.json", "gt_cameras.json"):
+            if (base.source / extra).is_file():
+                (source / extra).write_text((base.source / extra).read_text())
+        (source / "degraded.json").write_text(json.dumps({"blur_px": blur, "contrast": CONTRAST, "images": sorted(weak)}, indent=2))
+        done.write_text("ok")
+    return replace(base, name=f"{name}-blur{blur:g}", source=source)
+
+
+@dataclass
+class Spec:
+    scene: str
+    blur: float
+    seed: int
+    row: str
+    iterations: int
+    output: Path
+
+    @property
+    def key(self) -> str:
+        return f"{self.scene}__blur{self.blur:g}__s{self.seed}__{self.row}" + (f"__{self.iterations}it" if self.row != "input" and self.row != "adjustment" else "")
+
+    @property
+    def record(self) -> Path:
+        return self.output / "rows" / f"{self.key}.json"
+
+
+def split_errors(gt: Any, estimate: Any, weak: set[str]) -> dict[str, float]:
+    """Rotation (deg) and centre (% of the ground truth's radius) errors, medians over the degraded and the
+    sharp images, after a Sim(3) of the estimate onto the ground truth fitted on the sharp images."""
+    from nerf_posefix.geometry.alignment import align
+    from nerf_posefix.geometry.poses import rotation_angle_deg, scene_radius
+
+    index = {Path(n).name: k for k, n in enumerate(estimate.names)}
+    names = [Path(n).name for n in gt.names]
+    est = estimate.c2w[[index[n] for n in names]]
+    ref = gt.c2w
+    sharp = np.array([n not in weak for n in names])
+    sim = align(est[sharp], ref[sharp], mode="sim3")
+    aligned = sim.apply(est)
+    rot = rotation_angle_deg(ref[:, :3, :3], aligned[:, :3, :3])
+    centre = 100.0 * np.linalg.norm(aligned[:, :3, 3] - ref[:, :3, 3], axis=-1) / scene_radius(ref[:, :3, 3])
+    return {
+        "rot_degraded_deg": float(np.median(rot[~sharp])), "rot_sharp_deg": float(np.median(rot[sharp])),
+        "centre_degraded_pct": float(np.median(centre[~sharp])), "centre_sharp_pct": float(np.median(centre[sharp])),
+        "rot_degraded_max_deg": float(rot[~sharp].max()), "rot_sharp_max_deg": float(rot[sharp].max()),
+    }
+
+
+def run_row(spec: Spec) -> dict[str, Any]:
+    from benchmarks.poses_from_anywhere import Job, noisy_dataset, run_nerf
+    from nerf_posefix.io.transforms_json import read_transforms_json
+    from nerf_posefix.workflows.refine import RefineOptions, refine
+
+    scene = degraded_scene(spec.scene, spec.blur, spec.output)
+    level = scene.levels[0]
+    data = noisy_dataset(scene, level, spec.seed, spec.output)
+    weak = set(json.loads((scene.source / "degraded.json").read_text())["images"])
+    work = spec.output / "work" / spec.key
+    t0 = time.perf_counter()
+    info: dict[str, Any] = {}
+    if spec.row == "input":
+        estimate = read_transforms_json(data / "transforms.json")
+    elif spec.row in NERF_ROWS:
+        job = Job(scene, level, spec.seed, spec.row, spec.output, spec.iterations)
+        estimate, info = run_nerf(job, data)
+    else:
+        regularizer = {"default-homography": "homography", "default-l2": "nerfstudio"}.get(spec.row, "pixels")
+        result = refine(RefineOptions(output=work / "refined", poses=data / "transforms.json", threads=1, seed=spec.seed, quiet=True,
+                                      overwrite=True, regularizer=regularizer,  # type: ignore[arg-type]
+                                      iterations=0 if spec.row == "adjustment" else None))
+        s = result.summary
+        support = (s.get("bundle_adjustment") or {}).get("support") if isinstance(s.get("bundle_adjustment"), dict) else None
+        info = {"iterations": s.get("iterations"), "support": support, "total_seconds": s.get("total_seconds"),
+                "training_seconds": s.get("training_seconds"), "warnings": s.get("warnings")}
+        estimate = read_transforms_json(work / "refined" / "transforms.json")
+    wall = time.perf_counter() - t0
+    gt = read_transforms_json(data / "transforms_gt.json")
+    return {"key": spec.key, "scene": spec.scene, "blur": spec.blur, "seed": spec.seed, "row": spec.row, "wall_s": wall,
+            **split_errors(gt, estimate, weak), "info": info}
+
+
+def _table(records: list[dict[str, Any]], output: Path) -> None:
+    import csv
+
+    from rich.console import Console
+    from rich.table import Table
+
+    keys = ["scene", "blur", "row", "seeds", "rot_degraded_deg", "rot_sharp_deg", "centre_degraded_pct", "centre_sharp_pct", "wall_s"]
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for r in records:
+        groups.setdefault((r["scene"], r["blur"], r["row"]), []).append(r)
+    rows = []
+    for (scene, blur, row), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], ROWS.index(kv[0][2]))):
+        out = {"scene": scene, "blur": blur, "row": row, "seeds": len(rs)}
+        for k in keys[4:]:
+            v = np.array([r[k] for r in rs], dtype=float)
+            out[k] = f"{v.mean():.4g} ± {v.std():.2g}" if len(v) > 1 else f"{v.mean():.4g}"
+        rows.append(out)
+    with open(output / "weak_frames.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(rows)
+    table = Table(title="weak frames: median errors, degraded vs sharp images (Sim(3) on the sharp ones); mean ± sd over seeds")
+    for k in keys:
+        table.add_column(k)
+    for r in rows:
+        table.add_row(*[str(r[k]) for k in keys])
+    Console(width=200).print(table)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--output", type=Path, required=True)
+    parser.add_argument("--scenes", nargs="+", default=["toybox"], choices=sorted(DEFAULT_BLUR))
+    parser.add_argument("--blur", type=float, nargs="+", default=None, help="blur σ in px (default per scene)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=ROWS)
+    parser.add_argument("--iterations", type=int, default=1000, help="NeRF budget of the nerfstudio / posefix-photometric rows")
+    parser.add_argument("--jobs", type=int, default=1)
+    parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker is not None:
+        raw = json.loads(args.worker.read_text())
+        spec = Spec(raw["scene"], raw["blur"], raw["seed"], raw["row"], raw["iterations"], Path(raw["output"]))
+        record = run_row(spec)
+        spec.record.write_text(json.dumps(record, indent=2))
+        return 0
+    output = args.output.resolve()
+    specs = [Spec(scene, blur, seed, row, args.iterations, output)
+             for scene in args.scenes for blur in (args.blur or [DEFAULT_BLUR[scene]]) for seed in args.seeds for row in args.rows]
+
+    def launch(spec: Spec) -> None:
+        spec.record.parent.mkdir(parents=True, exist_ok=True)
+        path = output / "specs" / f"{spec.key}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"scene": spec.scene, "blur": spec.blur, "seed": spec.seed, "row": spec.row,
+                                    "iterations": spec.iterations, "output": str(output)}))
+        (output / "logs").mkdir(exist_ok=True)
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+        t0 = time.perf_counter()
+        with open(output / "logs" / f"{spec.key}.log", "w") as log:
+            code = subprocess.run([sys.executable, "-m", "benchmarks.weak_frames", "--worker", str(path), "--output", str(output)],
+                                  stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT).returncode
+        print(f"{spec.key}: exit {code} in {time.perf_counter() - t0:.0f} s", flush=True)
+
+    # the cheap rows first, so that every scene's data (degraded copies, noisy datasets) is built once
+    todo = [s for s in specs if not s.record.is_file()]
+    for s in [s for s in todo if s.row == "input"]:
+        launch(s)
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        list(pool.map(launch, [s for s in todo if s.row != "input"]))
+    records = [json.loads(s.record.read_text()) for s in specs if s.record.is_file()]
+    if records:
+        _table(records, output)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
