@@ -610,7 +610,7 @@ def _database_keypoints(con: Any, image_id: int) -> np.ndarray:
     return np.frombuffer(data, dtype=np.float32, count=rows * cols).reshape(rows, cols)[:, :2]
 
 
-def _quiet_fd2() -> Any:
+def quiet_fd2() -> Any:
     """Hold back what C code writes to file descriptor 2 (glog's INFO lines of pycolmap) while the block
     runs; its warning and error lines are passed on afterwards."""
     import sys
@@ -647,7 +647,7 @@ def keypoints_found_again(image: Path, keypoints: np.ndarray) -> float:
     options = pycolmap.FeatureExtractionOptions()
     options.num_threads = 1
     options.max_image_size = max(gray.shape)
-    with _quiet_fd2():
+    with quiet_fd2():
         extractor = pycolmap.FeatureExtractor.create(options, pycolmap.Device.cpu)
         found, _ = extractor.extract_from_float32_array(np.ascontiguousarray(gray))
     xy = np.array([[k.x, k.y] for k in found], dtype=np.float64).reshape(-1, 2)

@@ -93,9 +93,6 @@ estimate exceeds the memory available, before reading it.
 from __future__ import annotations
 
 import contextlib
-import os
-import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -105,6 +102,7 @@ from typing import TYPE_CHECKING, Any, Literal, Optional
 import numpy as np
 
 from nerf_posefix.errors import InputError
+from nerf_posefix.io.colmap import quiet_fd2
 from nerf_posefix.geometry.reprojection import AUTO_SCALE_MAX_PX, AUTO_SCALE_MIN_PX, auto_robust_scale
 from nerf_posefix.geometry.alignment import Alignment, align, pose_alignment
 from nerf_posefix.geometry.poses import invert_poses, rotation_angle_deg
@@ -321,19 +319,8 @@ def quiet_colmap_log(verbose: bool) -> Iterator[None]:
     if verbose:
         yield
         return
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile(mode="w+b") as log:
-        os.dup2(log.fileno(), 2)
-        try:
-            yield
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            log.seek(0)
-            kept = [line for line in log.read().decode(errors="replace").splitlines() if line[:1] in ("W", "E", "F")]
-            if kept:
-                print("\n".join(kept), file=sys.stderr)
+    with quiet_fd2():
+        yield
 
 
 def read_reconstruction(model_dir: str | Path) -> "pycolmap.Reconstruction":
