@@ -50,6 +50,8 @@ ROOT = Path(__file__).resolve().parents[1]
 ROWS = ("input", "adjustment", "nerfstudio", "posefix-photometric", "default", "default-homography", "default-l2")
 NERF_ROWS = ("nerfstudio", "posefix-photometric")
 DEFAULT_BLUR = {"toybox": 3.0, "castle": 6.0}
+#: The pose noise of each scene (a level of :mod:`benchmarks.poses_from_anywhere`'s scene).
+LEVEL = {"toybox": "3deg-5pct", "castle": "2deg-3pct"}
 CONTRAST = 0.4
 EVERY = 4
 
@@ -145,7 +147,7 @@ def run_row(spec: Spec) -> dict[str, Any]:
     from nerf_posefix.workflows.refine import RefineOptions, refine
 
     scene = degraded_scene(spec.scene, spec.blur, spec.output)
-    level = scene.levels[0]
+    level = next(lv for lv in scene.levels if lv.name == LEVEL[spec.scene])
     data = noisy_dataset(scene, level, spec.seed, spec.output)
     weak = set(json.loads((scene.source / "degraded.json").read_text())["images"])
     work = spec.output / "work" / spec.key

@@ -108,3 +108,15 @@ def test_squared_loss_bundle_adjustment_has_no_scale_and_reports(tmp_path: Path,
     assert code == 0, captured.err
     assert "bundle adjustment (squared: mean reprojection error" in captured.out
     assert json.loads((out / "report.json").read_text())["summary"]["bundle_adjustment"]["scale_px"] is None
+
+
+def test_images_too_small_for_the_nerf_stage_are_one_error_before_anything_is_written(tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    """64x64 images downscaled 8x train at 8 px: refused up front (the adjustment alone still runs on them)."""
+    out = tmp_path / "out"
+    args = ["refine", "--colmap-model", str(TINY / "sparse" / "0"), "--images", str(TINY / "images"), "--output", str(out)]
+    code = main([*args, "--iterations", "5", "--downscale-factor", "8"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert "too small for the NeRF stage" in err[0] and "64x64" in err[0] and "--iterations 0" in err[0]
+    assert list(tmp_path.iterdir()) == []  # nothing written: no output, no OUT.partial
+    assert main([*args, "--iterations", "0", "--downscale-factor", "8", "--quiet"]) == 0

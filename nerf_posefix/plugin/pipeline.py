@@ -65,7 +65,7 @@ class PosefixPipelineConfig(VanillaPipelineConfig):
     front_end_cache: Optional[Path] = None
     """Where the front end keeps its result (set to RUN/front_end when the run's config is saved; None: a
     temporary directory, not reused)."""
-    front_end_matching: Literal["auto", "exhaustive", "sequential"] = "auto"
+    front_end_matching: Literal["auto", "exhaustive", "sequential", "spatial"] = "auto"
     """Feature matching when the front end builds tracks (as posefix refine --matching)."""
     nerf_cameras: Literal["weak", "all"] = "weak"
     """Which cameras the NeRF refines when the front end says how well the tracks hold each one: ``weak``,

@@ -118,6 +118,9 @@ BOUNDS_MODES = {"global": "points-global", "per-camera": "points-per-camera"}
 #: cores: ~0.3 s per iteration), and the longer image side it trains at.
 WEAK_FRAMES_ITERATIONS = 1000
 WEAK_FRAMES_MAX_SIDE = 400
+#: The shortest image side (training pixels, after the downscale) a NeRF stage trains on: below it a radiance
+#: field has too few pixels per image to say anything about a pose.
+NERF_MIN_SIDE_PX = 16
 
 
 @dataclass
@@ -319,6 +322,10 @@ def _read_input(options: RefineOptions) -> tuple[PosedImages, ValidatedInput, bo
     else:
         inp, built = front_end_input(posed, options.build_tracks)
     _note_text_unsafe_names(inp, built)
+    if options.iterations:  # a NeRF stage asked for: images it can train on, said before anything is written
+        too_small = nerf_too_small(inp, options.downscale_factor or 1)
+        if too_small:
+            raise InputError(too_small)
     if built:
         _check_not_degenerate(inp)
         if options.database is not None:  # read-only: a COLMAP database of these very images
@@ -584,6 +591,18 @@ def _auto_downscale(inp: ValidatedInput) -> int:
     """The smallest integer factor that brings every image's longer side to at most WEAK_FRAMES_MAX_SIDE px."""
     longest = max(max(int(c.width), int(c.height)) for c in inp.model.cameras.values())
     return max(1, -(-longest // WEAK_FRAMES_MAX_SIDE))
+
+
+def nerf_too_small(inp: ValidatedInput, downscale: int) -> Optional[str]:
+    """Why the images of ``inp`` are too small for a NeRF stage at ``downscale`` (the smallest image's shorter
+    side below :data:`NERF_MIN_SIDE_PX` training pixels), or None."""
+    camera = min(inp.model.cameras.values(), key=lambda c: min(int(c.width), int(c.height)))
+    side = min(int(camera.width), int(camera.height)) // max(1, downscale)
+    if side >= NERF_MIN_SIDE_PX:
+        return None
+    return (f"{inp.images_dir}: images of {int(camera.width)}x{int(camera.height)} px" + (f" downscaled {downscale}x" if downscale > 1 else "")
+            + f" are too small for the NeRF stage (shorter side {side} px, at least {NERF_MIN_SIDE_PX} px); use --iterations 0 "
+            "(the adjustment alone)" + (" or a smaller --downscale-factor" if downscale > 1 else ""))
 
 
 def _write_prior_sigma(transforms: Path, stage_input: ValidatedInput, support: dict[str, Any]) -> None:
@@ -865,6 +884,9 @@ def _refine_in(
         tracks = "off"
         if not iterations:
             iterations = None  # the method's own default: a photometric refinement of 0 iterations does nothing
+        too_small = nerf_too_small(inp, downscale or 1)
+        if too_small:
+            raise InputError(f"the tracks cannot hold any image ({fallback.split(';')[0]}), and {too_small}")
         _log(f"warning: {fallback}")
     else:
         if "warning" in (ba_summary or {}):
@@ -872,7 +894,13 @@ def _refine_in(
         if iterations is None:  # auto: the NeRF stage only for images the tracks cannot hold
             weak = int(support.get("num_weak", 0))
             iterations = WEAK_FRAMES_ITERATIONS if weak else 0
-            if weak:
+            too_small = nerf_too_small(inp, downscale or _auto_downscale(inp)) if weak else None
+            if too_small:
+                iterations = 0
+                skipped = f"{weak} weakly held image(s) keep the adjustment's poses: {too_small.split(': ', 1)[1]}"
+                _log(f"warning: {skipped}")
+                ba_summary = {**(ba_summary or {}), "warning": "; ".join(w for w in ((ba_summary or {}).get("warning"), skipped) if w)}
+            elif weak:
                 downscale = downscale or _auto_downscale(inp)
                 _log(f"{weak} weakly held image(s): the NeRF stage runs ({iterations} iterations, images downscaled "
                      f"{downscale}x) with the prior holding the well-held cameras; --iterations 0 skips it")
@@ -915,7 +943,7 @@ def _refine_in(
     )
     if built:
         summary["tracks_built"] = {**track_summary, "fallback": fallback}
-        summary["warnings"] = [w for w in (fallback, (ba_summary or {}).get("warning")) if w]
+    summary["warnings"] = [w for w in (fallback, (ba_summary or {}).get("warning")) if w]
     summary["front_end_seconds"] = front.seconds
     out = _write_output(options, posed, inp, model, reports, summary)
     shutil.rmtree(work, ignore_errors=True)
