@@ -29,6 +29,7 @@ from nerf_posefix.io.transforms_json import read_transforms_json
 from nerf_posefix.io.tum import write_tum
 from nerf_posefix.workflows.perturb import perturb_dataset
 from nerf_posefix.sfm.track_building import (
+    database_summary,
     match_features,
     reconstruction_from_poses,
     track_stats,
@@ -324,3 +325,20 @@ def test_weakly_held_images_start_the_nerf_stage_with_a_wide_prior(noisy: Path, 
     sigma = {Path(f["file_path"]).name.split("__")[-1]: f[PRIOR_SIGMA_KEY] for f in meta["frames"]}  # flat names: images__000.png
     assert sorted(n for n, s in sigma.items() if s == WEAK_PRIOR_SIGMA_PX) == degraded
     assert all(0.05 <= s < 1.0 for n, s in sigma.items() if n not in degraded)
+
+
+def test_spatial_matching_pairs_images_by_their_input_poses(noisy: Path, database: Path, tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    """``--matching spatial``: each image matched with its nearest ``--spatial-neighbors`` by the input poses
+    (pairs linear in the images), enough for the adjustment to recover the poses."""
+    out = tmp_path / "refined"
+    code = main(["refine", "--poses", str(noisy / "transforms.json"), "--output", str(out), "--matching", "spatial",
+                 "--spatial-neighbors", "6", "--iterations", "0", "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    built = json.loads((out / "report.json").read_text())["summary"]["tracks_built"]
+    assert built["matches"]["matching"] == "spatial"
+    assert 0 < built["matches"]["num_verified_pairs"] <= 64 * 6  # at most one pair per (image, neighbour)
+    exhaustive = database_summary(database, "exhaustive", {})
+    assert exhaustive.num_verified_pairs > 64 * 6  # the bound above is one exhaustive matching does not meet
+    gt = read_transforms_json(noisy / "transforms_gt.json")
+    rot, _ = _errors(read_transforms_json(out / "transforms.json"), gt)
+    assert np.median(rot) < 0.25

@@ -36,6 +36,7 @@ from nerf_posefix.errors import InputError
 from nerf_posefix.io.colmap import read_colmap_model
 from nerf_posefix.io.posed_images import PosedImages
 from nerf_posefix.sfm.inputs import ValidatedInput, read_refine_model, validate_model
+from nerf_posefix.sfm.track_building import SPATIAL_NEIGHBORS
 
 if TYPE_CHECKING:
     from nerf_posefix.sfm.track_building import TrackOptions
@@ -54,7 +55,7 @@ class FrontEndOptions:
     Attributes:
         build_tracks: ``"auto"``: build tracks when the input has none; ``"always"``: also for a COLMAP
             model with tracks (its own are then ignored).
-        matching, sequential_overlap: feature matching when tracks are built
+        matching, sequential_overlap, spatial_neighbors: feature matching when tracks are built
             (:class:`nerf_posefix.sfm.track_building.TrackOptions`).
         database: a COLMAP database of these images to build the tracks from (copied, never modified).
         bundle_adjustment: the robust loss of the adjustment, or ``"none"`` (no adjustment: the front end
@@ -67,6 +68,7 @@ class FrontEndOptions:
     build_tracks: Literal["auto", "always"] = "auto"
     matching: Literal["auto", "exhaustive", "sequential", "spatial"] = "auto"
     sequential_overlap: int = 10
+    spatial_neighbors: int = SPATIAL_NEIGHBORS
     database: Optional[Path] = None
     bundle_adjustment: LossName = "cauchy"
     ba_scale_px: Optional[float] = None
@@ -76,7 +78,8 @@ class FrontEndOptions:
     def track_options(self) -> "TrackOptions":
         from nerf_posefix.sfm.track_building import TrackOptions
 
-        return TrackOptions(matching=self.matching, sequential_overlap=self.sequential_overlap, seed=self.seed,
+        return TrackOptions(matching=self.matching, sequential_overlap=self.sequential_overlap,
+                            spatial_neighbors=self.spatial_neighbors, seed=self.seed,
                             num_threads=self.threads or -1)
 
     def stamp(self, built: bool) -> dict[str, Any]:
@@ -85,6 +88,7 @@ class FrontEndOptions:
             "build_tracks": built,
             "matching": self.matching if built else None,
             "sequential_overlap": self.sequential_overlap if built else None,
+            "spatial_neighbors": self.spatial_neighbors if built else None,
             "database": str(self.database) if built and self.database else None,
             "bundle_adjustment": self.bundle_adjustment,
             "ba_scale_px": self.ba_scale_px,
@@ -290,6 +294,7 @@ def _adjust_own_tracks(options: FrontEndOptions, inp: ValidatedInput, log: Calla
         "reprojection_error_after_px": result.reprojection_error_after_px,
         "seconds": result.wall_time_s,
         "gauge": result.options.fix_gauge,
+        "solver": result.run.to_dict() if result.run is not None else None,
     }
 
 

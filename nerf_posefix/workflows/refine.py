@@ -108,6 +108,7 @@ from nerf_posefix.io.colmap import ColmapModel, check_colmap_database, text_unsa
 from nerf_posefix.io.posed_images import PosedImages, check_camera_spec, load_posed_images, write_refined_poses
 from nerf_posefix.sfm.front_end import FrontEndOptions, check_front_end_options, front_end_input, run_front_end
 from nerf_posefix.sfm.inputs import ValidatedInput, read_refine_model, validate_model
+from nerf_posefix.sfm.track_building import SPATIAL_NEIGHBORS
 from nerf_posefix.workflows.refine_inputs import check_resume, colmap_to_transforms, prepare_training_data
 from nerf_posefix.workflows.refine_report import RefineResult, build_report, write_report
 
@@ -161,6 +162,9 @@ class RefineOptions:
     images, spatial beyond)."""
     sequential_overlap: int = 10
     """Sequential matching: how many following images each image is matched with."""
+    spatial_neighbors: int = SPATIAL_NEIGHBORS
+    """Spatial matching: how many images each image is matched with (its nearest by the input poses whose
+    viewing directions are within 75 degrees)."""
     database: Optional[Path] = None
     """A COLMAP database of these images (features and verified matches, e.g. from an earlier run or
     COLMAP's GUI) to build the tracks from instead of extracting and matching again. Copied, never modified."""
@@ -242,20 +246,17 @@ def partial_dir(output: Path) -> Path:
 
 
 def _stamp(options: RefineOptions, inp: ValidatedInput, built: bool) -> dict[str, Any]:
+    """The input and the options that decide a run's result (a work directory made with other ones is not resumed):
+    the front end's (:meth:`FrontEndOptions.stamp`) and the NeRF stage's."""
     return {
         "colmap_model": str(Path(options.poses or options.colmap_model).resolve()),
         "images": str(inp.images_dir),
         "fingerprint": inp.fingerprint(),
-        "build_tracks": built,
-        "matching": options.matching if built else None,
-        "sequential_overlap": options.sequential_overlap if built else None,
-        "database": str(options.database) if built and options.database else None,
+        **front_end_options(options).stamp(built),
         "method": options.method,
         "bounds": options.bounds,
         "regularizer": options.regularizer,
         "prior_sigma_px": options.prior_sigma_px,
-        "bundle_adjustment": options.bundle_adjustment,
-        "ba_scale_px": options.ba_scale_px,
         "tracks": options.tracks,
         "track_points": options.track_points,
         "nerf_cameras": options.nerf_cameras,
@@ -433,7 +434,8 @@ def front_end_options(options: RefineOptions) -> FrontEndOptions:
     """The front end's options of a refine run."""
     return FrontEndOptions(
         build_tracks=options.build_tracks, matching=options.matching, sequential_overlap=options.sequential_overlap,
-        database=options.database, bundle_adjustment=options.bundle_adjustment, ba_scale_px=options.ba_scale_px,
+        spatial_neighbors=options.spatial_neighbors, database=options.database, bundle_adjustment=options.bundle_adjustment,
+        ba_scale_px=options.ba_scale_px,
         threads=options.threads, seed=options.seed,
     )
 
