@@ -61,7 +61,7 @@ from nerf_posefix.errors import InputError
 from nerf_posefix.geometry.alignment import align
 from nerf_posefix.geometry.metrics import pairwise_rotation_errors
 from nerf_posefix.geometry.poses import rotation_angle_deg
-from nerf_posefix.geometry.reprojection import AUTO_SCALE_FACTOR
+from nerf_posefix.geometry.robust_scale import AUTO_SCALE_FACTOR
 from nerf_posefix.sfm.bundle_adjustment import (
     AUTO_SCALE_RANGE_PX,
     BundleAdjustmentOptions,

@@ -287,3 +287,17 @@ def test_robust_loss_rejects_bad_arguments() -> None:
         robust_loss(torch.ones(2), "tukey", 1.0)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="scale_px"):
         robust_loss(torch.ones(2), "huber", 0.0)
+
+
+def test_auto_robust_scale_is_twice_the_median_residual_clipped() -> None:
+    """Gaussian keypoint noise of 0.3 px per axis: median norm 1.177 σ, scale ≈ 0.71 px; clipped at both ends;
+    a torch tensor and an array give the same scale; no residual is an error."""
+    from nerf_posefix.geometry.robust_scale import AUTO_SCALE_MAX_PX, AUTO_SCALE_MIN_PX, auto_robust_scale
+
+    rng = np.random.default_rng(0)
+    norms = np.linalg.norm(rng.normal(scale=0.3, size=(20000, 2)), axis=-1)
+    assert auto_robust_scale(norms) == pytest.approx(2.0 * 1.1774 * 0.3, rel=0.02)
+    assert auto_robust_scale(torch.from_numpy(norms)) == auto_robust_scale(norms)
+    assert auto_robust_scale(norms * 100) == AUTO_SCALE_MAX_PX and auto_robust_scale(norms / 100) == AUTO_SCALE_MIN_PX
+    with pytest.raises(ValueError):
+        auto_robust_scale([])

@@ -382,27 +382,3 @@ def robust_loss(squared_norms: Tensor, kind: RobustLossKind = "squared", scale_p
         return b * torch.log1p(s / b)
     # soft_l1: 2b(√(1 + s/b) − 1) = 2s / (√(1 + s/b) + 1), without cancellation for small s
     return 2.0 * s / (torch.sqrt(1.0 + s / b) + 1.0)
-
-
-#: The automatic robust scale is this factor times the median reprojection residual norm, clipped to
-#: [AUTO_SCALE_MIN_PX, AUTO_SCALE_MAX_PX]. With Gaussian keypoint noise of σ per axis the median residual
-#: norm is 1.18 σ, so the scale is ≈ 2.35 σ, the usual tuning of the Cauchy loss (2.385 σ).
-AUTO_SCALE_FACTOR = 2.0
-AUTO_SCALE_MIN_PX = 0.1
-AUTO_SCALE_MAX_PX = 2.0
-
-
-def auto_robust_scale(residual_norms_px: Tensor | Sequence[float]) -> float:
-    """The robust-loss scale (pixels) matched to a model's own accuracy: ``AUTO_SCALE_FACTOR`` × the
-    median of ``residual_norms_px [K]`` (reprojection residual norms, pixels), clipped to
-    ``[AUTO_SCALE_MIN_PX, AUTO_SCALE_MAX_PX]``.
-
-    Raises:
-        ValueError: no residual.
-    """
-    norms = torch.as_tensor(residual_norms_px, dtype=torch.float64).reshape(-1).cpu().numpy()
-    if norms.size == 0:
-        raise ValueError("auto_robust_scale needs at least one residual")
-    median = float(np.median(norms))  # the mean of the two middle values for an even count
-    return min(max(AUTO_SCALE_FACTOR * median, AUTO_SCALE_MIN_PX), AUTO_SCALE_MAX_PX)
-

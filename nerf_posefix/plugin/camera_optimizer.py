@@ -56,7 +56,8 @@ from nerf_posefix.geometry.homography import (
 )
 from nerf_posefix.geometry.pixel_prior import camera_motion_from_adjustment, pixel_displacement_metric
 from nerf_posefix.geometry.poses import apply_pose_correction
-from nerf_posefix.geometry.reprojection import CameraIntrinsics, auto_robust_scale, robust_loss
+from nerf_posefix.geometry.reprojection import CameraIntrinsics, robust_loss
+from nerf_posefix.geometry.robust_scale import auto_robust_scale
 from nerf_posefix.geometry.preconditioning import homography_metric, preconditioner, sampled_metric, view_directions
 
 if TYPE_CHECKING:

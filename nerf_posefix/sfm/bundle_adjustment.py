@@ -103,7 +103,7 @@ import numpy as np
 
 from nerf_posefix.errors import InputError
 from nerf_posefix.io.colmap import quiet_fd2
-from nerf_posefix.geometry.reprojection import AUTO_SCALE_MAX_PX, AUTO_SCALE_MIN_PX, auto_robust_scale
+from nerf_posefix.geometry.robust_scale import AUTO_SCALE_MAX_PX, AUTO_SCALE_MIN_PX, auto_robust_scale
 from nerf_posefix.geometry.alignment import Alignment, align, pose_alignment
 from nerf_posefix.geometry.poses import invert_poses, rotation_angle_deg
 
@@ -119,7 +119,7 @@ LOSS_TYPES: dict[str, str] = {"squared": "TRIVIAL", "huber": "HUBER", "cauchy": 
 GAUGE_MODES: tuple[str, ...] = ("sim3_poses", "sim3_centres", "none")
 #: The COLMAP model files, one of each kind needed (``.bin`` or ``.txt``).
 MODEL_FILES: tuple[str, ...] = ("cameras", "images", "points3D")
-#: Auto loss scale (:func:`nerf_posefix.geometry.reprojection.auto_robust_scale`): this factor times the
+#: Auto loss scale (:func:`nerf_posefix.geometry.robust_scale.auto_robust_scale`): this factor times the
 #: model's median reprojection error, clipped to this range (pixels).
 AUTO_SCALE_RANGE_PX: tuple[float, float] = (AUTO_SCALE_MIN_PX, AUTO_SCALE_MAX_PX)
 LINEAR_SOLVERS: tuple[str, ...] = ("auto", "dense_schur", "sparse_schur", "iterative_schur")
