@@ -26,7 +26,7 @@ import pytest
 
 from nerf_posefix.cli.main import main
 from nerf_posefix.errors import InputError
-from nerf_posefix.io.atomic import LOCK_FILE, LockedError, check_output_dir, lock_directory, lock_owner, output_command
+from nerf_posefix.io.atomic import LOCK_FILE, MARKER_FILE, LockedError, check_output_dir, lock_directory, lock_owner, output_command
 from nerf_posefix.io.camera_set import CameraSet, match_names
 from nerf_posefix.io.colmap import read_colmap_model, text_unsafe_names, write_colmap_model
 
@@ -518,6 +518,89 @@ def test_overwrite_replaces_only_the_commands_own_output(scene: Path, tmp_path: 
         check_output_dir(out, [], overwrite=True, command="export")
     assert digest(out) == before
 
+
+
+def _run_dir(tmp_path: Path, data: Path) -> Path:
+    """A nerfstudio run directory as ``ns-train`` leaves it, as far as ``posefix export`` reads it before
+    nerfstudio is loaded (its config.yml with the dataset, a checkpoint file): the output check comes first."""
+    run = tmp_path / "outputs" / "data" / "posefix-small" / "2024-01-01_000000"
+    (run / "nerfstudio_models").mkdir(parents=True)
+    (run / "nerfstudio_models" / "step-000000000.ckpt").write_bytes(b"")
+    (run / "config.yml").write_text(
+        "!!python/object:nerfstudio.engine.trainer.TrainerConfig\n"
+        "method_name: posefix-small\n"
+        "pipeline: !!python/object:nerfstudio.pipelines.base_pipeline.VanillaPipelineConfig\n"
+        "  datamanager: !!python/object:nerfstudio.data.datamanagers.base_datamanager.VanillaDataManagerConfig\n"
+        "    data: !!python/object/apply:pathlib.PosixPath\n"
+        + "".join(f"    - {part!r}\n" for part in data.resolve().parts)
+    )
+    return run
+
+
+def _commands_overwriting(command: str, scene: Path, tmp_path: Path, output: Path) -> list[object]:
+    """``posefix COMMAND ... --output OUTPUT --overwrite`` on the tiny scene (every option valid)."""
+    if command == "export":
+        run = tmp_path / "outputs" / "data" / "posefix-small" / "2024-01-01_000000"
+        return ["export", "--load-config", run if run.is_dir() else _run_dir(tmp_path, scene), "--output", output, "--overwrite"]
+    return {
+        "refine": _refine_args(scene, output, "--iterations", "0"),
+        "perturb": ["perturb", "--data", scene, "--output", output],
+        "demo": ["demo", "--scene", scene, "--output", output],
+        "compare": ["compare", "--reference", scene / "sparse" / "0", scene / "transforms.json", "--output", output],
+        "evaluate": ["evaluate", "--images", scene / "images", "--pose-sets", f"a={scene / 'sparse' / '0'}", "--output", output],
+    }[command] + ["--overwrite"]
+
+
+@pytest.mark.parametrize("command", ["perturb", "demo", "export", "compare", "evaluate"])
+def test_overwrite_refuses_a_refine_output(command: str, scene: Path, tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    """``COMMAND --overwrite`` on a directory ``posefix refine`` wrote: one line naming the command that wrote
+    it, exit 2, nothing removed (each command before any work: well under a second)."""
+    out = tmp_path / "refined"
+    code, err = cli(capsys, *_refine_args(scene, out, "--iterations", "0"))
+    assert code == 0, err
+    before, scene_before = digest(out), digest(scene)
+    t0 = time.perf_counter()
+    refused(capsys, *_commands_overwriting(command, scene, tmp_path, out),
+            says=(f"--output {out}: was written by posefix refine", f"only an earlier posefix {command} output"))
+    assert time.perf_counter() - t0 < 5.0
+    assert digest(out) == before and digest(scene) == scene_before and not leftovers(tmp_path)
+
+
+@pytest.mark.parametrize("command", ["refine", "demo", "export", "compare", "evaluate"])
+def test_overwrite_refuses_a_perturb_output(command: str, scene: Path, tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    """The same for a ``posefix perturb`` output, whose marker now names perturb (not only recognised by
+    its files): ``refine --overwrite`` and the others refuse it, ``perturb --overwrite`` replaces it."""
+    out = tmp_path / "noisy"
+    code, err = cli(capsys, "perturb", "--data", scene, "--output", out)
+    assert code == 0, err
+    assert (out / MARKER_FILE).read_text().split() == ["written", "by", "nerf-posefix", "perturb"]
+    before = digest(out)
+    refused(capsys, *_commands_overwriting(command, scene, tmp_path, out),
+            says=("was written by posefix perturb", f"only an earlier posefix {command} output"))
+    assert digest(out) == before and not leftovers(tmp_path)
+    code, err = cli(capsys, *_commands_overwriting("perturb", scene, tmp_path, out))
+    assert code == 0, err
+
+
+@pytest.mark.parametrize("command", ["refine", "perturb", "demo", "compare", "evaluate"])
+def test_every_command_marks_its_output_with_its_name(command: str, scene: Path, tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    """What each command writes names it (``.posefix-output``), so that ``--overwrite`` of the same command
+    passes its checks and another's is refused. refine, perturb and compare write theirs here; demo and
+    evaluate (minutes of work) are stopped by another command's refusal after their own check passed."""
+    from nerf_posefix.io.atomic import marker_text
+
+    out = tmp_path / "out"
+    if command in ("refine", "perturb", "compare"):
+        code, err = cli(capsys, *_commands_overwriting(command, scene, tmp_path, out)[:-1])
+        assert code == 0, err
+    else:  # the marker demo / evaluate write
+        out.mkdir()
+        (out / MARKER_FILE).write_text(marker_text(command))
+    assert output_command(out) == command
+    assert (out / MARKER_FILE).read_text().split()[3] == command
+    others = [c for c in ("refine", "perturb", "demo", "compare", "evaluate") if c != command]
+    refused(capsys, *_commands_overwriting(others[0], scene, tmp_path, out), says=(f"was written by posefix {command}",))
+    check_output_dir(out, [], overwrite=True, command=command)  # its own: may be replaced
 
 def test_sigterm_exits_143_with_one_message_and_keeps_what_it_says(scene: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"

@@ -58,7 +58,6 @@ class Compare:
         console = Console(width=160)
         inputs = check_sources(self.reference, self.estimates)  # before anything is loaded or computed
         check_report_outputs(inputs, self.output, self.json, self.export_tum, self.overwrite)
-        _check_overwrites_own(self.output, self.overwrite)
         report = compare(
             self.reference, self.estimates, self.align, self.match, self.trim, self.bounds, log=console.print,
             t_max_diff=self.t_max_diff, t_offset=self.t_offset,
@@ -67,17 +66,3 @@ class Compare:
         for line in write_report_outputs(report, self.output, self.json, self.export_tum):
             console.print(line)
 
-
-def _check_overwrites_own(output: Path | None, overwrite: bool) -> None:
-    """``--overwrite`` replaces only an earlier ``posefix compare`` output, not another command's."""
-    from nerf_posefix.errors import InputError
-    from nerf_posefix.io.atomic import output_command
-
-    if output is None or not overwrite or not output.is_dir():
-        return
-    wrote = output_command(output)
-    if wrote not in (None, "compare"):
-        raise InputError(
-            f"--output {output}: was written by posefix {wrote}; --overwrite replaces only an earlier posefix compare "
-            "output: choose another directory"
-        )

@@ -18,7 +18,7 @@ class Export:
     output: Path
     """Output directory (a new one; never the run, its dataset, or a directory holding them)."""
     overwrite: bool = False
-    """Replace an earlier posefix export in the output directory."""
+    """Replace --output if it exists (only an earlier posefix export output)."""
 
     def run(self) -> None:
         from nerf_posefix.workflows.export import export_run

@@ -29,7 +29,7 @@ class Perturb:
     """If > 0, cameras at name-sorted index i with i % N == 0 keep their exact pose: the test views of
     nerfstudio's --eval-mode interval --eval-interval N, so test-view PSNR is measured at true poses."""
     overwrite: bool = False
-    """Replace --output if it exists."""
+    """Replace --output if it exists (only an earlier posefix perturb output)."""
 
     def run(self) -> None:
         from nerf_posefix.workflows.perturb import perturb_dataset

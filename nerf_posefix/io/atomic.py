@@ -1,9 +1,10 @@
 """Writing outputs safely: checked against the inputs before any work, assembled aside, renamed into place.
 
 Every command that writes a directory (``refine``, ``perturb``, ``export``, ``compare --output`` /
-``--export-tum``, ``demo``) goes through :func:`check_output_dir` before any work and
-:func:`atomic_directory` to write; a single output file (``compare --json``) through
-:func:`check_output_file` and :func:`atomic_file`:
+``--export-tum``, ``demo``, ``evaluate``) goes through :func:`check_output_dir` before any work and
+:func:`atomic_directory` to write, both given its name (``command=``; ``demo`` and ``evaluate``, which
+fill their output as they go, write :func:`marker_text` of their name themselves); a single output file
+(``compare --json``) through :func:`check_output_file` and :func:`atomic_file`:
 
 * paths are compared **resolved** (``..``, symbolic links and ``.`` cannot hide that an output is, holds
   or lies inside an input), with or without ``--overwrite``;
@@ -16,7 +17,8 @@ Every command that writes a directory (``refine``, ``perturb``, ``export``, ``co
   and an :class:`OSError` while writing becomes one :class:`~nerf_posefix.errors.InputError` naming the
   output and the reason;
 * :data:`MARKER_FILE` names the command that wrote the output (:func:`output_command`), and ``--overwrite``
-  replaces only that command's own outputs (``check_output_dir(..., command=...)``);
+  replaces only that command's own outputs (``check_output_dir(..., command=...)``, the one place this rule
+  is decided): another command's output is refused in one line naming the command that wrote it;
 * a work directory (``posefix refine``'s ``OUT.partial``) is used by one run at a time: :func:`lock_directory`
   takes an exclusive lock on it (a ``flock``-ed :data:`LOCK_FILE` holding the owner's pid and host, taken
   atomically; the lock of a dead process is stale), so a second run on the same output is refused in one

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nerf_posefix.errors import InputError
-from nerf_posefix.io.atomic import MARKER_FILE, check_output_dir
+from nerf_posefix.io.atomic import MARKER_FILE, check_output_dir, marker_text
 
 if TYPE_CHECKING:
     from nerf_posefix.io.camera_set import CameraSet
@@ -107,7 +107,7 @@ def check_options(cmd: DemoOptions) -> Path:
         raise InputError(
             f"{scene}: no transforms.json (the bundled scene lives in the source checkout's assets/; pass --scene DIR)"
         )
-    check_output_dir(cmd.output, [("--scene", scene)], cmd.overwrite)
+    check_output_dir(cmd.output, [("--scene", scene)], cmd.overwrite, command="demo")
     return scene
 
 
@@ -137,7 +137,7 @@ def run_demo(cmd: DemoOptions) -> dict[str, Any]:
         out.mkdir(parents=True)
     except OSError as err:
         raise InputError(f"--output {out}: cannot create it: {_why_not_created(out, err)}; choose another folder") from None
-    (out / MARKER_FILE).write_text("written by nerf-posefix\n", encoding="utf-8")
+    (out / MARKER_FILE).write_text(marker_text("demo"), encoding="utf-8")
     try:
         return _run_demo(cmd, scene, out)
     except BaseException:

@@ -55,7 +55,7 @@ import numpy as np
 
 from nerf_posefix.errors import InputError
 from nerf_posefix.geometry.poses import scene_radius
-from nerf_posefix.io.atomic import MARKER_FILE, atomic_file, check_output_dir
+from nerf_posefix.io.atomic import MARKER_FILE, atomic_file, check_output_dir, marker_text
 from nerf_posefix.io.camera_set import CameraSet, ImageCamera
 from nerf_posefix.io.posed_images import image_size, load_posed_images
 from nerf_posefix.io.sources import run_config_inputs, source_kind
@@ -107,7 +107,7 @@ class EvaluateOptions:
     resume: bool = False
     """Continue an earlier evaluation in --output (same options): finished sets are skipped."""
     overwrite: bool = False
-    """Replace --output when an earlier posefix command wrote it."""
+    """Replace --output if it exists (only an earlier posefix evaluate output)."""
     progress: bool = True
     """Show progress bars."""
 
@@ -452,13 +452,13 @@ def _fingerprint(options: EvaluateOptions, plan: _Plan) -> dict[str, Any]:
 def _check_output(options: EvaluateOptions, inputs: list[Any]) -> None:
     output = Path(options.output)
     if options.resume and output.is_dir() and (output / OPTIONS_FILE).is_file():
-        check_output_dir(output, inputs, overwrite=True)  # the input checks; it is ours (marker)
+        check_output_dir(output, inputs, overwrite=True, command="evaluate")  # the input checks; it is ours (marker)
         if not (output / MARKER_FILE).is_file():
             raise InputError(f"--output {output}: was not written by posefix evaluate; cannot resume it")
         return
     if options.resume and os.path.lexists(output):
         raise InputError(f"--output {output}: holds no evaluation to resume ({OPTIONS_FILE} missing)")
-    check_output_dir(output, inputs, overwrite=options.overwrite)
+    check_output_dir(output, inputs, overwrite=options.overwrite, command="evaluate")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -675,7 +675,7 @@ def evaluate(options: EvaluateOptions, log: Callable[[str], None] = lambda _: No
         if os.path.lexists(output):  # check_output_dir allowed it: overwrite of a posefix output
             shutil.rmtree(output)
         output.mkdir(parents=True)
-        (output / MARKER_FILE).write_text("written by nerf-posefix\n", encoding="utf-8")
+        (output / MARKER_FILE).write_text(marker_text("evaluate"), encoding="utf-8")
     with atomic_file(output / OPTIONS_FILE) as tmp:
         tmp.write_text(json.dumps(fingerprint, indent=2), encoding="utf-8")
     log(f"{len(plan.held_out)} held-out images ({_preview(plan.held_out, 4)}), {len(plan.train)} training images; "

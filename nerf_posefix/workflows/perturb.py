@@ -58,7 +58,7 @@ PERTURBATION_FILE = "perturbation.json"
 def _check_paths(data: Path, output: Path, overwrite: bool) -> None:
     if not data.is_dir():
         raise InputError(f"{data}: no such dataset directory")
-    check_output_dir(output, [("--data", data)], overwrite)
+    check_output_dir(output, [("--data", data)], overwrite, command="perturb")
 
 
 def _model_formats(directory: Path) -> tuple[str, ...]:
@@ -122,7 +122,7 @@ def perturb_dataset(
     noisy, noise, magnitude = perturb_poses(clean, rotation_deg, translation, translation_units, seed, held)
     noisy_by_base = {os.path.basename(n): noisy[i] for i, n in enumerate(names)}
 
-    with atomic_directory(output) as tmp:
+    with atomic_directory(output, command="perturb") as tmp:
         shutil.copytree(data, tmp, dirs_exist_ok=True, symlinks=True)
         formats: list[str] = []
         gt_source: dict[str, str] = {}

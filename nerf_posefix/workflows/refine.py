@@ -225,7 +225,8 @@ class RefineOptions:
     copy_images: bool = False
     """Copy the images into OUT/images instead of linking to the input directory."""
     overwrite: bool = False
-    """Replace OUT if it exists, and discard an interrupted run's work directory OUT.partial."""
+    """Replace OUT if it exists (only an earlier posefix refine output), and discard an interrupted run's work directory
+    OUT.partial."""
     resume: bool = False
     """Continue an interrupted run from the last checkpoint in OUT.partial."""
     quiet: bool = False
@@ -519,7 +520,7 @@ def _link_images(posed: PosedImages, inp: ValidatedInput, tmp: Path, copy: bool)
 def _write_output(options: RefineOptions, posed: PosedImages, inp: ValidatedInput, model: ColmapModel, reports, summary) -> Path:  # noqa: ANN001
     """Assemble OUT in a temporary sibling directory and rename it into place."""
     out = Path(options.output)
-    with atomic_directory(out) as tmp:
+    with atomic_directory(out, command="refine") as tmp:
         sparse = write_colmap_model(model, tmp / "sparse" / "0", formats=("bin", "txt"))
         if posed.kind == "colmap":
             colmap_to_transforms(sparse, tmp, has_points=bool(model.points3D))

@@ -89,7 +89,7 @@ def check_report_outputs(
     """
     dirs = [(opt, p) for opt, p in (("--output", output), ("--export-tum", export_tum)) if p is not None]
     for opt, path in dirs:
-        check_output_dir(path, inputs, overwrite, option=opt)
+        check_output_dir(path, inputs, overwrite, option=opt, command="compare")
     if json_path is not None:
         check_output_file(json_path, inputs, option="--json", replaceable=is_compare_report)
     outs = dirs + ([("--json", json_path)] if json_path is not None else [])
@@ -110,12 +110,12 @@ def write_report_outputs(
     """
     done = []
     if export_tum is not None:
-        with atomic_directory(export_tum) as tmp:
+        with atomic_directory(export_tum, command="compare") as tmp:
             export_tum_files(report, tmp)
         flag = {"sim3": "-as", "se3": "-a"}.get(report.settings["align"], "")
         done.append(f"wrote TUM files to {export_tum} (cross-check: evo_ape tum <k>_reference.tum <k>_estimate.tum {flag})")
     if output is not None:
-        with atomic_directory(output) as tmp:
+        with atomic_directory(output, command="compare") as tmp:
             write_outputs(report, tmp)
         done.append(f"wrote {output}/compare.json, per_camera.csv, summary.csv, error_cdf.png, top_view.png, frusta.ply")
     if json_path is not None:
