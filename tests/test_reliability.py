@@ -421,10 +421,24 @@ def test_text_model_with_spaces_in_names_refines_and_reads_back_in_pycolmap(tmp_
     assert code == 0, captured.err
     assert "COLMAP's binary format only" in captured.out
     assert sorted(p.name for p in (out / "sparse" / "0").iterdir()) == ["cameras.bin", "images.bin", "points3D.bin"]
+    listed = [line for line in captured.out.splitlines() if line.strip().startswith(str(out / "sparse" / "0"))]
+    assert len(listed) == 1 and "bin only: image names with spaces" in listed[0] and "bin+txt" not in captured.out, captured.out
+    assert json.loads((out / "report.json").read_text())["summary"]["model_formats"] == ["bin"]
     names = {im.name for im in pycolmap.Reconstruction(str(out / "sparse" / "0")).images.values()}
     assert len(names) == 16 and "img 000.png" in names
     assert digest(data) == before and not leftovers(tmp_path)
 
+
+def test_refine_lists_the_model_formats_it_wrote(scene: Path, tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    """Names COLMAP's text format can hold: both formats written, and said (the spaced case is above)."""
+    out = tmp_path / "out"
+    code = main([str(a) for a in _refine_args(scene, out, "--iterations", "0")])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert (out / "sparse" / "0" / "images.txt").is_file() and (out / "sparse" / "0" / "images.bin").is_file()
+    listed = [line for line in captured.out.splitlines() if line.strip().startswith(str(out / "sparse" / "0"))]
+    assert len(listed) == 1 and "(bin+txt;" in listed[0], captured.out
+    assert json.loads((out / "report.json").read_text())["summary"]["model_formats"] == ["bin", "txt"]
 
 def test_write_colmap_model_writes_text_only_for_names_it_can_hold(tmp_path: Path) -> None:
     model = read_colmap_model(TINY / "sparse" / "0")

@@ -518,10 +518,12 @@ def _link_images(posed: PosedImages, inp: ValidatedInput, tmp: Path, copy: bool)
 
 
 def _write_output(options: RefineOptions, posed: PosedImages, inp: ValidatedInput, model: ColmapModel, reports, summary) -> Path:  # noqa: ANN001
-    """Assemble OUT in a temporary sibling directory and rename it into place."""
+    """Assemble OUT in a temporary sibling directory and rename it into place. ``summary["model_formats"]``:
+    the formats of OUT/sparse/0 as written (binary only when image names hold spaces)."""
     out = Path(options.output)
     with atomic_directory(out, command="refine") as tmp:
         sparse = write_colmap_model(model, tmp / "sparse" / "0", formats=("bin", "txt"))
+        summary["model_formats"] = [fmt for fmt in ("bin", "txt") if (sparse / f"images.{fmt}").is_file()]
         if posed.kind == "colmap":
             colmap_to_transforms(sparse, tmp, has_points=bool(model.points3D))
         else:

@@ -180,15 +180,16 @@ class RefineResult:
         s, out = self.summary, Path(self.output)
         kind = s.get("input_format", "colmap")
         points = s.get("points3D", "carried over")
+        files = model_files(s.get("model_formats", ["bin", "txt"]))
         entries: list[tuple[Path, str]] = []
         if kind == "colmap":
-            entries.append((out / "sparse" / "0", f"the refined COLMAP model (bin+txt; the input's world frame; points3D {points})"))
+            entries.append((out / "sparse" / "0", f"the refined COLMAP model ({files}; the input's world frame; points3D {points})"))
             entries.append((out / "transforms.json", "the same poses for nerfstudio (its colmap_to_json conversion, with sparse_pc.ply)"))
         else:
             poses = out / s.get("output_poses", "transforms.json")
             what = {"transforms": "transforms.json", "tum": "TUM trajectory"}.get(kind, kind)
             entries.append((poses, f"the refined poses ({what}: the input's format and world frame)"))
-            entries.append((out / "sparse" / "0", f"COLMAP model (bin+txt) of the refined poses and the tracks; points3D {points}"))
+            entries.append((out / "sparse" / "0", f"COLMAP model ({files}) of the refined poses and the tracks; points3D {points}"))
         entries.append((out / REPORT_CSV, "per image: how far it moved, flagged and why"))
         entries.append((out / REPORT_JSON, "the same, with this summary, the options and the timings"))
         images = out / "images"
@@ -198,6 +199,15 @@ class RefineResult:
             entries.append((images, "a copy of the input images"))
         width = max(len(str(p)) for p, _ in entries)
         return [(f"{str(p):<{width}}", what) for p, what in entries]
+
+
+def model_files(formats: list[str]) -> str:
+    """What a written COLMAP model's ``formats`` (``"bin"``, ``"txt"``) are, in words: ``bin+txt``, or why
+    only the binary files are there (:func:`nerf_posefix.io.colmap.write_colmap_model` writes no text files
+    when image names hold spaces)."""
+    if "txt" in formats:
+        return "bin+txt" if "bin" in formats else "txt"
+    return "bin only: image names with spaces, which COLMAP's text format cannot hold"
 
 
 def _num(value: float, fmt: str) -> str:
