@@ -207,37 +207,17 @@ def run_job(job: Job) -> dict[str, Any]:
 
 
 def _table(results: list[dict[str, Any]], output: Path) -> None:
-    import csv
+    """``OUT/plugin_front_end.{csv,md}``: mean ± sd over seeds per (input, row), and the Markdown printed."""
+    from benchmarks.tables import seed_rows, write_tables
 
-    from rich.console import Console
-    from rich.table import Table
-
-    keys = ["input", "row", "seed", "iterations", "rot_median_deg", "rot_max_deg", "centre_median_pct", "psnr_given", "psnr_aligned",
-            "ssim_aligned", "front_end_s", "training_s"]
-    with open(output / "plugin_front_end.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(results)
-    table = Table(title="ns-train posefix-small vs baselines, castle-P30")
-    for key in keys:
-        table.add_column(key)
-    for r in results:
-        table.add_row(*[f"{r[k]:.4g}" if isinstance(r[k], float) else str(r[k]) for k in keys])
-    Console(width=200).print(table)
-    # mean over seeds
-    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    for r in results:
-        groups.setdefault((r["input"], r["row"]), []).append(r)
-    summary = Table(title="mean ± sd over seeds")
-    for key in ("input", "row", "seeds", "rot_median_deg", "psnr_given", "psnr_aligned", "ssim_aligned", "front_end_s", "training_s"):
-        summary.add_column(key)
-    for (inp, row), rs in groups.items():
-        def ms(k: str) -> str:
-            v = np.array([r[k] for r in rs], dtype=float)
-            return f"{v.mean():.4g} ± {v.std():.2g}" if len(v) > 1 else f"{v.mean():.4g}"
-        summary.add_row(inp, row, str(len(rs)), ms("rot_median_deg"), ms("psnr_given"), ms("psnr_aligned"), ms("ssim_aligned"),
-                        ms("front_end_s"), ms("training_s"))
-    Console(width=200).print(summary)
+    values = ["rot_median_deg", "rot_max_deg", "centre_median_pct", "psnr_given", "psnr_aligned", "ssim_aligned", "front_end_s", "training_s"]
+    rows = seed_rows(results, ["input", "row"], values, sort_key=lambda k: (INPUTS.index(k[0]), ROWS.index(k[1])))
+    columns = [("input", "input", ""), ("row", "row", ""), ("seeds", "seeds", ""),
+               ("rot_median_deg", "rotation median (deg)", "{:.4f}"), ("rot_max_deg", "rotation max (deg)", "{:.3f}"),
+               ("centre_median_pct", "centre median (%)", "{:.3f}"), ("psnr_given", "PSNR given (dB)", "{:.2f}"),
+               ("psnr_aligned", "PSNR aligned (dB)", "{:.2f}"), ("ssim_aligned", "SSIM aligned", "{:.3f}"),
+               ("front_end_s", "front end (s)", "{:.1f}"), ("training_s", "training (s)", "{:.0f}")]
+    print(write_tables(rows, columns, output / "plugin_front_end"))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -175,32 +175,16 @@ def run_row(spec: Spec) -> dict[str, Any]:
 
 
 def _table(records: list[dict[str, Any]], output: Path) -> None:
-    import csv
+    """``OUT/weak_frames.{csv,md}``: mean ± sd over seeds per (scene, blur, row), and the Markdown printed."""
+    from benchmarks.tables import seed_rows, write_tables
 
-    from rich.console import Console
-    from rich.table import Table
-
-    keys = ["scene", "blur", "row", "seeds", "rot_degraded_deg", "rot_sharp_deg", "centre_degraded_pct", "centre_sharp_pct", "wall_s"]
-    groups: dict[tuple, list[dict[str, Any]]] = {}
-    for r in records:
-        groups.setdefault((r["scene"], r["blur"], r["row"]), []).append(r)
-    rows = []
-    for (scene, blur, row), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], ROWS.index(kv[0][2]))):
-        out = {"scene": scene, "blur": blur, "row": row, "seeds": len(rs)}
-        for k in keys[4:]:
-            v = np.array([r[k] for r in rs], dtype=float)
-            out[k] = f"{v.mean():.4g} ± {v.std():.2g}" if len(v) > 1 else f"{v.mean():.4g}"
-        rows.append(out)
-    with open(output / "weak_frames.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=keys)
-        writer.writeheader()
-        writer.writerows(rows)
-    table = Table(title="weak frames: median errors, degraded vs sharp images (Sim(3) on the sharp ones); mean ± sd over seeds")
-    for k in keys:
-        table.add_column(k)
-    for r in rows:
-        table.add_row(*[str(r[k]) for k in keys])
-    Console(width=200).print(table)
+    values = ["rot_degraded_deg", "rot_sharp_deg", "centre_degraded_pct", "centre_sharp_pct", "rot_degraded_max_deg", "wall_s"]
+    rows = seed_rows(records, ["scene", "blur", "row"], values, sort_key=lambda k: (k[0], k[1], ROWS.index(k[2])))
+    columns = [("scene", "scene", ""), ("blur", "blur (px)", ""), ("row", "row", ""), ("seeds", "seeds", ""),
+               ("rot_degraded_deg", "rotation, degraded (deg)", "{:.3f}"), ("rot_sharp_deg", "rotation, sharp (deg)", "{:.4f}"),
+               ("centre_degraded_pct", "centre, degraded (%)", "{:.3f}"), ("centre_sharp_pct", "centre, sharp (%)", "{:.3f}"),
+               ("rot_degraded_max_deg", "worst degraded (deg)", "{:.3f}"), ("wall_s", "wall (s)", "{:.0f}")]
+    print(write_tables(rows, columns, output / "weak_frames"))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
