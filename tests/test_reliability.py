@@ -396,6 +396,56 @@ def test_a_full_disk_is_one_line_and_leaves_nothing(scene: Path, tmp_path: Path,
             subprocess.run(["umount", str(mnt)], capture_output=True)
 
 
+
+MODEL_BIN_FILES = ["cameras.bin", "images.bin", "points3D.bin", "rigs.bin", "frames.bin"]
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.5, 0.99])
+@pytest.mark.parametrize("name", MODEL_BIN_FILES)
+def test_a_truncated_adjusted_model_is_one_error_naming_the_file(name: str, fraction: float, tmp_path: Path) -> None:
+    """pycolmap writes a model silently truncated on a full disk, and reading such files back raises
+    ``IndexError: unordered_map::at`` / ``std::bad_alloc`` inside pycolmap or never ends (points3D.bin cut
+    in half). The read-back check names the file and the likely cause before pycolmap reads it."""
+    pycolmap = pytest.importorskip("pycolmap")
+    from nerf_posefix.sfm.bundle_adjustment import check_written_model, write_adjusted_model, written_model_sizes
+
+    rec = pycolmap.Reconstruction(str(TINY / "sparse" / "0"))
+    out = write_adjusted_model(rec, tmp_path / "model")  # checked: complete, reads back
+    assert {p.name: p.stat().st_size for p in out.iterdir()} == written_model_sizes(rec)  # the layout pycolmap writes
+    path = out / name
+    size = path.stat().st_size
+    with open(path, "r+b") as fid:
+        fid.truncate(int(size * fraction))
+    t0 = time.perf_counter()
+    with pytest.raises(InputError) as err:
+        check_written_model(rec, out)
+    message = str(err.value)
+    assert str(path) in message and "no space left on the device" in message and "\n" not in message, message
+    assert time.perf_counter() - t0 < 1.0
+    path.unlink()
+    with pytest.raises(InputError, match=f"{name}: pycolmap did not write this file"):
+        check_written_model(rec, out)
+
+
+def test_refine_on_a_disk_that_fills_up_while_pycolmap_writes(scene: Path, tmp_path: Path) -> None:
+    """A real short write, no mock: ``refine`` runs under a file-size limit (``ulimit -f``, 120 kB) that
+    pycolmap's images.bin (158 kB) of the adjusted model runs into, and pycolmap writes it truncated
+    without an error, as on a full disk. One line naming the file, exit 2, no OUT.partial, input unchanged."""
+    import resource
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (120_000, resource.RLIM_INFINITY))
+
+    before = digest(scene)
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "nerf_posefix.cli.main", *map(str, _refine_args(scene, out, "--iterations", "0"))],
+                          capture_output=True, text=True, cwd=ROOT, preexec_fn=limit, timeout=120)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("posefix: error: ")]
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert len(errors) == 1 and "bundle_adjusted" in errors[0] and "images.bin" in errors[0], proc.stderr
+    assert "no space left on the device" in errors[0], errors[0]
+    assert not out.exists() and not leftovers(tmp_path) and digest(scene) == before
+
 # ---------------------------------------------------------------------------------------------
 # 5. one identity, readers that agree
 

@@ -93,6 +93,7 @@ estimate exceeds the memory available, before reading it.
 from __future__ import annotations
 
 import contextlib
+import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -740,6 +741,85 @@ def bundle_adjust_model(model_dir: str | Path, options: BundleAdjustmentOptions 
     )
 
 
+def written_model_sizes(rec: "pycolmap.Reconstruction") -> dict[str, int]:
+    """The size in bytes of each binary file ``rec.write`` writes (COLMAP 4's binary layout, as pycolmap
+    4.2 writes it, little-endian: ``src/colmap/scene/reconstruction_io_binary.cc``), computed from the
+    model in memory. Each file is a uint64 count, then per record:
+
+    * ``cameras.bin``: id (u32), model (i32), width, height (u64), one double per parameter;
+    * ``images.bin``: id (u32), cam_from_world (7 doubles), camera id (u32), the name and a NUL, the number
+      of points2D (u64), then x, y (doubles) and point3D id (u64) per point2D;
+    * ``points3D.bin``: id (u64), xyz (3 doubles), rgb (3 bytes), error (double), track length (u64), then
+      image id and point2D index (u32) per element;
+    * ``rigs.bin``: id, number of sensors (u32), the reference sensor (type i32, id u32), then per other
+      sensor its type and id, a byte saying whether ``sensor_from_rig`` is known and, if so, 7 doubles;
+    * ``frames.bin``: id, rig id (u32), rig_from_world (7 doubles), number of data ids (u32), then sensor
+      type (i32), sensor id (u32) and data id (u64) per data id.
+    """
+    return {
+        "cameras.bin": 8 + sum(24 + 8 * len(cam.params) for cam in rec.cameras.values()),
+        "images.bin": 8 + sum(4 + 56 + 4 + len(im.name.encode("utf-8")) + 1 + 8 + 24 * im.num_points2D() for im in rec.images.values()),
+        "points3D.bin": 8 + sum(51 + 8 * point.track.length() for point in rec.points3D.values()),
+        "rigs.bin": 8 + sum(16 + sum(9 + (56 if pose is not None else 0) for pose in rig.non_ref_sensors.values())
+                            for rig in rec.rigs.values()),
+        "frames.bin": 8 + sum(68 + 16 * frame.num_data_ids() for frame in rec.frames.values()),
+    }
+
+
+def _space_note(directory: Path) -> str:
+    """How much space is left where ``directory`` is (for the messages of a short write)."""
+    try:
+        free = shutil.disk_usage(directory).free
+    except OSError:
+        return ""
+    return f"; {free / 2**20:.1f} MiB free there now"
+
+
+def check_written_model(rec: "pycolmap.Reconstruction", output_dir: str | Path) -> None:
+    """Check the model ``rec.write(output_dir)`` wrote before anyone reads it: every file complete, then read
+    back with pycolmap, every registered image's ``cam_from_world()`` as in memory (max abs difference of
+    the 3x4 matrices ``<= 1e-9 · (1 + |t|)``).
+
+    pycolmap writes silently truncated files when the disk fills up, and reading such files back fails
+    inside pycolmap (``IndexError: unordered_map::at``, ``std::bad_alloc``) or never ends; so each file's
+    size is checked against :func:`written_model_sizes` first, and pycolmap reads only complete files.
+
+    Raises:
+        InputError: a file is missing, shorter or longer than ``rec`` makes it (named, with the likely cause:
+            no space left on the device), or pycolmap cannot read the model back or reads other images or
+            poses back (the directory named).
+    """
+    import pycolmap
+
+    output_dir = Path(output_dir)
+    for name, expected in written_model_sizes(rec).items():
+        path = output_dir / name
+        try:
+            size = path.stat().st_size
+        except OSError as err:
+            raise InputError(f"{path}: pycolmap did not write this file of the adjusted model ({err.strerror or err}; "
+                             f"likely no space left on the device{_space_note(output_dir)})") from None
+        if size < expected:
+            raise InputError(f"{path}: pycolmap wrote {size} of the {expected} bytes of this file of the adjusted model "
+                             f"(truncated: likely no space left on the device, or a file-size limit{_space_note(output_dir)}); "
+                             "free some space and run again")
+        if size > expected:
+            raise InputError(f"{path}: pycolmap wrote {size} bytes, {expected} expected for the adjusted model in memory")
+    try:
+        back = pycolmap.Reconstruction(str(output_dir))
+    except Exception as err:  # noqa: BLE001 (IndexError, ValueError, RuntimeError, MemoryError of a bad file)
+        raise InputError(f"{output_dir}: the adjusted model pycolmap wrote does not read back ({type(err).__name__}: "
+                         f"{str(err).splitlines()[0] if str(err) else ''}){_space_note(output_dir)}") from None
+    names, c2w = reconstruction_c2w(rec)
+    names_back, c2w_back = reconstruction_c2w(back)
+    if names_back != names:
+        raise InputError(f"{output_dir}: the adjusted model pycolmap wrote reads back with other registered images")
+    tol = 1e-9 * (1.0 + np.abs(c2w[:, :3, 3]).max(initial=0.0))
+    diff = float(np.abs(c2w_back - c2w).max(initial=0.0))
+    if diff > tol:
+        raise InputError(f"{output_dir}: the adjusted poses pycolmap wrote read back off by {diff:.3g} (> {tol:.3g})")
+
+
 def write_adjusted_model(result: BundleAdjustmentResult | "pycolmap.Reconstruction", output_dir: str | Path, check: bool = True) -> Path:
     """Write an adjusted model (binary, COLMAP 4 layout) to ``output_dir`` (created if needed).
 
@@ -747,19 +827,15 @@ def write_adjusted_model(result: BundleAdjustmentResult | "pycolmap.Reconstructi
     COLMAP >= 3.12 takes each pose from ``frames`` (``rig_from_world``), not from ``images.bin``.
     Both come from the same in-memory frames, which :func:`bundle_adjust_model` updated (BA and
     ``Reconstruction.transform`` act on the frames), so both carry the adjusted poses. With
-    ``check`` the written model is read back with pycolmap and every registered image's
-    ``cam_from_world()`` is compared with the one in memory (max abs difference of the 3x4 matrices
-    ``<= 1e-9 · (1 + |t|)``).
+    ``check`` the written model is checked and read back (:func:`check_written_model`).
 
     Returns:
         ``output_dir``.
 
     Raises:
-        InputError: ``output_dir`` exists and is not a directory, or holds a model already.
-        RuntimeError: the read-back check failed.
+        InputError: ``output_dir`` exists and is not a directory, or holds a model already; pycolmap
+            cannot write it; the check failed (a truncated file: likely a full disk, named).
     """
-    import pycolmap
-
     rec = result.reconstruction if isinstance(result, BundleAdjustmentResult) else result
     output_dir = Path(output_dir)
     if output_dir.exists() and not output_dir.is_dir():
@@ -767,19 +843,14 @@ def write_adjusted_model(result: BundleAdjustmentResult | "pycolmap.Reconstructi
     if output_dir.is_dir() and any((output_dir / f"{k}{ext}").exists() for k in MODEL_FILES for ext in (".bin", ".txt")):
         raise InputError(f"output directory {output_dir} already holds a COLMAP model; choose another directory")
     output_dir.mkdir(parents=True, exist_ok=True)
-    rec.write(str(output_dir))
+    try:
+        rec.write(str(output_dir))
+    except Exception as err:  # noqa: BLE001 (pycolmap raises ValueError/RuntimeError when a file cannot be opened)
+        raise InputError(f"{output_dir}: pycolmap cannot write the adjusted model ({type(err).__name__}: "
+                         f"{str(err).splitlines()[0] if str(err) else ''}){_space_note(output_dir)}") from None
     if check:
-        back = pycolmap.Reconstruction(str(output_dir))
-        names, c2w = reconstruction_c2w(rec)
-        names_back, c2w_back = reconstruction_c2w(back)
-        if names_back != names:
-            raise RuntimeError(f"{output_dir}: the written model reads back with other registered images")
-        tol = 1e-9 * (1.0 + np.abs(c2w[:, :3, 3]).max(initial=0.0))
-        diff = float(np.abs(c2w_back - c2w).max(initial=0.0))
-        if diff > tol:
-            raise RuntimeError(f"{output_dir}: the written poses read back off by {diff:.3g} (> {tol:.3g})")
+        check_written_model(rec, output_dir)
     return output_dir
-
 
 __all__ = [
     "AdjustmentRun",
@@ -791,6 +862,7 @@ __all__ = [
     "available_memory_bytes",
     "bundle_adjust_model",
     "check_adjustment_memory",
+    "check_written_model",
     "choose_linear_solver",
     "estimate_adjustment_memory",
     "image_motion_px",
@@ -800,4 +872,5 @@ __all__ = [
     "reconstruction_c2w",
     "reconstruction_points",
     "write_adjusted_model",
+    "written_model_sizes",
 ]
