@@ -1,5 +1,7 @@
 """How well the tracks hold each camera (:mod:`nerf_posefix.sfm.support`), on toybox_tiny's COLMAP model
-(16 images, ~430 observations each) with some images' observations removed."""
+(16 images, ~430 observations each) with some images' observations removed, and on a small synthetic survey
+(noise and outliers) against a per-image reference: one covariance problem and one residual per image, as
+the module computed them before it batched them."""
 
 from __future__ import annotations
 
@@ -10,8 +12,10 @@ import pycolmap
 import pytest
 
 from nerf_posefix.sfm.support import (
+    MEDIAN_NORM_PER_SIGMA,
     MIN_OBSERVATIONS,
     WEAK_PRIOR_SIGMA_PX,
+    ImageSupport,
     image_support,
     prior_sigma_px,
     summarise,
@@ -67,6 +71,145 @@ def test_a_camera_without_observations_has_no_finite_uncertainty(rec: pycolmap.R
     _keep_observations(rec, lone_id, 0)
     lone = next(s for s in image_support(rec) if s.name == "010.png")
     assert lone.weak and lone.observations == 0 and not np.isfinite(lone.sigma_rotation_deg)
+
+
+def _reference_support(rec: pycolmap.Reconstruction) -> dict[str, tuple[int, int, float, float, float, float]]:
+    """Name -> (observations, group, σ rotation, σ centre, σ px, residual px), the slow way: one covariance
+    problem per image (its pose the only variable, its points constant), a Python loop over its observations,
+    groups by union-find over the tracks."""
+    rec.update_point_3d_errors()
+    median = float(np.median([p.error for p in rec.points3D.values()]))
+    sigma_kp = max(median / MEDIAN_NORM_PER_SIGMA, 0.05)
+    opts = pycolmap.BundleAdjustmentOptions()
+    opts.refine_focal_length = opts.refine_principal_point = opts.refine_extra_params = False
+    opts.print_summary = False
+    opts.ceres.loss_function_type = pycolmap.LossFunctionType.CAUCHY
+    opts.ceres.loss_function_scale = max(2.0 * median, 0.1)
+    parent = {int(i): int(i) for i in rec.reg_image_ids()}
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            i = parent[i]
+        return i
+
+    for point in rec.points3D.values():
+        ids = sorted({int(el.image_id) for el in point.track.elements})
+        for other in ids[1:]:
+            a, b = find(ids[0]), find(other)
+            if a != b:
+                parent[b] = a
+    members: dict[int, list[int]] = {}
+    for i in parent:
+        members.setdefault(find(i), []).append(i)
+    group = {i: k for k, m in enumerate(sorted(members.values(), key=lambda m: (-len(m), min(m)))) for i in m}
+    out = {}
+    for image_id in rec.reg_image_ids():
+        image = rec.images[image_id]
+        observed = [p for p in image.points2D if p.has_point3D()]
+        residual = float(np.median([np.linalg.norm(image.project_point(rec.points3D[p.point3D_id].xyz) - p.xy)
+                                    for p in observed])) if observed else float("nan")
+        sigma = (float("inf"),) * 3
+        if len(observed) >= 3:
+            config = pycolmap.BundleAdjustmentConfig()
+            config.add_image(image_id)
+            for p in observed:
+                config.add_constant_point(p.point3D_id)
+            adjuster = pycolmap.create_default_ceres_bundle_adjuster(opts, config, rec)
+            cov = pycolmap.estimate_ba_covariance(pycolmap.BACovarianceOptions(), rec, adjuster)
+            block = np.asarray(cov.get_cam_cov_from_world(image_id)) * sigma_kp**2
+            inverse = np.asarray(pycolmap.get_covariance_for_inverse(image.cam_from_world(), block))
+            rot = float(np.degrees(np.sqrt(np.linalg.eigvalsh(block[:3, :3]).max())))
+            centre = float(np.sqrt(np.linalg.eigvalsh(inverse[3:, 3:]).max()))
+            m = np.asarray(image.cam_from_world().matrix())
+            depth = float(np.median([m[2, :3] @ rec.points3D[p.point3D_id].xyz + m[2, 3] for p in observed]))
+            focal = rec.cameras[image.camera_id].mean_focal_length()
+            sigma = (rot, centre, focal * (np.radians(rot) + centre / depth))
+        out[image.name] = (len(observed), group[int(image_id)], *sigma, residual)
+    return out
+
+
+def _assert_matches_reference(support: list[ImageSupport], reference: dict) -> None:
+    assert [s.name for s in support] == sorted(reference)
+    for s in support:
+        observations, group, rot, centre, px, residual = reference[s.name]
+        assert (s.observations, s.group) == (observations, group), s.name
+        np.testing.assert_allclose([s.sigma_rotation_deg, s.sigma_centre, s.sigma_px, s.residual_px],
+                                   [rot, centre, px, residual], rtol=1e-6, atol=1e-9, equal_nan=True, err_msg=s.name)
+
+
+def test_batched_support_equals_the_per_image_reference(rec: pycolmap.Reconstruction) -> None:
+    """One covariance problem for many images (points constant: each pose its own block) gives the numbers of
+    one problem per image, with every batch size; thin and empty images included."""
+    ids = {rec.images[i].name: i for i in rec.reg_image_ids()}
+    _keep_observations(rec, ids["005.png"], MIN_OBSERVATIONS - 10)
+    _keep_observations(rec, ids["010.png"], 2)
+    reference = _reference_support(rec)
+    for batch in (1, 5, 64):
+        _assert_matches_reference(image_support(rec, batch_images=batch), reference)
+
+
+def test_batched_support_equals_the_reference_on_a_noisy_survey(tmp_path: Path) -> None:
+    """A synthetic survey (0.5 px noise, 2 % outliers, poses off: the Cauchy loss down-weights many
+    observations), in batches of 7 images."""
+    from benchmarks.synthetic_model import SyntheticConfig, generate, write_synthetic
+
+    write_synthetic(generate(SyntheticConfig(num_images=30, seed=3)), tmp_path, images=False)
+    rec = pycolmap.Reconstruction(str(tmp_path / "sparse" / "0"))
+    reference = _reference_support(rec)
+    support = image_support(rec, batch_images=7)
+    _assert_matches_reference(support, reference)
+    assert len({s.sigma_rotation_deg for s in support}) == len(support)  # every pose its own answer
+
+
+def test_a_failed_batch_is_split_until_the_failing_image_is_alone(rec: pycolmap.Reconstruction,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """pycolmap answers None for a whole problem when one pose is rank deficient: the batch is split and only
+    that image goes without a covariance (σ inf, weak), the others keep the reference's numbers."""
+    reference = _reference_support(rec)
+    bad = next(i for i in rec.reg_image_ids() if rec.images[i].name == "007.png")
+    create, estimate = pycolmap.create_default_ceres_bundle_adjuster, pycolmap.estimate_ba_covariance
+    problems: list[set[int]] = []
+
+    def create_recording(opts, config, reconstruction):  # noqa: ANN001, ANN202
+        problems.append(set(config.images))
+        return create(opts, config, reconstruction)
+
+    def estimate_failing(opts, reconstruction, adjuster):  # noqa: ANN001, ANN202
+        return None if bad in problems[-1] else estimate(opts, reconstruction, adjuster)
+
+    monkeypatch.setattr(pycolmap, "create_default_ceres_bundle_adjuster", create_recording)
+    monkeypatch.setattr(pycolmap, "estimate_ba_covariance", estimate_failing)
+    support = image_support(rec, batch_images=16)
+    assert len(problems[0]) == 16 and {bad} in problems and len(problems) <= 1 + 2 * 4
+    failed = next(s for s in support if s.name == "007.png")
+    assert failed.sigma_rotation_deg == failed.sigma_px == np.inf and failed.weak and "uncertain" in failed.reason
+    reference["007.png"] = (*reference["007.png"][:2], np.inf, np.inf, np.inf, reference["007.png"][5])
+    _assert_matches_reference(support, reference)
+
+
+def test_groups_are_ordered_by_size_then_smallest_image_id(rec: pycolmap.Reconstruction) -> None:
+    """The capture cut in two halves of 8 images (the points they share lose their observations in one half):
+    a tie, so group 0 is the half holding the smallest image id, whichever half was cut."""
+    names = {i: rec.images[i].name for i in rec.reg_image_ids()}
+    first_half = {i for i, n in names.items() if n < "008.png"}
+    for cut_half in (set(names) - first_half, first_half):
+        cut = pycolmap.Reconstruction(rec)
+        for point_id in list(cut.point3D_ids()):
+            track = [(el.image_id, el.point2D_idx) for el in cut.points3D[point_id].track.elements]
+            if {i for i, _ in track} <= cut_half or not {i for i, _ in track} & cut_half:
+                continue
+            for image_id, idx in track:
+                if image_id in cut_half:
+                    if cut.points3D[point_id].track.length() <= 2:
+                        cut.delete_point3D(point_id)
+                        break
+                    cut.delete_observation(image_id, idx)
+        support = image_support(cut)
+        _assert_matches_reference(support, _reference_support(cut))
+        groups = {s.name: s.group for s in support}
+        holding_min = first_half if min(names) in first_half else set(names) - first_half
+        assert {groups[names[i]] for i in holding_min} == {0}
+        assert {groups[names[i]] for i in set(names) - holding_min} == {1}
 
 
 def test_the_pipeline_takes_each_cameras_prior_sigma_from_the_dataset(tmp_path: Path) -> None:
