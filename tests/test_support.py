@@ -18,10 +18,13 @@ from nerf_posefix.sfm.support import (
     ImageSupport,
     image_support,
     prior_sigma_px,
+    centre_covariance,
+    full_angle_covariance,
     summarise,
 )
 
 TINY = Path(__file__).resolve().parents[1] / "assets" / "toybox_tiny" / "sparse" / "0"
+TOYBOX = Path(__file__).resolve().parents[1] / "assets" / "toybox" / "sparse" / "0"
 
 
 def _keep_observations(rec: pycolmap.Reconstruction, image_id: int, keep: int) -> None:
@@ -116,10 +119,9 @@ def _reference_support(rec: pycolmap.Reconstruction) -> dict[str, tuple[int, int
                 config.add_constant_point(p.point3D_id)
             adjuster = pycolmap.create_default_ceres_bundle_adjuster(opts, config, rec)
             cov = pycolmap.estimate_ba_covariance(pycolmap.BACovarianceOptions(), rec, adjuster)
-            block = np.asarray(cov.get_cam_cov_from_world(image_id)) * sigma_kp**2
-            inverse = np.asarray(pycolmap.get_covariance_for_inverse(image.cam_from_world(), block))
+            block = full_angle_covariance(cov.get_cam_cov_from_world(image_id)) * sigma_kp**2  # tested below
             rot = float(np.degrees(np.sqrt(np.linalg.eigvalsh(block[:3, :3]).max())))
-            centre = float(np.sqrt(np.linalg.eigvalsh(inverse[3:, 3:]).max()))
+            centre = float(np.sqrt(np.linalg.eigvalsh(centre_covariance(image.cam_from_world(), block)).max()))
             m = np.asarray(image.cam_from_world().matrix())
             depth = float(np.median([m[2, :3] @ rec.points3D[p.point3D_id].xyz + m[2, 3] for p in observed]))
             focal = rec.cameras[image.camera_id].mean_focal_length()
@@ -254,3 +256,44 @@ def test_the_pipeline_takes_each_cameras_prior_sigma_from_the_dataset(tmp_path: 
         optimizer.pose_adjustment.normal_(std=0.01)
     tangent = optimizer.pose_tangent()
     assert torch.all(tangent[optimizer.held] == 0) and torch.all(tangent[~optimizer.held].abs().sum(-1) > 0)
+
+
+def test_pose_covariance_matches_a_finite_difference_jacobian_in_rotation_vector_and_centre() -> None:
+    """pycolmap's covariance (half-angle rotation tangent), converted by ``full_angle_covariance``, and the centre
+    covariance from ``centre_covariance``, equal ``(JᵀJ)⁻¹`` of the image's reprojection residuals (squared loss,
+    points fixed) differentiated numerically in (rotation vector of ``R' = exp(ω) R``, ``t``) and in (``ω``, centre)."""
+    from scipy.spatial.transform import Rotation
+
+    rec = pycolmap.Reconstruction(str(TOYBOX))
+    image_id = sorted(rec.reg_image_ids())[5]
+    opts = pycolmap.BundleAdjustmentOptions()
+    opts.refine_points3D = opts.refine_focal_length = opts.refine_principal_point = opts.refine_extra_params = False
+    opts.print_summary = False
+    config = pycolmap.BundleAdjustmentConfig()
+    config.add_image(image_id)
+    adjuster = pycolmap.create_default_ceres_bundle_adjuster(opts, config, rec)
+    block = full_angle_covariance(pycolmap.estimate_ba_covariance(pycolmap.BACovarianceOptions(), rec, adjuster).get_cam_cov_from_world(image_id))
+    image, pose = rec.images[image_id], rec.images[image_id].cam_from_world()
+    camera = rec.cameras[image.camera_id]
+    observed = [(p.xy, rec.points3D[p.point3D_id].xyz) for p in image.points2D if p.has_point3D()]
+    xy, points = np.array([o[0] for o in observed]), np.array([o[1] for o in observed])
+    rotation, t = pose.rotation.matrix(), np.asarray(pose.translation)
+    centre = -rotation.T @ t
+
+    def residuals(rot: np.ndarray, trans: np.ndarray) -> np.ndarray:
+        return (np.asarray(camera.img_from_cam(points @ rot.T + trans)) - xy).ravel()
+
+    def by_t(p: np.ndarray) -> np.ndarray:
+        return residuals(Rotation.from_rotvec(p[:3]).as_matrix() @ rotation, t + p[3:])
+
+    def by_centre(p: np.ndarray) -> np.ndarray:
+        rot = Rotation.from_rotvec(p[:3]).as_matrix() @ rotation
+        return residuals(rot, -rot @ (centre + p[3:]))
+
+    for f, expected in ((by_t, block), (by_centre, None)):
+        jacobian = np.stack([(f(e * 1e-6) - f(-e * 1e-6)) / 2e-6 for e in np.eye(6)], axis=1)
+        numeric = np.linalg.inv(jacobian.T @ jacobian)
+        if expected is not None:
+            np.testing.assert_allclose(expected, numeric, rtol=1e-4, atol=1e-6 * np.abs(numeric).max())
+        else:
+            np.testing.assert_allclose(centre_covariance(pose, block), numeric[3:, 3:], rtol=1e-4, atol=1e-6 * np.abs(numeric).max())

@@ -8,7 +8,9 @@ Per image of an adjusted ``pycolmap.Reconstruction``:
 * ``sigma_rotation_deg`` / ``sigma_centre``: the pose's standard deviation (largest axis) from the
   adjustment's covariance **conditional on the points** (pycolmap's ``estimate_ba_covariance`` of a problem
   whose variables are poses only, points and intrinsics held constant, robust loss as the adjustment's),
-  scaled by the keypoint noise ``σ_kp`` (the model's median residual / 1.18). Conditioning
+  scaled by the keypoint noise ``σ_kp`` (the model's median residual / 1.18); the rotation as a rotation vector
+  (pycolmap's tangent is Ceres' half-angle one: :func:`full_angle_covariance`), the centre ``-Rᵀt`` propagated
+  to first order (:func:`centre_covariance`). Conditioning
   on the points leaves out the 7 gauge freedoms (a free network's per-camera covariance is dominated by the
   gauge) and the points' own uncertainty: it measures what a camera's own observations say about it, which
   is what separates a blurred or barely overlapping frame from a sharp one. Degrees and input units;
@@ -210,6 +212,30 @@ def _batches(rec: "pycolmap.Reconstruction", image_ids: list[int], size: int) ->
     return [single[k:k + size] for k in range(0, len(single), size)] + shared
 
 
+#: pycolmap's pose covariance is in the tangent of Ceres' quaternion manifold, whose rotation part ``δ`` is
+#: half the rotation vector (``q = [cos|δ|, sin|δ| δ/|δ|]``): measured, its rotation variance is 0.25x that of
+#: a finite-difference Jacobian in the rotation vector (tests/test_support.py).
+HALF_ANGLE_TO_ROTATION_VECTOR = 2.0
+
+
+def full_angle_covariance(block: np.ndarray) -> np.ndarray:
+    """pycolmap's ``[6, 6]`` covariance of ``cam_from_world`` in (half-angle rotation, translation) ->
+    (rotation vector of the left perturbation ``R' = exp(ω) R``, radians; translation ``t' = t + δt``)."""
+    d = np.diag([HALF_ANGLE_TO_ROTATION_VECTOR] * 3 + [1.0] * 3)
+    return d @ np.asarray(block, dtype=np.float64) @ d
+
+
+def centre_covariance(cam_from_world: Any, block: np.ndarray) -> np.ndarray:
+    """``[3, 3]`` covariance of the camera centre ``C = -Rᵀ t`` (world units) from the ``[6, 6]`` covariance of
+    ``cam_from_world`` in (rotation vector ``ω`` of ``R' = exp(ω) R``, ``t' = t + δt``) (:func:`full_angle_covariance`):
+    to first order ``δC = -Rᵀ [t]ₓ ω - Rᵀ δt``."""
+    rotation = np.asarray(cam_from_world.rotation.matrix(), dtype=np.float64)
+    t = np.asarray(cam_from_world.translation, dtype=np.float64)
+    t_cross = np.array([[0.0, -t[2], t[1]], [t[2], 0.0, -t[0]], [-t[1], t[0], 0.0]])
+    jacobian = np.hstack([-rotation.T @ t_cross, -rotation.T])  # [3, 6]
+    return jacobian @ block @ jacobian.T
+
+
 def _pose_covariances(rec: "pycolmap.Reconstruction", image_ids: list[int], opts: Any,
                       batch_images: int) -> dict[int, np.ndarray]:
     """Image id -> ``[6, 6]`` tangent covariance (rotation, translation) of ``cam_from_world`` with the points
@@ -277,10 +303,10 @@ def image_support(
         sigma_rot = sigma_centre = sigma_px = float("inf")
         block = covariances.get(int(image_id))
         if block is not None:
-            block = block * sigma_kp**2  # [6, 6] rotation, translation
-            world_from_cam = pycolmap.get_covariance_for_inverse(image.cam_from_world(), block)
+            block = full_angle_covariance(block) * sigma_kp**2  # [6, 6] rotation vector (rad), translation
             sigma_rot = float(np.degrees(np.sqrt(max(np.linalg.eigvalsh(block[:3, :3]).max(), 0.0))))
-            sigma_centre = float(np.sqrt(max(np.linalg.eigvalsh(np.asarray(world_from_cam)[3:, 3:]).max(), 0.0)))
+            centre = centre_covariance(image.cam_from_world(), block)  # [3, 3]
+            sigma_centre = float(np.sqrt(max(np.linalg.eigvalsh(centre).max(), 0.0)))
             focal = float(rec.cameras[image.camera_id].mean_focal_length())
             d = float(median_depth[k])
             sigma_px = focal * (np.radians(sigma_rot) + (sigma_centre / d if d > 0 else np.inf))
