@@ -29,6 +29,7 @@ from nerf_posefix.errors import InputError
 from nerf_posefix.io.atomic import LOCK_FILE, MARKER_FILE, LockedError, check_output_dir, lock_directory, lock_owner, output_command
 from nerf_posefix.io.camera_set import CameraSet, match_names
 from nerf_posefix.io.colmap import read_colmap_model, text_unsafe_names, write_colmap_model
+from cli_helpers import cli, copy_scene, leftovers, refused
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "assets" / "toybox_tiny"
@@ -47,37 +48,6 @@ def digest(path: Path) -> str:
         elif p.is_file():
             h.update(p.read_bytes())
     return h.hexdigest()
-
-
-def leftovers(directory: Path) -> list[str]:
-    """Work and temporary directories posefix could leave behind, anywhere below ``directory``."""
-    return sorted(str(p) for p in Path(directory).rglob("*") if any(m in p.name for m in (".partial", ".tmp-", ".old-")))
-
-
-def cli(capsys: pytest.CaptureFixture[str], *args: object) -> tuple[int, str]:
-    code = main([str(a) for a in args])
-    return code, capsys.readouterr().err
-
-
-def refused(capsys: pytest.CaptureFixture[str], *args: object, says: tuple[str, ...] = ()) -> str:
-    """Run the command; it must exit 2 with one ``posefix: error:`` line containing every ``says``."""
-    code, err = cli(capsys, *args)
-    lines = err.strip().splitlines()
-    assert code == 2, err
-    assert len(lines) == 1 and lines[0].startswith("posefix: error: "), err
-    for fragment in says:
-        assert fragment in lines[0], lines[0]
-    return lines[0]
-
-
-def copy_scene(dst: Path, transforms: bool = True) -> Path:
-    """A copy of the tiny scene (COLMAP model in sparse/0, images, optionally transforms.json)."""
-    dst.mkdir(parents=True)
-    shutil.copytree(TINY / "sparse", dst / "sparse")
-    shutil.copytree(TINY / "images", dst / "images")
-    if transforms:
-        shutil.copy(TINY / "transforms.json", dst / "transforms.json")
-    return dst
 
 
 def _refine_args(scene: Path, out: Path, *extra: object) -> list[object]:

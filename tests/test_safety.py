@@ -46,9 +46,9 @@ from typing import Iterator
 import numpy as np
 import pytest
 
-from nerf_posefix.cli.main import main
 from nerf_posefix.io.atomic import MARKER_FILE
 from nerf_posefix.io.colmap import read_colmap_model, write_colmap_model
+from cli_helpers import cli, copy_scene, leftovers, refused
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "assets" / "toybox_tiny"
@@ -71,38 +71,6 @@ def digest(path: Path) -> str:
         elif p.is_file():
             h.update(p.read_bytes())
     return h.hexdigest()
-
-
-def leftovers(directory: Path) -> list[str]:
-    """Work and temporary directories posefix could leave behind, anywhere below ``directory``."""
-    marks = (".partial", ".tmp-", ".old-", ".tmp")
-    return sorted(str(p) for p in Path(directory).rglob("*") if any(m in p.name for m in marks))
-
-
-def cli(capsys: pytest.CaptureFixture[str], *args: object) -> tuple[int, str]:
-    code = main([str(a) for a in args])
-    return code, capsys.readouterr().err
-
-
-def refused(capsys: pytest.CaptureFixture[str], *args: object, says: tuple[str, ...] = ()) -> str:
-    """Run the command; it must exit 2 with one ``posefix: error:`` line containing every ``says``."""
-    code, err = cli(capsys, *args)
-    lines = err.strip().splitlines()
-    assert code == 2, err
-    assert len(lines) == 1 and lines[0].startswith("posefix: error: "), err
-    for fragment in says:
-        assert fragment in lines[0], lines[0]
-    return lines[0]
-
-
-def copy_scene(dst: Path, transforms: bool = True) -> Path:
-    """A copy of the tiny scene (COLMAP model in sparse/0, images, optionally transforms.json)."""
-    dst.mkdir(parents=True)
-    shutil.copytree(TINY / "sparse", dst / "sparse")
-    shutil.copytree(TINY / "images", dst / "images")
-    if transforms:
-        shutil.copy(TINY / "transforms.json", dst / "transforms.json")
-    return dst
 
 
 @pytest.fixture()
