@@ -899,16 +899,17 @@ def _refine_in(
         if iterations is None:  # auto: the NeRF stage only for images the tracks cannot hold
             weak = int(support.get("num_weak", 0))
             iterations = WEAK_FRAMES_ITERATIONS if weak else 0
-            too_small = nerf_too_small(inp, downscale or _auto_downscale(inp)) if weak else None
-            if too_small:
-                iterations = 0
-                skipped = f"{weak} weakly held image(s) keep the adjustment's poses: {too_small.split(': ', 1)[1]}"
-                _log(f"warning: {skipped}")
-                ba_summary = {**(ba_summary or {}), "warning": "; ".join(w for w in ((ba_summary or {}).get("warning"), skipped) if w)}
-            elif weak:
+            if weak:
                 downscale = downscale or _auto_downscale(inp)
-                _log(f"{weak} weakly held image(s): the NeRF stage runs ({iterations} iterations, images downscaled "
-                     f"{downscale}x) with the prior holding the well-held cameras; --iterations 0 skips it")
+                too_small = nerf_too_small(inp, downscale)
+                if too_small:
+                    iterations = 0
+                    skipped = f"{weak} weakly held image(s) keep the adjustment's poses: {too_small.split(': ', 1)[1]}"
+                    _log(f"warning: {skipped}")
+                    ba_summary = {**(ba_summary or {}), "warning": "; ".join(w for w in ((ba_summary or {}).get("warning"), skipped) if w)}
+                else:
+                    _log(f"{weak} weakly held image(s): the NeRF stage runs ({iterations} iterations, images downscaled "
+                         f"{downscale}x) with the prior holding the well-held cameras; --iterations 0 skips it")
     downscale = downscale or 1
     if iterations == 0:  # no NeRF stage: no nerfstudio, no image copies
         refined = stage_input.model.to_camera_set()
