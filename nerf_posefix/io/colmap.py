@@ -130,10 +130,11 @@ class ColmapModel:
             dangling=np.concatenate(dangling).astype(np.int64) if dangling else np.zeros((0, 2), dtype=np.int64),
         )
 
-    def to_camera_set(self, source: str | None = None) -> CameraSet:
+    def to_camera_set(self, source: str | None = None, observations: bool = True) -> CameraSet:
         """The images as a :class:`CameraSet`: camera-to-world poses (OpenCV axes) in image-id order,
-        the 3D points ``[P, 3]`` in point-id order, and per image the indices (into ``points``) of the
-        points it observes (``POINT3D_ID = -1`` and ids missing from ``points3D`` are skipped)."""
+        the 3D points ``[P, 3]`` in point-id order, and (``observations``) per image the indices (into
+        ``points``, sorted, unique) of the points it observes (``POINT3D_ID = -1`` and ids missing from
+        ``points3D`` are skipped); without ``observations`` the camera set has none (cheaper)."""
         ids = self.image_ids()
         images = [self.images[i] for i in ids]
         if images:
@@ -142,18 +143,27 @@ class ColmapModel:
             c2w = colmap_to_c2w(qvec, tvec)
         else:
             c2w = np.zeros((0, 4, 4))
-        obs = self.observations()
+        point_ids = sorted(self.points3D)
         points = (
-            np.stack([np.asarray(self.points3D[p].xyz, dtype=np.float64) for p in obs.point_ids])
-            if len(obs.point_ids)
+            np.array([self.points3D[p].xyz for p in point_ids], dtype=np.float64).reshape(-1, 3)
+            if point_ids
             else np.zeros((0, 3))
         )
-        observations = [np.unique(obs.point_index[obs.image_index == k]) for k in range(len(images))]
+        per_image = None
+        if observations:
+            obs = self.observations()
+            order = np.lexsort((obs.point_index, obs.image_index))  # by image, then point
+            image, point = obs.image_index[order], obs.point_index[order]
+            first = np.ones(image.size, dtype=bool)
+            first[1:] = (image[1:] != image[:-1]) | (point[1:] != point[:-1])  # drop repeated (image, point)
+            image, point = image[first], point[first]
+            bounds = np.searchsorted(image, np.arange(len(images) + 1))
+            per_image = [point[bounds[k]:bounds[k + 1]] for k in range(len(images))]
         return CameraSet(
             names=[im.name for im in images],
             c2w=c2w,
             points=points,
-            observations=observations,
+            observations=per_image,
             source=source if source is not None else (self.path or "colmap model"),
         )
 

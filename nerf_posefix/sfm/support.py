@@ -46,6 +46,9 @@ from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 
+from nerf_posefix.geometry.grouped import grouped_median
+from nerf_posefix.sfm.residuals import project_points
+
 if TYPE_CHECKING:
     import pycolmap
 
@@ -173,30 +176,8 @@ def _residuals_and_depths(rec: "pycolmap.Reconstruction", obs: _Observations) ->
         rows = slice(bounds[k], bounds[k + 1])
         cam[rows] = obs.xyz[obs.point_row[rows]] @ matrix[:, :3].T + matrix[:, 3]
         camera_of[k] = image.camera_id
-    projected = np.full((cam.shape[0], 2), np.nan)
-    obs_camera = camera_of[obs.image_row]
-    for camera_id in np.unique(camera_of):
-        sel = np.flatnonzero(obs_camera == camera_id)
-        projected[sel] = rec.cameras[int(camera_id)].img_from_cam(np.ascontiguousarray(cam[sel]))
-    with np.errstate(invalid="ignore"):
-        projected[~(cam[:, 2] > np.finfo(np.float64).eps)] = np.nan  # pycolmap's cheirality check
+    projected = project_points(rec.cameras, cam, camera_of[obs.image_row])
     return np.linalg.norm(projected - obs.xy, axis=1), cam[:, 2]
-
-
-def _per_image_median(values: np.ndarray, image_row: np.ndarray, n: int) -> np.ndarray:
-    """``[N]`` median of ``values [M]`` per image (``image_row`` sorted; NaN values and empty images: NaN)."""
-    out = np.full(n, np.nan)
-    keep = ~np.isnan(values)
-    rows, vals = image_row[keep], values[keep]
-    order = np.lexsort((vals, rows))
-    rows, vals = rows[order], vals[order]
-    bounds = np.searchsorted(rows, np.arange(n + 1))
-    count = np.diff(bounds)
-    has = count > 0
-    lo = bounds[:-1][has] + (count[has] - 1) // 2
-    hi = bounds[:-1][has] + count[has] // 2
-    out[has] = 0.5 * (vals[lo] + vals[hi])
-    return out
 
 
 def _batches(rec: "pycolmap.Reconstruction", image_ids: list[int], size: int) -> list[list[int]]:
@@ -294,8 +275,8 @@ def image_support(
     num_obs = np.bincount(obs.image_row, minlength=n)
     groups = _groups(obs)
     residual, depth = _residuals_and_depths(rec, obs)
-    residual_px = _per_image_median(residual, obs.image_row, n)
-    median_depth = _per_image_median(depth, obs.image_row, n)
+    residual_px = grouped_median(residual, obs.image_row, n)
+    median_depth = grouped_median(depth, obs.image_row, n)
     covariances = _pose_covariances(rec, [int(i) for i, c in zip(obs.image_ids, num_obs) if c >= 3], opts, batch_images)
     out: list[ImageSupport] = []
     for k, image_id in enumerate(obs.image_ids):

@@ -100,16 +100,19 @@ from typing import Any, Callable, Literal, Optional
 import numpy as np
 
 from nerf_posefix.errors import InputError
+from nerf_posefix.geometry.grouped import grouped_sorted_element
 from nerf_posefix.io.atomic import (
     DirectoryLock, atomic_directory, check_output_dir, check_unlocked, lock_directory, overlaps, read_lock_owner,
 )
 from nerf_posefix.io.camera_set import CameraSet
 from nerf_posefix.io.colmap import ColmapModel, check_colmap_database, text_unsafe_names, write_colmap_model
+from nerf_posefix.io.colmap_transforms import write_nerfstudio_transforms
 from nerf_posefix.io.posed_images import PosedImages, check_camera_spec, load_posed_images, write_refined_poses
 from nerf_posefix.sfm.front_end import FrontEndOptions, check_front_end_options, front_end_input, run_front_end
 from nerf_posefix.sfm.inputs import ValidatedInput, read_refine_model, validate_model
+from nerf_posefix.sfm.residuals import model_residuals
 from nerf_posefix.sfm.track_building import SPATIAL_NEIGHBORS
-from nerf_posefix.workflows.refine_inputs import check_resume, colmap_to_transforms, prepare_training_data
+from nerf_posefix.workflows.refine_inputs import check_resume, prepare_training_data
 from nerf_posefix.workflows.refine_report import RefineResult, build_report, write_report
 
 PARTIAL_SUFFIX = ".partial"
@@ -463,26 +466,11 @@ def _refined_points(stage_model: ColmapModel, run: Any, adjusted: bool, trained:
 
 
 def model_reprojection_error(model: ColmapModel) -> float:
-    """Mean reprojection error (original pixels) of all observations of ``model``'s points under its own
-    poses and cameras (COLMAP's camera models, :mod:`nerf_posefix.geometry.reprojection`)."""
-    import torch
-
-    from nerf_posefix.geometry.reprojection import CameraIntrinsics
-
-    cams = model.to_camera_set()  # image-id order, as the observations' image index
-    obs = model.observations()
-    if len(obs) == 0:
-        return float("nan")
-    camera_ids = sorted(model.cameras)
-    intrinsics = CameraIntrinsics([model.cameras[c].model for c in camera_ids], [list(model.cameras[c].params) for c in camera_ids])
-    camera_of_image = np.array([camera_ids.index(model.images[i].camera_id) for i in model.image_ids()])
-    residuals, valid = intrinsics.residuals(
-        torch.from_numpy(cams.c2w[obs.image_index]),
-        torch.from_numpy(cams.points[obs.point_index]),
-        torch.from_numpy(obs.xy),
-        torch.from_numpy(camera_of_image[obs.image_index]),
-    )
-    return float(residuals.norm(dim=-1)[valid].mean())
+    """Mean reprojection error (original pixels) of all observations of ``model``'s points in front of their
+    cameras, under its own poses and cameras (:func:`nerf_posefix.sfm.residuals.model_residuals`)."""
+    res = model_residuals(model)
+    valid = res.valid
+    return float(res.residual_px[valid].mean()) if valid.any() else float("nan")
 
 
 #: How the output's poses are written, per input format (report.json's ``frame``).
@@ -525,7 +513,7 @@ def _write_output(options: RefineOptions, posed: PosedImages, inp: ValidatedInpu
         sparse = write_colmap_model(model, tmp / "sparse" / "0", formats=("bin", "txt"))
         summary["model_formats"] = [fmt for fmt in ("bin", "txt") if (sparse / f"images.{fmt}").is_file()]
         if posed.kind == "colmap":
-            colmap_to_transforms(sparse, tmp, has_points=bool(model.points3D))
+            write_nerfstudio_transforms(model, tmp)
         else:
             refined = model.to_camera_set()
             if posed.kind == "transforms" and posed.images_dir != posed.source.parent:
@@ -566,29 +554,25 @@ def regularizer_overrides(regularizer: str) -> dict[str, Any]:
 
 
 def _point_depth_bounds(stage_model: ColmapModel, input_model: ColmapModel, mode: str) -> Optional[tuple[np.ndarray, np.ndarray, str]]:
-    """The report's homography depth bounds without a NeRF stage: robust quantiles (2.5 %, 97.5 %) of the
-    depths of the stage model's points observed by each image (``per-camera``) or pooled (``global``), in
-    input units, per image of ``input_model`` (image-id order); None when the model has no tracks."""
-    import torch
-
-    from nerf_posefix.geometry.homography import depth_bounds_from_points, global_depth_bounds
-
-    cams = stage_model.to_camera_set()  # image-id order of the stage model, c2w OpenCV, input frame
-    obs = stage_model.observations()
-    if len(obs) == 0:
+    """The report's homography depth bounds without a NeRF stage: robust quantiles (2.5 %, 97.5 %; the
+    element at ``int(q · (n - 1))`` of the sorted depths, as
+    :func:`nerf_posefix.geometry.homography.depth_bounds_from_points`) of the depths of the stage model's
+    points in front of each image (``per-camera``) or pooled (``global``), in input units, per image of
+    ``input_model`` (image-id order); None when the model has no tracks or an image sees no point in front."""
+    res = model_residuals(stage_model)  # image-id order of the stage model, input frame
+    n = len(stage_model.images)
+    depth = np.where(res.depth > 0, res.depth, np.nan)  # [M]
+    if mode == "per-camera":
+        xmin = grouped_sorted_element(depth, res.image_index, n, 0.025)
+        xmax = np.maximum(grouped_sorted_element(depth, res.image_index, n, 0.975), xmin * (1 + 1e-6))
+    else:
+        pooled = np.zeros(depth.size, dtype=np.int64)
+        lo, hi = (float(grouped_sorted_element(depth, pooled, 1, q)[0]) for q in (0.025, 0.975))
+        xmin, xmax = np.full(n, lo), np.full(n, max(hi, lo * (1 + 1e-6)))
+    if n == 0 or np.isnan(xmin).any():
         return None
-    xyz = torch.from_numpy(np.asarray(cams.points if cams.points is not None else [], dtype=np.float64).reshape(-1, 3))
-    per_image = [xyz[torch.from_numpy(obs.point_index[obs.image_index == i])] for i in range(len(cams))]
-    c2w = torch.from_numpy(cams.c2w)
-    try:
-        if mode == "per-camera":
-            xmin, xmax = (t.numpy() for t in depth_bounds_from_points(c2w, per_image, camera_convention="opencv"))
-        else:
-            lo, hi = global_depth_bounds(c2w, per_image, camera_convention="opencv")
-            xmin, xmax = np.full(len(cams), lo), np.full(len(cams), hi)
-    except ValueError:
-        return None
-    order = [cams.names.index(input_model.images[i].name) for i in input_model.image_ids()]
+    row = {stage_model.images[i].name: k for k, i in enumerate(stage_model.image_ids())}
+    order = [row[input_model.images[i].name] for i in input_model.image_ids()]
     return xmin[order], xmax[order], f"depths of the adjusted model's points ({mode})"
 
 

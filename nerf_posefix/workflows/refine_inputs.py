@@ -8,20 +8,17 @@ Converted images (see :mod:`nerf_posefix.sfm.inputs`) are written as PNG copies 
 
 from __future__ import annotations
 
-import contextlib
-import io
-import json
 import os
 import shutil
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Optional
-from unittest import mock
 
 import numpy as np
 
 from nerf_posefix.errors import InputError
-from nerf_posefix.io.colmap import write_colmap_model
+from nerf_posefix.io.colmap import read_colmap_model, write_colmap_model
+from nerf_posefix.io.colmap_transforms import write_nerfstudio_transforms
 from nerf_posefix.sfm.inputs import ValidatedInput, training_image
 
 # ---------------------------------------------------------------------------------------------
@@ -36,21 +33,10 @@ def _link_or_copy(src: Path, dst: Path) -> None:
 
 
 def colmap_to_transforms(recon_dir: Path, output_dir: Path, has_points: bool = True) -> Path:
-    """nerfstudio's ``colmap_to_json`` (as ``ns-process-data``): ``output_dir/transforms.json`` and, when the
-    model has points, ``sparse_pc.ply``. Without points (tracks could not be built) nerfstudio's conversion
-    fails on the empty point cloud: the same file is written without the point cloud."""
-    from nerfstudio.process_data import colmap_utils
-
-    with contextlib.redirect_stdout(io.StringIO()):  # colmap_to_json prints the cameras of multi-camera models
-        if has_points:
-            colmap_utils.colmap_to_json(recon_dir=recon_dir, output_dir=output_dir)
-            return output_dir / "transforms.json"
-        with mock.patch.object(colmap_utils, "create_ply_from_colmap", lambda *args, **kwargs: None):
-            colmap_utils.colmap_to_json(recon_dir=recon_dir, output_dir=output_dir)
-    meta = json.loads((output_dir / "transforms.json").read_text(encoding="utf-8"))
-    meta.pop("ply_file_path", None)
-    (output_dir / "transforms.json").write_text(json.dumps(meta, indent=4), encoding="utf-8")
-    return output_dir / "transforms.json"
+    """nerfstudio's ``colmap_to_json`` (as ``ns-process-data``) of the model in ``recon_dir``:
+    ``output_dir/transforms.json`` and, when the model has points, ``sparse_pc.ply``
+    (:func:`nerf_posefix.io.colmap_transforms.write_nerfstudio_transforms`)."""
+    return write_nerfstudio_transforms(read_colmap_model(recon_dir), output_dir, with_points=has_points)
 
 
 def prepare_training_data(inp: ValidatedInput, data_dir: Path, downscale_factor: int = 1) -> Path:
@@ -80,8 +66,9 @@ def prepare_training_data(inp: ValidatedInput, data_dir: Path, downscale_factor:
             size = (max(1, img.width // downscale_factor), max(1, img.height // downscale_factor))
             img.resize(size, Image.Resampling.LANCZOS).save(tmp / f"images_{downscale_factor}" / flat)
     images = {k: im._replace(name=inp.flat_names[im.name]) for k, im in inp.model.images.items()}
-    recon = write_colmap_model(replace(inp.model, images=images), tmp / "sparse" / "0", formats=("bin",))
-    colmap_to_transforms(recon, tmp, has_points=bool(inp.model.points3D))
+    renamed = replace(inp.model, images=images)
+    write_colmap_model(renamed, tmp / "sparse" / "0", formats=("bin",))
+    write_nerfstudio_transforms(renamed, tmp)
     os.replace(tmp, data_dir)
     return data_dir / "transforms.json"
 

@@ -39,9 +39,11 @@ import numpy as np
 
 from nerf_posefix.errors import InputError
 from nerf_posefix.geometry.alignment import pose_alignment
+from nerf_posefix.geometry.grouped import grouped_count, grouped_median
 from nerf_posefix.geometry.poses import rotation_angle_deg, scene_radius
 from nerf_posefix.io.camera_set import CameraSet
 from nerf_posefix.io.colmap import ColmapModel
+from nerf_posefix.sfm.residuals import model_residuals
 
 REPORT_CSV = "report.csv"
 REPORT_JSON = "report.json"
@@ -227,36 +229,19 @@ class ImageAccuracy:
 
 
 def image_accuracy(model: ColmapModel) -> ImageAccuracy:
-    """:class:`ImageAccuracy` of ``model``'s images under its own poses and points."""
-    import torch
-
-    from nerf_posefix.geometry.reprojection import CameraIntrinsics, world_to_camera_points
-
+    """:class:`ImageAccuracy` of ``model``'s images under its own poses and points: per image the medians of
+    the depths and reprojection residuals of its observations in front of it (at least
+    :data:`MIN_OBSERVATIONS`, else NaN)."""
     ids = model.image_ids()
     n = len(ids)
     focal = np.array([float(np.mean(_focal(model.cameras[model.images[i].camera_id]))) for i in ids])
-    depth, residual = np.full(n, np.nan), np.full(n, np.nan)
-    obs = model.observations()
-    if len(obs) == 0:
-        return ImageAccuracy(focal, depth, residual)
-    cams = model.to_camera_set()
-    c2w = torch.from_numpy(cams.c2w[obs.image_index])
-    points = torch.from_numpy(cams.points[obs.point_index])
-    z = world_to_camera_points(c2w, points)[:, 2].numpy()
-    camera_ids = sorted(model.cameras)
-    try:
-        intrinsics = CameraIntrinsics([model.cameras[c].model for c in camera_ids], [list(model.cameras[c].params) for c in camera_ids])
-        camera_of_image = np.array([camera_ids.index(model.images[i].camera_id) for i in ids])
-        res, valid = intrinsics.residuals(c2w, points, torch.from_numpy(obs.xy), torch.from_numpy(camera_of_image[obs.image_index]))
-        norms, valid = res.norm(dim=-1).numpy(), valid.numpy()
-    except ValueError:  # a camera model the residuals do not cover: depths only
-        norms, valid = None, z > 0
-    for k in range(n):
-        mine = (obs.image_index == k) & valid
-        if mine.sum() >= MIN_OBSERVATIONS:
-            depth[k] = float(np.median(z[mine]))
-            if norms is not None:
-                residual[k] = float(np.median(norms[mine]))
+    res = model_residuals(model)
+    if res.image_index.size == 0:
+        return ImageAccuracy(focal, np.full(n, np.nan), np.full(n, np.nan))
+    valid = res.valid
+    enough = grouped_count(np.where(valid, 0.0, np.nan), res.image_index, n) >= MIN_OBSERVATIONS
+    depth = np.where(enough, grouped_median(np.where(valid, res.depth, np.nan), res.image_index, n), np.nan)
+    residual = np.where(enough, grouped_median(np.where(valid, res.residual_px, np.nan), res.image_index, n), np.nan)
     return ImageAccuracy(focal, depth, residual)
 
 
@@ -361,7 +346,7 @@ def build_report(
 
     from nerf_posefix.geometry.homography import homography_error
 
-    cams_in = model.to_camera_set()  # image-id order, c2w OpenCV, COLMAP world
+    cams_in = model.to_camera_set(observations=False)  # image-id order, c2w OpenCV, COLMAP world
     index = {n: i for i, n in enumerate(refined.names)}
     c2w_ref = refined.c2w[[index[n] for n in cams_in.names]]
     c2w_in = cams_in.c2w
