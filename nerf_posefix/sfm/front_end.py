@@ -46,6 +46,9 @@ MATCHES_RECORD = "tracks/matches.json"
 #: The adjusted model (relative to the work directory).
 ADJUSTED_MODEL = "bundle_adjusted/sparse/0"
 LossName = Literal["cauchy", "huber", "soft_l1", "squared", "none"]
+#: Version of the stages' algorithms, in the cache's stamp: a cache made by an earlier version is redone
+#: (2: track building's final round re-triangulated with the adjusted poses).
+FRONT_END_VERSION = 2
 
 
 @dataclass
@@ -85,6 +88,7 @@ class FrontEndOptions:
     def stamp(self, built: bool) -> dict[str, Any]:
         """The options that decide the front end's result (a cache made with other ones is not reused)."""
         return {
+            "version": FRONT_END_VERSION,
             "build_tracks": built,
             "matching": self.matching if built else None,
             "sequential_overlap": self.sequential_overlap if built else None,
@@ -307,7 +311,8 @@ def _adjust_built_tracks(
 
     track_options = options.track_options()
     rounds = ", ".join(f"{r:g}" for r in track_options.reproj_schedule_px)
-    log(f"bundle adjustment of {len(inp.model.images)} images, re-triangulating at {rounds} px ...")
+    log(f"bundle adjustment of {len(inp.model.images)} images, re-triangulating at {rounds} px and once more with the "
+        "adjusted poses ...")
     result = adjust_with_retriangulation(
         work / "tracks" / DATABASE_FILE, posed.images_dir, inp.model.to_camera_set(), track_options, log=lambda m: log(f"  {m}"),
     )
