@@ -1,0 +1,202 @@
+"""Issue 22: the weakly held cameras aligned against the frozen trained field (:mod:`nerf_posefix.plugin.weak_alignment`).
+
+* the weakly held cameras are the training cameras whose transforms.json frame says ``posefix_held: false``;
+* a weak camera left off its pose by the training comes back (well within the offset), a weak camera at its
+  pose stays, and the model is untouched (parameters, ``requires_grad`` flags, train/eval mode of the field);
+* the aligned correction is composed onto the run's own correction and read back through the run reader: the
+  exported pose of an aligned camera, mapped into the dataparser frame, is the aligned camera; the other
+  cameras' exports do not move; the summary reports the move.
+
+Real nerfstudio (posefix-small, CPU, one torch thread), one model trained once for the module on the bundled
+toybox at 64x64 with exact, frozen poses.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+TOYBOX = ROOT / "assets" / "toybox"
+
+SIZE = 64
+ITERATIONS = 300
+RAYS = 384
+SMALL_SAMPLES = {"num_proposal_samples_per_ray": (32, 16), "num_nerf_samples_per_ray": 16}
+#: The frames marked weakly held (indices in name order = training camera indices: no held-out views).
+WEAK = (5, 37)
+#: The alignment budget of the tests (fewer steps at a larger lr than the default 50 x 1e-3).
+STEPS = 50
+LR = 3e-3
+ALIGN_RAYS = 256
+#: Offset of the weak camera left off its pose (degrees; dataparser units, scene radius ~1).
+OFFSET_DEG = 2.0
+OFFSET_TRANSLATION = 0.03
+TOLERANCE_DEG = 0.6
+TOLERANCE_TRANSLATION = 0.015
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, one_torch_thread):
+    """``(run, pipeline)``: posefix-small trained with exact, frozen poses on the 64² toybox, frames WEAK marked
+    weakly held."""
+    from PIL import Image
+
+    from nerf_posefix.io.transforms_json import HELD_KEY
+    from nerf_posefix.workflows.experiment import TrainSpec, build_trainer_config, train
+
+    root = tmp_path_factory.mktemp("weak_align")
+    data = root / "data"
+    meta = json.loads((TOYBOX / "transforms.json").read_text())
+    scale = SIZE / float(meta["w"])
+    for key in ("fl_x", "fl_y", "cx", "cy"):
+        meta[key] = float(meta[key]) * scale
+    meta["w"] = meta["h"] = SIZE
+    meta.pop("ply_file_path", None)
+    (data / "images").mkdir(parents=True)
+    meta["frames"] = sorted(meta["frames"], key=lambda f: f["file_path"])
+    for k, frame in enumerate(meta["frames"]):
+        with Image.open(TOYBOX / frame["file_path"]) as im:
+            im.convert("RGB").resize((SIZE, SIZE), Image.LANCZOS).save(data / frame["file_path"])
+        frame[HELD_KEY] = k not in WEAK
+    (data / "transforms.json").write_text(json.dumps(meta))
+    spec = TrainSpec(
+        data=data, output_dir=root / "runs", iterations=ITERATIONS, eval_interval=0,
+        camera_optimizer={"class": "nerfstudio", "mode": "off"}, rays_per_batch=RAYS, model=dict(SMALL_SAMPLES),
+    )
+    run = train(build_trainer_config(spec), progress=False)
+    return run, run.trainer.pipeline
+
+
+def _offset(cameras, index: int):
+    """``cameras`` with camera ``index`` turned OFFSET_DEG about a fixed axis and moved OFFSET_TRANSLATION."""
+    from nerfstudio.cameras.lie_groups import exp_map_SO3xR3
+
+    from nerf_posefix.plugin.test_pose_alignment import corrected_cameras
+
+    tangent = torch.zeros(len(cameras), 6)
+    axis = torch.tensor([0.3, -0.8, 0.5])
+    shift = torch.tensor([0.6, 0.2, -0.77])
+    tangent[index, :3] = shift / shift.norm() * OFFSET_TRANSLATION
+    tangent[index, 3:] = axis / axis.norm() * np.radians(OFFSET_DEG)
+    adj = exp_map_SO3xR3(tangent)
+    return corrected_cameras(cameras, adj[:, :3, :3], adj[:, :3, 3])
+
+
+def _gap(a: torch.Tensor, b: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Rotation angle (deg; atan2, accurate near 0) and centre distance between camera-to-world poses ``[N, 3, 4]``."""
+    from nerf_posefix.geometry.poses import rotation_angle_deg
+
+    a, b = a.detach().double().cpu(), b.detach().double().cpu()
+    return rotation_angle_deg(a[:, :3, :3].numpy(), b[:, :3, :3].numpy()), (a[:, :3, 3] - b[:, :3, 3]).norm(dim=-1).numpy()
+
+
+def test_weakly_held_cameras_are_the_frames_marked_so(trained) -> None:
+    from nerf_posefix.plugin.weak_alignment import weakly_held_indices
+
+    _, pipeline = trained
+    assert weakly_held_indices(pipeline).tolist() == list(WEAK)
+
+
+def test_an_offset_weak_camera_comes_back_and_the_model_is_untouched(trained) -> None:
+    from nerf_posefix.plugin.weak_alignment import WeakAlignmentConfig, align_weak_cameras
+
+    _, pipeline = trained
+    dataset = pipeline.datamanager.train_dataset
+    model = pipeline.model
+    exact = dataset.cameras.camera_to_worlds.clone()
+    offset = _offset(dataset.cameras, WEAK[0]).camera_to_worlds
+    params = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    flags = [p.requires_grad for p in model.parameters()]
+    model.train()
+    try:
+        dataset.cameras.camera_to_worlds = offset  # the training left camera WEAK[0] off its pose
+        result = align_weak_cameras(pipeline, WEAK, WeakAlignmentConfig(steps=STEPS, lr=LR, rays_per_view=ALIGN_RAYS))
+    finally:
+        dataset.cameras.camera_to_worlds = exact
+    idx = list(WEAK)
+    rot0, trans0 = _gap(offset[idx], exact[idx])
+    rot, trans = _gap(result.cameras.camera_to_worlds.cpu(), exact[idx])
+    print(f"residual after alignment: {rot} deg, {trans} units (from {rot0}, {trans0}); {result.seconds:.1f} s")
+    assert rot0[0] == pytest.approx(OFFSET_DEG, abs=1e-3)
+    assert rot[0] < TOLERANCE_DEG and trans[0] < TOLERANCE_TRANSLATION  # back, well within the offset
+    assert rot[1] < TOLERANCE_DEG and trans[1] < TOLERANCE_TRANSLATION  # the camera at its pose stays
+    assert result.rotation_deg[0] == pytest.approx(OFFSET_DEG, abs=TOLERANCE_DEG)
+    assert result.indices.tolist() == idx and result.loss_after[0] < result.loss_before[0]
+    # the model is untouched: parameters, requires_grad flags, train mode (the field's own flag included)
+    assert all(torch.equal(params[k], v) for k, v in model.state_dict().items())
+    assert [p.requires_grad for p in model.parameters()] == flags
+    assert model.training and model.field.training
+
+
+def test_the_alignment_is_composed_into_the_export(trained) -> None:
+    """The exported pose of an aligned camera is the aligned camera (dataparser frame); the others do not move."""
+    from nerfstudio.cameras.lie_groups import exp_map_SO3xR3
+
+    from nerf_posefix.plugin.run_reader import refined_input_poses
+    from nerf_posefix.plugin.test_pose_alignment import corrected_cameras
+    from nerf_posefix.plugin.weak_alignment import WeakAlignment, alignment_summary, realigned_input
+
+    run, pipeline = trained
+    cameras = pipeline.datamanager.train_dataset.cameras[torch.tensor(WEAK)]
+    tangent = torch.tensor([[0.01, -0.02, 0.005, 0.01, 0.02, -0.015], [0.0, 0.0, 0.0, 0.0, 0.0, 0.0]])
+    adj = exp_map_SO3xR3(tangent).double()
+    aligned = corrected_cameras(cameras, adj[:, :3, :3].float(), adj[:, :3, 3].float())
+    deg = np.array([np.degrees(float(tangent[0, 3:].norm())), 0.0])
+    alignment = WeakAlignment(np.array(WEAK), aligned, adj[:, :3, :3].numpy(), adj[:, :3, 3].numpy(), deg,
+                              tangent[:, :3].norm(dim=-1).double().numpy())
+    before = refined_input_poses(run.config_path)
+    after = realigned_input(before, alignment)
+    outputs = pipeline.datamanager.train_dataparser_outputs
+    transform = outputs.dataparser_transform.double()  # [3, 4]
+    json_c2w = torch.from_numpy(after.json_c2w)  # [F, 4, 4] OpenGL, the json's frame (applied_transform identity)
+    dp = transform[:, :3] @ json_c2w[:, :3, :]  # into the dataparser frame
+    dp[:, :, 3] = (dp[:, :, 3] + transform[:, 3]) * float(outputs.dataparser_scale)
+    rot, trans = _gap(dp[list(WEAK)], aligned.camera_to_worlds.double())
+    assert rot.max() < 1e-3 and trans.max() < 1e-5
+    moved_rot, moved_trans = _gap(torch.from_numpy(after.cameras.c2w[:, :3]), torch.from_numpy(before.cameras.c2w[:, :3]))
+    others = np.setdiff1d(np.arange(len(moved_rot)), WEAK)
+    assert moved_rot[others].max() < 1e-9 and moved_trans[others].max() < 1e-12
+    assert moved_rot[WEAK[0]] == pytest.approx(deg[0], abs=1e-4) and moved_rot[WEAK[1]] < 1e-6
+    summary = alignment_summary(before.cameras, after.cameras, alignment, run_filenames(pipeline))
+    assert summary["ran"] and summary["cameras"] == 2
+    assert summary["rotation_deg_max"] == pytest.approx(deg[0], abs=1e-4)
+    assert summary["images"][Path(str(run_filenames(pipeline)[WEAK[0]])).name]["translation"] > 0
+
+
+def run_filenames(pipeline) -> list[str]:
+    return [str(p) for p in pipeline.datamanager.train_dataset.image_filenames]
+
+
+def test_each_view_renders_with_its_own_appearance_embedding(trained) -> None:
+    """The same rays rendered as camera WEAK[0], as camera WEAK[1] and with eval mode's average embedding differ;
+    twice as the same camera they agree (eval mode: no stratified sampling)."""
+    from nerf_posefix.plugin.weak_alignment import _OwnAppearance
+
+    _, pipeline = trained
+    model = pipeline.model
+    cameras = pipeline.datamanager.train_dataset.cameras[torch.tensor(WEAK)]
+    coords = torch.tensor([[20.5, 30.5], [32.5, 32.5], [40.5, 12.5]])
+    view = torch.zeros(3, 1, dtype=torch.long)
+
+    def render(target) -> torch.Tensor:
+        bundle = cameras.generate_rays(camera_indices=view, coords=coords)
+        with torch.no_grad():
+            return target(bundle)["rgb"]
+
+    was = model.training
+    model.eval()
+    try:
+        first = render(_OwnAppearance(model, torch.tensor([WEAK[0]])))
+        again = render(_OwnAppearance(model, torch.tensor([WEAK[0]])))
+        second = render(_OwnAppearance(model, torch.tensor([WEAK[1]])))
+        average = render(model)
+        assert not model.field.training  # the field's flag is set only during each forward pass
+    finally:
+        model.train(was)
+    assert torch.equal(first, again)
+    assert (first - second).abs().max() > 1e-4 and (first - average).abs().max() > 1e-4
