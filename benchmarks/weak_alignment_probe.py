@@ -60,39 +60,9 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from nerf_posefix.plugin.weak_alignment import OwnAppearance
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-class OwnEmbedding(torch.nn.Module):
-    """``model`` rendering rays of view ``k`` with training camera ``train_index[k]``'s own appearance embedding.
-
-    Eval mode everywhere (no stratified sampling, near plane reset) except the field's appearance lookup:
-    the field's own ``training`` flag (not its children's) is set during the forward pass, which in nerfacto's
-    field selects ``embedding_appearance(camera_indices)`` instead of the average embedding.
-    """
-
-    def __init__(self, model: Any, train_index: torch.Tensor) -> None:
-        super().__init__()
-        self.model = model
-        self.train_index = train_index
-
-    @property
-    def device(self) -> torch.device:
-        return self.model.device
-
-    @property
-    def renderer_rgb(self) -> Any:
-        return self.model.renderer_rgb
-
-    def forward(self, bundle: Any) -> dict[str, torch.Tensor]:
-        bundle.camera_indices = self.train_index.to(bundle.camera_indices.device)[bundle.camera_indices]
-        field = self.model.field
-        was = field.training
-        field.training = True
-        try:
-            return self.model(bundle)
-        finally:
-            field.training = was
 
 
 def load(config_path: Path) -> tuple[Any, Any, list[str]]:
@@ -265,7 +235,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cams = trained_cameras(pipeline, dataset)[torch.tensor(idx)]
     gts = [dataset.get_image_float32(k) for k in idx]
     model = pipeline.model
-    wrapped = OwnEmbedding(model, torch.tensor(idx)) if args.embedding == "own" else model
+    wrapped = OwnAppearance(model, torch.tensor(idx)) if args.embedding == "own" else model
     for steps in args.steps:
         t0 = time.perf_counter()
         if args.mode == "rays":

@@ -175,7 +175,7 @@ def run_filenames(pipeline) -> list[str]:
 def test_each_view_renders_with_its_own_appearance_embedding(trained) -> None:
     """The same rays rendered as camera WEAK[0], as camera WEAK[1] and with eval mode's average embedding differ;
     twice as the same camera they agree (eval mode: no stratified sampling)."""
-    from nerf_posefix.plugin.weak_alignment import _OwnAppearance
+    from nerf_posefix.plugin.weak_alignment import OwnAppearance
 
     _, pipeline = trained
     model = pipeline.model
@@ -191,9 +191,9 @@ def test_each_view_renders_with_its_own_appearance_embedding(trained) -> None:
     was = model.training
     model.eval()
     try:
-        first = render(_OwnAppearance(model, torch.tensor([WEAK[0]])))
-        again = render(_OwnAppearance(model, torch.tensor([WEAK[0]])))
-        second = render(_OwnAppearance(model, torch.tensor([WEAK[1]])))
+        first = render(OwnAppearance(model, torch.tensor([WEAK[0]])))
+        again = render(OwnAppearance(model, torch.tensor([WEAK[0]])))
+        second = render(OwnAppearance(model, torch.tensor([WEAK[1]])))
         average = render(model)
         assert not model.field.training  # the field's flag is set only during each forward pass
     finally:

@@ -111,7 +111,7 @@ class WeakAlignment:
         return out
 
 
-class _OwnAppearance(torch.nn.Module):
+class OwnAppearance(torch.nn.Module):
     """``model`` whose rays of view ``k`` use training camera ``train_index[k]``'s appearance embedding.
 
     Everything renders in eval mode (no stratified sampling, the collider's eval near plane) except the
@@ -195,7 +195,7 @@ def align_weak_cameras(
         empty = np.zeros(0)
         return WeakAlignment(idx, cameras, np.zeros((0, 3, 3)), np.zeros((0, 3)), empty, empty, config=config)
     images = [dataset.get_image_float32(int(k)) for k in idx]
-    target = _OwnAppearance(model, index) if config.appearance == "own" else model
+    target = OwnAppearance(model, index) if config.appearance == "own" else model
     result = align_test_poses(target, cameras, images, config.budget())
     return WeakAlignment(
         indices=idx,
