@@ -19,7 +19,9 @@ makes the tracks with COLMAP's own bindings (``pycolmap``), the poses held as gi
 3. :func:`adjust_with_retriangulation`: rounds of (triangulate with the current poses, robust bundle
    adjustment of poses and points) with a shrinking reprojection threshold (default 16, 8, 4, 2 px,
    Cauchy scale a quarter of it): the first, loose round lets tracks form despite the pose noise; later
-   rounds re-triangulate from the improved poses and drop what no longer fits. After every round each group
+   rounds re-triangulate from the improved poses and drop what no longer fits; a final round re-triangulates with
+   the adjusted poses at 4x the noise they leave (1-2 px) and adjusts again (rounds the points already meet are
+   skipped). After every round each group
    of images connected by tracks is mapped back onto the input frame by the similarity that best aligns its
    cameras with their input ones (:func:`fix_gauge_per_component`; rotation from the orientations, scale
    and translation from the centres): noise-free input poses stay where they are, the output is in the
