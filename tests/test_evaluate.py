@@ -31,6 +31,7 @@ from nerf_posefix.io.transforms_json import (
     read_transforms_frames,
     write_transforms_json,
 )
+from scene_helpers import downscaled_toybox
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "assets" / "toybox_tiny"
@@ -63,31 +64,13 @@ TOLERANCE_TRANSLATION = 0.015
 # fixtures
 
 
-def _downscaled_toybox(dst: Path, size: int) -> Path:
-    """``assets/toybox`` with its images resized to ``size``² (Lanczos) and the intrinsics scaled."""
-    from PIL import Image
-
-    meta = json.loads((TOYBOX / "transforms.json").read_text())
-    scale = size / float(meta["w"])
-    for key in ("fl_x", "fl_y", "cx", "cy"):
-        meta[key] = float(meta[key]) * scale
-    meta["w"] = meta["h"] = size
-    meta.pop("ply_file_path", None)
-    (dst / "images").mkdir(parents=True)
-    for frame in meta["frames"]:
-        with Image.open(TOYBOX / frame["file_path"]) as im:
-            im.convert("RGB").resize((size, size), Image.LANCZOS).save(dst / frame["file_path"])
-    (dst / "transforms.json").write_text(json.dumps(meta))
-    return dst
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, one_torch_thread):
     """A posefix-small pipeline trained with exact, frozen poses on the 64² toybox; every 16th view held out."""
     from nerf_posefix.workflows.experiment import TrainSpec, build_trainer_config, train
 
     root = tmp_path_factory.mktemp("align")
-    data = _downscaled_toybox(root / "data", ALIGN_SIZE)
+    data = downscaled_toybox(root / "data", ALIGN_SIZE)
     spec = TrainSpec(
         data=data, output_dir=root / "runs", iterations=ALIGN_ITERATIONS, eval_interval=ALIGN_HOLDOUT,
         camera_optimizer={"class": "nerfstudio", "mode": "off"}, rays_per_batch=ALIGN_RAYS, model=dict(SMALL_SAMPLES),

@@ -19,9 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-ROOT = Path(__file__).resolve().parents[1]
-TOYBOX = ROOT / "assets" / "toybox"
+from scene_helpers import downscaled_toybox
 
 SIZE = 64
 ITERATIONS = 300
@@ -44,24 +42,14 @@ TOLERANCE_TRANSLATION = 0.015
 def trained(tmp_path_factory, one_torch_thread):
     """``(run, pipeline)``: posefix-small trained with exact, frozen poses on the 64² toybox, frames WEAK marked
     weakly held."""
-    from PIL import Image
-
     from nerf_posefix.io.transforms_json import HELD_KEY
     from nerf_posefix.workflows.experiment import TrainSpec, build_trainer_config, train
 
     root = tmp_path_factory.mktemp("weak_align")
-    data = root / "data"
-    meta = json.loads((TOYBOX / "transforms.json").read_text())
-    scale = SIZE / float(meta["w"])
-    for key in ("fl_x", "fl_y", "cx", "cy"):
-        meta[key] = float(meta[key]) * scale
-    meta["w"] = meta["h"] = SIZE
-    meta.pop("ply_file_path", None)
-    (data / "images").mkdir(parents=True)
+    data = downscaled_toybox(root / "data", SIZE)
+    meta = json.loads((data / "transforms.json").read_text())
     meta["frames"] = sorted(meta["frames"], key=lambda f: f["file_path"])
     for k, frame in enumerate(meta["frames"]):
-        with Image.open(TOYBOX / frame["file_path"]) as im:
-            im.convert("RGB").resize((SIZE, SIZE), Image.LANCZOS).save(data / frame["file_path"])
         frame[HELD_KEY] = k not in WEAK
     (data / "transforms.json").write_text(json.dumps(meta))
     spec = TrainSpec(
