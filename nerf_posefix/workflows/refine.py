@@ -198,7 +198,8 @@ class RefineOptions:
     """After the NeRF stage's training, align the weakly held cameras photometrically against the frozen field
     (each with its own appearance embedding; :mod:`nerf_posefix.plugin.weak_alignment`), which pins them better
     than the joint training (toybox, 16 blurred of 64 views: median rotation error 0.78 -> 0.28 deg, ~15% of the
-    training's time); --no-weak-alignment: the trained poses as they are."""
+    training's time); only after at least 500 training iterations (an untrained field would move them at random);
+    --no-weak-alignment: the trained poses as they are."""
     tracks: Literal["on", "off"] = "on"
     """Track term of the NeRF stage: the robust reprojection error of the model's observations through the
     rendered poses, in pixels of the original images (off: photometric error and prior only)."""
