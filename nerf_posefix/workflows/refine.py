@@ -110,7 +110,7 @@ from nerf_posefix.io.colmap_transforms import write_nerfstudio_transforms
 from nerf_posefix.io.posed_images import PosedImages, check_camera_spec, load_posed_images, write_refined_poses
 from nerf_posefix.sfm.front_end import FrontEndOptions, check_front_end_options, front_end_input, run_front_end
 from nerf_posefix.sfm.inputs import ValidatedInput, read_refine_model, validate_model
-from nerf_posefix.sfm.residuals import model_residuals
+from nerf_posefix.sfm.residuals import ModelResiduals, model_residuals
 from nerf_posefix.sfm.track_building import SPATIAL_NEIGHBORS
 from nerf_posefix.workflows.refine_inputs import check_resume, prepare_training_data
 from nerf_posefix.workflows.refine_report import RefineResult, build_report, write_report
@@ -474,10 +474,11 @@ def _refined_points(stage_model: ColmapModel, run: Any, adjusted: bool, trained:
     return None, "carried over unchanged from the input (not re-triangulated)"
 
 
-def model_reprojection_error(model: ColmapModel) -> float:
+def model_reprojection_error(model: ColmapModel, residuals: Optional[ModelResiduals] = None) -> float:
     """Mean reprojection error (original pixels) of all observations of ``model``'s points in front of their
-    cameras, under its own poses and cameras (:func:`nerf_posefix.sfm.residuals.model_residuals`)."""
-    res = model_residuals(model)
+    cameras, under its own poses and cameras (:func:`nerf_posefix.sfm.residuals.model_residuals`, or
+    ``residuals`` when the caller has them already)."""
+    res = residuals if residuals is not None else model_residuals(model)
     valid = res.valid
     return float(res.residual_px[valid].mean()) if valid.any() else float("nan")
 
@@ -930,8 +931,9 @@ def _refine_in(
         refined, points, points_note, bounds, run_summary = _nerf_stage(
             replace(options, downscale_factor=downscale), inp, stage_input, work, iterations, tracks, ba_summary, callback)
     model = refined_model(stage_input if built else inp, refined, points)
+    input_residuals = model_residuals(inp.model)  # once: the input's accuracy per image and its mean error
     reports, summary = build_report(inp.model, refined, bounds, options.bounds, options.move_threshold_deg, options.move_threshold_rel,
-                                    support=(ba_summary or {}).get("images"))
+                                    support=(ba_summary or {}).get("images"), residuals=input_residuals)
     summary.update(
         {
             "input_model": str(posed.source),
@@ -947,7 +949,7 @@ def _refine_in(
             "total_seconds": time.perf_counter() - t_start,
             "points3D": points_note,
             "reprojection_error_px": {
-                "input": model_reprojection_error(inp.model),
+                "input": model_reprojection_error(inp.model, input_residuals),
                 "output": model_reprojection_error(model),
                 "meaning": "mean over observations of the 2D reprojection error of each model's points under its own "
                 "poses (original pixels): the output must be self-consistent",

@@ -43,7 +43,7 @@ from nerf_posefix.geometry.grouped import grouped_count, grouped_median
 from nerf_posefix.geometry.poses import rotation_angle_deg, scene_radius
 from nerf_posefix.io.camera_set import CameraSet
 from nerf_posefix.io.colmap import ColmapModel
-from nerf_posefix.sfm.residuals import model_residuals
+from nerf_posefix.sfm.residuals import ModelResiduals, model_residuals
 
 REPORT_CSV = "report.csv"
 REPORT_JSON = "report.json"
@@ -228,14 +228,15 @@ class ImageAccuracy:
     residual_px: np.ndarray
 
 
-def image_accuracy(model: ColmapModel) -> ImageAccuracy:
+def image_accuracy(model: ColmapModel, residuals: Optional[ModelResiduals] = None) -> ImageAccuracy:
     """:class:`ImageAccuracy` of ``model``'s images under its own poses and points: per image the medians of
     the depths and reprojection residuals of its observations in front of it (at least
-    :data:`MIN_OBSERVATIONS`, else NaN)."""
+    :data:`MIN_OBSERVATIONS`, else NaN). ``residuals``: ``model``'s :func:`model_residuals`, when the caller
+    has them already."""
     ids = model.image_ids()
     n = len(ids)
     focal = np.array([float(np.mean(_focal(model.cameras[model.images[i].camera_id]))) for i in ids])
-    res = model_residuals(model)
+    res = residuals if residuals is not None else model_residuals(model)
     if res.image_index.size == 0:
         return ImageAccuracy(focal, np.full(n, np.nan), np.full(n, np.nan))
     valid = res.valid
@@ -335,13 +336,15 @@ def build_report(
     move_threshold_deg: float,
     move_threshold_rel: float,
     support: Optional[dict[str, dict[str, Any]]] = None,
+    residuals: Optional[ModelResiduals] = None,
 ) -> tuple[list[ImageReport], dict[str, Any]]:
     """Per-image movement between the input ``model``'s poses and the ``refined`` ones (same world frame,
     no alignment). ``bounds``: the homography depth bounds ``(xmin [N], xmax [N], source)`` per image of
     ``model`` (image-id order, input units), or None; thresholds: where > 0, a flagged image must also have
     moved more (degrees, fraction of the radius). Flags: :func:`flag_moves`, with the input's accuracy
     from ``model``'s own observations (:func:`image_accuracy`). ``support``: how well the adjustment's tracks
-    hold each image, by name (:meth:`nerf_posefix.sfm.support.ImageSupport.to_dict`), or None."""
+    hold each image, by name (:meth:`nerf_posefix.sfm.support.ImageSupport.to_dict`), or None. ``residuals``:
+    ``model``'s :func:`nerf_posefix.sfm.residuals.model_residuals`, when the caller has them already."""
     import torch
 
     from nerf_posefix.geometry.homography import homography_error
@@ -364,7 +367,7 @@ def build_report(
     else:
         xmin = xmax = hom = np.full(len(c2w_in), np.nan)
 
-    accuracy = image_accuracy(model)
+    accuracy = image_accuracy(model, residuals)
     flagged, move_px, reasons, rule = flag_moves(rot, trans, radius, accuracy, move_threshold_deg, move_threshold_rel)
     reports = []
     for k, name in enumerate(cams_in.names):
