@@ -23,7 +23,10 @@ train at 1/4 size as in the poses-from-anywhere benchmark, refine picks its own 
 * ``default``: ``posefix refine`` with its defaults: the adjustment, then (weakly held images found) the
   NeRF stage with the track term and the pixels prior, σ per camera from how well its tracks hold it;
 * ``default-homography`` / ``default-l2``: the same with the paper's unscaled homography prior or
-  nerfstudio's L2 penalties in place of the pixels prior (``--regularizer``), for the choice of the prior.
+  nerfstudio's L2 penalties in place of the pixels prior (``--regularizer``), for the choice of the prior;
+* ``plugin``: the ``ns-train posefix-small`` path with its defaults (the pipeline's front end builds tracks from
+  the NeRF rows' images, the NeRF refines the weakly held cameras, then the pipeline's weak alignment), the
+  poses read back from its checkpoint.
 
 Errors: a Sim(3) aligns each estimate to the ground truth **on the sharp images only**; then per image the
 rotation error (deg) and the centre error (% of the ground truth's radius), medians over the degraded and
@@ -47,7 +50,7 @@ from typing import Any, Sequence
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-ROWS = ("input", "adjustment", "nerfstudio", "posefix-photometric", "default", "default-homography", "default-l2")
+ROWS = ("input", "adjustment", "nerfstudio", "posefix-photometric", "default", "default-homography", "default-l2", "plugin")
 NERF_ROWS = ("nerfstudio", "posefix-photometric")
 DEFAULT_BLUR = {"toybox": 3.0, "castle": 6.0}
 #: The pose noise of each scene (a level of :mod:`benchmarks.poses_from_anywhere`'s scene).
@@ -112,7 +115,7 @@ class Spec:
 
     @property
     def key(self) -> str:
-        return f"{self.scene}__blur{self.blur:g}__s{self.seed}__{self.row}" + (f"__{self.iterations}it" if self.row != "input" and self.row != "adjustment" else "")
+        return f"{self.scene}__blur{self.blur:g}__s{self.seed}__{self.row}" + (f"__{self.iterations}it" if self.row not in ("input", "adjustment") else "")
 
     @property
     def record(self) -> Path:
@@ -141,8 +144,34 @@ def split_errors(gt: Any, estimate: Any, weak: set[str]) -> dict[str, float]:
     }
 
 
+def run_plugin(data: Path, work: Path, iterations: int, seed: int) -> tuple[Any, dict[str, Any]]:
+    """The ``plugin`` row: ``ns-train posefix-small`` in process with the method's defaults (front end on) on
+    ``data`` (every image trains), resumable; the refined poses as the run reader exports them (camera-to-world,
+    OpenCV axes, the transforms.json's frame)."""
+    from nerf_posefix.plugin.run_reader import refined_input_poses
+    from nerf_posefix.plugin.training import in_process_config, run_training
+    from nerf_posefix.plugin.weak_alignment import WEAK_ALIGNMENT_FILE
+
+    def edit(config: Any) -> None:
+        config.pipeline.datamanager.dataparser.eval_mode = "all"
+        config.pipeline.front_end = "on"
+
+    config = in_process_config("posefix-small", data=data, output_dir=work / "runs", max_iterations=iterations, seed=seed,
+                               overrides=edit)
+    run = run_training(config, progress=False, quiet=True, resume=True, num_threads=1)
+    refined = refined_input_poses(run.config_path)
+    record = run.run_dir / WEAK_ALIGNMENT_FILE
+    alignment = json.loads(record.read_text()) if record.is_file() else None
+    pipeline = run.trainer.pipeline if run.trainer is not None else None
+    front = getattr(pipeline, "front_end", None)
+    info = {"iterations": int(run.completed_iterations), "train_data": str(data), "training_seconds": run.seconds,
+            "front_end": front.line if front is not None else None,
+            "weak_alignment": {k: v for k, v in (alignment or {}).items() if k != "images"}}
+    return refined.cameras, info
+
+
 def run_row(spec: Spec) -> dict[str, Any]:
-    from benchmarks.poses_from_anywhere import Job, noisy_dataset, run_nerf
+    from benchmarks.poses_from_anywhere import Job, nerf_dataset, noisy_dataset, run_nerf
     from nerf_posefix.io.transforms_json import read_transforms_json
     from nerf_posefix.workflows.refine import RefineOptions, refine
 
@@ -158,6 +187,8 @@ def run_row(spec: Spec) -> dict[str, Any]:
     elif spec.row in NERF_ROWS:
         job = Job(scene, level, spec.seed, spec.row, spec.output, spec.iterations)
         estimate, info = run_nerf(job, data)
+    elif spec.row == "plugin":
+        estimate, info = run_plugin(nerf_dataset(scene, data, spec.output), work, spec.iterations, spec.seed)
     else:
         regularizer = {"default-homography": "homography", "default-l2": "nerfstudio"}.get(spec.row, "pixels")
         result = refine(RefineOptions(output=work / "refined", poses=data / "transforms.json", threads=1, seed=spec.seed, quiet=True,

@@ -114,3 +114,27 @@ def test_preconditioned_run_reloads_offline_and_exports_its_poses(tmp_path, one_
     names = [Path(p).name for p in outputs.image_filenames]
     order = [exported.names.index(n) for n in names]
     np.testing.assert_allclose(exported.c2w[order][:, :3], original, atol=2e-5)  # both c2w, OpenCV axes
+
+
+@pytest.mark.parametrize("precondition", ["off", "homography"])
+def test_composed_corrections_render_the_composed_pose(precondition: str) -> None:
+    """``compose_corrections`` (the weak alignment's write-back): the cameras named render at
+    ``[R_a R_adj R | t + t_adj + t_a]``, the others are unchanged; a held camera is refused."""
+    from nerf_posefix.geometry.poses import apply_pose_correction
+
+    optimizer = make_optimizer(precondition)
+    with torch.no_grad():
+        optimizer.pose_adjustment.copy_(0.02 * torch.randn(5, 6, generator=torch.Generator().manual_seed(1)))
+    before = optimizer.corrected_c2w().detach().double()  # [5, 3, 4]
+    index = torch.tensor([3, 0])
+    rot_a = torch.from_numpy(Rotation.from_rotvec([[0.01, -0.03, 0.02], [0.0, 0.05, 0.0]]).as_matrix())  # [2, 3, 3]
+    trans_a = torch.tensor([[0.02, 0.0, -0.01], [-0.03, 0.01, 0.04]], dtype=torch.float64)  # [2, 3]
+    optimizer.compose_corrections(index, rot_a, trans_a)
+    after = optimizer.corrected_c2w().detach().double()
+    expected = torch.from_numpy(apply_pose_correction(before[index].numpy(), rot_a.numpy(), trans_a.numpy()))
+    torch.testing.assert_close(after[index], expected, atol=2e-6, rtol=0)  # float32 parameters
+    others = [1, 2, 4]
+    torch.testing.assert_close(after[others], before[others], atol=0, rtol=0)
+    optimizer.hold_cameras(torch.tensor([False, True, False, False, False]))
+    with pytest.raises(ValueError, match="held"):
+        optimizer.compose_corrections(torch.tensor([1]), rot_a[:1], trans_a[:1])

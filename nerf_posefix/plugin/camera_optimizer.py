@@ -399,6 +399,37 @@ class HomographyCameraOptimizer(CameraOptimizer):
             return torch.eye(4, device=device)[None, :3, :4].tile(indices.shape[0], 1, 1)
         return functools.reduce(pose_utils.multiply, outputs)
 
+    def compose_corrections(
+        self, indices: Int[Tensor, "K"], rotation: Float[Tensor, "K 3 3"], translation: Float[Tensor, "K 3"]
+    ) -> None:
+        """Compose a further correction ``[R_a | t_a]`` (dataparser frame and units) onto the current ones of the
+        cameras at ``indices``: afterwards they render at ``[R_a R_adj R | t + t_adj + t_a]`` (composed correction
+        ``[R_a R_adj | t_adj + t_a]``), the same rule as :func:`~nerf_posefix.geometry.poses.apply_pose_correction`.
+
+        Writes ``pose_adjustment`` (through the preconditioner's inverse); ``SO3xR3`` only, whose tangent is the
+        translation itself and the rotation vector ``log(R_a R_adj)`` (float64 logarithm).
+
+        Raises:
+            ValueError: another mode, or a held camera among ``indices`` (its adjustment is fixed at zero).
+        """
+        if self.config.mode != "SO3xR3":
+            raise ValueError(f"composing corrections needs mode='SO3xR3', got mode={self.config.mode!r}")
+        from scipy.spatial.transform import Rotation
+
+        device = self.pose_adjustment.device
+        idx = indices.to(device=device, dtype=torch.long).reshape(-1)  # [K]
+        if bool(self.held[idx].any()):
+            raise ValueError("cannot move held cameras (their adjustment is fixed at zero)")
+        with torch.no_grad():
+            current = self(idx).double()  # [K, 3, 4] [R_adj | t_adj]
+            rot = rotation.to(current) @ current[:, :, :3]  # [K, 3, 3]
+            trans = current[:, :, 3] + translation.to(current)  # [K, 3]
+            omega = torch.from_numpy(Rotation.from_matrix(rot.cpu().numpy()).as_rotvec()).to(current)  # [K, 3]
+            tangent = torch.cat([trans, omega], dim=-1)  # [K, 6] (t, ω) as exp_map_SO3xR3 reads it
+            if self.config.precondition != "off":  # pose_adjustment holds φ with tangent = P φ
+                tangent = torch.linalg.solve(self.preconditioner[idx].to(tangent), tangent.unsqueeze(-1)).squeeze(-1)
+            self.pose_adjustment[idx] = tangent.to(self.pose_adjustment)
+
     def corrected_c2w(self, indices: Optional[Int[Tensor, "num_indices"]] = None) -> Float[Tensor, "num_indices 3 4"]:
         """The poses nerfstudio renders, ``[R_adj · R | t + t_adj]`` ``[K, 3, 4]`` (OpenGL axes,
         dataparser frame) for the cameras at ``indices`` (all if None). Differentiable."""

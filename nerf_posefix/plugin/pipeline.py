@@ -19,7 +19,10 @@
    ``ns-eval`` calls) first aligns every eval camera to the frozen model (test-pose alignment, the
    protocol of BARF / CamP: :mod:`nerf_posefix.plugin.test_pose_alignment`) and scores the views at the
    aligned poses, so a run with refined training poses is scored comparably; the mean corrections are
-   reported as ``pose_alignment_rotation_deg`` and ``pose_alignment_translation`` (dataparser units).
+   reported as ``pose_alignment_rotation_deg`` and ``pose_alignment_translation`` (dataparser units);
+5. after the run's last training iteration, before its final checkpoint: the weakly held training cameras
+   (the front end's tracks do not hold them) are aligned against the frozen field and the alignment is
+   composed into the camera optimizer (:mod:`nerf_posefix.plugin.weak_alignment`; ``RUN/weak_alignment.json``).
 
 Loading a checkpoint afterwards (``ns-train --load-dir``, ``ns-eval``, ...) replaces the buffers with
 the saved ones, so a run keeps the reference poses and bounds it was trained with.
@@ -28,14 +31,16 @@ the saved ones, so a run keeps the reference poses and bounds it was trained wit
 from __future__ import annotations
 
 import copy
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Optional, Type
+from typing import Any, List, Literal, Optional, Type
 
 import numpy as np
 import torch
 from torch.cuda.amp.grad_scaler import GradScaler
 
+from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes, TrainingCallbackLocation
 from nerfstudio.pipelines.base_pipeline import VanillaPipeline, VanillaPipelineConfig
 from nerfstudio.utils.rich_utils import CONSOLE
 from rich.markup import escape
@@ -49,6 +54,7 @@ from nerf_posefix.sfm.support import WEAK_PRIOR_SIGMA_PX, prior_sigma_px
 from nerf_posefix.plugin.tracks import build_tracks
 from nerf_posefix.plugin.depth_bounds import DepthBounds, compute_depth_bounds, find_sparse_points
 from nerf_posefix.plugin.test_pose_alignment import TestPoseAlignmentConfig, align_test_poses, score_views
+from nerf_posefix.plugin.weak_alignment import WEAK_ALIGNMENT_FILE, WeakAlignmentConfig, align_into_optimizer
 
 
 @dataclass
@@ -74,6 +80,11 @@ class PosefixPipelineConfig(VanillaPipelineConfig):
     adjustment, 0.067 -> 0.083 deg median). ``all``: every camera, under the prior and the track term."""
     ground_truth_metrics: bool = True
     """Log pose errors against transforms_gt.json when the dataset has one."""
+    weak_alignment: WeakAlignmentConfig = field(default_factory=WeakAlignmentConfig)
+    """After the last training iteration, the weakly held cameras (those the front end's tracks do not hold) are
+    aligned photometrically against the frozen field, each with its own appearance embedding, and the alignment
+    is composed into the camera optimizer before the final checkpoint (:mod:`nerf_posefix.plugin.weak_alignment`;
+    recorded in RUN/weak_alignment.json). steps 0: off; it runs only after min_iterations iterations."""
     eval_pose_alignment_steps: int = 0
     """Test-pose alignment before ``get_average_eval_image_metrics`` (``ns-eval``): each eval camera's pose
     is optimised this many Adam steps against the frozen model before it is scored
@@ -123,11 +134,40 @@ class PosefixPipeline(VanillaPipeline):
         finally:
             config.datamanager = original  # the run's config keeps the dataset as given
         self.depth_bounds: Optional[DepthBounds] = None
+        self.weak_cameras = torch.zeros(0, dtype=torch.long)  # [K] training cameras the front end's tracks do not hold
+        self.weak_alignment_record: Optional[dict[str, Any]] = None
         optimizer = self.model.camera_optimizer
         if isinstance(optimizer, HomographyCameraOptimizer):
             self.depth_bounds = self._setup_reference(optimizer)
         if config.ground_truth_metrics and self.dataset_info.gt_path is not None:
             self._setup_ground_truth()
+
+    def get_training_callbacks(self, training_callback_attributes: TrainingCallbackAttributes) -> List[TrainingCallback]:
+        """nerfstudio's callbacks, and the weak-camera alignment after the run's last iteration."""
+        callbacks = super().get_training_callbacks(training_callback_attributes)
+        trainer = training_callback_attributes.trainer
+        if trainer is not None:
+            callbacks.append(TrainingCallback([TrainingCallbackLocation.AFTER_TRAIN_ITERATION], self._after_iteration,
+                                              kwargs={"trainer": trainer}))
+        return callbacks
+
+    def _after_iteration(self, step: int, trainer: Any) -> None:
+        """After the run's last iteration (the trainer saves its final checkpoint next): align the weakly held
+        cameras and record it in the run directory."""
+        last = int(trainer._start_step) + int(trainer.config.max_num_iterations) - 1  # noqa: SLF001 (nerfstudio's)
+        if step != last:
+            return
+        self.weak_alignment_record = align_into_optimizer(self, self.weak_cameras.tolist(), step + 1, self.config.weak_alignment)
+        record = self.weak_alignment_record
+        path = Path(trainer.base_dir) / WEAK_ALIGNMENT_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(record, indent=2), encoding="utf-8")
+        if record["ran"]:
+            CONSOLE.print(f"posefix: weak alignment: {record['cameras']} weakly held camera(s) aligned against the trained "
+                          f"field in {record['seconds']:.0f} s (moved {record['rotation_deg_median']:.3f} deg median)", soft_wrap=True)
+        elif len(self.weak_cameras):
+            CONSOLE.print(f"[yellow]posefix: weak alignment skipped: {escape(record['reason'])}", soft_wrap=True)
+        self.train()
 
     def _train_image_names(self) -> list[str]:
         return [str(p) for p in self.datamanager.train_dataparser_outputs.image_filenames]
@@ -167,6 +207,8 @@ class PosefixPipeline(VanillaPipeline):
             weak = int((sigma >= WEAK_PRIOR_SIGMA_PX).sum())
             log.append(f"pixels prior: σ per camera from how well the tracks hold it ({weak} weakly held camera(s) at σ "
                        f"{WEAK_PRIOR_SIGMA_PX:g} px, the photometric loss decides for them)")
+        if held is not None:
+            self.weak_cameras = torch.nonzero(~held).reshape(-1)
         if held is not None and self.config.nerf_cameras == "weak" and optimizer.config.mode != "off":
             count = optimizer.hold_cameras(held)
             log.append(f"{count} of {len(held)} training cameras are held by the front end's tracks and keep their adjusted "

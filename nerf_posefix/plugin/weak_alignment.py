@@ -9,6 +9,12 @@ the degraded views 0.66 -> 0.24 and 0.78 -> 0.28 deg with the default 50 steps a
 with the average appearance embedding instead of each camera's own: 0.66 -> 0.64; see
 ``benchmarks/weak_alignment_probe.py``).
 
+Where it runs: :class:`~nerf_posefix.plugin.pipeline.PosefixPipeline` calls :func:`align_into_optimizer` after the
+last training iteration of a run (``ns-train posefix`` and ``posefix refine`` alike), before the final checkpoint,
+so the run's checkpoint, its renders and every export hold the aligned poses; the run directory's
+:data:`WEAK_ALIGNMENT_FILE` records what it did. The weakly held cameras are the ones the front end's tracks do
+not hold (the front end's result, or the ``posefix_held`` keys of the dataset's transforms.json).
+
 Conventions
 -----------
 * Cameras are nerfstudio ``Cameras``: ``camera_to_worlds [N, 3, 4]`` **camera-to-world**, **OpenGL camera
@@ -29,20 +35,15 @@ Conventions
 
 from __future__ import annotations
 
-import contextlib
-import os
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Literal, Mapping, Optional, Sequence
+from typing import Any, Literal, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from nerf_posefix.geometry.poses import opengl_to_opencv, rotation_angle_deg
-from nerf_posefix.io.camera_set import CameraSet, match_image_names
-from nerf_posefix.io.transforms_json import HELD_KEY, applied_transform, read_transforms_frames
 from nerf_posefix.plugin.test_pose_alignment import TestPoseAlignmentConfig, align_test_poses, corrected_cameras
 
 
@@ -57,6 +58,8 @@ class WeakAlignmentConfig:
         seed: seed of the pixel draws.
         appearance: ``own``: each camera rendered with its own appearance embedding; ``average``: eval mode's
             average embedding.
+        min_iterations: the alignment runs only after at least this many training iterations (see
+            :func:`skip_reason`).
     """
 
     steps: int = 50
@@ -64,6 +67,7 @@ class WeakAlignmentConfig:
     rays_per_view: int = 256
     seed: int = 0
     appearance: Literal["own", "average"] = "own"
+    min_iterations: int = 500
 
     def budget(self) -> TestPoseAlignmentConfig:
         return TestPoseAlignmentConfig(steps=self.steps, lr=self.lr, rays_per_view=self.rays_per_view, seed=self.seed)
@@ -71,6 +75,8 @@ class WeakAlignmentConfig:
     def check(self) -> None:
         """Raise ValueError on a budget that cannot run."""
         self.budget().check()
+        if self.min_iterations < 0:
+            raise ValueError(f"weak alignment min_iterations must be >= 0, got {self.min_iterations}")
         if self.appearance not in ("own", "average"):
             raise ValueError(f"weak alignment appearance must be 'own' or 'average', got {self.appearance!r}")
 
@@ -146,24 +152,6 @@ class OwnAppearance(torch.nn.Module):
             field_module.training = was
 
 
-def weakly_held_indices(pipeline: Any) -> np.ndarray:
-    """``[K]`` the training cameras whose frame in the dataset's transforms.json is marked not held by the tracks
-    (:data:`~nerf_posefix.io.transforms_json.HELD_KEY` false, as ``posefix refine`` writes it); empty when no
-    frame carries the key or the dataset is not a transforms.json."""
-    dataparser = pipeline.datamanager.dataparser
-    data = Path(getattr(dataparser.config, "data", ""))
-    path = data / "transforms.json" if data.is_dir() else data
-    if path.suffix != ".json" or not path.is_file():
-        return np.zeros(0, dtype=np.int64)
-    frames = read_transforms_frames(path)["frames"]
-    weak = [str(f["file_path"]) for f in frames if HELD_KEY in f and not bool(f[HELD_KEY])]
-    if not weak:
-        return np.zeros(0, dtype=np.int64)
-    train = [str(p) for p in pipeline.datamanager.train_dataset.image_filenames]
-    found = match_image_names(train, weak)  # per training camera: the weak frame naming it, or None
-    return np.array([k for k, m in enumerate(found) if m is not None], dtype=np.int64)
-
-
 def align_weak_cameras(
     pipeline: Any, indices: Sequence[int], config: Optional[WeakAlignmentConfig] = None
 ) -> WeakAlignment:
@@ -211,94 +199,84 @@ def align_weak_cameras(
     )
 
 
-@contextlib.contextmanager
-def _torch_threads(num_threads: Optional[int]) -> Iterator[None]:
-    previous = torch.get_num_threads()
-    if num_threads:
-        torch.set_num_threads(int(num_threads))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
+#: Where a run keeps what its weak alignment did (:func:`alignment_record`), in the run directory.
+WEAK_ALIGNMENT_FILE = "weak_alignment.json"
 
 
-def align_run_weak_cameras(
-    config_path: str | os.PathLike[str], pipeline: Any = None, config: Optional[WeakAlignmentConfig] = None,
-    num_threads: Optional[int] = None,
-) -> WeakAlignment:
-    """:func:`align_weak_cameras` on a finished run's weakly held cameras (:func:`weakly_held_indices`).
-
-    Args:
-        config_path: the run's ``config.yml`` (loaded with nerfstudio's ``eval_setup`` when ``pipeline`` is None,
-            e.g. a resumed run that was already complete).
-        pipeline: the run's trained pipeline, when still in memory.
-        num_threads: torch threads during the alignment (restored after); None: unchanged.
-    """
-    if pipeline is None:
-        from nerfstudio.utils.eval_utils import eval_setup
-
-        from nerf_posefix.plugin.training import quiet_console
-
-        with quiet_console(True):
-            _, pipeline, _, _ = eval_setup(Path(config_path), test_mode="inference")
-    with _torch_threads(num_threads):
-        return align_weak_cameras(pipeline, weakly_held_indices(pipeline), config)
+def skipped(reason: str) -> dict[str, Any]:
+    """The record of an alignment that did not run, and why."""
+    return {"ran": False, "reason": reason}
 
 
-def realigned_input(refined: Any, alignment: WeakAlignment) -> Any:
-    """A run's :class:`~nerf_posefix.plugin.run_reader.RefinedInput` with ``alignment`` composed onto the run's
-    corrections (``RefinedRun.correction``, as read from the checkpoint) and every pose recomputed from the
-    input exactly as the run reader computes it; the input object is not modified.
-
-    Raises:
-        ValueError: a COLMAP-dataset run (``posefix refine`` trains on transforms.json data only).
-    """
-    from nerf_posefix.plugin.run_reader import _refined_json_poses
-
-    if refined.kind != "nerfstudio":
-        raise ValueError(f"weak alignment of {refined.kind} runs is not supported (transforms.json datasets only)")
-    run = replace(refined.run, correction=alignment.compose(refined.run.correction))
-    poses, mask = _refined_json_poses(run, refined.meta)
-    explicit, _ = applied_transform(refined.meta)
-    cameras = CameraSet(names=list(refined.cameras.names), c2w=opengl_to_opencv(np.linalg.inv(explicit) @ poses),
-                        source=refined.cameras.source)
-    return replace(refined, run=run, cameras=cameras, refined=mask, json_c2w=poses)
+def skip_reason(config: WeakAlignmentConfig, num_weak: int, trained_iterations: int, optimizer: Any) -> Optional[str]:
+    """Why the alignment of ``num_weak`` weakly held cameras after ``trained_iterations`` iterations does not run
+    (None: it runs). Against a barely trained field it would move the cameras at random (a 3-iteration refine
+    stage put a separate ring of 32 images at 0.71 deg), hence ``config.min_iterations``."""
+    if config.steps <= 0:
+        return "weak alignment off (0 steps)"
+    if num_weak == 0:
+        return "no weakly held camera"
+    if trained_iterations < config.min_iterations:
+        return (f"the field trained {trained_iterations} iterations (the alignment needs at least {config.min_iterations}: "
+                "against an untrained field it would move the cameras at random)")
+    mode = getattr(getattr(optimizer, "config", None), "mode", "off")
+    if not hasattr(optimizer, "compose_corrections") or mode != "SO3xR3":
+        return f"the camera optimizer cannot hold the alignment (posefix's SO3xR3 optimizer needed; mode {mode!r})"
+    return None
 
 
-def alignment_summary(
-    before: CameraSet, after: CameraSet, alignment: WeakAlignment, train_filenames: Sequence[str],
-    rename: Optional[Mapping[str, str]] = None,
+def align_into_optimizer(
+    pipeline: Any, indices: Sequence[int], trained_iterations: int, config: Optional[WeakAlignmentConfig] = None
 ) -> dict[str, Any]:
-    """What the alignment did, for a report: the budget, its time, and per aligned image how far it moved
-    (rotation in degrees and centre distance in input units, from the exported poses before and after), keyed by
-    the exported camera names (``rename`` maps them to other names, e.g. the input's)."""
-    files = [str(train_filenames[int(k)]) for k in alignment.indices]
-    rows = match_image_names(files, list(before.names))
+    """Align the weakly held training cameras ``indices`` of a trained ``pipeline`` (:func:`align_weak_cameras`)
+    and compose the alignment into its camera optimizer (``compose_corrections``), so that the run renders,
+    saves and exports the aligned poses; returns the :func:`alignment_record` (or a :func:`skipped` one, see
+    :func:`skip_reason`)."""
+    config = config or WeakAlignmentConfig()
+    config.check()
+    optimizer = getattr(pipeline.model, "camera_optimizer", None)
+    reason = skip_reason(config, len(indices), trained_iterations, optimizer)
+    if reason is not None:
+        return skipped(reason)
+    alignment = align_weak_cameras(pipeline, indices, config)
+    optimizer.compose_corrections(
+        torch.from_numpy(alignment.indices), torch.from_numpy(alignment.rotation), torch.from_numpy(alignment.translation)
+    )
+    return alignment_record(alignment, [str(p) for p in pipeline.datamanager.train_dataset.image_filenames])
+
+
+def alignment_record(alignment: WeakAlignment, train_filenames: Sequence[str]) -> dict[str, Any]:
+    """What an alignment did, JSON-ready: the budget, its time, and per aligned image (keyed by its training
+    file name, without folders) how far it moved it: ``rotation_deg`` (the angle of ``R_a``, the same in every
+    frame) and ``translation`` (``|t_a|``, **dataparser units**), and its photometric loss before / after."""
     moved: dict[str, dict[str, float]] = {}
-    for k, row in enumerate(rows):
-        if row is None:
-            continue
-        rot = float(rotation_angle_deg(before.c2w[row : row + 1, :3, :3], after.c2w[row : row + 1, :3, :3])[0])
-        dist = float(np.linalg.norm(after.c2w[row, :3, 3] - before.c2w[row, :3, 3]))
-        entry = {"rotation_deg": rot, "translation": dist}
+    for k, cam in enumerate(alignment.indices):
+        entry = {"rotation_deg": float(alignment.rotation_deg[k]), "translation": float(alignment.translation_norm[k])}
         for key, losses in (("loss_before", alignment.loss_before), ("loss_after", alignment.loss_after)):
             if len(losses) == len(alignment.indices):
                 entry[key] = float(losses[k])
-        name = str(before.names[row])
-        moved[(rename or {}).get(name, name)] = entry
-    rots = np.array([m["rotation_deg"] for m in moved.values()])
-    dists = np.array([m["translation"] for m in moved.values()])
+        moved[Path(str(train_filenames[int(cam)])).name] = entry
     cfg = alignment.config
     return {
         "ran": True,
         "cameras": len(moved),
         "steps": cfg.steps, "lr": cfg.lr, "rays_per_view": cfg.rays_per_view, "appearance": cfg.appearance,
         "seconds": alignment.seconds,
+        **move_statistics(moved),
+        "units": "translation: dataparser units",
+        "meaning": "after training, the weakly held cameras aligned photometrically against the frozen field (each with "
+        "its own appearance embedding); how far that moved them",
+        "images": moved,
+    }
+
+
+def move_statistics(moved: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
+    """Median and largest rotation (degrees) and translation of the per-image moves of a record."""
+    rots = np.array([m["rotation_deg"] for m in moved.values()])
+    dists = np.array([m["translation"] for m in moved.values()])
+    return {
         "rotation_deg_median": float(np.median(rots)) if len(rots) else 0.0,
         "rotation_deg_max": float(rots.max()) if len(rots) else 0.0,
         "translation_median": float(np.median(dists)) if len(dists) else 0.0,
         "translation_max": float(dists.max()) if len(dists) else 0.0,
-        "meaning": "after training, the weakly held cameras aligned photometrically against the frozen field (each with "
-        "its own appearance embedding); how far that moved them (degrees; input units)",
-        "images": moved,
     }

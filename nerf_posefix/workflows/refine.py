@@ -121,9 +121,6 @@ BOUNDS_MODES = {"global": "points-global", "per-camera": "points-per-camera"}
 #: The NeRF stage's budget when refine runs it by default for weakly held images (posefix-small on 2 CPU
 #: cores: ~0.3 s per iteration), and the longer image side it trains at.
 WEAK_FRAMES_ITERATIONS = 1000
-#: The weak cameras' final alignment against the frozen field runs only after this many training iterations
-#: (a 3-iteration stage with it left the 32 images of a separate group of the bundled scene at 0.71 deg, input 3.08).
-WEAK_ALIGNMENT_MIN_ITERATIONS = 500
 WEAK_FRAMES_MAX_SIDE = 400
 #: The shortest image side (training pixels, after the downscale) a NeRF stage trains on: below it a radiance
 #: field has too few pixels per image to say anything about a pose.
@@ -457,6 +454,24 @@ def _log(message: str) -> None:
     print(f"posefix refine: {message}", flush=True)
 
 
+def _weak_alignment_note(run_dir: Path, enabled: bool, dataparser_scale: float, rename: dict[str, str]) -> dict[str, Any]:
+    """What the NeRF stage's weak alignment did (the run's ``weak_alignment.json``, written by the pipeline after
+    its last iteration), for the summary: translations converted from dataparser units to input units
+    (``/ dataparser_scale``: the stage's transforms.json has no applied scale) and images named as in the input."""
+    from nerf_posefix.plugin.weak_alignment import WEAK_ALIGNMENT_FILE, move_statistics
+
+    if not enabled:
+        return {"ran": False, "reason": "--no-weak-alignment"}
+    path = run_dir / WEAK_ALIGNMENT_FILE
+    if not path.is_file():
+        return {"ran": False, "reason": f"no record in {path} (a run trained before the alignment existed?)"}
+    note = json.loads(path.read_text(encoding="utf-8"))
+    if not note.get("ran"):
+        return note
+    moved = {rename.get(name, name): {**m, "translation": m["translation"] / dataparser_scale} for name, m in note["images"].items()}
+    return {**note, **move_statistics(moved), "images": moved, "units": "translation: input units"}
+
+
 def _refined_points(stage_model: ColmapModel, run: Any, adjusted: bool, trained: bool) -> tuple[Optional[dict[int, np.ndarray]], str]:
     """The output's points ``{point3D_id: xyz}`` (input frame): the stage input's points plus the NeRF
     stage's offsets when it refined them; and a note for the report."""
@@ -644,6 +659,7 @@ def _nerf_stage(
         _write_prior_sigma(data_dir / "transforms.json", stage_input, (ba_summary or {}).get("images") or {})
 
     from nerf_posefix.plugin.training import in_process_config, run_training
+    from nerf_posefix.plugin.weak_alignment import WeakAlignmentConfig
 
     bounds_mode = BOUNDS_MODES[options.bounds] if stage_input.model.points3D else "auto"  # auto: the scene box
     config = in_process_config(
@@ -664,6 +680,8 @@ def _nerf_stage(
             "pipeline.model.camera_optimizer.tracks": "auto" if tracks == "on" else "off",
             "pipeline.model.camera_optimizer.track_points": options.track_points,
             "pipeline.model.camera_optimizer.prior_sigma_px": options.prior_sigma_px,
+            "pipeline.weak_alignment.steps": WeakAlignmentConfig.steps if options.weak_alignment else 0,
+            "pipeline.weak_alignment.seed": options.seed,
             **regularizer_overrides(options.regularizer),
         },
     )
@@ -682,23 +700,11 @@ def _nerf_stage(
 
     with quiet_console(True):
         refined_input = refined_input_poses(run.config_path)  # the run, read once
-    alignment_note: dict[str, Any] = {"ran": False, "reason": "--no-weak-alignment"}
-    if options.weak_alignment and run.completed_iterations < WEAK_ALIGNMENT_MIN_ITERATIONS:
-        alignment_note["reason"] = (f"the field trained {run.completed_iterations} iterations (the alignment needs at least "
-                                    f"{WEAK_ALIGNMENT_MIN_ITERATIONS}: against an untrained field it would move the cameras at random)")
-    elif options.weak_alignment:  # the weakly held cameras against the frozen field
-        from nerf_posefix.plugin import weak_alignment as wa
-
-        aligned = wa.align_run_weak_cameras(run.config_path, run.trainer.pipeline if run.trainer is not None else None,
-                                            wa.WeakAlignmentConfig(seed=options.seed), num_threads=options.threads or None)
-        alignment_note = {"ran": False, "reason": "no weakly held camera"}
-        if len(aligned.indices):
-            before = refined_input.cameras
-            refined_input = wa.realigned_input(refined_input, aligned)
-            alignment_note = wa.alignment_summary(before, refined_input.cameras, aligned, refined_input.run.train_filenames,
-                                                  rename={flat: name for name, flat in inp.flat_names.items()})
-            _log(f"weak alignment: {alignment_note['cameras']} weakly held camera(s) aligned against the trained field in "
-                 f"{aligned.seconds:.0f} s (moved {alignment_note['rotation_deg_median']:.3f} deg median)")
+    alignment_note = _weak_alignment_note(run.run_dir, options.weak_alignment, refined_input.run.dataparser_scale,
+                                          {flat: name for name, flat in inp.flat_names.items()})
+    if alignment_note.get("ran"):
+        _log(f"weak alignment: {alignment_note['cameras']} weakly held camera(s) aligned against the trained field in "
+             f"{alignment_note['seconds']:.0f} s (moved {alignment_note['rotation_deg_median']:.3f} deg median)")
     exported = refined_input.cameras.subset(np.nonzero(refined_input.refined)[0])  # c2w OpenCV, COLMAP world, flat names
     flat_to_name = {flat: name for name, flat in inp.flat_names.items()}
     missing = [n for n in exported.names if n not in flat_to_name]
