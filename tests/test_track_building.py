@@ -344,3 +344,45 @@ def test_spatial_matching_pairs_images_by_their_input_poses(noisy: Path, databas
     gt = read_transforms_json(noisy / "transforms_gt.json")
     rot, _ = _errors(read_transforms_json(out / "transforms.json"), gt)
     assert np.median(rot) < 0.25
+
+
+def test_frames_with_too_few_features_are_extracted_again_at_a_lower_threshold(database: Path, tmp_path: Path) -> None:
+    """A blurred, washed-out frame (σ 3 px, contrast 40 %) keeps a few features at COLMAP's DoG threshold: it is
+    extracted again at a third of it (more features); the sharp frames keep exactly their default features (the
+    bundled scene's own database), and the bundled scene itself has no such frame."""
+    import imageio.v3 as iio
+    from scipy.ndimage import gaussian_filter
+
+    from nerf_posefix.sfm.track_building import LOW_FEATURE_PEAK_THRESHOLD, few_feature_images
+
+    posed = load_posed_images(TOYBOX / "transforms.json")
+    names = list(posed.cameras.names[:8])
+    assert few_feature_images(database, posed.cameras.names) == {}
+    images = tmp_path / "images"
+    for name in names:
+        (images / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(posed.images_dir / name, images / name)
+    weak = names[3]
+    pixels = iio.imread(images / weak).astype(np.float64)
+    blurred = np.stack([gaussian_filter(pixels[..., c], 3.0) for c in range(pixels.shape[-1])], axis=-1)
+    mean = blurred[..., :3].mean(axis=(0, 1))
+    blurred[..., :3] = mean + 0.4 * (blurred[..., :3] - mean)
+    iio.imwrite(images / weak, np.clip(np.rint(blurred), 0, 255).astype(np.uint8))
+    lines: list[str] = []
+    db = tmp_path / "database.db"
+    match_features(images, names, {n: posed.intrinsics[n] for n in names}, db, log=lines.append)
+    note = next(line for line in lines if "too few SIFT features" in line)
+    assert f"{weak} " in note and f"{LOW_FEATURE_PEAK_THRESHOLD:g}" in note
+    default_count = int(note.split(f"{weak} ")[1].split(";")[0].split(",")[0])
+
+    def counts(path: Path) -> dict[str, int]:
+        db_ = pycolmap.Database.open(str(path))
+        try:
+            return {im.name: int(db_.num_keypoints_for_image(im.image_id)) for im in db_.read_all_images()}
+        finally:
+            db_.close()
+
+    got, bundled = counts(db), counts(database)
+    print(f"{weak}: {default_count} features at COLMAP's threshold, {got[weak]} after; sharp: {[got[n] for n in names if n != weak]}")
+    assert got[weak] > default_count
+    assert all(got[n] == bundled[n] for n in names if n != weak)

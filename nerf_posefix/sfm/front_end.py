@@ -47,8 +47,9 @@ MATCHES_RECORD = "tracks/matches.json"
 ADJUSTED_MODEL = "bundle_adjusted/sparse/0"
 LossName = Literal["cauchy", "huber", "soft_l1", "squared", "none"]
 #: Version of the stages' algorithms, in the cache's stamp: a cache made by an earlier version is redone
-#: (2: track building's final round re-triangulated with the adjusted poses).
-FRONT_END_VERSION = 2
+#: (2: track building's final round re-triangulated with the adjusted poses; 3: few-feature images extracted again
+#: at a lower peak threshold).
+FRONT_END_VERSION = 3
 
 
 @dataclass
