@@ -314,8 +314,11 @@ def _adjust_built_tracks(
     rounds = ", ".join(f"{r:g}" for r in track_options.reproj_schedule_px)
     log(f"bundle adjustment of {len(inp.model.images)} images, re-triangulating at {rounds} px and once more with the "
         "adjusted poses ...")
+    import pycolmap
+
     result = adjust_with_retriangulation(
         work / "tracks" / DATABASE_FILE, posed.images_dir, inp.model.to_camera_set(), track_options, log=lambda m: log(f"  {m}"),
+        first_triangulation=pycolmap.Reconstruction(str(inp.model_dir)),  # the tracks stage's, at the first threshold
     )
     summary: dict[str, Any] = {
         "loss": "cauchy",

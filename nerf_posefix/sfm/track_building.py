@@ -79,10 +79,24 @@ EARLY_ROUND_TOLERANCE_FACTOR = 5.0
 #: A COLMAP model's own-track adjustment does not need it (castle-P30: 0.051 deg at 1x, 0.052 deg at 0.2x and at
 #: the full 100 iterations).
 LAST_ROUND_TOLERANCE_FACTOR = 0.2
-#: :func:`adjust_with_retriangulation` goes straight to its last round once 95 % of the points reproject within
-#: this fraction of the last round's threshold (the poses already agree at the finest threshold: the rounds in
-#: between would re-triangulate and re-adjust the same tracks).
+#: :func:`adjust_with_retriangulation` skips the scheduled thresholds larger than the smallest one that 95 % of the
+#: points already meet within this fraction (:func:`_next_round`): straight to the last round when it is the finest
+#: (the poses already agree at it: the rounds in between would re-triangulate and re-adjust the same tracks), or
+#: on to an intermediate threshold (rendered 300 views, issue 23: after the 16 px round 95 % of the points are
+#: within 1.49 px, so the 8 px round is skipped for the 4 px one).
 ROUND_SKIP_FRACTION = 0.5
+#: The rounds before the last end their adjustment with up to this fraction of the images (rounded down: none
+#: below 50 images) still moving faster than their threshold (the final adjustment: ``STRAGGLER_FRACTION``). Their
+#: poses only seed the next triangulation, at a threshold of pixels, which an image still moving by a tenth of a
+#: pixel per iteration does not change; the last round adjusts every image to the full rule. Measured on the
+#: rendered 300-view scene (issue 23): the 16 px round ran a third block of 10 iterations for 2 of 300 images.
+EARLY_ROUND_STRAGGLER_FRACTION = 0.02
+#: The rounds' adjustments keep fixed blocks of ``BLOCK_ITERATIONS`` (``adaptive_blocks`` of
+#: :func:`nerf_posefix.sfm.bundle_adjustment.adjust_reconstruction`): measured on castle-P30 from 2 deg / 3 % (issue 23),
+#: blocks sized to the stragglers' pace shortened the early rounds (25 -> 18 iterations) and, through the tracks the
+#: next rounds re-triangulate, moved the result by -0.5 / +6 / -1.6 % on seeds 0 / 1 / 2 (seed 1's final round then
+#: ran to its 100 iterations); the rendered 300 views' rounds were unchanged by them.
+ROUND_ADAPTIVE_BLOCKS = False
 #: :func:`adjust_with_retriangulation` ends with a final round: the tracks re-triangulated with the adjusted poses
 #: at ``final_round_factor`` x the median point error the previous round left, within
 #: [``FINAL_ROUND_MIN_PX``, the schedule's last threshold]. The last scheduled round's tracks were triangulated
@@ -693,6 +707,36 @@ class AdjustedTracks:
     seconds: float
 
 
+def _same_images_and_poses(a: "pycolmap.Reconstruction", b: "pycolmap.Reconstruction") -> bool:
+    """Whether two reconstructions register the same images (ids, names, cameras) at the same poses (to 1e-9,
+    relative: a model written and read back differs in its last bits)."""
+    ids = sorted(a.reg_image_ids())
+    if ids != sorted(b.reg_image_ids()):
+        return False
+    if any(a.images[i].name != b.images[i].name or a.images[i].camera_id != b.images[i].camera_id for i in ids):
+        return False
+    pa = np.stack([np.asarray(a.images[i].cam_from_world().matrix(), dtype=np.float64) for i in ids]) if ids else np.zeros(0)
+    pb = np.stack([np.asarray(b.images[i].cam_from_world().matrix(), dtype=np.float64) for i in ids]) if ids else np.zeros(0)
+    return bool(np.allclose(pa, pb, rtol=1e-9, atol=1e-9 * (1.0 + float(np.abs(pa).max(initial=0.0)))))
+
+
+def _next_round(schedule: Sequence[Optional[float]], k: int, p95: float) -> int:
+    """The round after round ``k`` of ``schedule`` (thresholds, the final round ``None`` last), given the 95th
+    percentile of the point errors round ``k`` left: the first round of the smallest scheduled threshold ``t``
+    beyond ``k`` with ``p95 <= ROUND_SKIP_FRACTION x t`` (the points already agree at it: the larger thresholds
+    in between would re-triangulate and re-adjust the same tracks), or straight to the final round when that is
+    the last scheduled threshold (with a final round; without one it is run); else round ``k + 1``."""
+    has_final = bool(schedule) and schedule[-1] is None
+    scheduled_end = len(schedule) - 1 if has_final else len(schedule)
+    fits = [j for j in range(k + 1, scheduled_end) if p95 <= ROUND_SKIP_FRACTION * float(schedule[j])]  # type: ignore[arg-type]
+    if not fits:
+        return k + 1
+    j = fits[-1]  # thresholds decrease: the smallest that fits
+    if j == scheduled_end - 1 and has_final:
+        return len(schedule) - 1  # the last scheduled threshold is met already: the final round re-triangulates
+    return j
+
+
 def adjust_with_retriangulation(
     database: str | Path,
     images_dir: str | Path,
@@ -702,6 +746,7 @@ def adjust_with_retriangulation(
     log: Optional[Callable[[str], None]] = None,
     cameras: dict[str, ImageCamera] | None = None,
     refine_intrinsics: bool = False,
+    first_triangulation: Optional["pycolmap.Reconstruction"] = None,
 ) -> AdjustedTracks:
     """Refine ``posed`` (camera-to-world, OpenCV, input frame) by rounds of triangulation with the current
     poses held fixed and robust bundle adjustment (Cauchy, scale a quarter of the round's threshold) of poses
@@ -711,6 +756,9 @@ def adjust_with_retriangulation(
     ``ROUND_SKIP_FRACTION``); then map the result onto the input frame (module
     docstring). Intrinsics: the database's, or ``cameras`` (see :func:`reconstruction_from_poses`); held
     fixed unless ``refine_intrinsics`` (focal lengths and distortion; the principal point stays).
+    ``first_triangulation``: the triangulation of ``posed`` at the schedule's first threshold, already made (the
+    front end's tracks stage): the first round starts from a copy of it instead of triangulating again, when its
+    images (ids, names) and poses are the round's (else it is triangulated; rendered 300 views: 5 s of 42 s).
 
     Raises:
         InputError: no point could be triangulated in a round (the message gives the round's threshold).
@@ -732,7 +780,10 @@ def adjust_with_retriangulation(
     while k < len(schedule):
         final = schedule[k] is None  # the final round: its threshold from the noise the previous round left
         r = float(np.clip(options.final_round_factor * np.median(errors), FINAL_ROUND_MIN_PX, last_scheduled)) if final else float(schedule[k])
-        rec = triangulate_fixed_poses(rec, database, images_dir, r, options.num_threads, options.seed, verbose)
+        if k == 0 and first_triangulation is not None and _same_images_and_poses(rec, first_triangulation):
+            rec = pycolmap.Reconstruction(first_triangulation)
+        else:
+            rec = triangulate_fixed_poses(rec, database, images_dir, r, options.num_threads, options.seed, verbose)
         if rec.num_points3D() == 0:
             raise InputError(f"no point could be triangulated at {r:g} px from the verified matches and the given poses")
         ba = pycolmap.BundleAdjustmentOptions()
@@ -745,7 +796,9 @@ def adjust_with_retriangulation(
         ba.ceres.solver_options.num_threads = options.num_threads
         last = k == len(schedule) - 1
         tolerance = options.pose_tolerance * (LAST_ROUND_TOLERANCE_FACTOR if last else EARLY_ROUND_TOLERANCE_FACTOR)
-        run = adjust_reconstruction(rec, ba, max_iterations=options.max_iterations, pose_tolerance=tolerance, verbose=verbose)
+        run = adjust_reconstruction(rec, ba, max_iterations=options.max_iterations, pose_tolerance=tolerance, verbose=verbose,
+                                    adaptive_blocks=ROUND_ADAPTIVE_BLOCKS,
+                                    **({} if last else {"straggler_fraction": EARLY_ROUND_STRAGGLER_FRACTION}))
         rec.update_point_3d_errors()
         outliers = [pid for pid, point in rec.points3D.items() if not point.error <= r]  # NaN too
         for pid in outliers:  # as COLMAP's mapper filters after its adjustments
@@ -754,7 +807,8 @@ def adjust_with_retriangulation(
         fix_gauge_per_component(rec, input_by_name)  # the next round triangulates in the input frame
         errors = np.fromiter((p.error for p in rec.points3D.values()), dtype=np.float64, count=rec.num_points3D())
         p95 = float(np.percentile(errors, 95)) if errors.size else float("inf")
-        skipped = schedule[k + 1:-1] if k < len(schedule) - 2 and p95 <= ROUND_SKIP_FRACTION * last_scheduled else []
+        nxt = _next_round(schedule, k, p95)
+        skipped = schedule[k + 1:nxt]
         rounds.append({
             "points_filtered": len(outliers),
             "num_components": len(groups),
@@ -774,8 +828,9 @@ def adjust_with_retriangulation(
         })
         log(f"round {len(rounds)} at {r:.3g} px{' (final: re-triangulated with the adjusted poses)' if final else ''}: "
             f"{rec.num_points3D()} points, mean reprojection error {rounds[-1]['mean_reprojection_error_px']:.3f} px"
-            + (f"; 95 % of the points within {p95:.2f} px: straight to the last round" if skipped else ""))
-        k = len(schedule) - 1 if skipped else k + 1
+            + (f"; 95 % of the points within {p95:.2f} px: " + ("straight to the last round" if nxt == len(schedule) - 1 else
+               f"on to {schedule[nxt]:g} px") if skipped else ""))
+        k = nxt
     alignment = pose_alignment(reconstruction_c2w(rec)[1], input_c2w)  # what remains of a common drift: ~identity
     rec.update_point_3d_errors()
     out_names, c2w = reconstruction_c2w(rec)
