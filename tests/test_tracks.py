@@ -197,3 +197,30 @@ def test_refined_points_get_their_own_small_learning_rate(noisy_points_scene: Pa
     assert config.optimizers[TRACK_POINTS_GROUP]["optimizer"].lr <= 1e-2 * config.optimizers["camera_opt"]["optimizer"].lr
     fixed = _pipeline(noisy_points_scene, track_points="fixed").get_param_groups()
     assert TRACK_POINTS_GROUP not in fixed
+
+
+def test_weakly_held_cameras_observations_are_left_out_of_the_track_term(noisy_points_scene: Path, tmp_path: Path) -> None:
+    """Frames marked weakly held (``posefix_held: false``, as refine writes them) keep no observation in the track
+    term: their few, unreliable keypoints must not pull them (the photometric loss decides); every observation of
+    the held cameras stays."""
+    import json
+
+    from nerf_posefix.io.transforms_json import HELD_KEY
+
+    full = _pipeline(noisy_points_scene).model.camera_optimizer
+    marked = tmp_path / "scene"
+    shutil.copytree(noisy_points_scene, marked, symlinks=True)
+    meta = json.loads((marked / "transforms.json").read_text())
+    weak_files = sorted(f["file_path"] for f in meta["frames"])[:2]
+    for frame in meta["frames"]:
+        frame[HELD_KEY] = frame["file_path"] not in weak_files
+    (marked / "transforms.json").write_text(json.dumps(meta))
+    pipeline = _pipeline(marked)
+    optimizer = pipeline.model.camera_optimizer
+    names = [Path(p).name for p in pipeline.datamanager.train_dataparser_outputs.image_filenames]
+    weak = torch.tensor([names.index(Path(f).name) for f in weak_files])
+    assert optimizer.has_tracks and bool(optimizer.held.sum() == len(names) - 2)
+    assert not bool(torch.isin(optimizer.track_camera_index, weak).any())
+    kept = ~torch.isin(full.track_camera_index, weak)
+    assert int(kept.sum()) < len(full.track_camera_index)  # the weak frames had observations to leave out
+    torch.testing.assert_close(optimizer.track_observed_px, full.track_observed_px[kept])

@@ -53,6 +53,13 @@ class Tracks:
     def __len__(self) -> int:
         return int(self.camera_index.shape[0])
 
+    def without_cameras(self, drop: Tensor) -> "Tracks":
+        """These tracks without the observations of the training cameras where ``drop [N]`` (bool) is True (the
+        points stay, unobserved ones included)."""
+        keep = ~drop.to(device=self.camera_index.device, dtype=torch.bool)[self.camera_index]  # [K]
+        return Tracks(self.camera_index[keep], self.point_index[keep], self.observed_px[keep], self.points,
+                      self.point_ids, self.intrinsics, self.source)
+
 
 def build_tracks(points: Optional[SparsePoints], num_cameras: int, log: Optional[list[str]] = None) -> Optional[Tracks]:
     """The tracks of the training cameras from the COLMAP model behind ``points``, or None (with a line
