@@ -221,7 +221,8 @@ class PosefixPipeline(VanillaPipeline):
             self.weak_cameras = torch.nonzero(~held).reshape(-1)
         if held is not None and self.config.nerf_cameras == "weak" and optimizer.config.mode != "off":
             count = optimizer.hold_cameras(held)
-            log.append(f"{count} of {len(held)} training cameras are held by the front end's tracks and keep their adjusted "
+            by = "the front end's tracks" if self.front_end is not None else f"the dataset's {HELD_KEY} marks (posefix refine's)"
+            log.append(f"{count} of {len(held)} training cameras are held by {by} and keep their adjusted "
                        f"pose; the NeRF refines the {len(held) - count} weakly held one(s) (--pipeline.nerf-cameras all: every camera)")
         for line in log:
             CONSOLE.print(f"[yellow]posefix: {escape(line)}", soft_wrap=True)
