@@ -135,7 +135,6 @@ class PosefixPipeline(VanillaPipeline):
             config.datamanager = original  # the run's config keeps the dataset as given
         self.depth_bounds: Optional[DepthBounds] = None
         self.weak_cameras = torch.zeros(0, dtype=torch.long)  # [K] training cameras the front end's tracks do not hold
-        self.weak_alignment_record: Optional[dict[str, Any]] = None
         optimizer = self.model.camera_optimizer
         if isinstance(optimizer, HomographyCameraOptimizer):
             self.depth_bounds = self._setup_reference(optimizer)
@@ -157,8 +156,7 @@ class PosefixPipeline(VanillaPipeline):
         last = int(trainer._start_step) + int(trainer.config.max_num_iterations) - 1  # noqa: SLF001 (nerfstudio's)
         if step != last:
             return
-        self.weak_alignment_record = align_into_optimizer(self, self.weak_cameras.tolist(), step + 1, self.config.weak_alignment)
-        record = self.weak_alignment_record
+        record = align_into_optimizer(self, self.weak_cameras.tolist(), step + 1, self.config.weak_alignment)
         path = Path(trainer.base_dir) / WEAK_ALIGNMENT_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(record, indent=2), encoding="utf-8")
@@ -167,7 +165,6 @@ class PosefixPipeline(VanillaPipeline):
                           f"field in {record['seconds']:.0f} s (moved {record['rotation_deg_median']:.3f} deg median)", soft_wrap=True)
         elif len(self.weak_cameras):
             CONSOLE.print(f"[yellow]posefix: weak alignment skipped: {escape(record['reason'])}", soft_wrap=True)
-        self.train()
 
     def _train_image_names(self) -> list[str]:
         return [str(p) for p in self.datamanager.train_dataparser_outputs.image_filenames]

@@ -107,15 +107,6 @@ class WeakAlignment:
     seconds: float = 0.0
     config: WeakAlignmentConfig = field(default_factory=WeakAlignmentConfig)
 
-    def compose(self, correction: np.ndarray) -> np.ndarray:
-        """The run's corrections ``[N, 3, 4]`` (dataparser frame, all training cameras) with the alignment
-        composed onto the aligned cameras' rows: ``[R_a R_adj | t_adj + t_a]`` (a float64 copy)."""
-        out = np.array(correction, dtype=np.float64, copy=True)
-        rows = out[self.indices]
-        out[self.indices, :, :3] = self.rotation @ rows[:, :, :3]
-        out[self.indices, :, 3] = rows[:, :, 3] + self.translation
-        return out
-
 
 class OwnAppearance(torch.nn.Module):
     """``model`` whose rays of view ``k`` use training camera ``train_index[k]``'s appearance embedding.
