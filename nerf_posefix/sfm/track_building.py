@@ -393,9 +393,12 @@ def _extract_features(
         f"extracted again at the DoG peak threshold {LOW_FEATURE_PEAK_THRESHOLD:g}")
     redo = database.with_name(database.name + ".redo")
     redo.unlink(missing_ok=True)
-    extract(redo, list(low), LOW_FEATURE_PEAK_THRESHOLD)
-    extract(redo, [n for n in names if n not in low])
-    redo.replace(database)
+    try:
+        extract(redo, list(low), LOW_FEATURE_PEAK_THRESHOLD)
+        extract(redo, [n for n in names if n not in low])
+        redo.replace(database)
+    finally:
+        redo.unlink(missing_ok=True)  # a failed extraction leaves no half-made database beside the first
 
 
 def few_feature_images(database: str | Path, names: Sequence[str]) -> dict[str, int]:
