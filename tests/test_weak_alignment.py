@@ -5,7 +5,7 @@
   pose stays, and the model is untouched (parameters, ``requires_grad`` flags, train/eval mode of the field);
 * the posefix pipeline composes the alignment into its camera optimizer after the last iteration: the
   exported poses differ from the same seeded run without it by the recorded moves on the weak cameras; the held
-  cameras do not move.
+  cameras do not move; a weak camera without photometric evidence for its new pose goes back to its starting pose.
 
 Real nerfstudio (posefix-small, CPU, one torch thread), one model trained once for the module on the bundled
 toybox at 64x64 with exact, frozen poses.
@@ -115,15 +115,21 @@ def test_an_offset_weak_camera_comes_back_and_the_model_is_untouched(trained) ->
     assert rot[1] < TOLERANCE_DEG and trans[1] < TOLERANCE_TRANSLATION  # the camera at its pose stays
     assert result.rotation_deg[0] == pytest.approx(OFFSET_DEG, abs=TOLERANCE_DEG)
     assert result.indices.tolist() == idx and result.loss_after[0] < result.loss_before[0]
+    # the evidence test: the field renders the camera brought back from 2 deg far better than at its start (the
+    # dataset's offset pose); the camera that stayed at its pose has no such evidence and would go back
+    print(f"evidence: gain {result.gain} +- {result.gain_stderr}")
+    assert result.gain[0] > 10 * result.gain_stderr[0] > 0
+    assert result.supported().tolist() == [True, False]
     # the model is untouched: parameters, requires_grad flags, train mode (the field's own flag included)
     assert all(torch.equal(params[k], v) for k, v in model.state_dict().items())
     assert [p.requires_grad for p in model.parameters()] == flags
     assert model.training and model.field.training
 
 
-def _posefix_run(data: Path, output: Path, steps: int, iterations: int):  # noqa: ANN202 (a TrainingRun)
+def _posefix_run(data: Path, output: Path, steps: int, iterations: int, evidence_z: float = 0.0):  # noqa: ANN202 (a TrainingRun)
     """posefix-small (front end off: the held / weak marks come from the transforms.json) trained ``iterations``
-    iterations, its weak alignment ``steps`` steps from ``iterations`` iterations on."""
+    iterations, its weak alignment ``steps`` steps from ``iterations`` iterations on (evidence test at
+    ``evidence_z``; 0: every camera keeps its move)."""
     from nerf_posefix.plugin.training import in_process_config, run_training
     from nerf_posefix.plugin.weak_alignment import WeakAlignmentConfig
 
@@ -131,7 +137,8 @@ def _posefix_run(data: Path, output: Path, steps: int, iterations: int):  # noqa
         config.pipeline.front_end = "off"
         config.pipeline.datamanager.dataparser.eval_mode = "all"
         config.pipeline.datamanager.train_num_rays_per_batch = RAYS
-        config.pipeline.weak_alignment = WeakAlignmentConfig(steps=steps, lr=LR, rays_per_view=ALIGN_RAYS, min_iterations=iterations)
+        config.pipeline.weak_alignment = WeakAlignmentConfig(steps=steps, lr=LR, rays_per_view=ALIGN_RAYS, min_iterations=iterations,
+                                                              evidence_z=evidence_z)
         for key, value in SMALL_SAMPLES.items():
             setattr(config.pipeline.model, key, value)
 
@@ -144,6 +151,7 @@ def test_the_pipeline_aligns_the_weak_cameras_into_its_final_checkpoint(weak_dat
     the camera optimizer before the final checkpoint: the exported poses of the same seeded run without the
     alignment differ exactly by the recorded moves on the weak cameras and not at all on the held ones."""
     from nerf_posefix.geometry.poses import rotation_angle_deg
+    from nerf_posefix.io.transforms_json import read_transforms_json
     from nerf_posefix.plugin.run_reader import refined_input_poses
     from nerf_posefix.plugin.weak_alignment import WEAK_ALIGNMENT_FILE
 
@@ -167,6 +175,21 @@ def test_the_pipeline_aligns_the_weak_cameras_into_its_final_checkpoint(weak_dat
         assert moved["rotation_deg"] > 1e-4 and {"loss_before", "loss_after"} <= set(moved)
         assert rot[k] == pytest.approx(moved["rotation_deg"], abs=1e-4)
         assert shift[k] == pytest.approx(moved["translation"] / scale, rel=1e-3, abs=1e-6)
+    # without evidence enough for them, the weak cameras go back to the stage's starting pose (the dataset's:
+    # here the input), undoing the training's move and the alignment's; the held cameras are the plain run's
+    reverted = _posefix_run(weak_data, tmp_path / "reverted", STEPS, iterations, evidence_z=1e9)
+    record = json.loads((reverted.run_dir / WEAK_ALIGNMENT_FILE).read_text())
+    assert record["reverted"] == 2 and record["kept"] == 0 and not any(m["kept"] for m in record["images"].values())
+    back = refined_input_poses(reverted.config_path)
+    given = read_transforms_json(weak_data / "transforms.json")
+    order = [list(given.names).index(n) for n in names]
+    rot_in = rotation_angle_deg(given.c2w[order, :3, :3], back.cameras.c2w[:, :3, :3])
+    shift_in = np.linalg.norm(given.c2w[order, :3, 3] - back.cameras.c2w[:, :3, 3], axis=-1)
+    moved_in_plain = rotation_angle_deg(given.c2w[order, :3, :3], before.cameras.c2w[:, :3, :3])
+    assert moved_in_plain[list(WEAK)].min() > 1e-3  # the training did move them ...
+    assert rot_in[list(WEAK)].max() < 1e-5 and shift_in[list(WEAK)].max() < 1e-6  # ... and they are back
+    rot_plain = rotation_angle_deg(before.cameras.c2w[:, :3, :3], back.cameras.c2w[:, :3, :3])
+    assert rot_plain[held].max() < 1e-9
 
 
 def run_filenames(pipeline) -> list[str]:

@@ -430,6 +430,19 @@ class HomographyCameraOptimizer(CameraOptimizer):
                 tangent = torch.linalg.solve(self.preconditioner[idx].to(tangent), tangent.unsqueeze(-1)).squeeze(-1)
             self.pose_adjustment[idx] = tangent.to(self.pose_adjustment)
 
+    def reset_corrections(self, indices: Int[Tensor, "K"]) -> None:
+        """Undo the corrections of the cameras at ``indices``: afterwards they render at their dataset pose
+        (``pose_adjustment`` rows zero: the identity correction, with or without the preconditioner).
+
+        Raises:
+            ValueError: a held camera among ``indices`` (its adjustment is fixed at zero already).
+        """
+        idx = indices.to(device=self.pose_adjustment.device, dtype=torch.long).reshape(-1)  # [K]
+        if bool(self.held[idx].any()):
+            raise ValueError("cannot reset held cameras (their adjustment is fixed at zero)")
+        with torch.no_grad():
+            self.pose_adjustment[idx] = 0.0
+
     def corrected_c2w(self, indices: Optional[Int[Tensor, "num_indices"]] = None) -> Float[Tensor, "num_indices 3 4"]:
         """The poses nerfstudio renders, ``[R_adj · R | t + t_adj]`` ``[K, 3, 4]`` (OpenGL axes,
         dataparser frame) for the cameras at ``indices`` (all if None). Differentiable."""

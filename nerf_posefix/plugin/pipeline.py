@@ -54,7 +54,7 @@ from nerf_posefix.sfm.support import WEAK_PRIOR_SIGMA_PX, prior_sigma_px
 from nerf_posefix.plugin.tracks import MIN_OBSERVATIONS as TRACKS_MIN_OBSERVATIONS, build_tracks
 from nerf_posefix.plugin.depth_bounds import DepthBounds, compute_depth_bounds, find_sparse_points
 from nerf_posefix.plugin.test_pose_alignment import TestPoseAlignmentConfig, align_test_poses, score_views
-from nerf_posefix.plugin.weak_alignment import WEAK_ALIGNMENT_FILE, WeakAlignmentConfig, align_into_optimizer
+from nerf_posefix.plugin.weak_alignment import WEAK_ALIGNMENT_FILE, WeakAlignmentConfig, align_into_optimizer, alignment_line
 
 
 @dataclass
@@ -161,8 +161,7 @@ class PosefixPipeline(VanillaPipeline):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(record, indent=2), encoding="utf-8")
         if record["ran"]:
-            CONSOLE.print(f"posefix: weak alignment: {record['cameras']} weakly held camera(s) aligned against the trained "
-                          f"field in {record['seconds']:.0f} s (moved {record['rotation_deg_median']:.3f} deg median)", soft_wrap=True)
+            CONSOLE.print(f"posefix: weak alignment: {alignment_line(record)}", soft_wrap=True)
         elif len(self.weak_cameras):
             CONSOLE.print(f"[yellow]posefix: weak alignment skipped: {escape(record['reason'])}", soft_wrap=True)
 

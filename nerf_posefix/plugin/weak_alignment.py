@@ -9,6 +9,16 @@ the degraded views 0.66 -> 0.24 and 0.78 -> 0.28 deg with the default 50 steps a
 with the average appearance embedding instead of each camera's own: 0.66 -> 0.64; see
 ``benchmarks/weak_alignment_probe.py``).
 
+Whether a camera keeps its move: a camera whose tracks hold it partly (castle-P30 blurred 6 px: 25-46 observations)
+has an adjustment's pose already, and a field trained on a CPU budget can move it away from there as easily as
+toward the truth (castle-P30, blur 6 px, seed 0: two of six weakly held cameras from 0.11 / 0.25 deg to 0.50 /
+1.16 deg). After the alignment each camera's end pose is tested against the pose the NeRF stage started from (the
+dataset's: the adjustment's, or the input where no track holds it) by :func:`photometric_evidence`: the same
+``evidence_rays`` pixels rendered at both poses, and the mean drop of the squared error against its standard error.
+A camera keeps its NeRF-stage pose (training move and alignment) only when the drop exceeds ``evidence_z`` standard
+errors; otherwise it goes back to its starting pose. A camera 2 deg off that the alignment brings back shows a drop
+of ~40 standard errors; one that merely wanders about its pose shows none (``tests/test_weak_alignment.py``).
+
 Where it runs: :class:`~nerf_posefix.plugin.pipeline.PosefixPipeline` calls :func:`align_into_optimizer` after the
 last training iteration of a run (``ns-train posefix`` and ``posefix refine`` alike), before the final checkpoint,
 so the run's checkpoint, its renders and every export hold the aligned poses; the run directory's
@@ -60,6 +70,11 @@ class WeakAlignmentConfig:
             average embedding.
         min_iterations: the alignment runs only after at least this many training iterations (see
             :func:`skip_reason`).
+        evidence_rays: pixels per camera of the evidence test (:func:`photometric_evidence`).
+        evidence_z: a camera keeps its NeRF-stage pose (training move and alignment) only when the frozen field
+            renders it better there than at the pose the stage started from (the adjustment's) by at least this
+            many standard errors over the same ``evidence_rays`` pixels; otherwise it goes back to that pose. 0:
+            every camera keeps its NeRF-stage pose.
     """
 
     steps: int = 50
@@ -68,6 +83,8 @@ class WeakAlignmentConfig:
     seed: int = 0
     appearance: Literal["own", "average"] = "own"
     min_iterations: int = 500
+    evidence_rays: int = 4096
+    evidence_z: float = 3.0
 
     def budget(self) -> TestPoseAlignmentConfig:
         return TestPoseAlignmentConfig(steps=self.steps, lr=self.lr, rays_per_view=self.rays_per_view, seed=self.seed)
@@ -75,6 +92,8 @@ class WeakAlignmentConfig:
     def check(self) -> None:
         """Raise ValueError on a budget that cannot run."""
         self.budget().check()
+        if self.evidence_rays < 2 or not (np.isfinite(self.evidence_z) and self.evidence_z >= 0):
+            raise ValueError(f"weak alignment evidence needs >= 2 rays and a z >= 0, got {self.evidence_rays} and {self.evidence_z}")
         if self.min_iterations < 0:
             raise ValueError(f"weak alignment min_iterations must be >= 0, got {self.min_iterations}")
         if self.appearance not in ("own", "average"):
@@ -92,6 +111,9 @@ class WeakAlignment:
             alignment's own correction, on top of the run's (see the module docstring).
         rotation_deg: ``[K]`` angle of ``R_a``; translation_norm: ``[K]`` ``|t_a|`` (dataparser units).
         loss_before, loss_after: ``[K]`` mean squared RGB error of each camera on the first / last draw.
+        gain, gain_stderr: ``[K]`` the evidence for the NeRF-stage pose (:func:`photometric_evidence`): how much
+            lower the field's mean squared RGB error is there than at the stage's starting pose, and its standard
+            error (empty when not measured).
         seconds: wall time of the alignment.
         config: the budget used.
     """
@@ -104,8 +126,17 @@ class WeakAlignment:
     translation_norm: np.ndarray
     loss_before: np.ndarray = field(default_factory=lambda: np.zeros(0))
     loss_after: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    gain: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    gain_stderr: np.ndarray = field(default_factory=lambda: np.zeros(0))
     seconds: float = 0.0
     config: WeakAlignmentConfig = field(default_factory=WeakAlignmentConfig)
+
+    def supported(self) -> np.ndarray:
+        """``[K]`` bool: whether the evidence supports each camera's NeRF-stage pose (all, without a test)."""
+        z = float(self.config.evidence_z)
+        if z <= 0 or len(self.gain) != len(self.indices):
+            return np.ones(len(self.indices), dtype=bool)
+        return self.gain > z * self.gain_stderr
 
 
 class OwnAppearance(torch.nn.Module):
@@ -143,6 +174,48 @@ class OwnAppearance(torch.nn.Module):
             field_module.training = was
 
 
+def photometric_evidence(
+    model: Any, start: Any, end: Any, images: Sequence[Tensor], rays_per_view: int, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """How much better the frozen ``model`` renders each view at ``end`` than at ``start``, on the same pixels.
+
+    Args:
+        model: a trained ray model (or :class:`OwnAppearance`); frozen and in eval mode during the call.
+        start, end: nerfstudio ``Cameras [K]`` (camera-to-world, OpenGL axes, dataparser frame): the two poses
+            of each view.
+        images: ``K`` images ``[H, W, 3|4]`` in [0, 1], the cameras' sizes.
+        rays_per_view: pixels drawn uniformly per view (the same pixels for both poses: a paired comparison).
+        seed: seed of the pixel draws.
+
+    Returns:
+        ``gain [K]``: mean over the pixels of ``e_start - e_end`` (``e``: squared RGB error averaged over the
+        channels; > 0: ``end`` fits better), and ``stderr [K]``: its standard error (the per-pixel differences'
+        standard deviation over ``sqrt(rays_per_view)``).
+    """
+    from nerf_posefix.plugin.test_pose_alignment import _gt_rgb, _image_tensor, frozen_model
+
+    device = getattr(model, "device", None) or next(model.parameters()).device
+    gen = torch.Generator(device="cpu").manual_seed(int(seed))
+    gains, errors = np.zeros(len(images)), np.zeros(len(images))
+    with frozen_model(model), torch.no_grad():
+        for k, image in enumerate(images):
+            img = _image_tensor(image).to(device)  # [H, W, C]
+            h, w = int(img.shape[0]), int(img.shape[1])
+            flat = torch.randint(0, h * w, (int(rays_per_view),), generator=gen)  # [R]
+            y, x = (flat // w).to(device), (flat % w).to(device)
+            coords = torch.stack([y, x], dim=-1).float() + 0.5  # [R, 2] (y, x) pixel centres, nerfstudio's
+            target = _gt_rgb(model, img[y, x])  # [R, 3]
+            view = torch.full((len(flat), 1), k, dtype=torch.long, device=device)  # [R, 1]
+            per_pose = []
+            for cams in (start, end):
+                bundle = cams.to(device).generate_rays(camera_indices=view, coords=coords)  # [R]
+                per_pose.append(((model(bundle)["rgb"] - target) ** 2).mean(dim=-1))  # [R]
+            diff = (per_pose[0] - per_pose[1]).double().cpu().numpy()  # [R]
+            gains[k] = float(diff.mean())
+            errors[k] = float(diff.std(ddof=1) / np.sqrt(len(diff)))
+    return gains, errors
+
+
 def align_weak_cameras(
     pipeline: Any, indices: Sequence[int], config: Optional[WeakAlignmentConfig] = None
 ) -> WeakAlignment:
@@ -176,6 +249,10 @@ def align_weak_cameras(
     images = [dataset.get_image_float32(int(k)) for k in idx]
     target = OwnAppearance(model, index) if config.appearance == "own" else model
     result = align_test_poses(target, cameras, images, config.budget())
+    gain, gain_stderr = np.zeros(0), np.zeros(0)
+    if config.evidence_z > 0:  # the stage's end pose against its start (the dataset's pose: no correction)
+        gain, gain_stderr = photometric_evidence(target, dataset.cameras[index], result.cameras, images,
+                                                 config.evidence_rays, config.seed + 1)
     return WeakAlignment(
         indices=idx,
         cameras=result.cameras,
@@ -185,6 +262,8 @@ def align_weak_cameras(
         translation_norm=result.translation_norm,
         loss_before=result.loss_before,
         loss_after=result.loss_after,
+        gain=gain,
+        gain_stderr=gain_stderr,
         seconds=time.perf_counter() - t0,
         config=config,
     )
@@ -230,9 +309,12 @@ def align_into_optimizer(
     if reason is not None:
         return skipped(reason)
     alignment = align_weak_cameras(pipeline, indices, config)
-    optimizer.compose_corrections(
-        torch.from_numpy(alignment.indices), torch.from_numpy(alignment.rotation), torch.from_numpy(alignment.translation)
-    )
+    keep = alignment.supported()  # [K]
+    if keep.any():
+        optimizer.compose_corrections(torch.from_numpy(alignment.indices[keep]), torch.from_numpy(alignment.rotation[keep]),
+                                      torch.from_numpy(alignment.translation[keep]))
+    if (~keep).any():
+        optimizer.reset_corrections(torch.from_numpy(alignment.indices[~keep]))
     return alignment_record(alignment, [str(p) for p in pipeline.datamanager.train_dataset.image_filenames])
 
 
@@ -241,11 +323,14 @@ def alignment_record(alignment: WeakAlignment, train_filenames: Sequence[str]) -
     file name, without folders) how far it moved it: ``rotation_deg`` (the angle of ``R_a``, the same in every
     frame) and ``translation`` (``|t_a|``, **dataparser units**), and its photometric loss before / after."""
     moved: dict[str, dict[str, float]] = {}
+    keep = alignment.supported()
     for k, cam in enumerate(alignment.indices):
-        entry = {"rotation_deg": float(alignment.rotation_deg[k]), "translation": float(alignment.translation_norm[k])}
-        for key, losses in (("loss_before", alignment.loss_before), ("loss_after", alignment.loss_after)):
-            if len(losses) == len(alignment.indices):
-                entry[key] = float(losses[k])
+        entry: dict[str, Any] = {"rotation_deg": float(alignment.rotation_deg[k]), "translation": float(alignment.translation_norm[k])}
+        for key, values in (("loss_before", alignment.loss_before), ("loss_after", alignment.loss_after),
+                            ("evidence_gain", alignment.gain), ("evidence_stderr", alignment.gain_stderr)):
+            if len(values) == len(alignment.indices):
+                entry[key] = float(values[k])
+        entry["kept"] = bool(keep[k])
         moved[Path(str(train_filenames[int(cam)])).name] = entry
     cfg = alignment.config
     return {
@@ -253,18 +338,34 @@ def alignment_record(alignment: WeakAlignment, train_filenames: Sequence[str]) -
         "cameras": len(moved),
         "steps": cfg.steps, "lr": cfg.lr, "rays_per_view": cfg.rays_per_view, "appearance": cfg.appearance,
         "seconds": alignment.seconds,
+        "evidence_rays": cfg.evidence_rays, "evidence_z": cfg.evidence_z,
+        "kept": int(keep.sum()), "reverted": int((~keep).sum()),
         **move_statistics(moved),
         "units": "translation: dataparser units",
         "meaning": "after training, the weakly held cameras aligned photometrically against the frozen field (each with "
-        "its own appearance embedding); how far that moved them",
+        "its own appearance embedding); how far that moved them; a camera keeps its NeRF-stage pose only where the field "
+        "renders it better there than at the adjustment's pose by evidence_z standard errors (kept), else it goes back to "
+        "the adjustment's pose (rotation_deg / translation: the alignment's own move; the statistics count the kept ones)",
         "images": moved,
     }
 
 
+def alignment_line(record: Mapping[str, Any]) -> str:
+    """One line for the console from an :func:`alignment_record` (translations in whatever units it holds)."""
+    line = (f"{record['cameras']} weakly held camera(s) aligned against the trained field in {record['seconds']:.0f} s; "
+            f"{record.get('kept', record['cameras'])} kept their NeRF-stage pose (moved {record['rotation_deg_median']:.3f} deg median)")
+    if record.get("reverted"):
+        line += (f", {record['reverted']} went back to the adjustment's pose (the field did not render them better by "
+                 f"{record['evidence_z']:g} standard errors)")
+    return line
+
+
 def move_statistics(moved: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
-    """Median and largest rotation (degrees) and translation of the per-image moves of a record."""
-    rots = np.array([m["rotation_deg"] for m in moved.values()])
-    dists = np.array([m["translation"] for m in moved.values()])
+    """Median and largest rotation (degrees) and translation of the per-image moves of a record (the cameras it
+    kept; see :func:`photometric_evidence`)."""
+    kept = [m for m in moved.values() if m.get("kept", True)]  # a reverted camera did not move
+    rots = np.array([m["rotation_deg"] for m in kept])
+    dists = np.array([m["translation"] for m in kept])
     return {
         "rotation_deg_median": float(np.median(rots)) if len(rots) else 0.0,
         "rotation_deg_max": float(rots.max()) if len(rots) else 0.0,

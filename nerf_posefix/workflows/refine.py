@@ -696,6 +696,7 @@ def _nerf_stage(
 
     # export (nerfstudio's dataparser messages, e.g. its eval-mode=all warning, are hidden)
     from nerf_posefix.plugin.run_reader import refined_input_poses
+    from nerf_posefix.plugin.weak_alignment import alignment_line
     from nerf_posefix.plugin.training import quiet_console
 
     with quiet_console(True):
@@ -703,8 +704,7 @@ def _nerf_stage(
     alignment_note = _weak_alignment_note(run.run_dir, options.weak_alignment, refined_input.run.dataparser_scale,
                                           {flat: name for name, flat in inp.flat_names.items()})
     if alignment_note.get("ran"):
-        _log(f"weak alignment: {alignment_note['cameras']} weakly held camera(s) aligned against the trained field in "
-             f"{alignment_note['seconds']:.0f} s (moved {alignment_note['rotation_deg_median']:.3f} deg median)")
+        _log(f"weak alignment: {alignment_line(alignment_note)}")
     exported = refined_input.cameras.subset(np.nonzero(refined_input.refined)[0])  # c2w OpenCV, COLMAP world, flat names
     flat_to_name = {flat: name for name, flat in inp.flat_names.items()}
     missing = [n for n in exported.names if n not in flat_to_name]
