@@ -5,8 +5,16 @@ Two tracks, every row in its own process (wall time per stage, the process's **p
 ``os.wait4``), side by side in the same run:
 
 1. **COLMAP models** (tracks only): synthetic drone surveys of 100 / 300 / 1000 / 3000 / 5000 images
-   (:mod:`benchmarks.synthetic_model`: 640x480, ~400 observations per image, 0.5 px noise, 2 % outliers,
-   poses 0.2° / ~2.5 px off, points triangulated from them). Rows:
+   (:mod:`benchmarks.synthetic_model`: 640x480, ~400 observations per image, 0.5 px noise, 2 % outliers),
+   in one or both of two handovers (``--handover``, default ``perturbed``):
+
+   * ``perturbed``: poses 0.2° / ~2.5 px off, independently per image, points triangulated from them
+     (scenes ``scenes/synthetic-<N>``, rows ``rows/synthetic-<N>-<row>.json``);
+   * ``adjusted``: that model after pycolmap's squared-loss bundle adjustment to convergence, as a mapper
+     hands its model over (scenes ``scenes/synthetic-<N>-adjusted``, rows
+     ``rows/synthetic-<N>-adjusted-<row>.json``; the ``handover`` column of the table).
+
+   Rows (each on each handover):
 
    * ``posefix``: ``posefix refine --colmap-model M --images I --output O`` with its defaults (no NeRF stage):
      read and check, robust bundle adjustment (stopping when the poses stop moving), write. Stages from its
@@ -18,6 +26,11 @@ Two tracks, every row in its own process (wall time per stage, the process's **p
      "well-configured" adjustment of the issue).
    * ``posefix-ba``: the package's adjustment alone (``bundle_adjust_model`` with its defaults), with its
      solver's record (iterations, blocks, why it stopped, linear solver).
+   * ``input``: the handed-over model itself (no timing), always.
+
+   The pycolmap rows run ``create_default_bundle_adjuster`` set up as ``pycolmap.bundle_adjustment`` sets it
+   up (every registered image, gauge ``TWO_CAMS_FROM_WORLD``; the same poses to 1e-7 at 100 images), to
+   record Ceres' iterations and why it stopped.
 
    Errors: median rotation (degrees) and centre (units of the flight height, and % of the scene radius)
    of the registered images against the truth after a Sim(3) alignment.
@@ -43,10 +56,13 @@ Usage::
     python -m benchmarks.scaling --output scaling_results                     # everything (see below)
     python -m benchmarks.scaling --output out --sizes 100 300 --no-rendered   # quick (~1 min)
     python -m benchmarks.scaling --output out --sizes 5000 --no-rendered --rows posefix-ba pycolmap-ftol
+    python -m benchmarks.scaling --output out --sizes 1000 --no-rendered --handover perturbed adjusted \
+        --rows posefix posefix-ba pycolmap-ftol pycolmap-default               # both handovers side by side
 
 On 2 CPU cores: everything up to 3000 images plus the rendered track ~27 min (rendering 300 views: 3 min);
 the 5000-image adjustment rows ~4 min; the 5000-image ``posefix`` row is dominated by refine's per-image
-support stage (~N^1.9: > 20 min at 5000 images, extrapolated; ``docs/scaling.md``).
+support stage (~N^1.9: > 20 min at 5000 images, extrapolated; ``docs/scaling.md``). The ``adjusted``
+handover's squared-loss adjustment is made once per size when its scene is generated (not timed).
 """
 
 from __future__ import annotations
@@ -65,6 +81,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZES = (100, 300, 1000, 3000, 5000)
+HANDOVERS = ("perturbed", "adjusted")  # benchmarks.synthetic_model.HANDOVERS
 RENDERED_VIEWS = 300
 NOISE = {"rotation_deg": 1.0, "translation": 0.02}
 
@@ -150,13 +167,22 @@ def child_pycolmap(model_dir: Path, result: Path, variant: str, output: Path) ->
     if variant == "ftol":
         opts.ceres.solver_options.max_num_iterations = 30
         opts.ceres.solver_options.function_tolerance = 1e-4
+    # what pycolmap.bundle_adjustment(rec, opts) runs (every registered image, two cameras fixing the gauge),
+    # spelled out to get Ceres' summary back: the same poses to 1e-7 on the 100-image survey
+    config = pycolmap.BundleAdjustmentConfig()
+    for image_id in rec.reg_image_ids():
+        config.add_image(image_id)
+    config.fix_gauge(pycolmap.BundleAdjustmentGauge.TWO_CAMS_FROM_WORLD)
     t0 = time.perf_counter()
     with quiet_colmap_log(False):
-        pycolmap.bundle_adjustment(rec, opts)
+        summary = pycolmap.create_default_bundle_adjuster(opts, config, rec).solve().ceres_summary
     t_ba = time.perf_counter() - t0
     output.mkdir(parents=True, exist_ok=True)
     rec.write(str(output))
-    result.write_text(json.dumps({"read_s": t_read, "adjust_s": t_ba}), encoding="utf-8")
+    solver = {"iterations": int(summary.num_successful_steps + summary.num_unsuccessful_steps - 1),
+              "stop": str(summary.termination_type).split(".")[-1],
+              "linear_solver": str(summary.linear_solver_type_used).split(".")[-1].lower()}
+    result.write_text(json.dumps({"read_s": t_read, "adjust_s": t_ba, "solver": solver}), encoding="utf-8")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -184,16 +210,23 @@ def _save(out: Path, row: str, record: dict[str, Any]) -> dict[str, Any]:
     return record
 
 
-def synthetic_scene(out: Path, n: int) -> Path:
-    """The n-image survey (generated once)."""
-    from benchmarks.synthetic_model import SyntheticConfig, generate, write_synthetic
+def synthetic_name(n: int, handover: str = "perturbed") -> str:
+    """The scene's name and its rows' prefix: ``synthetic-<n>`` (perturbed), ``synthetic-<n>-adjusted``."""
+    if handover not in HANDOVERS:
+        raise ValueError(f"handover must be one of {HANDOVERS}, got {handover!r}")
+    return f"synthetic-{n}" if handover == "perturbed" else f"synthetic-{n}-{handover}"
 
-    scene = out / "scenes" / f"synthetic-{n}"
+
+def synthetic_scene(out: Path, n: int, handover: str = "perturbed") -> Path:
+    """The n-image survey in this handover (generated once)."""
+    from benchmarks.synthetic_model import SyntheticConfig, generate_handover, handover_record, write_synthetic
+
+    scene = out / "scenes" / synthetic_name(n, handover)
     if not (scene / "synthetic.json").is_file():
         t0 = time.perf_counter()
-        model = generate(SyntheticConfig(num_images=n))
+        model = generate_handover(SyntheticConfig(num_images=n), handover)
         write_synthetic(model, scene)
-        print(f"generated {scene} ({time.perf_counter() - t0:.1f} s)", flush=True)
+        print(f"generated {scene} ({time.perf_counter() - t0:.1f} s): {json.dumps(handover_record(model))}", flush=True)
     return scene
 
 
@@ -202,11 +235,11 @@ def _synthetic_truth(scene: Path) -> tuple[list[str], np.ndarray]:
     return [str(n) for n in truth["names"]], truth["c2w"]
 
 
-def row_refine_model(out: Path, n: int, force: bool) -> dict[str, Any]:
-    row = f"synthetic-{n}-posefix"
+def row_refine_model(out: Path, n: int, force: bool, handover: str = "perturbed") -> dict[str, Any]:
+    row = f"{synthetic_name(n, handover)}-posefix"
     if (done := _done(out, row, force)) is not None:
         return done
-    scene = synthetic_scene(out, n)
+    scene = synthetic_scene(out, n, handover)
     target = out / "runs" / row
     if target.exists():
         import shutil
@@ -217,8 +250,8 @@ def row_refine_model(out: Path, n: int, force: bool) -> dict[str, Any]:
     cmd = [sys.executable, "-m", "nerf_posefix.cli.main", "refine", "--colmap-model", str(scene / "sparse" / "0"),
            "--images", str(scene / "images"), "--output", str(target)]
     res = run_child(cmd, out / "runs" / f"{row}.log")
-    record: dict[str, Any] = {"track": "model", "images": n, "row": "posefix", "returncode": res["returncode"],
-                              "wall_s": res["wall_s"], "peak_rss_mib": res["peak_rss_mib"]}
+    record: dict[str, Any] = {"track": "model", "images": n, "handover": handover, "row": "posefix",
+                              "returncode": res["returncode"], "wall_s": res["wall_s"], "peak_rss_mib": res["peak_rss_mib"]}
     if res["returncode"] == 0:
         report = json.loads((target / "report.json").read_text(encoding="utf-8"))["summary"]
         ba = report.get("bundle_adjustment") or {}
@@ -237,22 +270,23 @@ def row_refine_model(out: Path, n: int, force: bool) -> dict[str, Any]:
     return _save(out, row, record)
 
 
-def row_pycolmap(out: Path, n: int, variant: str, force: bool) -> dict[str, Any]:
-    row = f"synthetic-{n}-pycolmap-{variant}"
+def row_pycolmap(out: Path, n: int, variant: str, force: bool, handover: str = "perturbed") -> dict[str, Any]:
+    row = f"{synthetic_name(n, handover)}-pycolmap-{variant}"
     if (done := _done(out, row, force)) is not None:
         return done
-    scene = synthetic_scene(out, n)
+    scene = synthetic_scene(out, n, handover)
     result = out / "runs" / f"{row}.json"
     model_out = out / "runs" / row
     result.parent.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "benchmarks.scaling", "--child", "pycolmap", "--variant", variant, "--model", str(scene / "sparse" / "0"),
            "--result", str(result), "--output", str(model_out)]
     res = run_child(cmd, out / "runs" / f"{row}.log")
-    record: dict[str, Any] = {"track": "model", "images": n, "row": f"pycolmap-{variant}", "returncode": res["returncode"],
-                              "wall_s": res["wall_s"], "peak_rss_mib": res["peak_rss_mib"]}
+    record: dict[str, Any] = {"track": "model", "images": n, "handover": handover, "row": f"pycolmap-{variant}",
+                              "returncode": res["returncode"], "wall_s": res["wall_s"], "peak_rss_mib": res["peak_rss_mib"]}
     if res["returncode"] == 0:
         timing = json.loads(result.read_text(encoding="utf-8"))
         record["stages_s"] = {"read_and_check": timing["read_s"], "adjust": timing["adjust_s"]}
+        record["solver"] = timing.get("solver")
         record.update(pose_errors(*model_poses(model_out), *_synthetic_truth(scene)))
     record["log_tail"] = [line for _, line in res["lines"][-5:]]
     return _save(out, row, record)
@@ -270,18 +304,18 @@ def child_posefix_ba(model_dir: Path, result: Path) -> None:
                                   "names": names, "c2w": c2w.tolist()}), encoding="utf-8")
 
 
-def row_posefix_ba(out: Path, n: int, force: bool) -> dict[str, Any]:
-    row = f"synthetic-{n}-posefix-ba"
+def row_posefix_ba(out: Path, n: int, force: bool, handover: str = "perturbed") -> dict[str, Any]:
+    row = f"{synthetic_name(n, handover)}-posefix-ba"
     if (done := _done(out, row, force)) is not None:
         return done
-    scene = synthetic_scene(out, n)
+    scene = synthetic_scene(out, n, handover)
     result = out / "runs" / f"{row}.json"
     result.parent.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "benchmarks.scaling", "--child", "posefix-ba", "--model", str(scene / "sparse" / "0"),
            "--result", str(result)]
     res = run_child(cmd, out / "runs" / f"{row}.log")
-    record: dict[str, Any] = {"track": "model", "images": n, "row": "posefix adjustment alone", "returncode": res["returncode"],
-                              "wall_s": res["wall_s"], "peak_rss_mib": res["peak_rss_mib"]}
+    record: dict[str, Any] = {"track": "model", "images": n, "handover": handover, "row": "posefix adjustment alone",
+                              "returncode": res["returncode"], "wall_s": res["wall_s"], "peak_rss_mib": res["peak_rss_mib"]}
     if res["returncode"] == 0:
         info = json.loads(result.read_text(encoding="utf-8"))
         record["stages_s"] = {"read_and_check": info["total_s"] - info["adjust_s"], "adjust": info["adjust_s"]}
@@ -291,14 +325,14 @@ def row_posefix_ba(out: Path, n: int, force: bool) -> dict[str, Any]:
     return _save(out, row, record)
 
 
-def row_input(out: Path, n: int, force: bool) -> dict[str, Any]:
-    row = f"synthetic-{n}-input"
+def row_input(out: Path, n: int, force: bool, handover: str = "perturbed") -> dict[str, Any]:
+    row = f"{synthetic_name(n, handover)}-input"
     if (done := _done(out, row, force)) is not None:
         return done
-    scene = synthetic_scene(out, n)
+    scene = synthetic_scene(out, n, handover)
     counts = json.loads((scene / "synthetic.json").read_text(encoding="utf-8"))
-    record = {"track": "model", "images": n, "row": "input", "num_points3D": counts["num_points3D"],
-              "num_observations": counts["num_observations"]}
+    record = {"track": "model", "images": n, "handover": handover, "row": "input", "num_points3D": counts["num_points3D"],
+              "num_observations": counts["num_observations"], "handover_record": counts.get("handover_record")}
     record.update(pose_errors(*model_poses(scene / "sparse" / "0"), *_synthetic_truth(scene)))
     return _save(out, row, record)
 
@@ -426,7 +460,7 @@ def row_rendered_input(out: Path, views: int, force: bool) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 # table and plot
 
-COLUMNS = ("track", "images", "row", "wall_s", "peak_rss_mib", "stages", "registered", "rotation_median_deg", "rotation_max_deg",
+COLUMNS = ("track", "images", "handover", "row", "wall_s", "peak_rss_mib", "stages", "registered", "rotation_median_deg", "rotation_max_deg",
            "centre_median", "centre_median_pct", "iterations", "stop", "linear_solver", "returncode")
 
 
@@ -437,6 +471,8 @@ def table_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         stages = r.get("stages_s") or {}
         rows.append({
             **{k: r.get(k) for k in COLUMNS},
+            # records made before the handover option were all on the perturbed handover
+            "handover": r.get("handover") or ("perturbed" if r.get("track") == "model" else ""),
             "stages": "; ".join(f"{k} {v:.1f}" for k, v in stages.items() if v is not None),
             "iterations": solver.get("iterations"), "stop": solver.get("stop"), "linear_solver": solver.get("linear_solver"),
         })
@@ -449,12 +485,14 @@ def write_outputs(out: Path, records: list[dict[str, Any]]) -> None:
         writer = csv.DictWriter(f, fieldnames=list(COLUMNS))
         writer.writeheader()
         writer.writerows(rows)
-    print(f"\n{'track':9} {'images':>6} {'row':34} {'wall s':>8} {'peak MiB':>9} {'rot med°':>9} {'centre %':>9}  stages")
+    print(f"\n{'track':9} {'images':>6} {'handover':9} {'row':34} {'wall s':>8} {'peak MiB':>9} {'iter':>5} {'rot med°':>9} "
+          f"{'centre %':>9}  stages")
     for r in rows:
         def fmt(v: Any, spec: str) -> str:
-            return format(v, spec) if isinstance(v, (int, float)) else "-"
-        print(f"{r['track']:9} {r['images']:>6} {r['row']:34} {fmt(r['wall_s'], '8.1f')} {fmt(r['peak_rss_mib'], '9.0f')} "
-              f"{fmt(r['rotation_median_deg'], '9.4f')} {fmt(r['centre_median_pct'], '9.4f')}  {r['stages']}")
+            return format(v, spec) if isinstance(v, (int, float)) else "-".rjust(int(spec.rstrip("dfs").split(".")[0]))
+        print(f"{r['track']:9} {r['images']:>6} {r['handover']:9} {r['row']:34} {fmt(r['wall_s'], '8.1f')} "
+              f"{fmt(r['peak_rss_mib'], '9.0f')} {fmt(r['iterations'], '5d')} {fmt(r['rotation_median_deg'], '9.4f')} "
+              f"{fmt(r['centre_median_pct'], '9.4f')}  {r['stages']}")
     try:
         import matplotlib
 
@@ -467,7 +505,7 @@ def write_outputs(out: Path, records: list[dict[str, Any]]) -> None:
     for r in records:
         if r.get("wall_s") is None or r.get("returncode", 0) != 0:
             continue
-        label = f"{r['track']}: {r['row']}"
+        label = f"{r['track']}: {r['row']}" + (f" ({r['handover']} handover)" if r.get("handover") not in (None, "perturbed") else "")
         series.setdefault(label, []).append((int(r["images"]), float(r["wall_s"])))
     for label, points in sorted(series.items()):
         points.sort()
@@ -498,6 +536,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--rows", nargs="+", default=None, help="only these row kinds: posefix pycolmap-default pycolmap-ftol "
                         "posefix-ba tracks tracks-sequential colmap")
     parser.add_argument("--force", action="store_true", help="re-run rows whose record exists")
+    parser.add_argument("--handover", nargs="+", choices=HANDOVERS, default=["perturbed"],
+                        help="the synthetic models' handover(s): perturbed poses, or their squared-loss adjustment "
+                             "(a mapper's output); both: side by side")
     # child mode
     parser.add_argument("--child", choices=("pycolmap", "colmap", "posefix-ba"), help=argparse.SUPPRESS)
     parser.add_argument("--variant", default="default", help=argparse.SUPPRESS)
@@ -521,16 +562,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     kinds = set(args.rows or ("posefix", "pycolmap-default", "pycolmap-ftol", "posefix-ba", "tracks", "tracks-sequential", "colmap"))
     if not args.no_models:
         for n in args.sizes:
-            print(f"synthetic model, {n} images", flush=True)
-            row_input(out, n, args.force)
-            if "posefix" in kinds:
-                row_refine_model(out, n, args.force)
-            if "pycolmap-ftol" in kinds:
-                row_pycolmap(out, n, "ftol", args.force)
-            if "pycolmap-default" in kinds and n <= args.default_max_images:
-                row_pycolmap(out, n, "default", args.force)
-            if "posefix-ba" in kinds:
-                row_posefix_ba(out, n, args.force)
+            for handover in args.handover:
+                print(f"synthetic model, {n} images, {handover} handover", flush=True)
+                row_input(out, n, args.force, handover)
+                if "posefix" in kinds:
+                    row_refine_model(out, n, args.force, handover)
+                if "pycolmap-ftol" in kinds:
+                    row_pycolmap(out, n, "ftol", args.force, handover)
+                if "pycolmap-default" in kinds and n <= args.default_max_images:
+                    row_pycolmap(out, n, "default", args.force, handover)
+                if "posefix-ba" in kinds:
+                    row_posefix_ba(out, n, args.force, handover)
     if not args.no_rendered:
         print(f"rendered scene, {args.views} views", flush=True)
         row_rendered_input(out, args.views, args.force)
@@ -541,7 +583,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if "colmap" in kinds:
             row_colmap(out, args.views, args.force)
     records = [json.loads(p.read_text(encoding="utf-8")) for p in sorted((out / "rows").glob("*.json"))]
-    records.sort(key=lambda r: (r["track"], r["images"], r["row"]))
+    records.sort(key=lambda r: (r["track"], r["images"], r.get("handover") or "perturbed", r["row"]))
     write_outputs(out, records)
     return 0
 
