@@ -14,10 +14,12 @@ makes the tracks with COLMAP's own bindings (``pycolmap``), the poses held as gi
    blurred or washed-out frames) are extracted again at a third of COLMAP's DoG peak threshold
    (:func:`few_feature_images`). Features and exhaustive or sequential matches do
    not depend on the poses, so one database serves every pose set of the same images; spatial pairs do.
-2. :func:`triangulate_fixed_poses`: COLMAP's ``point_triangulator`` (``pycolmap.triangulate_points``) on the
-   database's verified matches with the given poses held fixed, at a reprojection threshold wide enough
-   for poses a few degrees off. The result is a COLMAP model in the **input world frame** with the input
-   poses exactly, and the new points and tracks.
+2. :func:`triangulate_fixed_poses`: the steps of COLMAP's ``point_triangulator`` (``pycolmap.IncrementalMapper``:
+   tracks created image by image, completed, merged, re-triangulated and filtered) on the database's verified
+   matches with the given poses held fixed, at a reprojection threshold wide enough for poses a few degrees
+   off; the database is read once into COLMAP's cache (:func:`open_track_cache`) for all the triangulations of
+   the rounds, and the point triangulator's point-only adjustments are left to the rounds' own. The result is a
+   COLMAP model in the **input world frame** with the input poses exactly, and the new points and tracks.
 3. :func:`adjust_with_retriangulation`: rounds of (triangulate with the current poses, robust bundle
    adjustment of poses and points) with a shrinking reprojection threshold (default 16, 8, 4, 2 px,
    Cauchy scale a quarter of it): the first, loose round lets tracks form despite the pose noise; later
@@ -611,20 +613,88 @@ def _focal_px(rec: "pycolmap.Reconstruction") -> float:
     return float(np.mean([cam.mean_focal_length() for cam in rec.cameras.values()]))
 
 
+def open_track_cache(database: str | Path, min_num_matches: Optional[int] = None) -> "pycolmap.DatabaseCache":
+    """COLMAP's in-memory cache of a track database (``pycolmap.DatabaseCache``: cameras, images, keypoints and
+    the correspondence graph of the image pairs with at least ``min_num_matches`` verified matches; None:
+    COLMAP's mapper default, 15), read once: what COLMAP's point triangulator reads from the database on every
+    call. Pass it to :func:`triangulate_fixed_poses` to triangulate several times from the same database (the
+    rounds of :func:`adjust_with_retriangulation`). It holds the keypoints and matches in memory
+    (:data:`TRACKS_MEMORY_PER_FEATURE_BYTES`, :data:`TRACKS_MEMORY_PER_MATCH_BYTES`); reading it took 0.04 s of
+    a 3.4 s triangulation on the rendered 300 views (108k keypoints, 3234 pairs; issue 23)."""
+    import pycolmap
+
+    cache_options = pycolmap.DatabaseCacheOptions()
+    if min_num_matches is None:
+        min_num_matches = pycolmap.IncrementalPipelineOptions().min_num_matches
+    cache_options.min_num_matches = int(min_num_matches)
+    db = pycolmap.Database.open(str(database))
+    try:
+        return pycolmap.DatabaseCache.create(db, cache_options)
+    finally:
+        db.close()
+
+
 def triangulate_fixed_poses(
     rec: "pycolmap.Reconstruction", database: str | Path, images_dir: str | Path, max_reproj_px: float,
-    num_threads: int = -1, seed: int = 0, verbose: bool = False,
+    num_threads: int = -1, seed: int = 0, verbose: bool = False, cache: Optional["pycolmap.DatabaseCache"] = None,
+    refine_points: bool = False, colours: bool = True,
 ) -> "pycolmap.Reconstruction":
-    """COLMAP's point triangulator on the database's verified matches with ``rec``'s poses held fixed (its
-    points are cleared first); tracks are created, merged and completed within ``max_reproj_px`` pixels.
-    Returns the new reconstruction (poses unchanged, intrinsics unchanged)."""
-    import tempfile
+    """COLMAP's point triangulation on the database's verified matches with ``rec``'s poses held fixed (its
+    points are cleared first; ``rec`` itself is not changed): tracks are created image by image, completed,
+    merged and re-triangulated, and the points whose reprojection error exceeds ``max_reproj_px`` pixels or
+    whose triangulation angle is below COLMAP's 1.5 degrees are filtered, all through ``pycolmap.IncrementalMapper``
+    (the steps of COLMAP's ``point_triangulator``). Returns the new reconstruction (poses and intrinsics
+    unchanged, same image ids: ``rec``'s images must carry the database's ids, as
+    :func:`reconstruction_from_poses` gives them).
 
+    ``cache``: the database's :func:`open_track_cache`, read once for several triangulations (else read now).
+    ``refine_points``: also run the point triangulator's point-only refinements (up to 5 bundle adjustments of
+    the points with the poses held, squared loss, each followed by track completion, merging and filtering; the
+    tracks then match ``pycolmap.triangulate_points``'). Off by default: the robust adjustment of poses and points
+    that follows every triangulation in :func:`adjust_with_retriangulation` refines the points itself, and they
+    took 2.7 of a triangulation's 3.5 s (rendered 300 views at 16 px, issue 23, ``benchmarks/triangulation_probe.py``:
+    1.1 s without them, the cache given, against 3.5 s for ``triangulate_points`` in the same run). Measured
+    without / with them: the rendered 300 views' rounds on one database from poses 1 deg / 2 % off (noise seeds
+    0, 1, 2) end at 0.0393 / 0.0403 / 0.0397 deg against 0.0399 / 0.0405 / 0.0400 deg; castle-P30's front end
+    from 2 deg / 3 % (``benchmarks.front_end_only``, seeds 0, 1, 2) at 0.0374 / 0.0409 / 0.0407 deg against
+    0.0406 / 0.0416 / 0.0425 deg. ``colours``: the points' colours, read from every image under ``images_dir``
+    (else black; :func:`adjust_with_retriangulation` reads them once, for its result only).
+
+    Raises:
+        InputError: an image of ``rec`` has another id in the database.
+    """
     import pycolmap
 
     options = _triangulation_options(max_reproj_px, _focal_px(rec), num_threads, seed)
-    with tempfile.TemporaryDirectory(prefix="posefix-triangulation-") as work, quiet_colmap_log(verbose):
-        return pycolmap.triangulate_points(rec, str(database), str(images_dir), work, clear_points=True, options=options)
+    options.fix_existing_frames = True  # as the point triangulator: the poses are not refined
+    if cache is None:
+        with quiet_colmap_log(verbose):
+            cache = open_track_cache(database, options.min_num_matches)
+    out = pycolmap.Reconstruction(rec)
+    out.delete_all_points2D_and_points3D()
+    wrong = [out.images[i].name for i in out.reg_image_ids()
+             if cache.exists_image(i) and cache.image(i).name != out.images[i].name]
+    if wrong:
+        raise InputError(f"{database}: the images {', '.join(wrong[:5])} have other ids in the COLMAP database")
+    mapper_options, tri_options = options.get_mapper(), options.get_triangulation()
+    with quiet_colmap_log(verbose):
+        mapper = pycolmap.IncrementalMapper(cache)
+        mapper.begin_reconstruction(out)
+        for image_id in sorted(out.reg_image_ids()):
+            mapper.triangulate_image(tri_options, image_id)
+        if refine_points:
+            mapper.iterative_global_refinement(options.ba_global_max_refinements, options.ba_global_max_refinement_change,
+                                               mapper_options, options.get_global_bundle_adjustment(), tri_options,
+                                               normalize_reconstruction=False)
+        else:
+            mapper.complete_and_merge_tracks(tri_options)
+            mapper.retriangulate(tri_options)
+            mapper.filter_points(mapper_options)
+        mapper.end_reconstruction(False)
+        out.update_point_3d_errors()
+        if colours:
+            out.extract_colors_for_all_images(str(images_dir))
+    return out
 
 
 def track_components(rec: "pycolmap.Reconstruction") -> list[list[int]]:
@@ -761,7 +831,9 @@ def adjust_with_retriangulation(
     fixed unless ``refine_intrinsics`` (focal lengths and distortion; the principal point stays).
     ``first_triangulation``: the triangulation of ``posed`` at the schedule's first threshold, already made (the
     front end's tracks stage): the first round starts from a copy of it instead of triangulating again, when its
-    images (ids, names) and poses are the round's (else it is triangulated; rendered 300 views: 5 s of 42 s).
+    images (ids, names) and poses are the round's (else it is triangulated). The rounds' triangulations share one
+    read of the database (:func:`open_track_cache`) and leave the points' colours out; the result's are read from
+    the images once, at the end.
 
     Raises:
         InputError: no point could be triangulated in a round (the message gives the round's threshold).
@@ -779,6 +851,8 @@ def adjust_with_retriangulation(
     schedule: list[Optional[float]] = [*options.reproj_schedule_px, *([None] if options.final_round_factor > 0 else [])]
     last_scheduled = float(options.reproj_schedule_px[-1])
     errors = np.zeros(0)
+    cache: Optional["pycolmap.DatabaseCache"] = None  # read on the first triangulation, kept for the next ones
+    triangulated = False  # whether the points are this call's (their colours are read once, at the end)
     k = 0
     while k < len(schedule):
         final = schedule[k] is None  # the final round: its threshold from the noise the previous round left
@@ -786,7 +860,12 @@ def adjust_with_retriangulation(
         if k == 0 and first_triangulation is not None and _same_images_and_poses(rec, first_triangulation):
             rec = pycolmap.Reconstruction(first_triangulation)
         else:
-            rec = triangulate_fixed_poses(rec, database, images_dir, r, options.num_threads, options.seed, verbose)
+            if cache is None:
+                with quiet_colmap_log(verbose):
+                    cache = open_track_cache(database)
+            rec = triangulate_fixed_poses(rec, database, images_dir, r, options.num_threads, options.seed, verbose, cache=cache,
+                                          colours=False)
+            triangulated = True
         if rec.num_points3D() == 0:
             raise InputError(f"no point could be triangulated at {r:g} px from the verified matches and the given poses")
         ba = pycolmap.BundleAdjustmentOptions()
@@ -836,6 +915,9 @@ def adjust_with_retriangulation(
         k = nxt
     alignment = pose_alignment(reconstruction_c2w(rec)[1], input_c2w)  # what remains of a common drift: ~identity
     rec.update_point_3d_errors()
+    if triangulated:
+        with quiet_colmap_log(verbose):
+            rec.extract_colors_for_all_images(str(images_dir))
     out_names, c2w = reconstruction_c2w(rec)
     if out_names != names:
         raise RuntimeError("the bundle adjustment changed the set of registered images")
@@ -874,6 +956,7 @@ __all__ = [
     "track_components",
     "match_features",
     "reconstruction_from_poses",
+    "open_track_cache",
     "track_stats",
     "triangulate_fixed_poses",
 ]
