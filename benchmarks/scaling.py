@@ -153,7 +153,8 @@ def child_pycolmap(model_dir: Path, result: Path, variant: str, output: Path) ->
     """pycolmap's own adjustment of a model (Cauchy, the package's auto scale); writes the adjusted model."""
     import pycolmap
 
-    from nerf_posefix.sfm.bundle_adjustment import auto_scale_px, quiet_colmap_log
+    from benchmarks.synthetic_model import pycolmap_adjust
+    from nerf_posefix.sfm.bundle_adjustment import auto_scale_px
 
     t0 = time.perf_counter()
     rec = pycolmap.Reconstruction(str(model_dir))
@@ -167,16 +168,7 @@ def child_pycolmap(model_dir: Path, result: Path, variant: str, output: Path) ->
     if variant == "ftol":
         opts.ceres.solver_options.max_num_iterations = 30
         opts.ceres.solver_options.function_tolerance = 1e-4
-    # what pycolmap.bundle_adjustment(rec, opts) runs (every registered image, two cameras fixing the gauge),
-    # spelled out to get Ceres' summary back: the same poses to 1e-7 on the 100-image survey
-    config = pycolmap.BundleAdjustmentConfig()
-    for image_id in rec.reg_image_ids():
-        config.add_image(image_id)
-    config.fix_gauge(pycolmap.BundleAdjustmentGauge.TWO_CAMS_FROM_WORLD)
-    t0 = time.perf_counter()
-    with quiet_colmap_log(False):
-        summary = pycolmap.create_default_bundle_adjuster(opts, config, rec).solve().ceres_summary
-    t_ba = time.perf_counter() - t0
+    summary, t_ba = pycolmap_adjust(rec, opts)  # pycolmap.bundle_adjustment's own set-up, Ceres' summary kept
     output.mkdir(parents=True, exist_ok=True)
     rec.write(str(output))
     solver = {"iterations": int(summary.num_successful_steps + summary.num_unsuccessful_steps - 1),

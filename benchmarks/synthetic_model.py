@@ -301,7 +301,7 @@ def adjust_handover(model: SyntheticModel, max_iterations: int = HANDOVER_MAX_IT
     """
     import pycolmap
 
-    from nerf_posefix.sfm.bundle_adjustment import quiet_colmap_log, reconstruction_c2w
+    from nerf_posefix.sfm.bundle_adjustment import reconstruction_c2w
 
     if model.handover != "perturbed":
         raise ValueError(f"adjust_handover: the model is already {model.handover!r}")
@@ -317,14 +317,7 @@ def adjust_handover(model: SyntheticModel, max_iterations: int = HANDOVER_MAX_IT
     opts.ceres.solver_options.max_num_iterations = int(max_iterations)
     opts.ceres.max_num_images_direct_sparse_cpu_solver = max(opts.ceres.max_num_images_direct_sparse_cpu_solver,
                                                              len(model.names))
-    config = pycolmap.BundleAdjustmentConfig()
-    for image_id in rec.reg_image_ids():
-        config.add_image(image_id)
-    config.fix_gauge(pycolmap.BundleAdjustmentGauge.TWO_CAMS_FROM_WORLD)
-    t0 = time.perf_counter()
-    with quiet_colmap_log(False):
-        summary = pycolmap.create_default_bundle_adjuster(opts, config, rec).solve().ceres_summary
-    seconds = time.perf_counter() - t0
+    summary, seconds = pycolmap_adjust(rec, opts)
     names, c2w = reconstruction_c2w(rec)  # sorted by name: the zero-padded names are in flight order
     if names != model.names or rec.num_points3D() != model.points.shape[0]:
         raise RuntimeError("adjust_handover: the adjusted model lost images or points")
@@ -339,6 +332,24 @@ def adjust_handover(model: SyntheticModel, max_iterations: int = HANDOVER_MAX_IT
     record = {"handover": "adjusted", "solver": solver, "handed_over": _error_record(model, c2w, points),
               "perturbed": _error_record(model, model.c2w, model.points)}
     return replace(model, c2w=c2w, points=points, handover="adjusted", handover_record=record)
+
+
+def pycolmap_adjust(rec: Any, opts: Any) -> tuple[Any, float]:
+    """What ``pycolmap.bundle_adjustment(rec, opts)`` runs (every registered image, two cameras fixing the gauge),
+    spelled out to get Ceres' summary back (the same poses to 1e-7 on the 100-image survey); ``rec`` adjusted in
+    place. Returns Ceres' summary and the solve's wall time (s)."""
+    import pycolmap
+
+    from nerf_posefix.sfm.bundle_adjustment import quiet_colmap_log
+
+    config = pycolmap.BundleAdjustmentConfig()
+    for image_id in rec.reg_image_ids():
+        config.add_image(image_id)
+    config.fix_gauge(pycolmap.BundleAdjustmentGauge.TWO_CAMS_FROM_WORLD)
+    t0 = time.perf_counter()
+    with quiet_colmap_log(False):
+        summary = pycolmap.create_default_bundle_adjuster(opts, config, rec).solve().ceres_summary
+    return summary, time.perf_counter() - t0
 
 
 def handover_record(model: SyntheticModel) -> dict[str, Any]:
