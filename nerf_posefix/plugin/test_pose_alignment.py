@@ -124,6 +124,16 @@ def _image_tensor(image: Any) -> Tensor:
     return t.float()
 
 
+def draw_pixels(image: Tensor, rays: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """``rays`` pixels drawn uniformly from ``image [H, W, C]`` (with replacement, from the CPU ``generator``):
+    their coordinates ``[R, 2]`` (y, x; pixel centres at +0.5, nerfstudio's) and colours ``[R, C]``, on the
+    image's device."""
+    h, w = int(image.shape[0]), int(image.shape[1])
+    flat = torch.randint(0, h * w, (int(rays),), generator=generator)  # [R]
+    y, x = (flat // w).to(image.device), (flat % w).to(image.device)
+    return torch.stack([y, x], dim=-1).float() + 0.5, image[y, x]
+
+
 def corrected_cameras(cameras: Any, rotation: Tensor, translation: Tensor) -> Any:
     """A copy of ``cameras`` [N] whose ``camera_to_worlds`` are ``[R_adj · R | t + t_adj]``."""
     out = cameras.to(cameras.device)  # a copy (TensorDataclass.to builds a new object)
@@ -178,12 +188,7 @@ def align_test_poses(
 
     def draw() -> tuple[Tensor, Tensor]:
         """Pixel coordinates ``[N*R, 2]`` (y, x; pixel centres at +0.5, nerfstudio's) and their colours."""
-        coords, colours = [], []
-        for k in range(n):
-            flat = torch.randint(0, heights[k] * widths[k], (rays,), generator=gen)  # [R]
-            y, x = (flat // widths[k]).to(device), (flat % widths[k]).to(device)
-            coords.append(torch.stack([y, x], dim=-1).float() + 0.5)
-            colours.append(gts[k][y, x])
+        coords, colours = zip(*(draw_pixels(gts[k], rays, gen) for k in range(n)))
         return torch.cat(coords), torch.cat(colours)
 
     def per_view_loss(coords: Tensor, colours: Tensor) -> Tensor:

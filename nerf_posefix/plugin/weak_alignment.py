@@ -192,20 +192,16 @@ def photometric_evidence(
         channels; > 0: ``end`` fits better), and ``stderr [K]``: its standard error (the per-pixel differences'
         standard deviation over ``sqrt(rays_per_view)``).
     """
-    from nerf_posefix.plugin.test_pose_alignment import _gt_rgb, _image_tensor, frozen_model
+    from nerf_posefix.plugin.test_pose_alignment import _gt_rgb, _image_tensor, draw_pixels, frozen_model
 
     device = getattr(model, "device", None) or next(model.parameters()).device
     gen = torch.Generator(device="cpu").manual_seed(int(seed))
     gains, errors = np.zeros(len(images)), np.zeros(len(images))
     with frozen_model(model), torch.no_grad():
         for k, image in enumerate(images):
-            img = _image_tensor(image).to(device)  # [H, W, C]
-            h, w = int(img.shape[0]), int(img.shape[1])
-            flat = torch.randint(0, h * w, (int(rays_per_view),), generator=gen)  # [R]
-            y, x = (flat // w).to(device), (flat % w).to(device)
-            coords = torch.stack([y, x], dim=-1).float() + 0.5  # [R, 2] (y, x) pixel centres, nerfstudio's
-            target = _gt_rgb(model, img[y, x])  # [R, 3]
-            view = torch.full((len(flat), 1), k, dtype=torch.long, device=device)  # [R, 1]
+            coords, colours = draw_pixels(_image_tensor(image).to(device), rays_per_view, gen)  # [R, 2] (y, x), [R, C]
+            target = _gt_rgb(model, colours)  # [R, 3]
+            view = torch.full((len(coords), 1), k, dtype=torch.long, device=device)  # [R, 1]
             per_pose = []
             for cams in (start, end):
                 bundle = cams.to(device).generate_rays(camera_indices=view, coords=coords)  # [R]
