@@ -340,8 +340,9 @@ def alignment_record(alignment: WeakAlignment, train_filenames: Sequence[str]) -
         "units": "translation: dataparser units",
         "meaning": "after training, the weakly held cameras aligned photometrically against the frozen field (each with "
         "its own appearance embedding); how far that moved them; a camera keeps its NeRF-stage pose only where the field "
-        "renders it better there than at the adjustment's pose by evidence_z standard errors (kept), else it goes back to "
-        "the adjustment's pose (rotation_deg / translation: the alignment's own move; the statistics count the kept ones)",
+        "renders it better there than at the pose the stage started from (the adjustment's; the input's where no track holds "
+        "it) by evidence_z standard errors (kept), else it goes back to that pose (rotation_deg / translation: the "
+        "alignment's own move; the statistics count the kept ones)",
         "images": moved,
     }
 
@@ -351,8 +352,8 @@ def alignment_line(record: Mapping[str, Any]) -> str:
     line = (f"{record['cameras']} weakly held camera(s) aligned against the trained field in {record['seconds']:.0f} s; "
             f"{record.get('kept', record['cameras'])} kept their NeRF-stage pose (moved {record['rotation_deg_median']:.3f} deg median)")
     if record.get("reverted"):
-        line += (f", {record['reverted']} went back to the adjustment's pose (the field did not render them better by "
-                 f"{record['evidence_z']:g} standard errors)")
+        line += (f", {record['reverted']} went back to the pose the NeRF stage started from (the field did not render them "
+                 f"better by {record['evidence_z']:g} standard errors)")
     return line
 
 

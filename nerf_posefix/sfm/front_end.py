@@ -48,8 +48,9 @@ ADJUSTED_MODEL = "bundle_adjusted/sparse/0"
 LossName = Literal["cauchy", "huber", "soft_l1", "squared", "none"]
 #: Version of the stages' algorithms, in the cache's stamp: a cache made by an earlier version is redone
 #: (2: track building's final round re-triangulated with the adjusted poses; 3: few-feature images extracted again
-#: at a lower peak threshold; 4: rounds skipped to the smallest threshold met, early rounds with 2 % stragglers).
-FRONT_END_VERSION = 4
+#: at a lower peak threshold; 4: rounds skipped to the smallest threshold met, early rounds with 2 % stragglers;
+#: 5: triangulations without the point triangulator's point-only adjustments).
+FRONT_END_VERSION = 5
 
 
 @dataclass
