@@ -77,19 +77,25 @@ def test_the_callers_filters_are_restored(monkeypatch: pytest.MonkeyPatch) -> No
 def test_refine_default_run_prints_only_the_package_lines(tmp_path: Path) -> None:
     """The issue's target: ``posefix refine`` on the bundled scene (3 deg / 5 % noise) in a fresh process:
     every line of stdout and stderr is the package's (``posefix ...``, the summary table's indented rows and
-    its ``wrote`` list); no warnings, no nerfstudio console (no NeRF trains). About 15 s."""
+    its ``wrote`` list); no warnings, no nerfstudio console (no NeRF trains). Issue 23: without a NeRF stage torch
+    is never imported, and a grayscale image among RGB ones is not announced as converted for training (nothing
+    trains). About 15 s."""
+    from PIL import Image
+
     from nerf_posefix.workflows.perturb import perturb_dataset
 
     noisy = tmp_path / "noisy"
     perturb_dataset(TOYBOX, noisy, rotation_deg=3.0, translation=0.05, seed=0)
+    gray = sorted((noisy / "images").iterdir())[5]
+    with Image.open(gray) as img:
+        img.convert("L").save(gray)  # a copy of perturb's: the bundled scene is not touched
     out = tmp_path / "out"
-    proc = subprocess.run(
-        [sys.executable, "-m", "nerf_posefix.cli.main", "refine", "--poses", str(noisy / "transforms.json"), "--output", str(out),
-         "--threads", "1"],
-        capture_output=True, text=True, timeout=600, cwd=tmp_path,
-    )
+    argv = ["posefix", "refine", "--poses", str(noisy / "transforms.json"), "--output", str(out), "--threads", "1"]
+    probe = ("import atexit, runpy, sys; atexit.register(lambda: print('torch imported:', 'torch' in sys.modules, file=sys.stderr)); "
+             f"sys.argv = {argv!r}; runpy.run_module('nerf_posefix.cli.main', run_name='__main__')")
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stderr == "", proc.stderr
+    assert proc.stderr == "torch imported: False\n", proc.stderr
     lines = [line for line in proc.stdout.splitlines() if line.strip()]
     foreign = [line for line in lines if not (line.startswith("posefix") or line.startswith("  ") or line == "wrote")]
     assert not foreign, foreign

@@ -134,7 +134,8 @@ def test_with_poses_checks_names() -> None:
 def test_load_camera_set_finds_sparse_0_and_model_files(tmp_path: Path) -> None:
     model = model_with_points(5)
     write_colmap_model(model, tmp_path / "scene" / "sparse" / "0", formats=("txt",))
-    for path in (tmp_path / "scene", tmp_path / "scene" / "sparse" / "0", tmp_path / "scene" / "sparse" / "0" / "images.txt"):
+    for path in (tmp_path / "scene", tmp_path / "scene" / "sparse", tmp_path / "scene" / "sparse" / "0",
+                 tmp_path / "scene" / "sparse" / "0" / "images.txt"):  # COLMAP's sparse folder too (its model 0)
         cs = load_camera_set(path)
         assert len(cs) == 5 and cs.names[0] == "img_000.png"
         np.testing.assert_allclose(cs.c2w, model.to_camera_set().c2w, atol=1e-12)

@@ -325,3 +325,26 @@ def test_adjustment_form_gradients_at_zero() -> None:
     adjustment32 = torch.zeros(1, 6, requires_grad=True)
     adjustment_homography_error(adjustment32, view_dirs.float(), 0.5, 3.0).sum().backward()
     assert torch.isfinite(adjustment32.grad).all()
+
+
+@pytest.mark.parametrize("convention,axis", [("opencv", np.array([0.0, 0.0, 1.0])), ("opengl", np.array([0.0, 0.0, -1.0]))])
+def test_numpy_twin_matches_brute_force_and_the_torch_error(convention: str, axis: np.ndarray) -> None:
+    """The NumPy evaluation the reports use (no torch import) gives the brute-force mean of explicitly built
+    homographies and the torch error to float64 precision, per pair with per-pair bounds and broadcast."""
+    from nerf_posefix.geometry.homography_numpy import homography_error_numpy
+
+    rng = np.random.default_rng(7)
+    ref, cam = random_c2w(rng, 6), random_c2w(rng, 6)
+    xmin, xmax = rng.uniform(0.5, 2.0, 6), rng.uniform(3.0, 20.0, 6)
+    values = homography_error_numpy(ref, cam, xmin, xmax, camera_convention=convention)  # [6]
+    assert values.shape == (6,)
+    for k in range(3):
+        assert values[k] == pytest.approx(brute_force_error(ref[k], cam[k], xmin[k], xmax[k], axis), rel=1e-6)
+    reference = homography_error(torch.from_numpy(ref), torch.from_numpy(cam), torch.from_numpy(xmin), torch.from_numpy(xmax),
+                                 camera_convention=convention).numpy()
+    np.testing.assert_allclose(values, reference, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(homography_error_numpy(ref[:1], cam, 1.0, 5.0, convention)[:, None],
+                               homography_error_numpy(ref[:1, None], cam[:, None], 1.0, 5.0, convention), rtol=1e-12)
+    assert homography_error_numpy(ref, ref, xmin, xmax, convention) == pytest.approx(np.zeros(6), abs=1e-12)
+    with pytest.raises(ValueError, match="0 < xmin < xmax"):
+        homography_error_numpy(ref, cam, 2.0, 1.0, convention)

@@ -53,7 +53,7 @@ MODEL_FILES = ("cameras", "images", "points3D")
 #: Files of COLMAP >= 3.12 that would override the image poses if left next to a written model.
 RIG_FILES = ("rigs", "frames")
 #: Directories, relative to a given path, searched for a model (COLMAP and nerfstudio layouts).
-MODEL_SUBDIRS = ("", "sparse/0", "sparse", "colmap/sparse/0", "colmap/sparse")
+MODEL_SUBDIRS = ("", "0", "sparse/0", "sparse", "colmap/sparse/0", "colmap/sparse")
 
 # Smallest on-disk size of one record of each binary file (used to reject absurd counts early).
 _MIN_RECORD_BYTES = {"cameras": 24, "images": 64 + 1 + 8, "points3D": 43 + 8}
@@ -212,8 +212,8 @@ def _preview(names: Sequence[str], limit: int = 5) -> str:
 
 def find_colmap_model_dir(path: str | os.PathLike[str]) -> tuple[Path, str] | None:
     """The directory holding a COLMAP model at or under ``path`` and its extension (``".bin"`` or
-    ``".txt"``), or None. Looks in ``path`` itself, then ``sparse/0``, ``sparse``, ``colmap/sparse/0``
-    and ``colmap/sparse``. A directory counts as a model when it has ``cameras`` and ``images`` files
+    ``".txt"``), or None. Looks in ``path`` itself, then ``0`` (``path`` is COLMAP's ``sparse`` folder),
+    ``sparse/0``, ``sparse``, ``colmap/sparse/0`` and ``colmap/sparse``. A directory counts as a model when it has ``cameras`` and ``images`` files
     (``points3D`` may be missing there; :func:`read_colmap_model` then names it)."""
     base = Path(path)
     if not base.is_dir():
@@ -366,7 +366,7 @@ def read_colmap_model(path: str | os.PathLike[str], supported: Optional[Sequence
         present = [f"{k}{e}" for k in MODEL_FILES for e in (".bin", ".txt") if (path / f"{k}{e}").is_file()]
         detail = f" (found only {', '.join(present)})" if present else ""
         raise InputError(
-            f"{path}: not a COLMAP model: expected cameras/images/points3D .bin or .txt there or in sparse/0{detail}"
+            f"{path}: not a COLMAP model: expected cameras/images/points3D .bin or .txt there, in 0 or in sparse/0{detail}"
         )
     directory, ext = found
     cameras = _read_one(directory / f"cameras{ext}", "cameras", ext, supported)

@@ -203,10 +203,10 @@ def _missing_images(images_dir: Path, names: list[str], where: str) -> None:
         )
 
 
-def _from_colmap(model_dir: Path, images: Optional[Path]) -> PosedImages:
+def _from_colmap(model_dir: Path, images: Optional[Path], model: Optional[ColmapModel] = None) -> PosedImages:
     if images is None:
         raise InputError(f"{model_dir}: a COLMAP model needs --images (the directory its image names are relative to)")
-    model = read_colmap_model(model_dir)
+    model = read_colmap_model(model_dir) if model is None else model
     ids = model.image_ids()
     names = [model.images[i].name for i in ids]
     cameras = model.to_camera_set(str(model_dir))
@@ -333,9 +333,12 @@ def load_posed_images(
     camera: Optional[str] = None,
     timestamps: Optional[str | os.PathLike[str]] = None,
     max_diff: float = DEFAULT_MAX_DIFF,
+    colmap_model: Optional[ColmapModel] = None,
 ) -> PosedImages:
     """Read a pose source and pair it with its images (module docstring). Checks that every image is there
     (file exists; decoding and sizes are checked by the caller), names are unique, intrinsics are given.
+    ``colmap_model``: the COLMAP model of ``poses`` when the caller has read it already (not read twice: a
+    model of 1000 images takes ~1 s to parse).
 
     Raises:
         InputError: one message naming the file and the images at fault.
@@ -348,7 +351,7 @@ def load_posed_images(
     if kind == "colmap":
         found = find_colmap_model_dir(path)
         assert found is not None
-        posed = _from_colmap(found[0], images_path)
+        posed = _from_colmap(found[0], images_path, colmap_model)
     elif kind == "transforms":
         posed = _from_transforms(path, images_path)
     elif kind == "tum":

@@ -144,7 +144,7 @@ def front_end_input(
     """
     built = build_tracks == "always" or not posed.has_tracks
     if posed.kind == "colmap" and not built:
-        model, model_dir, ext = read_refine_model(posed.source)
+        model, model_dir, ext = read_refine_model(posed.source, posed.colmap_model)
         return validate_model(model, model_dir, ext, posed.images_dir, log=log), False
     model = posed.to_colmap_model()
     return validate_model(model, posed.source, "", posed.images_dir, log=log, require_tracks=False, source=posed.source), True

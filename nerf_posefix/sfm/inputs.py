@@ -67,6 +67,16 @@ class ValidatedInput:
     channels: str = "RGB"
     converted: dict[str, str] = field(default_factory=dict)
 
+    def conversion_note(self) -> Optional[str]:
+        """The one line saying which images a NeRF stage trains on from converted copies, or None."""
+        if not self.converted:
+            return None
+        listed = ", ".join(f"{n} ({what})" for n, what in list(self.converted.items())[:5])
+        more = f", ... ({len(self.converted) - 5} more)" if len(self.converted) > 5 else ""
+        why = "some images have transparent pixels" if self.channels == "RGBA" else "one channel layout for all images"
+        return (f"{len(self.converted)} of {len(self.image_paths)} images are trained on as {self.channels} copies ({why}; "
+                f"the input files are not changed): {listed}{more}")
+
     def fingerprint(self) -> str:
         """A hash of the cameras and image poses (to recognise the input of a work directory)."""
         h = hashlib.sha256()
@@ -189,8 +199,9 @@ def validate_inputs(colmap_model: Path, images: Path, log: Optional[Callable[[st
     return validate_model(model, model_dir, ext, images, log=log)
 
 
-def read_refine_model(colmap_model: Path) -> tuple[ColmapModel, Path, str]:
-    """Read a COLMAP model ``refine`` can train on: ``(model, model directory, ".bin" | ".txt")``.
+def read_refine_model(colmap_model: Path, model: Optional[ColmapModel] = None) -> tuple[ColmapModel, Path, str]:
+    """Read a COLMAP model ``refine`` can train on: ``(model, model directory, ".bin" | ".txt")``. ``model``: the
+    model of that directory when the caller has read it already (its files are then only located).
 
     Raises:
         InputError: naming the file: one of the model's files missing, unreadable, truncated, duplicate
@@ -202,7 +213,8 @@ def read_refine_model(colmap_model: Path) -> tuple[ColmapModel, Path, str]:
         if present and len(present) < len(MODEL_FILES) and find_colmap_model_dir(colmap_model) in (None, (colmap_model, ext)):
             missing = next(k for k in MODEL_FILES if k not in present)
             raise InputError(f"{colmap_model / f'{missing}{ext}'}: missing COLMAP {missing} file")
-    model = read_colmap_model(colmap_model, supported=REFINE_CAMERA_MODELS)
+    if model is None:
+        model = read_colmap_model(colmap_model, supported=REFINE_CAMERA_MODELS)
     found = find_colmap_model_dir(colmap_model)
     assert found is not None
     return model, found[0], found[1]
@@ -265,16 +277,12 @@ def validate_model(
             )
     channels = "RGBA" if any(info.transparent for info in infos.values()) else "RGB"
     converted = {n: _describe_conversion(info, channels) for n, info in infos.items() if info.mode != channels}
-    if converted:
-        listed = ", ".join(f"{n} ({what})" for n, what in list(converted.items())[:5])
-        more = f", ... ({len(converted) - 5} more)" if len(converted) > 5 else ""
-        why = "some images have transparent pixels" if channels == "RGBA" else "one channel layout for all images"
-        log(
-            f"posefix refine: {len(converted)} of {len(names)} images are trained on as {channels} copies ({why}; "
-            f"the input files are not changed): {listed}{more}"
-        )
     flat = _png_names(_flat_names(names), set(converted))
-    return ValidatedInput(model, model_dir, ext, images_dir, paths, flat, channels, converted)
+    validated = ValidatedInput(model, model_dir, ext, images_dir, paths, flat, channels, converted)
+    note = validated.conversion_note()
+    if note is not None:
+        log(f"posefix refine: {note}")
+    return validated
 
 
 def training_image(path: Path, channels: str) -> Any:

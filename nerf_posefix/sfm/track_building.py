@@ -721,18 +721,28 @@ def track_components(rec: "pycolmap.Reconstruction") -> list[list[int]]:
     return sorted(groups.values(), key=lambda g: (-len(g), g[0]))
 
 
-def fix_gauge_per_component(rec: "pycolmap.Reconstruction", input_c2w: dict[str, np.ndarray]) -> list[Any]:
+def fix_gauge_per_component(rec: "pycolmap.Reconstruction", input_c2w: dict[str, np.ndarray],
+                            groups: Optional[list[list[int]]] = None) -> list[Any]:
     """Map each group of :func:`track_components` (its cameras and the points it observes) onto the input
     frame with the similarity that best aligns its cameras with their input poses
     (:func:`nerf_posefix.geometry.alignment.pose_alignment`). A bundle adjustment fixes nothing but the
     relative poses *within* a connected group: groups that no track links (two rings of a capture matched
     sequentially, a gap in a video) each float in their own similarity frame, and one global alignment would
-    leave them misplaced against each other. A group of one image keeps its input pose. Returns the
-    alignments, one per group (None for single images)."""
+    leave them misplaced against each other. A group of one image keeps its input pose. ``groups``: ``rec``'s
+    :func:`track_components` when the caller has them. Returns the alignments, one per group (None for single
+    images)."""
     import pycolmap
 
+    groups = track_components(rec) if groups is None else groups
+    if len(groups) == 1 and len(groups[0]) >= 2:  # one group: the whole model, mapped in pycolmap (C++) at once
+        group = groups[0]
+        current = invert_poses(np.stack([np.asarray(rec.images[i].cam_from_world().matrix()) for i in group]))  # [G, 4, 4]
+        alignment = pose_alignment(current, np.stack([input_c2w[rec.images[i].name] for i in group]))
+        rec.transform(pycolmap.Sim3d(float(alignment.scale), pycolmap.Rotation3d(np.asarray(alignment.rotation)),
+                                     np.asarray(alignment.translation, dtype=np.float64)))
+        return [alignment]
     alignments: list[Any] = []
-    for group in track_components(rec):
+    for group in groups:
         if len(group) < 2:
             image = rec.images[group[0]]
             w2c = np.linalg.inv(input_c2w[image.name])
@@ -890,7 +900,7 @@ def adjust_with_retriangulation(
         for pid in outliers:  # as COLMAP's mapper filters after its adjustments
             rec.delete_point3D(pid)
         groups = track_components(rec)
-        fix_gauge_per_component(rec, input_by_name)  # the next round triangulates in the input frame
+        fix_gauge_per_component(rec, input_by_name, groups)  # the next round triangulates in the input frame
         errors = np.fromiter((p.error for p in rec.points3D.values()), dtype=np.float64, count=rec.num_points3D())
         p95 = float(np.percentile(errors, 95)) if errors.size else float("inf")
         nxt = _next_round(schedule, k, p95)

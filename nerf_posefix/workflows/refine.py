@@ -91,6 +91,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import time
 import warnings
 from dataclasses import dataclass, replace
@@ -321,7 +322,8 @@ def _read_input(options: RefineOptions) -> tuple[PosedImages, ValidatedInput, bo
     refine_model = None
     if options.colmap_model is not None or (source.is_dir() and any(source.glob("cameras.*"))):
         refine_model = read_refine_model(source)  # a COLMAP model: its files and camera models, named as refine needs them
-    posed = load_posed_images(source, options.images, options.camera, options.timestamps, options.t_max_diff)
+    posed = load_posed_images(source, options.images, options.camera, options.timestamps, options.t_max_diff,
+                              colmap_model=None if refine_model is None else refine_model[0])
     if options.images is None:  # a transforms.json's images: OUT must not be or lie inside their directories
         folders = sorted({(posed.images_dir / name).parent for name in posed.cameras.names})
         check_output_dir(options.output, [("the images of --poses", folder) for folder in folders], options.overwrite, command="refine")
@@ -329,9 +331,9 @@ def _read_input(options: RefineOptions) -> tuple[PosedImages, ValidatedInput, bo
         raise InputError("--database is used to build tracks; this input has its own (use --build-tracks always)")
     if refine_model is not None and posed.kind == "colmap" and posed.has_tracks and options.build_tracks != "always":
         model, model_dir, ext = refine_model
-        inp, built = validate_model(model, model_dir, ext, Path(options.images or posed.images_dir)), False
+        inp, built = validate_model(model, model_dir, ext, Path(options.images or posed.images_dir), log=_silent), False
     else:
-        inp, built = front_end_input(posed, options.build_tracks)
+        inp, built = front_end_input(posed, options.build_tracks, log=_silent)  # the image conversions: said by the NeRF stage
     _note_text_unsafe_names(inp, built)
     if options.iterations:  # a NeRF stage asked for: images it can train on, said before anything is written
         too_small = nerf_too_small(inp, options.downscale_factor or 1)
@@ -448,6 +450,10 @@ def front_end_options(options: RefineOptions) -> FrontEndOptions:
         ba_scale_px=options.ba_scale_px,
         threads=options.threads, seed=options.seed,
     )
+
+
+def _silent(message: str) -> None:
+    """A log that says nothing (what it would say is said later, where it applies)."""
 
 
 def _log(message: str) -> None:
@@ -654,6 +660,9 @@ def _nerf_stage(
     elif device == "cuda" and not torch.cuda.is_available():
         raise InputError("--device cuda: no CUDA device is available")
     data_dir = work / "data"
+    note = stage_input.conversion_note()
+    if note is not None:
+        print(f"posefix refine: {note}", file=sys.stderr, flush=True)
     if not (data_dir / "transforms.json").is_file():
         prepare_training_data(stage_input, data_dir, options.downscale_factor)
         _write_prior_sigma(data_dir / "transforms.json", stage_input, (ba_summary or {}).get("images") or {})

@@ -38,6 +38,7 @@ from typing import Any, Optional
 import numpy as np
 
 from nerf_posefix.errors import InputError
+from nerf_posefix.geometry.homography_numpy import homography_error_numpy
 from nerf_posefix.geometry.alignment import pose_alignment
 from nerf_posefix.geometry.grouped import grouped_count, grouped_median
 from nerf_posefix.geometry.poses import rotation_angle_deg, scene_radius
@@ -345,10 +346,6 @@ def build_report(
     from ``model``'s own observations (:func:`image_accuracy`). ``support``: how well the adjustment's tracks
     hold each image, by name (:meth:`nerf_posefix.sfm.support.ImageSupport.to_dict`), or None. ``residuals``:
     ``model``'s :func:`nerf_posefix.sfm.residuals.model_residuals`, when the caller has them already."""
-    import torch
-
-    from nerf_posefix.geometry.homography import homography_error
-
     cams_in = model.to_camera_set(observations=False)  # image-id order, c2w OpenCV, COLMAP world
     index = {n: i for i, n in enumerate(refined.names)}
     c2w_ref = refined.c2w[[index[n] for n in cams_in.names]]
@@ -361,9 +358,7 @@ def build_report(
     source = "none"
     if bounds is not None:
         xmin, xmax, source = bounds
-        hom = homography_error(
-            torch.from_numpy(c2w_in), torch.from_numpy(c2w_ref), torch.from_numpy(xmin), torch.from_numpy(xmax), camera_convention="opencv"
-        ).numpy()
+        hom = homography_error_numpy(c2w_in, c2w_ref, xmin, xmax, camera_convention="opencv")
     else:
         xmin = xmax = hom = np.full(len(c2w_in), np.nan)
 
