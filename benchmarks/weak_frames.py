@@ -26,7 +26,11 @@ train at 1/4 size as in the poses-from-anywhere benchmark, refine picks its own 
   nerfstudio's L2 penalties in place of the pixels prior (``--regularizer``), for the choice of the prior;
 * ``plugin``: the ``ns-train posefix-small`` path with its defaults (the pipeline's front end builds tracks from
   the NeRF rows' images, the NeRF refines the weakly held cameras, then the pipeline's weak alignment), the
-  poses read back from its checkpoint.
+  poses read back from its checkpoint;
+* ``plugin-full-res``: the same on the full-resolution dataset, trained at the size ``posefix refine``'s NeRF stage
+  picks (the dataparser's ``downscale_factor``, its images in ``images_F`` beside ``images`` as nerfstudio reads
+  them): the front end builds its tracks from the full-resolution images, as refine does, so this row and
+  ``default`` differ by the path only (castle: tracks at 768x512, training at 384x256; toybox: as ``plugin``).
 
 Errors: a Sim(3) aligns each estimate to the ground truth **on the sharp images only**; then per image the
 rotation error (deg) and the centre error (% of the ground truth's radius), medians over the degraded and
@@ -50,7 +54,8 @@ from typing import Any, Sequence
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-ROWS = ("input", "adjustment", "nerfstudio", "posefix-photometric", "default", "default-homography", "default-l2", "plugin")
+ROWS = ("input", "adjustment", "nerfstudio", "posefix-photometric", "default", "default-homography", "default-l2", "plugin",
+        "plugin-full-res")
 NERF_ROWS = ("nerfstudio", "posefix-photometric")
 DEFAULT_BLUR = {"toybox": 3.0, "castle": 6.0}
 #: The pose noise of each scene (a level of :mod:`benchmarks.poses_from_anywhere`'s scene).
@@ -144,10 +149,44 @@ def split_errors(gt: Any, estimate: Any, weak: set[str]) -> dict[str, float]:
     }
 
 
-def run_plugin(data: Path, work: Path, iterations: int, seed: int) -> tuple[Any, dict[str, Any]]:
-    """The ``plugin`` row: ``ns-train posefix-small`` in process with the method's defaults (front end on) on
-    ``data`` (every image trains), resumable; the refined poses as the run reader exports them (camera-to-world,
-    OpenCV axes, the transforms.json's frame)."""
+def refine_downscale(data: Path) -> int:
+    """The factor ``posefix refine``'s NeRF stage trains ``data``'s images at (its longer side to at most
+    :data:`~nerf_posefix.workflows.refine.WEAK_FRAMES_MAX_SIDE` px)."""
+    from nerf_posefix.workflows.refine import WEAK_FRAMES_MAX_SIDE
+
+    meta = json.loads((data / "transforms.json").read_text())
+    return max(1, -(-max(int(meta["w"]), int(meta["h"])) // WEAK_FRAMES_MAX_SIDE))
+
+
+def full_res_dataset(data: Path, factor: int) -> Path:
+    """``data/../plugin_full_res``: ``data``'s transforms.json and full-resolution images, with ``images_F`` (the
+    images resized by ``1/F``, Lanczos, as nerfstudio's dataparser reads them for ``downscale_factor`` F) beside."""
+    from PIL import Image
+
+    target = data.parent / "plugin_full_res"
+    if (target / "transforms.json").is_file():
+        return target
+    target.mkdir(parents=True, exist_ok=True)
+    meta = json.loads((data / "transforms.json").read_text())
+    images = (data / "images").resolve()
+    if not (target / "images").exists():
+        os.symlink(images, target / "images", target_is_directory=True)
+    if factor > 1:
+        small = target / f"images_{factor}"
+        small.mkdir(exist_ok=True)
+        for frame in meta["frames"]:
+            src = data / frame["file_path"]
+            with Image.open(src) as im:
+                w, h = im.size
+                im.convert("RGB").resize((w // factor, h // factor), Image.LANCZOS).save(small / src.name, quality=95)
+    (target / "transforms.json").write_text(json.dumps(meta, indent=2))
+    return target
+
+
+def run_plugin(data: Path, work: Path, iterations: int, seed: int, downscale: int | None = None) -> tuple[Any, dict[str, Any]]:
+    """The ``plugin`` rows: ``ns-train posefix-small`` in process with the method's defaults (front end on) on
+    ``data`` (every image trains; ``downscale``: the dataparser's ``downscale_factor``), resumable; the refined
+    poses as the run reader exports them (camera-to-world, OpenCV axes, the transforms.json's frame)."""
     from nerf_posefix.plugin.run_reader import refined_input_poses
     from nerf_posefix.plugin.training import in_process_config, run_training
     from nerf_posefix.plugin.weak_alignment import WEAK_ALIGNMENT_FILE
@@ -155,6 +194,8 @@ def run_plugin(data: Path, work: Path, iterations: int, seed: int) -> tuple[Any,
     def edit(config: Any) -> None:
         config.pipeline.datamanager.dataparser.eval_mode = "all"
         config.pipeline.front_end = "on"
+        if downscale is not None:
+            config.pipeline.datamanager.dataparser.downscale_factor = downscale
 
     config = in_process_config("posefix-small", data=data, output_dir=work / "runs", max_iterations=iterations, seed=seed,
                                overrides=edit)
@@ -189,6 +230,10 @@ def run_row(spec: Spec) -> dict[str, Any]:
         estimate, info = run_nerf(job, data)
     elif spec.row == "plugin":
         estimate, info = run_plugin(nerf_dataset(scene, data, spec.output), work, spec.iterations, spec.seed)
+    elif spec.row == "plugin-full-res":
+        factor = refine_downscale(data)
+        estimate, info = run_plugin(full_res_dataset(data, factor), work, spec.iterations, spec.seed, downscale=factor)
+        info["downscale_factor"] = factor
     else:
         regularizer = {"default-homography": "homography", "default-l2": "nerfstudio"}.get(spec.row, "pixels")
         result = refine(RefineOptions(output=work / "refined", poses=data / "transforms.json", threads=1, seed=spec.seed, quiet=True,
