@@ -372,6 +372,14 @@ def _read_json(path: Path) -> Any:
         return None
 
 
+def pipeline_front_end_options(pipeline_config: Any) -> FrontEndOptions:
+    """The front-end options of a posefix pipeline config: its matching, and its seed when it has one (else the
+    options' default, posefix refine's)."""
+    seed = getattr(pipeline_config, "front_end_seed", None)
+    matching = pipeline_config.front_end_matching
+    return FrontEndOptions(matching=matching) if seed is None else FrontEndOptions(matching=matching, seed=int(seed))
+
+
 def training_dataparser(pipeline_config: Any, log: Callable[[str], None] = lambda line: None) -> tuple[Any, Optional[FrontEndOutcome]]:
     """The dataparser config a posefix pipeline's datamanager reads: the adjusted dataset's when the
     pipeline's front end is on (run now, or reused from its cache), else the config's own; and the
@@ -382,7 +390,7 @@ def training_dataparser(pipeline_config: Any, log: Callable[[str], None] = lambd
     if getattr(pipeline_config, "front_end", "off") != "on":
         return dataparser, None
     outcome = run_pipeline_front_end(
-        dataparser, pipeline_config.front_end_cache, FrontEndOptions(matching=pipeline_config.front_end_matching), log=log,
+        dataparser, pipeline_config.front_end_cache, pipeline_front_end_options(pipeline_config), log=log,
     )
     if outcome is None or outcome.dataparser is None:
         return dataparser, outcome

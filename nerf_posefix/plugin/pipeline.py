@@ -73,6 +73,11 @@ class PosefixPipelineConfig(VanillaPipelineConfig):
     temporary directory, not reused)."""
     front_end_matching: Literal["auto", "exhaustive", "sequential", "spatial"] = "auto"
     """Feature matching when the front end builds tracks (as posefix refine --matching)."""
+    front_end_seed: Optional[int] = None
+    """COLMAP's random seed in the front end (the RANSAC of the match verification, the triangulation). None: the
+    run's --machine.seed (set when the run's config is saved), as posefix refine --seed seeds both its front end and
+    its NeRF: the same seed gives the same tracks on both paths (on castle-P30 with blurred frames the RANSAC seed
+    alone moves the sharp frames' error between ~0.09 and ~0.22 deg)."""
     nerf_cameras: Literal["weak", "all"] = "weak"
     """Which cameras the NeRF refines when the front end says how well the tracks hold each one: ``weak``,
     only the weakly held ones (few or no tracks, an uncertain pose, a separate group); the others keep the
