@@ -49,8 +49,9 @@ LossName = Literal["cauchy", "huber", "soft_l1", "squared", "none"]
 #: Version of the stages' algorithms, in the cache's stamp: a cache made by an earlier version is redone
 #: (2: track building's final round re-triangulated with the adjusted poses; 3: few-feature images extracted again
 #: at a lower peak threshold; 4: rounds skipped to the smallest threshold met, early rounds with 2 % stragglers;
-#: 5: triangulations without the point triangulator's point-only adjustments, except the last round's).
-FRONT_END_VERSION = 5
+#: 5: triangulations without the point triangulator's point-only adjustments, except the last round's; 6: image ids
+#: in the database in the images' order, whatever the order COLMAP's extraction threads finish in).
+FRONT_END_VERSION = 6
 
 
 @dataclass

@@ -364,8 +364,13 @@ def _extract_features(
     intrinsics), with COLMAP's DoG peak threshold; then the images with too few features to be held
     (:func:`few_feature_images`: blurred, washed-out or low-texture frames) are extracted again at
     :data:`LOW_FEATURE_PEAK_THRESHOLD`, in a new database that replaces the first (COLMAP skips the images a
-    database has features of, so the low ones go first; a group split in two becomes two COLMAP cameras with the
-    same intrinsics)."""
+    database has features of, so the low ones go first).
+
+    The cameras and images are written into each database first (:func:`register_images`: image ids in the order
+    of ``names``), and COLMAP's extraction keeps them: its threads would otherwise add the images in the order they
+    finish, so the ids, and with them the order of every later step (matching's pair ids, the triangulation), would
+    change from run to run (castle-P30 with blurred frames, two runs of the same command: sharp frames at 0.25 and
+    0.09 deg)."""
     import pycolmap
 
     def extract(target: Path, subset: Sequence[str], peak_threshold: Optional[float] = None) -> None:
@@ -386,6 +391,7 @@ def _extract_features(
                 )
 
     log(f"features of {len(names)} images")
+    register_images(database, names, cameras)
     extract(database, names)
     low = few_feature_images(database, names)
     if not low:
@@ -396,11 +402,33 @@ def _extract_features(
     redo = database.with_name(database.name + ".redo")
     redo.unlink(missing_ok=True)
     try:
+        register_images(redo, names, cameras)
         extract(redo, list(low), LOW_FEATURE_PEAK_THRESHOLD)
         extract(redo, [n for n in names if n not in low])
         redo.replace(database)
     finally:
         redo.unlink(missing_ok=True)  # a failed extraction leaves no half-made database beside the first
+
+
+def register_images(database: str | Path, names: Sequence[str], cameras: dict[str, ImageCamera]) -> None:
+    """Write one COLMAP camera per group of identical intrinsics (:func:`_camera_groups`; a prior focal length, as
+    COLMAP's image reader marks given intrinsics) and the images of ``names`` (ids 1, 2, ... in that order, no
+    pose, no features) into the new database ``database``; COLMAP's feature extraction then adds the features of
+    these images under these ids and cameras."""
+    import pycolmap
+
+    db = pycolmap.Database.open(str(database))
+    try:
+        camera_ids = {}
+        for camera, _ in _camera_groups(names, cameras):
+            colmap_camera = pycolmap.Camera(model=camera.model, width=int(camera.width), height=int(camera.height),
+                                            params=[float(p) for p in camera.params])
+            colmap_camera.has_prior_focal_length = True
+            camera_ids[camera] = db.write_camera(colmap_camera)
+        for name in names:
+            db.write_image(pycolmap.Image(name=name, camera_id=camera_ids[cameras[name]]))
+    finally:
+        db.close()
 
 
 def few_feature_images(database: str | Path, names: Sequence[str]) -> dict[str, int]:
