@@ -98,9 +98,9 @@ def test_pose_only_transforms_json_gets_tracks_and_the_adjustment(pose_only: Pat
 
 def test_the_run_seed_seeds_the_front_end_as_refine_seed_does(pose_only: Path, tmp_path: Path) -> None:
     """``ns-train posefix-small --machine.seed 7`` verifies its matches with COLMAP's seed 7, as ``posefix refine
-    --seed 7`` does: the same verified matches on both paths, other ones with another seed. (The poses after the
-    rounds are not compared: Ceres' multi-threaded sums make two runs of either path differ in their last digits,
-    which the rounds' point filtering can amplify to ~0.03 deg on this scene.)"""
+    --seed 7`` does: the same verified matches and the same adjusted poses on both paths (each with every core:
+    the database keeps the images' order whatever extraction thread finishes first), other matches with another
+    seed."""
     import yaml
 
     from nerf_posefix.workflows.refine import RefineOptions, refine
@@ -120,6 +120,12 @@ def test_the_run_seed_seeds_the_front_end_as_refine_seed_does(pose_only: Path, t
     same, other = refine_matches(7), refine_matches(8)
     assert [plugin[k] for k in counts] == [same[k] for k in counts], (plugin, same)
     assert other["num_inlier_matches"] != same["num_inlier_matches"]
+    poses = refined_input_poses(run.config_path).cameras
+    refined = load_camera_set(tmp_path / "refined_7" / "transforms.json")
+    index = {Path(n).name: i for i, n in enumerate(poses.names)}
+    order = [index[Path(n).name] for n in refined.names]
+    assert rotation_angle_deg(poses.c2w[order, :3, :3], refined.c2w[:, :3, :3]).max() < 1e-5
+    np.testing.assert_allclose(poses.c2w[order, :3, 3], refined.c2w[:, :3, 3], atol=1e-6)
 
 
 def test_the_cache_is_recomputed_when_the_dataset_changes(pose_only: Path, tmp_path: Path) -> None:
