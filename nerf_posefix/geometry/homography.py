@@ -59,6 +59,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from nerf_posefix.geometry.homography_numpy import OPTICAL_AXES
+
 CameraConvention = Literal["opengl", "opencv"]
 
 #: Largest ``|det R - 1|`` and ``max |RᵀR - I|`` accepted for a rotation block.
@@ -66,12 +68,10 @@ ROTATION_TOLERANCE = 1e-3
 
 
 def optical_axis(camera_convention: CameraConvention, dtype: torch.dtype, device: torch.device) -> Tensor:
-    """Unit viewing direction of a camera in its own frame: ``[3]``."""
-    if camera_convention == "opengl":
-        return torch.tensor([0.0, 0.0, -1.0], dtype=dtype, device=device)
-    if camera_convention == "opencv":
-        return torch.tensor([0.0, 0.0, 1.0], dtype=dtype, device=device)
-    raise ValueError(f"camera_convention must be 'opengl' or 'opencv', got {camera_convention!r}")
+    """Unit viewing direction of a camera in its own frame (:data:`OPTICAL_AXES`): ``[3]``."""
+    if camera_convention not in OPTICAL_AXES:
+        raise ValueError(f"camera_convention must be 'opengl' or 'opencv', got {camera_convention!r}")
+    return torch.tensor(OPTICAL_AXES[camera_convention], dtype=dtype, device=device)
 
 
 def inverse_depth_moments(xmin: Tensor, xmax: Tensor) -> tuple[Tensor, Tensor]:

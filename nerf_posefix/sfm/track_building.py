@@ -762,13 +762,6 @@ def fix_gauge_per_component(rec: "pycolmap.Reconstruction", input_c2w: dict[str,
     import pycolmap
 
     groups = track_components(rec) if groups is None else groups
-    if len(groups) == 1 and len(groups[0]) >= 2:  # one group: the whole model, mapped in pycolmap (C++) at once
-        group = groups[0]
-        current = invert_poses(np.stack([np.asarray(rec.images[i].cam_from_world().matrix()) for i in group]))  # [G, 4, 4]
-        alignment = pose_alignment(current, np.stack([input_c2w[rec.images[i].name] for i in group]))
-        rec.transform(pycolmap.Sim3d(float(alignment.scale), pycolmap.Rotation3d(np.asarray(alignment.rotation)),
-                                     np.asarray(alignment.translation, dtype=np.float64)))
-        return [alignment]
     alignments: list[Any] = []
     for group in groups:
         if len(group) < 2:
@@ -781,6 +774,10 @@ def fix_gauge_per_component(rec: "pycolmap.Reconstruction", input_c2w: dict[str,
         current = invert_poses(np.stack([np.asarray(rec.images[i].cam_from_world().matrix()) for i in group]))  # [G, 4, 4]
         alignment = pose_alignment(current, np.stack([input_c2w[n] for n in names]))
         s, rot, t = float(alignment.scale), np.asarray(alignment.rotation), np.asarray(alignment.translation)
+        if len(groups) == 1:  # the whole model: its poses and points mapped by pycolmap (C++) at once
+            rec.transform(pycolmap.Sim3d(s, pycolmap.Rotation3d(rot), np.asarray(t, dtype=np.float64)))
+            alignments.append(alignment)
+            continue
         for i, c2w in zip(group, current):
             new = np.eye(4)
             new[:3, :3] = rot @ c2w[:3, :3]

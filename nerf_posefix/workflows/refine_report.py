@@ -38,9 +38,9 @@ from typing import Any, Optional
 import numpy as np
 
 from nerf_posefix.errors import InputError
-from nerf_posefix.geometry.homography_numpy import homography_error_numpy
 from nerf_posefix.geometry.alignment import pose_alignment
 from nerf_posefix.geometry.grouped import grouped_count, grouped_median
+from nerf_posefix.geometry.homography_numpy import homography_error_numpy
 from nerf_posefix.geometry.poses import rotation_angle_deg, scene_radius
 from nerf_posefix.io.camera_set import CameraSet
 from nerf_posefix.io.colmap import ColmapModel
