@@ -71,3 +71,27 @@ def test_same_file_as_nerfstudio_several_cameras_no_points(tmp_path: Path) -> No
     assert "fl_x" not in ours and {f["k1"] for f in ours["frames"]} == {0.0, 0.01}
     empty = write_nerfstudio_transforms(replace(model, points3D={}), tmp_path / "empty")
     assert "ply_file_path" not in json.loads(empty.read_text()) and not (tmp_path / "empty" / "sparse_pc.ply").exists()
+
+
+def test_another_applied_transform_is_applied_to_poses_and_points_and_recorded(tmp_path: Path) -> None:
+    """With an ``applied_transform`` A given, the file holds ``A · c2w`` and A itself, the point cloud ``A · X``: read back,
+    the input poses (A undone) are the model's, whatever A is."""
+    from nerf_posefix.io.transforms_json import read_transforms_json
+
+    model = read_colmap_model(SCENE / "sparse" / "0")
+    angle = np.radians(30.0)
+    applied = np.array([[np.cos(angle), -np.sin(angle), 0.0, 0.5], [np.sin(angle), np.cos(angle), 0.0, -1.0], [0.0, 0.0, 1.0, 2.0]])
+    default = json.loads(write_nerfstudio_transforms(model, tmp_path / "default").read_text())
+    path = write_nerfstudio_transforms(model, tmp_path / "other", applied_transform=applied)
+    other = json.loads(path.read_text())
+    np.testing.assert_allclose(other["applied_transform"], applied, atol=0)
+    assert not np.allclose(other["frames"][0]["transform_matrix"], default["frames"][0]["transform_matrix"])
+    expected = model.to_camera_set()
+    for where in (tmp_path / "default" / "transforms.json", path):
+        poses = read_transforms_json(where)  # camera-to-world, OpenCV, the input world (A undone)
+        index = {n: k for k, n in enumerate(poses.names)}
+        order = [index[Path(n).name] for n in expected.names]
+        np.testing.assert_allclose(poses.c2w[order], expected.c2w, atol=1e-10)
+    xyz = np.array([p.xyz for p in model.points3D.values()])  # [P, 3] COLMAP world
+    ply = np.asarray(o3d.io.read_point_cloud(str(tmp_path / "other" / "sparse_pc.ply")).points)
+    np.testing.assert_allclose(ply, xyz @ applied[:, :3].T + applied[:, 3], atol=1e-4)

@@ -46,11 +46,20 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def database(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """SIFT features and exhaustive matches of the bundled scene's images (pose independent)."""
+    """SIFT features and exhaustive matches of the bundled scene's images (pose independent), extracted with every
+    core: the images keep the ids of their order whatever extraction thread finishes first."""
+    import pycolmap
+
     posed = load_posed_images(TOYBOX / "transforms.json")
     db = tmp_path_factory.mktemp("tracks") / "database.db"
     summary = match_features(posed.images_dir, posed.cameras.names, posed.intrinsics, db)
     assert summary.num_images == 64 and summary.matching == "exhaustive"
+    opened = pycolmap.Database.open(str(db))
+    try:
+        ids = {im.name: int(im.image_id) for im in opened.read_all_images()}
+    finally:
+        opened.close()
+    assert [ids[n] for n in posed.cameras.names] == list(range(1, len(ids) + 1))
     return db
 
 

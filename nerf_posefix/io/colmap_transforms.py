@@ -9,8 +9,10 @@ file on the bundled scene.
 Conventions (nerfstudio's, converted here once)
 -----------------------------------------------
 * ``frames[k].transform_matrix``: camera-to-world, **OpenGL camera axes** (x right, y up, looking -z), in
-  the world frame ``A · COLMAP world`` where ``A`` is the recorded ``applied_transform``
-  ``[[1,0,0,0],[0,0,1,0],[0,-1,0,0]]`` (nerfstudio's z-up reorientation: rows x, z, -y of COLMAP's world).
+  the world frame ``A · COLMAP world`` where ``A`` is the recorded ``applied_transform``: by default
+  ``[[1,0,0,0],[0,0,1,0],[0,-1,0,0]]`` (nerfstudio's z-up reorientation: rows x, z, -y of COLMAP's world); a
+  caller may give another (``posefix refine`` keeps a transforms.json input's own, so its NeRF stage trains in
+  the frame ``ns-train`` would).
 * ``frames[k]``: ``file_path`` ``images/<COLMAP image name>``, ``colmap_im_id``; frames in the model's image
   order (the order ``images.bin`` is written in).
 * Intrinsics: nerfstudio's ``OPENCV`` model keys (:func:`nerf_posefix.io.transforms_json.camera_keys`), at the
@@ -24,7 +26,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 
@@ -43,10 +45,13 @@ def _intrinsics(camera: Any) -> dict[str, Any]:
     return camera_keys(ImageCamera(str(camera.model), int(camera.width), int(camera.height), tuple(camera.params)))
 
 
-def write_nerfstudio_transforms(model: ColmapModel, output_dir: str | Path, with_points: bool = True) -> Path:
+def write_nerfstudio_transforms(
+    model: ColmapModel, output_dir: str | Path, with_points: bool = True, applied_transform: Optional[np.ndarray] = None
+) -> Path:
     """Write ``output_dir/transforms.json`` (and, with ``with_points`` and points in the model,
     ``output_dir/sparse_pc.ply``) as nerfstudio's ``colmap_to_json`` would from ``model`` written to disk
-    (module docstring).
+    (module docstring); ``applied_transform`` ``[3, 4]`` (or ``[4, 4]``): the world change ``A`` recorded and applied
+    (None: nerfstudio's :data:`NERFSTUDIO_APPLIED_TRANSFORM`).
 
     Raises:
         InputError: a camera model nerfstudio's transforms.json cannot hold here
@@ -57,6 +62,8 @@ def write_nerfstudio_transforms(model: ColmapModel, output_dir: str | Path, with
     """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    applied = np.eye(4)
+    applied[:3] = (NERFSTUDIO_APPLIED_TRANSFORM if applied_transform is None else np.asarray(applied_transform, dtype=np.float64))[:3]
     images = list(model.images.items())  # the model's image order, as images.bin is written
     single = set(model.cameras) == {1}
     out: dict[str, Any] = _intrinsics(model.cameras[1]) if single else {}
@@ -65,8 +72,6 @@ def write_nerfstudio_transforms(model: ColmapModel, output_dir: str | Path, with
         qvec = np.stack([np.asarray(im.qvec, dtype=np.float64) for _, im in images])  # [N, 4]
         tvec = np.stack([np.asarray(im.tvec, dtype=np.float64) for _, im in images])  # [N, 3]
         c2w = colmap_to_c2w(qvec, tvec) @ OPENGL_OPENCV_FLIP  # [N, 4, 4] OpenGL axes, COLMAP world
-        applied = np.eye(4)
-        applied[:3] = NERFSTUDIO_APPLIED_TRANSFORM
         c2w = applied @ c2w  # [N, 4, 4] nerfstudio's world
     else:
         c2w = np.zeros((0, 4, 4))
@@ -78,9 +83,9 @@ def write_nerfstudio_transforms(model: ColmapModel, output_dir: str | Path, with
             frame.update(per_camera[im.camera_id])
         frames.append(frame)
     out["frames"] = frames
-    out["applied_transform"] = NERFSTUDIO_APPLIED_TRANSFORM.tolist()
+    out["applied_transform"] = applied[:3].tolist()
     if with_points and model.points3D:
-        write_points_ply(model, output_dir / PLY_FILENAME)
+        write_points_ply(model, output_dir / PLY_FILENAME, applied)
         out["ply_file_path"] = PLY_FILENAME
     path = output_dir / "transforms.json"
     with open(path, "w", encoding="utf-8") as f:
@@ -88,13 +93,14 @@ def write_nerfstudio_transforms(model: ColmapModel, output_dir: str | Path, with
     return path
 
 
-def write_points_ply(model: ColmapModel, path: str | Path) -> Path:
-    """``model``'s points, nerfstudio's world frame (``applied_transform`` applied), as a binary PLY (module
-    docstring), in the model's point order."""
+def write_points_ply(model: ColmapModel, path: str | Path, applied_transform: Optional[np.ndarray] = None) -> Path:
+    """``model``'s points, nerfstudio's world frame (``applied_transform`` ``[3, 4]`` or ``[4, 4]`` applied; None:
+    :data:`NERFSTUDIO_APPLIED_TRANSFORM`), as a binary PLY (module docstring), in the model's point order."""
+    applied = np.asarray(NERFSTUDIO_APPLIED_TRANSFORM if applied_transform is None else applied_transform, dtype=np.float64)[:3]
     points = list(model.points3D.values())
     xyz = np.array([p.xyz for p in points], dtype=np.float64).reshape(-1, 3)  # [P, 3] COLMAP world
     rgb = np.array([p.rgb for p in points], dtype=np.uint8).reshape(-1, 3)  # [P, 3]
-    xyz = xyz @ NERFSTUDIO_APPLIED_TRANSFORM[:, :3].T + NERFSTUDIO_APPLIED_TRANSFORM[:, 3]
+    xyz = xyz @ applied[:, :3].T + applied[:, 3]
     vertex = np.empty(len(points), dtype=[("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("red", "u1"), ("green", "u1"), ("blue", "u1")])
     vertex["x"], vertex["y"], vertex["z"] = xyz[:, 0], xyz[:, 1], xyz[:, 2]
     vertex["red"], vertex["green"], vertex["blue"] = rgb[:, 0], rgb[:, 1], rgb[:, 2]

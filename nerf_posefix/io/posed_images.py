@@ -37,6 +37,7 @@ from nerf_posefix.io.camera_set import CAMERA_PARAM_NAMES, CameraSet, ImageCamer
 from nerf_posefix.io.colmap import ColmapModel, cpu, find_colmap_model_dir, read_colmap_model
 from nerf_posefix.io.sources import source_kind
 from nerf_posefix.io.transforms_json import (
+    applied_transform,
     frame_cameras,
     input_poses,
     read_transforms_frames,
@@ -111,6 +112,16 @@ class PosedImages:
             for k, name in enumerate(self.cameras.names)
         }
         return ColmapModel(cameras=cameras, images=images, points3D={})
+
+    def nerfstudio_world(self) -> Optional[np.ndarray]:
+        """The world change ``A`` ``[4, 4]`` from this source's world frame (:attr:`cameras`) to the frame nerfstudio
+        trains it in: a transforms.json's own (``transform_matrix = A · c2w``: the ``applied_transform`` its
+        dataparser reads, identity without one), so a NeRF stage on it trains where ``ns-train`` would; None for
+        the other sources (nerfstudio's ``colmap_to_json`` frame, as ``ns-process-data`` writes a COLMAP model)."""
+        if self.kind != "transforms" or self.transforms_meta is None:
+            return None
+        applied, _ = applied_transform(self.transforms_meta, self.source.parent)
+        return applied
 
 
 # ---------------------------------------------------------------------------------------------

@@ -47,7 +47,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Optional
 
@@ -373,11 +373,11 @@ def _read_json(path: Path) -> Any:
 
 
 def pipeline_front_end_options(pipeline_config: Any) -> FrontEndOptions:
-    """The front-end options of a posefix pipeline config: its matching, and its seed when it has one (else the
-    options' default, posefix refine's)."""
+    """The front-end options of a posefix pipeline config: its matching, COLMAP's threads, and its seed when it has
+    one (else the options' default, posefix refine's)."""
     seed = getattr(pipeline_config, "front_end_seed", None)
-    matching = pipeline_config.front_end_matching
-    return FrontEndOptions(matching=matching) if seed is None else FrontEndOptions(matching=matching, seed=int(seed))
+    options = FrontEndOptions(matching=pipeline_config.front_end_matching, threads=int(getattr(pipeline_config, "front_end_threads", 0)))
+    return options if seed is None else replace(options, seed=int(seed))
 
 
 def training_dataparser(pipeline_config: Any, log: Callable[[str], None] = lambda line: None) -> tuple[Any, Optional[FrontEndOutcome]]:

@@ -45,12 +45,15 @@ class PosefixTrainerConfig(TrainerConfig):
     """nerfstudio's ``TrainerConfig``; saving the run's config also fixes where the pipeline's front end
     keeps its result (``RUN/front_end``; with ``--load-dir``, the loaded run's when it has one), so
     ``ns-train --load-dir``, ``ns-eval``, ``ns-viewer`` and ``posefix export`` reuse it; and, unless given, seeds the
-    front end with the run's ``--machine.seed`` (``posefix refine --seed`` seeds both its front end and its NeRF)."""
+    front end and the weak cameras' alignment with the run's ``--machine.seed`` (``posefix refine --seed`` seeds its
+    front end, its NeRF and that alignment)."""
 
     def save_config(self) -> None:
         pipeline = self.pipeline
         if isinstance(pipeline, PosefixPipelineConfig) and pipeline.front_end_seed is None:
             pipeline.front_end_seed = int(self.machine.seed)
+        if isinstance(pipeline, PosefixPipelineConfig) and pipeline.weak_alignment.seed is None:
+            pipeline.weak_alignment.seed = int(self.machine.seed)
         if isinstance(pipeline, PosefixPipelineConfig) and pipeline.front_end == "on":
             cache = self.get_base_dir() / FRONT_END_DIR
             if self.load_dir is not None and (Path(self.load_dir).parent / FRONT_END_DIR).is_dir():

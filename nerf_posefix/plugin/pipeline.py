@@ -78,6 +78,10 @@ class PosefixPipelineConfig(VanillaPipelineConfig):
     run's --machine.seed (set when the run's config is saved), as posefix refine --seed seeds both its front end and
     its NeRF: the same seed gives the same tracks on both paths (on castle-P30 with blurred frames the RANSAC seed
     alone moves the sharp frames' error between ~0.09 and ~0.22 deg)."""
+    front_end_threads: int = 0
+    """COLMAP's threads in the front end (0: one per core; as posefix refine --threads). With one thread two runs give
+    the same tracks to the last digit; with more, COLMAP's approximate CPU matcher can flip a borderline image pair
+    from run to run (the bundled toybox: 389 instead of 390 verified pairs in 1 of 9 runs)."""
     nerf_cameras: Literal["weak", "all"] = "weak"
     """Which cameras the NeRF refines when the front end says how well the tracks hold each one: ``weak``,
     only the weakly held ones (few or no tracks, an uncertain pose, a separate group); the others keep the

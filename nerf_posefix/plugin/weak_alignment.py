@@ -65,7 +65,8 @@ class WeakAlignmentConfig:
         steps: Adam steps (0: the cameras stay where the training left them).
         lr: Adam learning rate on the ``SO3xR3`` tangent (radians / dataparser units).
         rays_per_view: pixels drawn per camera and step.
-        seed: seed of the pixel draws.
+        seed: seed of the pixel draws (None: 0; in a posefix run, the run's ``--machine.seed``, set when its config is
+            saved, as ``posefix refine --seed`` seeds it).
         appearance: ``own``: each camera rendered with its own appearance embedding; ``average``: eval mode's
             average embedding.
         min_iterations: the alignment runs only after at least this many training iterations (see
@@ -80,14 +81,19 @@ class WeakAlignmentConfig:
     steps: int = 50
     lr: float = 2e-3
     rays_per_view: int = 256
-    seed: int = 0
+    seed: Optional[int] = None
     appearance: Literal["own", "average"] = "own"
     min_iterations: int = 500
     evidence_rays: int = 4096
     evidence_z: float = 3.0
 
+    @property
+    def draw_seed(self) -> int:
+        """The seed of the pixel draws (:attr:`seed`, 0 when None)."""
+        return 0 if self.seed is None else int(self.seed)
+
     def budget(self) -> TestPoseAlignmentConfig:
-        return TestPoseAlignmentConfig(steps=self.steps, lr=self.lr, rays_per_view=self.rays_per_view, seed=self.seed)
+        return TestPoseAlignmentConfig(steps=self.steps, lr=self.lr, rays_per_view=self.rays_per_view, seed=self.draw_seed)
 
     def check(self) -> None:
         """Raise ValueError on a budget that cannot run."""
@@ -248,7 +254,7 @@ def align_weak_cameras(
     gain, gain_stderr = np.zeros(0), np.zeros(0)
     if config.evidence_z > 0:  # the stage's end pose against its start (the dataset's pose: no correction)
         gain, gain_stderr = photometric_evidence(target, dataset.cameras[index], result.cameras, images,
-                                                 config.evidence_rays, config.seed + 1)
+                                                 config.evidence_rays, config.draw_seed + 1)
     return WeakAlignment(
         indices=idx,
         cameras=result.cameras,

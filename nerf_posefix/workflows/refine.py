@@ -45,7 +45,10 @@ Steps
    written to): a binary copy of the model (``sparse/0``), symbolic links to the images (``images/``;
    names containing directories are flattened, e.g. ``cam1/0001.jpg`` -> ``cam1__0001.jpg``), and
    nerfstudio's own ``colmap_to_json`` conversion (as ``ns-process-data``) to ``transforms.json`` +
-   ``sparse_pc.ply``.
+   ``sparse_pc.ply``, in the world frame ``ns-train`` would train the input in: a transforms.json input's own
+   (its ``applied_transform``; identity without one), nerfstudio's ``colmap_to_json`` frame for the other inputs.
+   The radiance field is axis-aligned, so the frame it is trained in changes its result: trained where
+   ``ns-train posefix`` trains the same transforms.json, both give the same poses.
 4. **Train** the posefix method (:mod:`nerf_posefix.plugin.training`: in process, progress bar, CPU
    unless a GPU is asked for and present) on all images (``eval_mode=all``: every camera is refined).
    Besides the photometric loss, the camera optimizer carries the **track term** (``--tracks on``: the
@@ -227,7 +230,9 @@ class RefineOptions:
     """Training device; auto: cuda when available, else cpu."""
     threads: int = 0
     """torch CPU threads, and COLMAP's when tracks are built (0: one per core). On a CPU shared with other jobs, 1 can be
-    several times faster (OpenMP oversubscription)."""
+    several times faster (OpenMP oversubscription). With 1, two runs give the same poses to the last digit; with more,
+    COLMAP's approximate CPU matcher can flip a borderline image pair from run to run (the bundled toybox: 389
+    instead of 390 verified pairs in 1 of 9 runs)."""
     checkpoint_every: int = 250
     """Save a checkpoint every this many iterations (for --resume)."""
     seed: int = 42
@@ -648,10 +653,12 @@ def _write_prior_sigma(transforms: Path, stage_input: ValidatedInput, support: d
 def _nerf_stage(
     options: RefineOptions, inp: ValidatedInput, stage_input: ValidatedInput, work: Path, iterations: Optional[int], tracks: str,
     ba_summary: Optional[dict[str, Any]], callback: Optional[Callable[[int, Optional[float]], None]],
+    training_world: Optional[np.ndarray] = None,
 ) -> tuple[CameraSet, Optional[dict[int, np.ndarray]], str, Optional[tuple[np.ndarray, np.ndarray, str]], dict[str, Any]]:
-    """Steps 3-5: the training dataset of the stage's model, the posefix method trained on it, and its
-    refined poses (c2w OpenCV, input frame, image names), points, the training's depth bounds per image of
-    ``inp`` (input units) and a summary of the run."""
+    """Steps 3-5: the training dataset of the stage's model (in the world frame ``training_world · input world``,
+    :meth:`PosedImages.nerfstudio_world`: where ``ns-train`` would train the input; None: nerfstudio's COLMAP frame),
+    the posefix method trained on it, and its refined poses (c2w OpenCV, input frame, image names), points, the
+    training's depth bounds per image of ``inp`` (input units) and a summary of the run."""
     import torch
 
     device = options.device
@@ -664,7 +671,7 @@ def _nerf_stage(
     if note is not None:
         print(f"posefix refine: {note}", file=sys.stderr, flush=True)
     if not (data_dir / "transforms.json").is_file():
-        prepare_training_data(stage_input, data_dir, options.downscale_factor)
+        prepare_training_data(stage_input, data_dir, options.downscale_factor, applied_transform=training_world)
         _write_prior_sigma(data_dir / "transforms.json", stage_input, (ba_summary or {}).get("images") or {})
 
     from nerf_posefix.plugin.training import in_process_config, run_training
@@ -944,7 +951,8 @@ def _refine_in(
         bounds = _point_depth_bounds(stage_input.model, inp.model, options.bounds)
     else:
         refined, points, points_note, bounds, run_summary = _nerf_stage(
-            replace(options, downscale_factor=downscale), inp, stage_input, work, iterations, tracks, ba_summary, callback)
+            replace(options, downscale_factor=downscale), inp, stage_input, work, iterations, tracks, ba_summary, callback,
+            training_world=posed.nerfstudio_world())
     model = refined_model(stage_input if built else inp, refined, points)
     input_residuals = model_residuals(inp.model)  # once: the input's accuracy per image and its mean error
     reports, summary = build_report(inp.model, refined, bounds, options.bounds, options.move_threshold_deg, options.move_threshold_rel,

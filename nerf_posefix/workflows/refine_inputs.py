@@ -39,11 +39,14 @@ def colmap_to_transforms(recon_dir: Path, output_dir: Path, has_points: bool = T
     return write_nerfstudio_transforms(read_colmap_model(recon_dir), output_dir, with_points=has_points)
 
 
-def prepare_training_data(inp: ValidatedInput, data_dir: Path, downscale_factor: int = 1) -> Path:
+def prepare_training_data(
+    inp: ValidatedInput, data_dir: Path, downscale_factor: int = 1, applied_transform: Optional[np.ndarray] = None
+) -> Path:
     """Write the training dataset into ``data_dir``: links to the images (PNG copies of the converted
     ones, see the module docstring), downscaled copies, a binary copy of the model with the work-directory
-    names and nerfstudio's ``colmap_to_json`` of it. Assembled in ``data_dir.tmp`` and renamed, so
-    ``data_dir`` is complete or absent.
+    names and nerfstudio's ``colmap_to_json`` of it, in the world frame ``applied_transform · COLMAP world``
+    (``[3, 4]``; None: nerfstudio's, as ``ns-process-data`` writes a COLMAP model). Assembled in ``data_dir.tmp``
+    and renamed, so ``data_dir`` is complete or absent.
 
     Returns:
         ``data_dir / "transforms.json"``.
@@ -68,7 +71,7 @@ def prepare_training_data(inp: ValidatedInput, data_dir: Path, downscale_factor:
     images = {k: im._replace(name=inp.flat_names[im.name]) for k, im in inp.model.images.items()}
     renamed = replace(inp.model, images=images)
     write_colmap_model(renamed, tmp / "sparse" / "0", formats=("bin",))
-    write_nerfstudio_transforms(renamed, tmp)
+    write_nerfstudio_transforms(renamed, tmp, applied_transform=applied_transform)
     os.replace(tmp, data_dir)
     return data_dir / "transforms.json"
 
