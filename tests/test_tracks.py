@@ -199,12 +199,17 @@ def test_refined_points_get_their_own_small_learning_rate(noisy_points_scene: Pa
     assert TRACK_POINTS_GROUP not in fixed
 
 
-def test_weakly_held_cameras_observations_are_left_out_of_the_track_term(noisy_points_scene: Path, tmp_path: Path) -> None:
-    """Frames marked weakly held (``posefix_held: false``, as refine writes them) keep no observation in the track
-    term: their few, unreliable keypoints must not pull them (the photometric loss decides); every observation of
-    the held cameras stays."""
+def test_weakly_held_cameras_with_few_observations_are_left_out_of_the_track_term(
+    noisy_points_scene: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Frames marked weakly held (``posefix_held: false``, as refine writes them) with fewer observations than
+    ``support.MIN_OBSERVATIONS`` keep none in the track term (their few, unreliable keypoints must not pull them: the
+    photometric loss decides, and the weak alignment places them after training); weakly held frames with more (weak
+    for an uncertain pose or a separate group) keep theirs and are not realigned photometrically; every observation
+    of the held cameras stays."""
     import json
 
+    import nerf_posefix.plugin.pipeline as pipeline_module
     from nerf_posefix.io.transforms_json import HELD_KEY
 
     full = _pipeline(noisy_points_scene).model.camera_optimizer
@@ -215,12 +220,22 @@ def test_weakly_held_cameras_observations_are_left_out_of_the_track_term(noisy_p
     for frame in meta["frames"]:
         frame[HELD_KEY] = frame["file_path"] not in weak_files
     (marked / "transforms.json").write_text(json.dumps(meta))
+    counts = torch.bincount(full.track_camera_index)
+    # their observations are many: they stay in the track term, and the weak alignment leaves these cameras alone
+    assert int(counts.min()) >= pipeline_module.WEAK_MIN_OBSERVATIONS
     pipeline = _pipeline(marked)
     optimizer = pipeline.model.camera_optimizer
     names = [Path(p).name for p in pipeline.datamanager.train_dataparser_outputs.image_filenames]
     weak = torch.tensor([names.index(Path(f).name) for f in weak_files])
     assert optimizer.has_tracks and bool(optimizer.held.sum() == len(names) - 2)
+    torch.testing.assert_close(optimizer.track_observed_px, full.track_observed_px)
+    assert pipeline.weak_cameras.numel() == 0
+    # counted as few (the threshold above their counts): left out, and realigned after training
+    monkeypatch.setattr(pipeline_module, "WEAK_MIN_OBSERVATIONS", int(counts.max()) + 1)
+    pipeline = _pipeline(marked)
+    optimizer = pipeline.model.camera_optimizer
     assert not bool(torch.isin(optimizer.track_camera_index, weak).any())
     kept = ~torch.isin(full.track_camera_index, weak)
     assert int(kept.sum()) < len(full.track_camera_index)  # the weak frames had observations to leave out
     torch.testing.assert_close(optimizer.track_observed_px, full.track_observed_px[kept])
+    assert sorted(pipeline.weak_cameras.tolist()) == sorted(weak.tolist())

@@ -50,7 +50,7 @@ from nerf_posefix.plugin.front_end import training_dataparser
 from nerf_posefix.plugin.dataset import DatasetInfo, describe_dataset, validate_dataset
 from nerf_posefix.io.camera_set import match_image_names
 from nerf_posefix.io.transforms_json import HELD_KEY, PRIOR_SIGMA_KEY, read_transforms_frames
-from nerf_posefix.sfm.support import WEAK_PRIOR_SIGMA_PX, prior_sigma_px
+from nerf_posefix.sfm.support import MIN_OBSERVATIONS as WEAK_MIN_OBSERVATIONS, WEAK_PRIOR_SIGMA_PX, prior_sigma_px
 from nerf_posefix.plugin.tracks import MIN_OBSERVATIONS as TRACKS_MIN_OBSERVATIONS, build_tracks
 from nerf_posefix.plugin.depth_bounds import DepthBounds, compute_depth_bounds, find_sparse_points
 from nerf_posefix.plugin.test_pose_alignment import TestPoseAlignmentConfig, align_test_poses, score_views
@@ -206,24 +206,38 @@ class PosefixPipeline(VanillaPipeline):
             pixel_scale=self._downscale_factor(),
         )
         sigma, held = self._front_end_support()
+        tracked = None  # [N] bool: weakly held cameras whose own observations stay in the track term
         if optimizer.config.tracks == "auto":
             tracks = build_tracks(points, len(train_c2w), log)
             if tracks is not None and held is not None and bool((~held).any()):
-                # a weakly held camera's few observations are what the front end found too few or too uncertain to
-                # hold it (blurred frames' rescued keypoints: on toybox a frame with 8 such observations ended at
-                # 1.0-1.4 deg in three seeds, the worst of its 16 degraded frames): the photometric loss decides
-                tracks = tracks.without_cameras(held.logical_not())
-                log.append(f"track term: the observations of the {int((~held).sum())} weakly held camera(s) left out")
+                # a weakly held camera with few observations (blurred frames' rescued keypoints: on toybox a frame with
+                # 8 such observations ended at 1.0-1.4 deg in three seeds, the worst of its 16 degraded frames) is left
+                # to the photometric loss; one weak for its uncertain pose or its separate group keeps its observations,
+                # a real constraint (castle-P30: a frame its 35 tracks hold at 0.11-0.15 deg went to ~0.7 deg without)
+                counts = torch.bincount(tracks.camera_index.cpu(), minlength=len(held))  # [N] observations per camera
+                few = (~held) & (counts < WEAK_MIN_OBSERVATIONS)
+                tracked = (~held) & ~few
+                if bool(few.any()):
+                    tracks = tracks.without_cameras(few)
+                    log.append(f"track term: the observations of the {int(few.sum())} weakly held camera(s) with fewer than "
+                               f"{WEAK_MIN_OBSERVATIONS} left out")
                 if len(tracks) < TRACKS_MIN_OBSERVATIONS:
                     log.append(f"no track term: {len(tracks)} observations of the held cameras")
-                    tracks = None
+                    tracks, tracked = None, None
             optimizer.set_tracks(tracks)
         if sigma is not None and optimizer.set_prior_sigma(sigma):
             weak = int((sigma >= WEAK_PRIOR_SIGMA_PX).sum())
             log.append(f"pixels prior: σ per camera from how well the tracks hold it ({weak} weakly held camera(s) at σ "
                        f"{WEAK_PRIOR_SIGMA_PX:g} px, the photometric loss decides for them)")
         if held is not None:
-            self.weak_cameras = torch.nonzero(~held).reshape(-1)
+            # the weak alignment after training is photometric only: for the weakly held cameras the track term left to
+            # the photometric loss; those that keep their observations stay where training left them (photometric
+            # loss, track term and prior together)
+            aligned = (~held) if tracked is None else (~held) & ~tracked
+            self.weak_cameras = torch.nonzero(aligned).reshape(-1)
+            if tracked is not None and bool(tracked.any()):
+                log.append(f"{int(tracked.sum())} weakly held camera(s) with at least {WEAK_MIN_OBSERVATIONS} observations keep "
+                           "them in the track term and are not realigned photometrically after training")
         if held is not None and self.config.nerf_cameras == "weak" and optimizer.config.mode != "off":
             count = optimizer.hold_cameras(held)
             by = "the front end's tracks" if self.front_end is not None else f"the dataset's {HELD_KEY} marks (posefix refine's)"
