@@ -224,3 +224,15 @@ def test_each_view_renders_with_its_own_appearance_embedding(trained) -> None:
         model.train(was)
     assert torch.equal(first, again)
     assert (first - second).abs().max() > 1e-4 and (first - average).abs().max() > 1e-4
+
+
+def test_the_alignment_is_skipped_with_a_reason() -> None:
+    """Against a barely trained field the alignment does not run (it would move the cameras at random); nor without
+    weak cameras, steps, or an optimizer that can hold it; each says why."""
+    from nerf_posefix.plugin.weak_alignment import WeakAlignmentConfig, skip_reason
+
+    config = WeakAlignmentConfig()
+    assert "trained 3 iterations" in skip_reason(config, 2, 3, None)
+    assert skip_reason(config, 0, 1000, None) == "no weakly held camera"
+    assert skip_reason(WeakAlignmentConfig(steps=0), 2, 1000, None) == "weak alignment off (0 steps)"
+    assert "cannot hold the alignment" in skip_reason(config, 2, config.min_iterations, None)

@@ -54,7 +54,7 @@ from nerf_posefix.sfm.support import MIN_OBSERVATIONS as WEAK_MIN_OBSERVATIONS, 
 from nerf_posefix.plugin.tracks import MIN_OBSERVATIONS as TRACKS_MIN_OBSERVATIONS, build_tracks
 from nerf_posefix.plugin.depth_bounds import DepthBounds, compute_depth_bounds, find_sparse_points
 from nerf_posefix.plugin.test_pose_alignment import TestPoseAlignmentConfig, align_test_poses, score_views
-from nerf_posefix.plugin.weak_alignment import WEAK_ALIGNMENT_FILE, WeakAlignmentConfig, align_into_optimizer, alignment_line
+from nerf_posefix.plugin.weak_alignment import WEAK_ALIGNMENT_FILE, WeakAlignmentConfig, align_into_optimizer, alignment_line, skipped
 
 
 @dataclass
@@ -143,7 +143,8 @@ class PosefixPipeline(VanillaPipeline):
         finally:
             config.datamanager = original  # the run's config keeps the dataset as given
         self.depth_bounds: Optional[DepthBounds] = None
-        self.weak_cameras = torch.zeros(0, dtype=torch.long)  # [K] training cameras the front end's tracks do not hold
+        self.weak_cameras = torch.zeros(0, dtype=torch.long)  # [K] weakly held training cameras aligned after training
+        self.weak_cameras_tracked = 0  # weakly held cameras that keep their observations in the track term (not aligned)
         optimizer = self.model.camera_optimizer
         if isinstance(optimizer, HomographyCameraOptimizer):
             self.depth_bounds = self._setup_reference(optimizer)
@@ -166,6 +167,9 @@ class PosefixPipeline(VanillaPipeline):
         if step != last:
             return
         record = align_into_optimizer(self, self.weak_cameras.tolist(), step + 1, self.config.weak_alignment)
+        if not record["ran"] and not len(self.weak_cameras) and self.weak_cameras_tracked:
+            record = skipped(f"the {self.weak_cameras_tracked} weakly held camera(s) have at least {WEAK_MIN_OBSERVATIONS} observations "
+                             "each and keep them in the track term: none is left to the photometric alignment")
         path = Path(trainer.base_dir) / WEAK_ALIGNMENT_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(record, indent=2), encoding="utf-8")
@@ -213,7 +217,7 @@ class PosefixPipeline(VanillaPipeline):
                 # a weakly held camera with few observations (blurred frames' rescued keypoints: on toybox a frame with
                 # 8 such observations ended at 1.0-1.4 deg in three seeds, the worst of its 16 degraded frames) is left
                 # to the photometric loss; one weak for its uncertain pose or its separate group keeps its observations,
-                # a real constraint (castle-P30: a frame its 35 tracks hold at 0.11-0.15 deg went to ~0.7 deg without)
+                # a real constraint (castle-P30: a frame its 32-36 observations hold at 0.11-0.15 deg went to ~0.7 deg without)
                 counts = torch.bincount(tracks.camera_index.cpu(), minlength=len(held))  # [N] observations per camera
                 few = (~held) & (counts < WEAK_MIN_OBSERVATIONS)
                 tracked = (~held) & ~few
@@ -235,6 +239,7 @@ class PosefixPipeline(VanillaPipeline):
             # loss, track term and prior together)
             aligned = (~held) if tracked is None else (~held) & ~tracked
             self.weak_cameras = torch.nonzero(aligned).reshape(-1)
+            self.weak_cameras_tracked = 0 if tracked is None else int(tracked.sum())
             if tracked is not None and bool(tracked.any()):
                 log.append(f"{int(tracked.sum())} weakly held camera(s) with at least {WEAK_MIN_OBSERVATIONS} observations keep "
                            "them in the track term and are not realigned photometrically after training")
