@@ -239,3 +239,13 @@ def test_weakly_held_cameras_with_few_observations_are_left_out_of_the_track_ter
     assert int(kept.sum()) < len(full.track_camera_index)  # the weak frames had observations to leave out
     torch.testing.assert_close(optimizer.track_observed_px, full.track_observed_px[kept])
     assert sorted(pipeline.weak_cameras.tolist()) == sorted(weak.tolist())
+
+
+def test_the_largest_group_is_the_largest_set_of_cameras_linked_by_shared_points() -> None:
+    """Cameras 0-2 share points, camera 3 sees a point of its own, camera 4 sees none: the largest group is 0-2."""
+    from nerf_posefix.plugin.tracks import Tracks
+
+    tracks = Tracks(camera_index=torch.tensor([0, 1, 1, 2, 3, 3]), point_index=torch.tensor([0, 0, 1, 1, 2, 2]),
+                    observed_px=torch.zeros(6, 2, dtype=torch.float64), points=torch.zeros(3, 3, dtype=torch.float64),
+                    point_ids=torch.arange(3), intrinsics=None, source="test")  # type: ignore[arg-type]
+    assert tracks.largest_group(5).tolist() == [True, True, True, False, False]

@@ -168,8 +168,8 @@ class PosefixPipeline(VanillaPipeline):
             return
         record = align_into_optimizer(self, self.weak_cameras.tolist(), step + 1, self.config.weak_alignment)
         if not record["ran"] and not len(self.weak_cameras) and self.weak_cameras_tracked:
-            record = skipped(f"the {self.weak_cameras_tracked} weakly held camera(s) have at least {WEAK_MIN_OBSERVATIONS} observations "
-                             "each and keep them in the track term: none is left to the photometric alignment")
+            record = skipped(f"the {self.weak_cameras_tracked} weakly held camera(s) are in the largest group with at least "
+                             f"{WEAK_MIN_OBSERVATIONS} observations each and keep them in the track term: none is left to the photometric alignment")
         path = Path(trainer.base_dir) / WEAK_ALIGNMENT_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(record, indent=2), encoding="utf-8")
@@ -215,16 +215,19 @@ class PosefixPipeline(VanillaPipeline):
             tracks = build_tracks(points, len(train_c2w), log)
             if tracks is not None and held is not None and bool((~held).any()):
                 # a weakly held camera with few observations (blurred frames' rescued keypoints: on toybox a frame with
-                # 8 such observations ended at 1.0-1.4 deg in three seeds, the worst of its 16 degraded frames) is left
-                # to the photometric loss; one weak for its uncertain pose or its separate group keeps its observations,
-                # a real constraint (castle-P30: a frame its 32-36 observations hold at 0.11-0.15 deg went to ~0.7 deg without)
+                # 8 such observations ended at 1.0-1.4 deg in three seeds, the worst of its 16 degraded frames) or in a
+                # group of its own (its tracks cannot place it: the photometric alignment does; toybox's two rings
+                # unlinked by sequential matching, seed 0: 0.25 deg with it, 0.40 deg with their tracks kept instead) is
+                # left to the photometric loss; one in the largest group, weak for its uncertain pose, keeps its
+                # observations, a real constraint (castle-P30: a frame its 32-36 observations hold at 0.11-0.15 deg went
+                # to ~0.7 deg without)
                 counts = torch.bincount(tracks.camera_index.cpu(), minlength=len(held))  # [N] observations per camera
-                few = (~held) & (counts < WEAK_MIN_OBSERVATIONS)
-                tracked = (~held) & ~few
+                tracked = (~held) & (counts >= WEAK_MIN_OBSERVATIONS) & tracks.largest_group(len(held))
+                few = (~held) & ~tracked
                 if bool(few.any()):
                     tracks = tracks.without_cameras(few)
                     log.append(f"track term: the observations of the {int(few.sum())} weakly held camera(s) with fewer than "
-                               f"{WEAK_MIN_OBSERVATIONS} left out")
+                               f"{WEAK_MIN_OBSERVATIONS} or outside the largest group left out")
                 if len(tracks) < TRACKS_MIN_OBSERVATIONS:
                     log.append(f"no track term: {len(tracks)} observations of the held cameras")
                     tracks, tracked = None, None
@@ -241,8 +244,8 @@ class PosefixPipeline(VanillaPipeline):
             self.weak_cameras = torch.nonzero(aligned).reshape(-1)
             self.weak_cameras_tracked = 0 if tracked is None else int(tracked.sum())
             if tracked is not None and bool(tracked.any()):
-                log.append(f"{int(tracked.sum())} weakly held camera(s) with at least {WEAK_MIN_OBSERVATIONS} observations keep "
-                           "them in the track term and are not realigned photometrically after training")
+                log.append(f"{int(tracked.sum())} weakly held camera(s) in the largest group with at least {WEAK_MIN_OBSERVATIONS} "
+                           "observations keep them in the track term and are not realigned photometrically after training")
         if held is not None and self.config.nerf_cameras == "weak" and optimizer.config.mode != "off":
             count = optimizer.hold_cameras(held)
             by = "the front end's tracks" if self.front_end is not None else f"the dataset's {HELD_KEY} marks (posefix refine's)"

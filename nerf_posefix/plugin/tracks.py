@@ -53,6 +53,21 @@ class Tracks:
     def __len__(self) -> int:
         return int(self.camera_index.shape[0])
 
+    def largest_group(self, num_cameras: int) -> Tensor:
+        """``[num_cameras]`` bool: the training cameras in the largest group linked by shared points (connected
+        components of the camera-point graph; a camera without observations is in none)."""
+        from scipy.sparse import coo_matrix
+        from scipy.sparse.csgraph import connected_components
+
+        cams = self.camera_index.cpu().numpy()
+        pts = self.point_index.cpu().numpy() + num_cameras  # [K] graph nodes: cameras, then points
+        size = num_cameras + int(self.points.shape[0])
+        graph = coo_matrix((np.ones(len(cams)), (cams, pts)), shape=(size, size))
+        _, label = connected_components(graph, directed=False)
+        observed = np.bincount(cams, minlength=num_cameras) > 0  # [N]
+        counts = np.bincount(label[:num_cameras][observed], minlength=int(label.max()) + 1)
+        return torch.from_numpy(observed & (label[:num_cameras] == int(np.argmax(counts))))
+
     def without_cameras(self, drop: Tensor) -> "Tracks":
         """These tracks without the observations of the training cameras where ``drop [N]`` (bool) is True (the
         points stay, unobserved ones included)."""

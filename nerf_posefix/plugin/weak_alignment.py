@@ -24,9 +24,9 @@ last training iteration of a run (``ns-train posefix`` and ``posefix refine`` al
 so the run's checkpoint, its renders and every export hold the aligned poses; the run directory's
 :data:`WEAK_ALIGNMENT_FILE` records what it did. The weakly held cameras are the ones the front end's tracks do
 not hold (the front end's result, or the ``posefix_held`` keys of the dataset's transforms.json); the pipeline aligns
-those with fewer than ``support.MIN_OBSERVATIONS`` observations, whose observations it leaves out of the track term.
-Those with more (weak for an uncertain pose or a separate group) keep their observations in the track term and stay
-where the joint training leaves them: left to the photometric loss (training and alignment), castle-P30's frame 0024 (32-36 observations,
+those with fewer than ``support.MIN_OBSERVATIONS`` observations or outside the largest group linked by tracks, whose
+observations it leaves out of the track term. Those in the largest group with more (weak for an uncertain pose) keep
+their observations in the track term and stay where the joint training leaves them: left to the photometric loss (training and alignment), castle-P30's frame 0024 (32-36 observations,
 held at 0.11-0.15 deg) went to 0.66-0.74 deg in every seed.
 
 Conventions

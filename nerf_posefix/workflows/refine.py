@@ -197,7 +197,8 @@ class RefineOptions:
     uncertain pose, a separate group), the others keeping the adjustment's pose; ``all``: every camera."""
     weak_alignment: bool = True
     """After the NeRF stage's training, align the weakly held cameras with few tracks (fewer than
-    ``support.MIN_OBSERVATIONS`` observations, left out of the track term) photometrically against the frozen field
+    ``support.MIN_OBSERVATIONS`` observations) or in a separate group (both left out of the track term) photometrically
+    against the frozen field
     (each with its own appearance embedding; :mod:`nerf_posefix.plugin.weak_alignment`), which pins them better
     than the joint training (toybox, 16 blurred of 64 views: median rotation error 0.78 -> 0.28 deg, ~15% of the
     training's time); only after at least 500 training iterations (an untrained field would move them at random);
