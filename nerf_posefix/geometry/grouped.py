@@ -51,3 +51,27 @@ def grouped_sorted_element(values: np.ndarray, groups: np.ndarray, n: int, q: fl
     has = count > 0
     out[has] = vals[start[has] + (q * (count[has] - 1)).astype(np.int64)]
     return out
+
+
+def linked_groups(item_row: np.ndarray, point_row: np.ndarray, n: int, p: int, first_key: np.ndarray | None = None) -> np.ndarray:
+    """``[n]`` group of each of ``n`` items (images, cameras) linked by shared points: the connected components of
+    the graph of observations ``item_row [M]`` (in ``[0, n)``) - ``point_row [M]`` (in ``[0, p)``), numbered 0 for
+    the largest, then by size; ties: the smallest ``first_key [n]`` in the group first (default: the item index).
+    An item without observations is a group of its own."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    item_row = np.asarray(item_row, dtype=np.int64).reshape(-1)
+    point_row = np.asarray(point_row, dtype=np.int64).reshape(-1)
+    key = np.arange(n, dtype=np.int64) if first_key is None else np.asarray(first_key, dtype=np.int64).reshape(-1)
+    graph = coo_matrix((np.ones(item_row.size), (item_row, n + point_row)), shape=(n + p, n + p))
+    _, label = connected_components(graph, directed=False)
+    label = label[:n]  # [n] component of each item
+    size = np.bincount(label)
+    first = np.full(size.size, np.iinfo(np.int64).max)
+    np.minimum.at(first, label, key)
+    used = np.unique(label)
+    ordered = used[np.lexsort((first[used], -size[used]))]
+    rank = np.empty(size.size, dtype=np.int64)
+    rank[ordered] = np.arange(ordered.size)
+    return rank[label]

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from nerf_posefix.geometry.grouped import linked_groups
 from nerf_posefix.geometry.reprojection import CAMERA_MODEL_PARAMS, CameraIntrinsics
 from nerf_posefix.plugin.depth_bounds import SparsePoints
 
@@ -54,19 +55,16 @@ class Tracks:
         return int(self.camera_index.shape[0])
 
     def largest_group(self, num_cameras: int) -> Tensor:
-        """``[num_cameras]`` bool: the training cameras in the largest group linked by shared points (connected
-        components of the camera-point graph; a camera without observations is in none)."""
-        from scipy.sparse import coo_matrix
-        from scipy.sparse.csgraph import connected_components
-
+        """``[num_cameras]`` bool: the training cameras in the largest group linked by shared points
+        (:func:`~nerf_posefix.geometry.grouped.linked_groups` of the observing cameras; ties: the smallest camera
+        index; a camera without observations is in none)."""
         cams = self.camera_index.cpu().numpy()
-        pts = self.point_index.cpu().numpy() + num_cameras  # [K] graph nodes: cameras, then points
-        size = num_cameras + int(self.points.shape[0])
-        graph = coo_matrix((np.ones(len(cams)), (cams, pts)), shape=(size, size))
-        _, label = connected_components(graph, directed=False)
-        observed = np.bincount(cams, minlength=num_cameras) > 0  # [N]
-        counts = np.bincount(label[:num_cameras][observed], minlength=int(label.max()) + 1)
-        return torch.from_numpy(observed & (label[:num_cameras] == int(np.argmax(counts))))
+        observing = np.unique(cams)  # [C] cameras with observations, ascending
+        groups = linked_groups(np.searchsorted(observing, cams), self.point_index.cpu().numpy(), observing.size,
+                               int(self.points.shape[0]))
+        largest = np.zeros(num_cameras, dtype=bool)
+        largest[observing[groups == 0]] = True
+        return torch.from_numpy(largest)
 
     def without_cameras(self, drop: Tensor) -> "Tracks":
         """These tracks without the observations of the training cameras where ``drop [N]`` (bool) is True (the

@@ -26,8 +26,9 @@ so the run's checkpoint, its renders and every export hold the aligned poses; th
 not hold (the front end's result, or the ``posefix_held`` keys of the dataset's transforms.json); the pipeline aligns
 those with fewer than ``support.MIN_OBSERVATIONS`` observations or outside the largest group linked by tracks, whose
 observations it leaves out of the track term. Those in the largest group with more (weak for an uncertain pose) keep
-their observations in the track term and stay where the joint training leaves them: left to the photometric loss (training and alignment), castle-P30's frame 0024 (32-36 observations,
-held at 0.11-0.15 deg) went to 0.66-0.74 deg in every seed.
+their observations in the track term and stay where the joint training leaves them (left to the photometric loss,
+training and alignment, castle-P30's frame 0024, 32-36 observations held at 0.11-0.15 deg, went to 0.66-0.74 deg in
+every seed).
 
 Conventions
 -----------

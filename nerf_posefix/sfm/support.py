@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 
-from nerf_posefix.geometry.grouped import grouped_median
+from nerf_posefix.geometry.grouped import grouped_median, linked_groups
 from nerf_posefix.sfm.residuals import project_points
 
 if TYPE_CHECKING:
@@ -147,21 +147,7 @@ def _gather(rec: "pycolmap.Reconstruction") -> _Observations:
 def _groups(obs: _Observations) -> np.ndarray:
     """``[N]`` group index of each image (0: the largest set of images linked by shared points; ties: the
     smallest image id first)."""
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-
-    n, p = obs.image_ids.size, obs.xyz.shape[0]
-    graph = coo_matrix((np.ones(obs.image_row.size), (obs.image_row, n + obs.point_row)), shape=(n + p, n + p))
-    _, label = connected_components(graph, directed=False)
-    label = label[:n]  # [N] component of each image
-    size = np.bincount(label)
-    first = np.full(size.size, np.iinfo(np.int64).max)
-    np.minimum.at(first, label, obs.image_ids)
-    used = np.unique(label)
-    ordered = used[np.lexsort((first[used], -size[used]))]
-    rank = np.empty(size.size, dtype=np.int64)
-    rank[ordered] = np.arange(ordered.size)
-    return rank[label]
+    return linked_groups(obs.image_row, obs.point_row, obs.image_ids.size, obs.xyz.shape[0], first_key=obs.image_ids)
 
 
 def _residuals_and_depths(rec: "pycolmap.Reconstruction", obs: _Observations) -> tuple[np.ndarray, np.ndarray]:

@@ -73,9 +73,9 @@ class DemoOptions:
     method: str = "posefix-small"
     """With --nerf: the posefix method to train (posefix or posefix-small)."""
     threads: int = 1
-    """CPU threads of COLMAP and torch. posefix refine's figures are the same with any number (its database keeps
-    the images' order whatever thread finishes first); with --nerf, 1 (default) also keeps torch's training the same
-    on every run, which several threads do not guarantee."""
+    """CPU threads of COLMAP and torch. 1 (default) gives the same figures on every run; with more, COLMAP's
+    approximate CPU matcher can flip a borderline image pair from run to run (the bundled toybox: 1 run in 9), and
+    with --nerf torch's training is not guaranteed the same either."""
     overwrite: bool = False
     """Replace --output if it exists (only an earlier posefix demo output)."""
     verbose: bool = False
