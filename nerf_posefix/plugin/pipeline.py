@@ -166,10 +166,11 @@ class PosefixPipeline(VanillaPipeline):
         last = int(trainer._start_step) + int(trainer.config.max_num_iterations) - 1  # noqa: SLF001 (nerfstudio's)
         if step != last:
             return
-        record = align_into_optimizer(self, self.weak_cameras.tolist(), step + 1, self.config.weak_alignment)
-        if not record["ran"] and not len(self.weak_cameras) and self.weak_cameras_tracked:
+        if not len(self.weak_cameras) and self.weak_cameras_tracked:
             record = skipped(f"the {self.weak_cameras_tracked} weakly held camera(s) are in the largest group with at least "
                              f"{WEAK_MIN_OBSERVATIONS} observations each and keep them in the track term: none is left to the photometric alignment")
+        else:
+            record = align_into_optimizer(self, self.weak_cameras.tolist(), step + 1, self.config.weak_alignment)
         path = Path(trainer.base_dir) / WEAK_ALIGNMENT_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(record, indent=2), encoding="utf-8")
