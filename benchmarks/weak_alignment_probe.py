@@ -24,7 +24,15 @@ Modes:
   with its own appearance embedding (``--embedding own``) or the average one (``average``, eval mode's);
 * ``image``: whole images rendered at ``1/--factor`` resolution (block centres), the render optionally blurred by a
   Gaussian (``--render-blur`` low-res px; ``auto``: matched to a 3 px blur of the full-res image) and compared
-  with the area-downsampled image; ``--factor`` may list a coarse-to-fine schedule (steps split evenly).
+  with the area-downsampled image; ``--factor`` may list a coarse-to-fine schedule (steps split evenly);
+* ``patches``: :func:`align_patches`, full-resolution patches of ``--patch`` x ``--patch`` rays ``--stride`` px apart,
+  each blurred by its view's Gaussian (``--blur`` px, or ``fit``: per view, the ``--blur-grid`` value that best matches
+  the image at the starting pose) and compared with the image at the patch's fully blurred centre; ``--patch 1
+  --blur 0`` is the rays mode with this function's own pixel draws; ``--rotation-only`` keeps the translations.
+
+Every mode prints the degraded frames' rotation (deg) and centre (% of the radius) errors one by one too.
+``--make-default-run OUT --no-weak-alignment`` keeps the run's poses as the joint training leaves them (no weak
+alignment), so that every mode starts from the same poses the default alignment would.
 
 Measured (toybox blur 3 px, seed 0, 2 shared cores; median rotation error of the 16 degraded views, deg; sharp
 views unchanged by construction, Sim(3) fitted on them; 256 rays per view unless said):
@@ -169,8 +177,122 @@ def align_images(model: Any, cams: Any, gts: list[torch.Tensor], steps: int, lr:
     return adj[:, :3, :3].double().numpy(), adj[:, :3, 3].double().numpy(), losses
 
 
-def make_default_run(out: Path, data: Path, seed: int) -> None:
-    """``posefix refine`` with the weak_frames default row's options, its NeRF stage's work directory kept."""
+def per_frame_errors(config_path: Path, data: Path, weak: set[str],
+                     extra: dict[int, tuple[np.ndarray, np.ndarray]]) -> dict[str, tuple[float, float]]:
+    """Per degraded image: rotation error (deg) and centre error (% of the truth's radius) of :func:`score`'s poses,
+    after the same Sim(3) on the sharp images."""
+    import benchmarks.weak_frames as weak_frames
+    from nerf_posefix.geometry.alignment import align
+    from nerf_posefix.geometry.poses import rotation_angle_deg, scene_radius
+
+    errors: dict[str, tuple[float, float]] = {}
+    split = weak_frames.split_errors
+
+    def capture(gt: Any, estimate: Any, weak_names: set[str]) -> dict[str, float]:
+        index = {Path(n).name: k for k, n in enumerate(estimate.names)}
+        names = [Path(n).name for n in gt.names]
+        est = estimate.c2w[[index[n] for n in names]]
+        sharp = np.array([n not in weak_names for n in names])
+        aligned = align(est[sharp], gt.c2w[sharp], mode="sim3").apply(est)
+        rot = rotation_angle_deg(gt.c2w[:, :3, :3], aligned[:, :3, :3])
+        centre = 100.0 * np.linalg.norm(aligned[:, :3, 3] - gt.c2w[:, :3, 3], axis=-1) / scene_radius(gt.c2w[:, :3, 3])
+        errors.update({n: (round(float(r), 3), round(float(c), 2)) for n, r, c, s in zip(names, rot, centre, sharp) if not s})
+        return split(gt, estimate, weak_names)
+
+    weak_frames.split_errors = capture
+    try:
+        score(config_path, data, weak, extra)
+    finally:
+        weak_frames.split_errors = split
+    return errors
+
+
+def gaussian_kernel(sigma: float, radius: int) -> torch.Tensor:
+    """``[2 radius + 1]`` normalised Gaussian of ``sigma`` samples (a unit impulse for ``sigma`` ~ 0)."""
+    x = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    k = (x == 0).float() if sigma <= 1e-3 else torch.exp(-0.5 * (x / sigma) ** 2)
+    return k / k.sum()
+
+
+def align_patches(model: Any, cams: Any, gts: list[torch.Tensor], steps: int, lr: float, size: int, stride: int, per_view: int,
+                  blur: str, grid: Sequence[float], rotation_only: bool, seed: int
+                  ) -> tuple[np.ndarray, np.ndarray, list[float], np.ndarray]:
+    """Alignment on rendered patches blurred like the image: each step renders ``per_view`` patches of ``size x size``
+    rays ``stride`` pixels apart per view, blurs each by its view's Gaussian (σ px: ``blur``, or ``'fit'``: the
+    ``grid`` value that best matches the image at the starting pose, per view) and compares the fully blurred
+    centre (valid convolution) with the image's pixels there. ``size`` 1: single random pixels (the rays mode
+    with this function's draws). Returns ``(R_a [N,3,3], t_a [N,3], losses, σ [N])``."""
+    from nerfstudio.cameras.lie_groups import exp_map_SO3xR3
+
+    from nerf_posefix.plugin.test_pose_alignment import _gt_rgb, frozen_model
+
+    n = len(cams)
+    height, width = int(gts[0].shape[0]), int(gts[0].shape[1])
+    radius = int(math.ceil(2.5 * max(grid if blur == "fit" else [float(blur)]) / stride)) if size > 1 else 0
+    if size - 2 * radius < 1:
+        raise SystemExit(f"patches of {size} samples cannot hold a blur kernel of radius {radius} samples")
+    gen = torch.Generator().manual_seed(seed)
+    tangent = torch.zeros(n, 6, requires_grad=True)
+    if rotation_only:
+        tangent.register_hook(lambda grad: grad * torch.tensor([0.0, 0.0, 0.0, 1.0, 1.0, 1.0]))
+    opt = torch.optim.Adam([tangent], lr=lr)
+    grid_y, grid_x = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    inner = torch.arange(radius, size - radius)
+
+    def draw(count: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        extent = (size - 1) * stride + 1
+        views = torch.arange(n).repeat_interleave(count)
+        return (views, torch.randint(0, height - extent + 1, (n * count,), generator=gen),
+                torch.randint(0, width - extent + 1, (n * count,), generator=gen))
+
+    def render(views: torch.Tensor, y0: torch.Tensor, x0: torch.Tensor, tang: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The patches' renders ``[P, 3, size, size]`` and the images' blurred centres ``[P, 3, c, c]``."""
+        coords = torch.stack([y0[:, None, None] + stride * grid_y + 0.5, x0[:, None, None] + stride * grid_x + 0.5], -1).view(-1, 2)
+        ray_view = views.repeat_interleave(size * size)
+        bundle = cams.generate_rays(camera_indices=ray_view[:, None], coords=coords.float())
+        adj = exp_map_SO3xR3(tang)[ray_view]
+        bundle.origins = bundle.origins + adj[:, :3, 3]
+        bundle.directions = torch.bmm(adj[:, :3, :3], bundle.directions[..., None])[..., 0]
+        rgb = model(bundle)["rgb"].view(len(views), size, size, 3).permute(0, 3, 1, 2)
+        target = torch.stack([_gt_rgb(model, gts[int(v)][(y + stride * inner).long()][:, (x + stride * inner).long()]).permute(2, 0, 1)
+                              for v, y, x in zip(views, y0, x0)])
+        return rgb, target
+
+    def blurred(rgb: torch.Tensor, sigma_px: float) -> torch.Tensor:
+        k = gaussian_kernel(sigma_px / stride, radius)
+        c, m = rgb.shape[1], len(k)
+        out = torch.nn.functional.conv2d(rgb, k.view(1, 1, 1, m).expand(c, 1, 1, m), groups=c)
+        return torch.nn.functional.conv2d(out, k.view(1, 1, m, 1).expand(c, 1, m, 1), groups=c)
+
+    losses: list[float] = []
+    with frozen_model(model), torch.enable_grad():
+        if blur == "fit" and size > 1:
+            views, y0, x0 = draw(8)
+            with torch.no_grad():
+                rgb, target = render(views, y0, x0, tangent.detach())
+                table = np.array([[float(((blurred(rgb[views == v], s) - target[views == v]) ** 2).mean()) for s in grid]
+                                  for v in range(n)])  # [N, len(grid)]
+            sigmas = np.array([float(grid[int(j)]) for j in table.argmin(axis=1)])
+        else:
+            sigmas = np.full(n, 0.0 if blur == "fit" else float(blur))
+        for _ in range(steps):
+            views, y0, x0 = draw(per_view)
+            rgb, target = render(views, y0, x0, tangent)
+            err = torch.stack([((blurred(rgb[p:p + 1], float(sigmas[int(v)])) - target[p:p + 1]) ** 2).mean()
+                               for p, v in enumerate(views)])  # [P]
+            per = torch.zeros(n).index_add(0, views, err) / per_view  # [N]
+            opt.zero_grad(set_to_none=True)
+            per.sum().backward()
+            opt.step()
+            losses.append(float(per.detach().mean()))
+    with torch.no_grad():
+        adj = exp_map_SO3xR3(tangent.detach())
+    return adj[:, :3, :3].double().numpy(), adj[:, :3, 3].double().numpy(), losses, sigmas
+
+
+def make_default_run(out: Path, data: Path, seed: int, weak_alignment: bool = True) -> None:
+    """``posefix refine`` with the weak_frames default row's options, its NeRF stage's work directory kept
+    (``weak_alignment=False``: the run's poses are the joint training's, before any alignment)."""
     import os
     import shutil
 
@@ -187,7 +309,7 @@ def make_default_run(out: Path, data: Path, seed: int) -> None:
     refine_module._nerf_stage = kept
     try:
         result = refine(RefineOptions(output=out / "refined", poses=data / "transforms.json", threads=1, seed=seed, quiet=True,
-                                      overwrite=True))
+                                      overwrite=True, weak_alignment=weak_alignment))
     finally:
         refine_module._nerf_stage = original
     link = out / "refined.partial"  # the run's config names the (removed) work directory as its dataset's home
@@ -204,7 +326,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--make-default-run", type=Path, metavar="OUT", help="make a default refine run to probe (see above)")
     parser.add_argument("--data", type=Path, default=ROOT / "benchmark_results/weak_frames/scenes/toybox-blur3/3deg-5pct/s0/data")
     parser.add_argument("--degraded", type=Path, default=ROOT / "benchmark_results/weak_frames/sources/toybox_blur3/degraded.json")
-    parser.add_argument("--mode", choices=["rays", "image"], default="rays")
+    parser.add_argument("--mode", choices=["rays", "image", "patches"], default="rays")
     parser.add_argument("--steps", type=int, nargs="+", default=[100], help="budgets (each from the trained poses)")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--rays", type=int, default=256)
@@ -214,9 +336,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--gt-blur", type=float, default=3.0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-weak-alignment", action="store_true", help="--make-default-run without the weak alignment")
+    parser.add_argument("--patch", type=int, default=32, help="patches mode: samples per patch side (1: single pixels)")
+    parser.add_argument("--stride", type=int, default=2, help="patches mode: pixels between a patch's samples")
+    parser.add_argument("--patches", type=int, default=2, help="patches mode: patches per view and step")
+    parser.add_argument("--blur", default="fit", help="patches mode: the render's blur σ (px), or 'fit' per view")
+    parser.add_argument("--blur-grid", type=float, nargs="+", default=[0, 1, 2, 3, 4, 5, 6, 8], help="σ (px) tried by 'fit'")
+    parser.add_argument("--rotation-only", action="store_true", help="patches mode: the translations stay")
     args = parser.parse_args(argv)
     if args.make_default_run is not None:
-        make_default_run(args.make_default_run, args.data, args.seed)
+        make_default_run(args.make_default_run, args.data, args.seed, weak_alignment=not args.no_weak_alignment)
         return 0
     if args.run is None:
         parser.error("--run is required")
@@ -232,6 +361,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"loaded in {time.perf_counter() - t0:.0f} s; {len(idx)} degraded of {len(names)}", flush=True)
     before = score(args.run, args.data, weak, {})
     print("before:", json.dumps({k: round(v, 4) for k, v in before.items()}), flush=True)
+    print("  per degraded frame (rotation deg, centre %):", per_frame_errors(args.run, args.data, weak, {}), flush=True)
     cams = trained_cameras(pipeline, dataset)[torch.tensor(idx)]
     gts = [dataset.get_image_float32(k) for k in idx]
     model = pipeline.model
@@ -242,14 +372,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             res = align_test_poses(wrapped, cams, gts, TestPoseAlignmentConfig(steps, args.lr, args.rays, args.seed))
             rot, trans = res.rotation.double().numpy(), res.translation.double().numpy()
             extra_info = f"loss {np.mean(res.loss_before):.5f} -> {np.mean(res.loss_after):.5f}"
+        elif args.mode == "patches":
+            rot, trans, losses, sigmas = align_patches(wrapped, cams, gts, steps, args.lr, args.patch, args.stride, args.patches,
+                                                       args.blur, args.blur_grid, args.rotation_only, args.seed)
+            extra_info = f"loss {losses[0]:.5f} -> {losses[-1]:.5f}, render blur σ {sigmas.tolist()} px"
         else:
             rot, trans, losses = align_images(wrapped, cams, gts, steps, args.lr, args.factor, args.render_blur, args.gt_blur)
             extra_info = f"loss {losses[0]:.5f} -> {losses[-1]:.5f}"
         secs = time.perf_counter() - t0
         moved = np.degrees(np.arccos(np.clip((np.trace(rot, axis1=1, axis2=2) - 1) / 2, -1, 1)))
-        after = score(args.run, args.data, weak, {i: (rot[k], trans[k]) for k, i in enumerate(idx)})
+        extra = {i: (rot[k], trans[k]) for k, i in enumerate(idx)}
+        after = score(args.run, args.data, weak, extra)
         print(f"steps {steps} ({secs:.0f} s, {extra_info}, median move {np.median(moved):.3f} deg):",
               json.dumps({k: round(v, 4) for k, v in after.items()}), flush=True)
+        print("  per degraded frame (rotation deg, centre %):", per_frame_errors(args.run, args.data, weak, extra), flush=True)
     return 0
 
 
