@@ -331,9 +331,17 @@ def test_image_motion_ignores_a_common_similarity(truth):
 def test_linear_solver_for_the_problem_size():
     from nerf_posefix.sfm.bundle_adjustment import choose_linear_solver
 
+    from nerf_posefix.sfm.bundle_adjustment import DENSE_SCHUR_MAX_IMAGES, SPARSE_SCHUR_MAX_MEAN_DEGREE
+
     assert choose_linear_solver(30, 29.0) == "dense_schur"
-    assert choose_linear_solver(500, 400.0) == "sparse_schur"
-    assert choose_linear_solver(5000, 20.0) == "sparse_schur"  # a survey's sparse camera graph
+    assert choose_linear_solver(DENSE_SCHUR_MAX_IMAGES + 1, 50.0) == "sparse_schur"
+    assert choose_linear_solver(1000, 22.0) == "sparse_schur"  # a survey's sparse camera graph
+    assert choose_linear_solver(5000, 20.0) == "sparse_schur"
+    # a dense camera graph (an object-centric capture: 300 views, each seeing 244 others) makes the reduced camera
+    # system dense: iterative Schur, whatever the number of images; the threshold on both sides
+    assert choose_linear_solver(300, 244.0) == "iterative_schur"
+    assert choose_linear_solver(200, SPARSE_SCHUR_MAX_MEAN_DEGREE) == "sparse_schur"
+    assert choose_linear_solver(200, SPARSE_SCHUR_MAX_MEAN_DEGREE + 0.5) == "iterative_schur"
     assert choose_linear_solver(5000, 1500.0) == "iterative_schur"  # everyone sees everyone
 
 

@@ -77,11 +77,16 @@ surveys) stops the second and not the first.
 
 The linear solver is chosen for the problem (``linear_solver="auto"``): dense Schur up to 50 images
 (pycolmap's own rule), sparse direct Schur above when the camera graph is sparse (at most
-:data:`SPARSE_SCHUR_MAX_MEAN_DEGREE` co-visible images per image on average, or up to 1000 images),
-iterative Schur (Schur-Jacobi preconditioner) otherwise. pycolmap's own selection switches to iterative
-Schur beyond 1000 images whatever the graph; on a 1000-image survey that costs 5-7x per iteration (up
-to 200 conjugate-gradient steps each once the trust region has grown), and on 3000 images sparse Schur
-runs at ~2.3 s per iteration here.
+:data:`SPARSE_SCHUR_MAX_MEAN_DEGREE` co-visible images per image on average), iterative Schur
+(Schur-Jacobi preconditioner) otherwise: a camera graph where each image sees more than that many others
+makes the reduced camera system dense, which a direct solver factors in O(N^3). pycolmap's own selection
+switches to iterative Schur beyond 1000 images whatever the graph; on a 1000-image survey (each image
+seeing ~22 others) that costs 5-7x per iteration (up to 200 conjugate-gradient steps each once the trust
+region has grown), and on 3000 images sparse Schur runs at ~2.3 s per iteration here. On an object-centric
+capture the other way round (300 rendered views around an object, each seeing 244 others; 10 iterations
+from the converged poses, ``benchmarks/solver_probe.py split``): sparse Schur 2.0-2.3 s, iterative Schur
+1.05-1.34 s; on every 3rd to 2nd of those views (100 / 150 / 200 images, 81 / ~120 / ~160 co-visible):
+0.33 / 0.76 / 1.26 s against 0.43 / 0.51 / 1.02 s, the crossover near 100 co-visible images.
 
 Memory
 ------
@@ -143,8 +148,9 @@ MIN_BLOCK_ITERATIONS = 3
 STRAGGLER_FRACTION = 1e-3
 #: ``linear_solver="auto"``: dense Schur up to this many images (pycolmap's own bound).
 DENSE_SCHUR_MAX_IMAGES = 50
-#: ``linear_solver="auto"``: sparse direct Schur beyond 1000 images only when the images see on average at
-#: most this many others (sparse camera graph: surveys, walk-throughs, video); iterative Schur otherwise.
+#: ``linear_solver="auto"``: sparse direct Schur beyond ``DENSE_SCHUR_MAX_IMAGES`` only when the images see on
+#: average at most this many others (sparse camera graph: surveys, walk-throughs, video); iterative Schur otherwise
+#: (module docstring: the crossover measured near 100 on an object-centric capture).
 SPARSE_SCHUR_MAX_MEAN_DEGREE = 100
 #: Peak memory model of ``posefix refine`` on a COLMAP model (bytes), from the scaling benchmark
 #: (``docs/scaling.md``: peak RSS 1.24 GiB at 400k observations, 2.2 GiB at 1.2M; the adjustment alone
@@ -465,7 +471,7 @@ def choose_linear_solver(num_images: int, mean_degree: float) -> str:
     average (module docstring): ``"dense_schur"``, ``"sparse_schur"`` or ``"iterative_schur"``."""
     if num_images <= DENSE_SCHUR_MAX_IMAGES:
         return "dense_schur"
-    if num_images <= 1000 or mean_degree <= SPARSE_SCHUR_MAX_MEAN_DEGREE:
+    if mean_degree <= SPARSE_SCHUR_MAX_MEAN_DEGREE:
         return "sparse_schur"
     return "iterative_schur"
 
