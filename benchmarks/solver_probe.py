@@ -71,16 +71,12 @@ def rounds_child(poses: Path, truth: Path, output: Path, solver: str) -> None:
         default = bundle_adjustment.choose_linear_solver
         bundle_adjustment.choose_linear_solver = lambda n, degree: solver if n > bundle_adjustment.DENSE_SCHUR_MAX_IMAGES else default(n, degree)
     from benchmarks.scaling import pose_errors
-    from nerf_posefix.cli.main import main
     from nerf_posefix.io.sources import load_camera_set
+    from nerf_posefix.workflows.refine import RefineOptions, refine
 
     shutil.rmtree(output, ignore_errors=True)
     t0 = time.perf_counter()
-    try:
-        main(["refine", "--poses", str(poses), "--output", str(output), "--quiet"])
-    except SystemExit as exc:
-        if exc.code not in (0, None):
-            raise
+    refine(RefineOptions(output=output, poses=poses, quiet=True))  # posefix refine --poses POSES --output OUTPUT --quiet
     wall = time.perf_counter() - t0
     est = load_camera_set(output / "transforms.json")
     gt = load_camera_set(truth)
