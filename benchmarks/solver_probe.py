@@ -31,7 +31,8 @@ def split(model: Path, solvers: Sequence[str], iterations: int, loss_scale_px: f
     """Ceres' time split of ``iterations`` Levenberg-Marquardt iterations (no early stop) per solver."""
     import pycolmap
 
-    ceres = pycolmap._core.pyceres  # noqa: SLF001 (pycolmap 4.x exposes Ceres' enums there only)
+    from nerf_posefix.sfm.bundle_adjustment import _set_linear_solver
+
     for solver in solvers:
         rec = pycolmap.Reconstruction(str(model))
         ba = pycolmap.BundleAdjustmentOptions()
@@ -40,10 +41,7 @@ def split(model: Path, solvers: Sequence[str], iterations: int, loss_scale_px: f
         ba.ceres.loss_function_type = pycolmap.LossFunctionType.CAUCHY
         ba.ceres.loss_function_scale = loss_scale_px
         ba.ceres.solver_options.num_threads = -1
-        ba.ceres.auto_select_solver_type = False
-        ba.ceres.solver_options.linear_solver_type = getattr(ceres.LinearSolverType, solver.upper())
-        if solver == "iterative_schur":
-            ba.ceres.solver_options.preconditioner_type = ceres.PreconditionerType.SCHUR_JACOBI
+        _set_linear_solver(ba, solver)  # as refine's adjustment sets it
         ba.ceres.solver_options.max_num_iterations = iterations
         ba.ceres.solver_options.function_tolerance = 0.0
         ba.ceres.solver_options.gradient_tolerance = 0.0

@@ -89,10 +89,12 @@ def base_name(path: Any) -> str:
     return Path(path).name.split("__")[-1]
 
 
-def score(config_path: Path, data: Path, weak: set[str], extra: dict[int, tuple[np.ndarray, np.ndarray]]) -> dict[str, float]:
+def score(config_path: Path, data: Path, weak: set[str], extra: dict[int, tuple[np.ndarray, np.ndarray]]
+          ) -> tuple[dict[str, float], dict[str, tuple[float, float]]]:
     """weak_frames' split errors of the run's refined poses, with ``extra[i] = (R_a, t_a)`` composed onto training
-    camera ``i``'s correction (dataparser frame)."""
-    from benchmarks.weak_frames import split_errors
+    camera ``i``'s correction (dataparser frame), and per degraded image its rotation (deg) and centre (% of the
+    radius) errors after the same Sim(3) on the sharp images."""
+    from benchmarks.weak_frames import aligned_errors, split_errors
     from nerf_posefix.geometry.poses import opengl_to_opencv
     from nerf_posefix.io.camera_set import CameraSet
     from nerf_posefix.io.transforms_json import applied_transform, frame_name, read_transforms_frames, read_transforms_json
@@ -111,7 +113,9 @@ def score(config_path: Path, data: Path, weak: set[str], extra: dict[int, tuple[
     cams = CameraSet(names=names, c2w=opengl_to_opencv(np.linalg.inv(explicit) @ poses), source="probe")
     cams = cams.subset(np.nonzero(refined)[0])
     gt = read_transforms_json(data / "transforms_gt.json")
-    return split_errors(gt, cams, weak)
+    names, sharp, rot, centre = aligned_errors(gt, cams, weak)
+    per_frame = {n: (round(float(r), 3), round(float(c), 2)) for n, s, r, c in zip(names, sharp, rot, centre) if not s}
+    return split_errors(gt, cams, weak), per_frame
 
 
 def trained_cameras(pipeline: Any, dataset: Any) -> Any:
@@ -124,18 +128,27 @@ def trained_cameras(pipeline: Any, dataset: Any) -> Any:
     return corrected_cameras(cams, adj[:, :3, :3], adj[:, :3, 3])
 
 
+def gaussian_kernel(sigma: float, radius: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``[2 radius + 1]`` normalised Gaussian of ``sigma`` samples (a unit impulse for ``sigma`` ~ 0)."""
+    x = torch.arange(-radius, radius + 1, dtype=dtype)
+    k = (x == 0).to(dtype) if sigma <= 1e-3 else torch.exp(-0.5 * (x / sigma) ** 2)
+    return k / k.sum()
+
+
+def separable_valid(img: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """``img [B, C, H, W]`` convolved by ``k [m]`` along both axes, valid part only: ``[B, C, H - m + 1, W - m + 1]``."""
+    c, m = img.shape[1], len(k)
+    k = k.to(img)
+    img = torch.nn.functional.conv2d(img, k.view(1, 1, 1, m).expand(c, 1, 1, m), groups=c)
+    return torch.nn.functional.conv2d(img, k.view(1, 1, m, 1).expand(c, 1, m, 1), groups=c)
+
+
 def gaussian_blur(img: torch.Tensor, sigma: float) -> torch.Tensor:
     """``img [B, C, H, W]`` blurred by a separable Gaussian (reflect padding)."""
     if sigma <= 0:
         return img
     r = max(1, int(math.ceil(3 * sigma)))
-    x = torch.arange(-r, r + 1, dtype=img.dtype, device=img.device)
-    k = torch.exp(-0.5 * (x / sigma) ** 2)
-    k = k / k.sum()
-    c = img.shape[1]
-    img = torch.nn.functional.pad(img, (r, r, r, r), mode="reflect")
-    img = torch.nn.functional.conv2d(img, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
-    return torch.nn.functional.conv2d(img, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+    return separable_valid(torch.nn.functional.pad(img, (r, r, r, r), mode="reflect"), gaussian_kernel(sigma, r, img.dtype))
 
 
 def align_images(model: Any, cams: Any, gts: list[torch.Tensor], steps: int, lr: float, factors: Sequence[int],
@@ -175,43 +188,6 @@ def align_images(model: Any, cams: Any, gts: list[torch.Tensor], steps: int, lr:
     with torch.no_grad():
         adj = exp_map_SO3xR3(tangent.detach())
     return adj[:, :3, :3].double().numpy(), adj[:, :3, 3].double().numpy(), losses
-
-
-def per_frame_errors(config_path: Path, data: Path, weak: set[str],
-                     extra: dict[int, tuple[np.ndarray, np.ndarray]]) -> dict[str, tuple[float, float]]:
-    """Per degraded image: rotation error (deg) and centre error (% of the truth's radius) of :func:`score`'s poses,
-    after the same Sim(3) on the sharp images."""
-    import benchmarks.weak_frames as weak_frames
-    from nerf_posefix.geometry.alignment import align
-    from nerf_posefix.geometry.poses import rotation_angle_deg, scene_radius
-
-    errors: dict[str, tuple[float, float]] = {}
-    split = weak_frames.split_errors
-
-    def capture(gt: Any, estimate: Any, weak_names: set[str]) -> dict[str, float]:
-        index = {Path(n).name: k for k, n in enumerate(estimate.names)}
-        names = [Path(n).name for n in gt.names]
-        est = estimate.c2w[[index[n] for n in names]]
-        sharp = np.array([n not in weak_names for n in names])
-        aligned = align(est[sharp], gt.c2w[sharp], mode="sim3").apply(est)
-        rot = rotation_angle_deg(gt.c2w[:, :3, :3], aligned[:, :3, :3])
-        centre = 100.0 * np.linalg.norm(aligned[:, :3, 3] - gt.c2w[:, :3, 3], axis=-1) / scene_radius(gt.c2w[:, :3, 3])
-        errors.update({n: (round(float(r), 3), round(float(c), 2)) for n, r, c, s in zip(names, rot, centre, sharp) if not s})
-        return split(gt, estimate, weak_names)
-
-    weak_frames.split_errors = capture
-    try:
-        score(config_path, data, weak, extra)
-    finally:
-        weak_frames.split_errors = split
-    return errors
-
-
-def gaussian_kernel(sigma: float, radius: int) -> torch.Tensor:
-    """``[2 radius + 1]`` normalised Gaussian of ``sigma`` samples (a unit impulse for ``sigma`` ~ 0)."""
-    x = torch.arange(-radius, radius + 1, dtype=torch.float32)
-    k = (x == 0).float() if sigma <= 1e-3 else torch.exp(-0.5 * (x / sigma) ** 2)
-    return k / k.sum()
 
 
 def align_patches(model: Any, cams: Any, gts: list[torch.Tensor], steps: int, lr: float, size: int, stride: int, per_view: int,
@@ -259,10 +235,7 @@ def align_patches(model: Any, cams: Any, gts: list[torch.Tensor], steps: int, lr
         return rgb, target
 
     def blurred(rgb: torch.Tensor, sigma_px: float) -> torch.Tensor:
-        k = gaussian_kernel(sigma_px / stride, radius)
-        c, m = rgb.shape[1], len(k)
-        out = torch.nn.functional.conv2d(rgb, k.view(1, 1, 1, m).expand(c, 1, 1, m), groups=c)
-        return torch.nn.functional.conv2d(out, k.view(1, 1, m, 1).expand(c, 1, m, 1), groups=c)
+        return separable_valid(rgb, gaussian_kernel(sigma_px / stride, radius))
 
     losses: list[float] = []
     with frozen_model(model), torch.enable_grad():
@@ -359,9 +332,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     pipeline, dataset, names = load(args.run)
     idx = [k for k, nm in enumerate(names) if nm in weak]
     print(f"loaded in {time.perf_counter() - t0:.0f} s; {len(idx)} degraded of {len(names)}", flush=True)
-    before = score(args.run, args.data, weak, {})
+    before, before_frames = score(args.run, args.data, weak, {})
     print("before:", json.dumps({k: round(v, 4) for k, v in before.items()}), flush=True)
-    print("  per degraded frame (rotation deg, centre %):", per_frame_errors(args.run, args.data, weak, {}), flush=True)
+    print("  per degraded frame (rotation deg, centre %):", before_frames, flush=True)
     cams = trained_cameras(pipeline, dataset)[torch.tensor(idx)]
     gts = [dataset.get_image_float32(k) for k in idx]
     model = pipeline.model
@@ -382,10 +355,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         secs = time.perf_counter() - t0
         moved = np.degrees(np.arccos(np.clip((np.trace(rot, axis1=1, axis2=2) - 1) / 2, -1, 1)))
         extra = {i: (rot[k], trans[k]) for k, i in enumerate(idx)}
-        after = score(args.run, args.data, weak, extra)
+        after, after_frames = score(args.run, args.data, weak, extra)
         print(f"steps {steps} ({secs:.0f} s, {extra_info}, median move {np.median(moved):.3f} deg):",
               json.dumps({k: round(v, 4) for k, v in after.items()}), flush=True)
-        print("  per degraded frame (rotation deg, centre %):", per_frame_errors(args.run, args.data, weak, extra), flush=True)
+        print("  per degraded frame (rotation deg, centre %):", after_frames, flush=True)
     return 0
 
 

@@ -127,9 +127,9 @@ class Spec:
         return self.output / "rows" / f"{self.key}.json"
 
 
-def split_errors(gt: Any, estimate: Any, weak: set[str]) -> dict[str, float]:
-    """Rotation (deg) and centre (% of the ground truth's radius) errors, medians over the degraded and the
-    sharp images, after a Sim(3) of the estimate onto the ground truth fitted on the sharp images."""
+def aligned_errors(gt: Any, estimate: Any, weak: set[str]) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
+    """Per image of ``gt`` (by file name): ``(names, sharp [N] bool, rotation error [N] deg, centre error [N] % of
+    the ground truth's radius)``, after a Sim(3) of the estimate onto the ground truth fitted on the sharp images."""
     from nerf_posefix.geometry.alignment import align
     from nerf_posefix.geometry.poses import rotation_angle_deg, scene_radius
 
@@ -142,6 +142,14 @@ def split_errors(gt: Any, estimate: Any, weak: set[str]) -> dict[str, float]:
     aligned = sim.apply(est)
     rot = rotation_angle_deg(ref[:, :3, :3], aligned[:, :3, :3])
     centre = 100.0 * np.linalg.norm(aligned[:, :3, 3] - ref[:, :3, 3], axis=-1) / scene_radius(ref[:, :3, 3])
+    return names, sharp, rot, centre
+
+
+def split_errors(gt: Any, estimate: Any, weak: set[str]) -> dict[str, float]:
+    """Rotation (deg) and centre (% of the ground truth's radius) errors, medians over the degraded and the
+    sharp images, after a Sim(3) of the estimate onto the ground truth fitted on the sharp images
+    (:func:`aligned_errors`)."""
+    _, sharp, rot, centre = aligned_errors(gt, estimate, weak)
     return {
         "rot_degraded_deg": float(np.median(rot[~sharp])), "rot_sharp_deg": float(np.median(rot[sharp])),
         "centre_degraded_pct": float(np.median(centre[~sharp])), "centre_sharp_pct": float(np.median(centre[sharp])),

@@ -329,9 +329,7 @@ def test_image_motion_ignores_a_common_similarity(truth):
 
 
 def test_linear_solver_for_the_problem_size():
-    from nerf_posefix.sfm.bundle_adjustment import choose_linear_solver
-
-    from nerf_posefix.sfm.bundle_adjustment import DENSE_SCHUR_MAX_IMAGES, SPARSE_SCHUR_MAX_MEAN_DEGREE
+    from nerf_posefix.sfm.bundle_adjustment import DENSE_SCHUR_MAX_IMAGES, SPARSE_SCHUR_MAX_MEAN_DEGREE, choose_linear_solver
 
     assert choose_linear_solver(30, 29.0) == "dense_schur"
     assert choose_linear_solver(DENSE_SCHUR_MAX_IMAGES + 1, 50.0) == "sparse_schur"
