@@ -50,8 +50,9 @@ LossName = Literal["cauchy", "huber", "soft_l1", "squared", "none"]
 #: (2: track building's final round re-triangulated with the adjusted poses; 3: few-feature images extracted again
 #: at a lower peak threshold; 4: rounds skipped to the smallest threshold met, early rounds with 2 % stragglers;
 #: 5: triangulations without the point triangulator's point-only adjustments, except the last round's; 6: image ids
-#: in the database in the images' order, whatever the order COLMAP's extraction threads finish in).
-FRONT_END_VERSION = 6
+#: in the database in the images' order, whatever the order COLMAP's extraction threads finish in; 7: blur-matched
+#: features for the blurred frames the ordinary matching links with few matches).
+FRONT_END_VERSION = 7
 
 
 @dataclass
@@ -64,6 +65,8 @@ class FrontEndOptions:
         matching, sequential_overlap, spatial_neighbors: feature matching when tracks are built
             (:class:`nerf_posefix.sfm.track_building.TrackOptions`).
         database: a COLMAP database of these images to build the tracks from (copied, never modified).
+        blur_matching: when tracks are built, match the blurred frames the ordinary matching links with few
+            matches against their neighbours blurred alike (:mod:`nerf_posefix.sfm.blur_matching`).
         bundle_adjustment: the robust loss of the adjustment, or ``"none"`` (no adjustment: the front end
             returns its input, with built tracks when they were built).
         ba_scale_px: the robust scale of a model's own-track adjustment (None: automatic).
@@ -76,6 +79,7 @@ class FrontEndOptions:
     sequential_overlap: int = 10
     spatial_neighbors: int = SPATIAL_NEIGHBORS
     database: Optional[Path] = None
+    blur_matching: bool = True
     bundle_adjustment: LossName = "cauchy"
     ba_scale_px: Optional[float] = None
     threads: int = 0
@@ -86,7 +90,7 @@ class FrontEndOptions:
 
         return TrackOptions(matching=self.matching, sequential_overlap=self.sequential_overlap,
                             spatial_neighbors=self.spatial_neighbors, seed=self.seed,
-                            num_threads=self.threads or -1)
+                            num_threads=self.threads or -1, blur_matching=self.blur_matching)
 
     def stamp(self, built: bool) -> dict[str, Any]:
         """The options that decide the front end's result (a cache made with other ones is not reused)."""
@@ -97,6 +101,7 @@ class FrontEndOptions:
             "sequential_overlap": self.sequential_overlap if built else None,
             "spatial_neighbors": self.spatial_neighbors if built else None,
             "database": str(self.database) if built and self.database else None,
+            "blur_matching": self.blur_matching if built and not self.database else None,
             "bundle_adjustment": self.bundle_adjustment,
             "ba_scale_px": self.ba_scale_px,
             "seed": self.seed if built else None,

@@ -12,7 +12,9 @@ makes the tracks with COLMAP's own bindings (``pycolmap``), the poses held as gi
    whatever the names' order), ``auto`` (exhaustive up to :data:`EXHAUSTIVE_MAX_IMAGES` images, spatial
    beyond when poses are given, sequential without them). Images with too few features to be held (heavily
    blurred or washed-out frames) are extracted again at a third of COLMAP's DoG peak threshold
-   (:func:`few_feature_images`). Features and exhaustive or sequential matches do
+   (:func:`few_feature_images`); the blurred frames that the matching then links with few matches are matched
+   again against their neighbours blurred alike (:mod:`nerf_posefix.sfm.blur_matching`). Features and exhaustive
+   or sequential matches do
    not depend on the poses, so one database serves every pose set of the same images; spatial pairs do.
 2. :func:`triangulate_fixed_poses`: the steps of COLMAP's ``point_triangulator`` (``pycolmap.IncrementalMapper``:
    tracks created image by image, completed, merged, re-triangulated and filtered) on the database's verified
@@ -58,7 +60,9 @@ from nerf_posefix.errors import InputError
 from nerf_posefix.geometry.alignment import pose_alignment
 from nerf_posefix.geometry.poses import invert_poses
 from nerf_posefix.io.camera_set import CameraSet, ImageCamera
+from nerf_posefix.sfm.blur_matching import rescue_blurred_frames
 from nerf_posefix.sfm.bundle_adjustment import POSE_TOLERANCE, adjust_reconstruction, quiet_colmap_log, reconstruction_c2w
+from nerf_posefix.sfm.sift_features import extract_sift, match_listed_pairs, register_images
 
 if TYPE_CHECKING:
     import pycolmap
@@ -153,6 +157,8 @@ class TrackOptions:
             scheduled rounds (:data:`FINAL_ROUND_MIN_PX`); 0: no final round.
         num_threads: COLMAP's threads (-1: all cores).
         seed: COLMAP's random seed (RANSAC of the match verification).
+        blur_matching: match the blurred images the ordinary matching links with few matches against their
+            neighbours blurred alike (:mod:`nerf_posefix.sfm.blur_matching`).
     """
 
     matching: MatchingMode = "auto"
@@ -168,6 +174,7 @@ class TrackOptions:
     final_round_factor: float = 4.0
     num_threads: int = -1
     seed: int = 0
+    blur_matching: bool = True
 
     def check(self) -> None:
         """Raise :class:`InputError` naming the bad option."""
@@ -221,11 +228,12 @@ class MatchSummary:
     num_verified_pairs: int
     num_inlier_matches: int
     seconds: dict[str, float] = field(default_factory=dict)
+    blur_matched: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {"database": str(self.database), "matching": self.matching, "num_images": self.num_images,
                 "num_keypoints": self.num_keypoints, "num_verified_pairs": self.num_verified_pairs,
-                "num_inlier_matches": self.num_inlier_matches, "seconds": self.seconds}
+                "num_inlier_matches": self.num_inlier_matches, "seconds": self.seconds, "blur_matched": self.blur_matched}
 
 
 @dataclass
@@ -268,14 +276,6 @@ def track_stats(rec: "pycolmap.Reconstruction", min_observations_per_image: int)
 
 # ---------------------------------------------------------------------------------------------
 # features and matches
-
-
-def _camera_groups(names: Sequence[str], cameras: dict[str, ImageCamera]) -> list[tuple[ImageCamera, list[str]]]:
-    """Images grouped by identical intrinsics, first-appearance order."""
-    groups: dict[ImageCamera, list[str]] = {}
-    for name in names:
-        groups.setdefault(cameras[name], []).append(name)
-    return list(groups.items())
 
 
 def spatial_pairs(
@@ -366,29 +366,14 @@ def _extract_features(
     :data:`LOW_FEATURE_PEAK_THRESHOLD`, in a new database that replaces the first (COLMAP skips the images a
     database has features of, so the low ones go first).
 
-    The cameras and images are written into each database first (:func:`register_images`: image ids in the order
+    The cameras and images are written into each database first (:func:`~nerf_posefix.sfm.sift_features.register_images`: image ids in the order
     of ``names``), and COLMAP's extraction keeps them: its threads would otherwise add the images in the order they
     finish, so the ids, and with them the order of every later step (matching's pair ids, the triangulation), would
     change from run to run (castle-P30 with blurred frames, two runs of the same command: sharp frames at 0.25 and
     0.09 deg)."""
-    import pycolmap
-
     def extract(target: Path, subset: Sequence[str], peak_threshold: Optional[float] = None) -> None:
-        extraction = pycolmap.FeatureExtractionOptions()
-        extraction.num_threads = options.num_threads
-        extraction.max_image_size = options.max_image_size
-        extraction.sift.max_num_features = options.max_num_features
-        if peak_threshold is not None:
-            extraction.sift.peak_threshold = peak_threshold
-        with quiet_colmap_log(verbose):
-            for camera, group in _camera_groups(subset, cameras):
-                reader = pycolmap.ImageReaderOptions()
-                reader.camera_model = camera.model
-                reader.camera_params = ",".join(repr(float(p)) for p in camera.params)
-                pycolmap.extract_features(
-                    target, images_dir, image_names=list(group), camera_mode=pycolmap.CameraMode.SINGLE,
-                    reader_options=reader, extraction_options=extraction, device=pycolmap.Device.cpu,
-                )
+        extract_sift(target, images_dir, subset, cameras, options.num_threads, options.max_image_size, options.max_num_features,
+                     peak_threshold, verbose)
 
     log(f"features of {len(names)} images")
     register_images(database, names, cameras)
@@ -408,27 +393,6 @@ def _extract_features(
         redo.replace(database)
     finally:
         redo.unlink(missing_ok=True)  # a failed extraction leaves no half-made database beside the first
-
-
-def register_images(database: str | Path, names: Sequence[str], cameras: dict[str, ImageCamera]) -> None:
-    """Write one COLMAP camera per group of identical intrinsics (:func:`_camera_groups`; a prior focal length, as
-    COLMAP's image reader marks given intrinsics) and the images of ``names`` (ids 1, 2, ... in that order, no
-    pose, no features) into the new database ``database``; COLMAP's feature extraction then adds the features of
-    these images under these ids and cameras."""
-    import pycolmap
-
-    db = pycolmap.Database.open(str(database))
-    try:
-        camera_ids = {}
-        for camera, _ in _camera_groups(names, cameras):
-            colmap_camera = pycolmap.Camera(model=camera.model, width=int(camera.width), height=int(camera.height),
-                                            params=[float(p) for p in camera.params])
-            colmap_camera.has_prior_focal_length = True
-            camera_ids[camera] = db.write_camera(colmap_camera)
-        for name in names:
-            db.write_image(pycolmap.Image(name=name, camera_id=camera_ids[cameras[name]]))
-    finally:
-        db.close()
 
 
 def few_feature_images(database: str | Path, names: Sequence[str]) -> dict[str, int]:
@@ -514,14 +478,7 @@ def match_features(
         if matching == "exhaustive":
             pycolmap.match_exhaustive(database, matching_options=matcher, verification_options=verification, device=pycolmap.Device.cpu)
         elif matching == "spatial":
-            pairs_file = database.parent / PAIRS_FILE
-            pairs_file.write_text("".join(f"{a} {b}\n" for a, b in pairs), encoding="utf-8")
-            imported = pycolmap.ImportedPairingOptions()
-            imported.match_list_path = str(pairs_file)
-            pycolmap.match_image_pairs(
-                database, matching_options=matcher, pairing_options=imported, verification_options=verification,
-                device=pycolmap.Device.cpu,
-            )
+            match_listed_pairs(database, pairs, database.parent / PAIRS_FILE, options.num_threads, options.seed, verbose)
         else:
             pairing = pycolmap.SequentialPairingOptions()
             pairing.overlap = options.sequential_overlap
@@ -531,7 +488,16 @@ def match_features(
                 device=pycolmap.Device.cpu,
             )
     seconds["match"] = time.perf_counter() - t0
+    rescued = []
+    if options.blur_matching:
+        t0 = time.perf_counter()
+        by_name = dict(zip(poses.names, poses.c2w)) if poses is not None else {}
+        c2w = np.stack([by_name[n] for n in names]) if by_name and all(n in by_name for n in names) else None
+        rescued = rescue_blurred_frames(database, images_dir, names, cameras, database.parent, c2w=c2w, num_threads=options.num_threads,
+                                        seed=options.seed, max_image_size=options.max_image_size, verbose=verbose, log=log)
+        seconds["blur_matching"] = time.perf_counter() - t0
     summary = database_summary(database, matching, seconds)
+    summary.blur_matched = [f.to_dict() for f in rescued]
     if summary.num_images != len(names):
         raise RuntimeError(f"{database}: {summary.num_images} images after feature extraction, expected {len(names)}")
     return summary

@@ -175,6 +175,10 @@ class RefineOptions:
     database: Optional[Path] = None
     """A COLMAP database of these images (features and verified matches, e.g. from an earlier run or
     COLMAP's GUI) to build the tracks from instead of extracting and matching again. Copied, never modified."""
+    blur_matching: bool = True
+    """When tracks are built: match the blurred frames that the ordinary matching links with few matches against
+    copies of their neighbours blurred alike (the blur estimated per frame), adding tracks that hold them
+    (--no-blur-matching: the ordinary matches only)."""
     method: Literal["posefix", "posefix-small"] = "posefix-small"
     """posefix-small: sized for a CPU; posefix: nerfacto-sized (GPU)."""
     iterations: Optional[int] = None
@@ -453,7 +457,8 @@ def front_end_options(options: RefineOptions) -> FrontEndOptions:
     """The front end's options of a refine run."""
     return FrontEndOptions(
         build_tracks=options.build_tracks, matching=options.matching, sequential_overlap=options.sequential_overlap,
-        spatial_neighbors=options.spatial_neighbors, database=options.database, bundle_adjustment=options.bundle_adjustment,
+        spatial_neighbors=options.spatial_neighbors, database=options.database, blur_matching=options.blur_matching,
+        bundle_adjustment=options.bundle_adjustment,
         ba_scale_px=options.ba_scale_px,
         threads=options.threads, seed=options.seed,
     )

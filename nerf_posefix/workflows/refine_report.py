@@ -114,8 +114,11 @@ class RefineResult:
         built = s.get("tracks_built")
         if built:
             m = built["matches"]
+            blurred = m.get("blur_matched") or []
             rows.append(("tracks", f"built from the images: {m['matching']} matching, {m['num_verified_pairs']} verified pairs, "
-                                   f"{built['num_points']} points, {built['num_observations']} observations"))
+                                   f"{built['num_points']} points, {built['num_observations']} observations"
+                                   + (f"; {len(blurred)} blurred image(s) matched against their neighbours blurred alike "
+                                      f"(+{sum(int(b['inliers']) for b in blurred)} matches)" if blurred else "")))
         ba = s.get("bundle_adjustment")
         if isinstance(ba, dict):
             before = ba.get("reprojection_error_before_px", (built or {}).get("mean_reprojection_error_px"))
