@@ -31,8 +31,8 @@ weak frames, tenth look):
   over 5-10 pairs each; ``posefix refine --iterations 0`` (``benchmarks.weak_frames``, the adjustment row, 3 seeds)
   brings them to 0.169 +- 0.007 deg (median), from 0.380 +- 0.042 deg with the ordinary matches;
 * blur 12 px: no frame has a verified pair, so none is matched again (the adjustment row is unchanged). Forced
-  (``python -m benchmarks.blur_matching_probe --rescue force``), the blurred copies give 15-125 matches over 1-6
-  pairs per frame, and from the 2 deg input 5 of 24 frame-runs ended 2.5-12 deg off: matches that nothing else
+  (``python -m benchmarks.blur_matching_probe --rescue force``), the blurred copies give 15-121 matches over 1-6
+  pairs per frame, and from the 2 deg input 7 of 24 frame-runs ended 2.5-12.2 deg off: matches that nothing else
   confirms do not place a frame. Those frames stay with the NeRF stage.
 
 ``pycolmap`` is imported inside the functions.
