@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pycolmap
 import pytest
+from scene_helpers import blur_and_wash_out
 from scipy.ndimage import gaussian_filter
 
 from nerf_posefix.io.camera_set import CameraSet
@@ -88,8 +89,6 @@ def test_a_blurred_frame_gains_matches_and_tracks_and_the_sharp_tracks_are_kept(
     database stays consistent (a descriptor per keypoint, matches within the keypoints); the sharp pairs keep
     their own matches first, and what they gain joins appended keypoints only; triangulated with the true poses,
     the frame is seen by more points."""
-    import imageio.v3 as iio
-
     posed = load_posed_images(TOYBOX / "transforms.json")
     names = list(posed.cameras.names[:8])
     images = tmp_path / "images"
@@ -97,11 +96,7 @@ def test_a_blurred_frame_gains_matches_and_tracks_and_the_sharp_tracks_are_kept(
         (images / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(posed.images_dir / name, images / name)
     weak = names[3]
-    pixels = iio.imread(images / weak).astype(np.float64)
-    blurred = np.stack([gaussian_filter(pixels[..., c], 2.0) for c in range(pixels.shape[-1])], axis=-1)
-    mean = blurred[..., :3].mean(axis=(0, 1))
-    blurred[..., :3] = mean + 0.4 * (blurred[..., :3] - mean)
-    iio.imwrite(images / weak, np.clip(np.rint(blurred), 0, 255).astype(np.uint8))
+    blur_and_wash_out(images / weak, 2.0)
     cameras = {n: posed.intrinsics[n] for n in names}
     by_name = dict(zip(posed.cameras.names, posed.cameras.c2w))
     poses = CameraSet(names=names, c2w=np.stack([by_name[n] for n in names]))  # the true poses, camera-to-world
@@ -155,8 +150,6 @@ def test_refine_holds_a_blurred_frame_with_blur_matched_tracks(tmp_path: Path, c
     """``posefix refine --poses`` on the bundled scene 3 deg / 5 % off with one view blurred by 2 px and cut to 40 %
     contrast: the summary and report.json say it was matched against its neighbours blurred alike, and the frame
     ends as close to the truth as the sharp ones (after a Sim(3) on all views)."""
-    import imageio.v3 as iio
-
     from nerf_posefix.cli.main import main
     from nerf_posefix.geometry.alignment import align
     from nerf_posefix.geometry.poses import rotation_angle_deg
@@ -167,12 +160,7 @@ def test_refine_holds_a_blurred_frame_with_blur_matched_tracks(tmp_path: Path, c
     perturb_dataset(TOYBOX, data, rotation_deg=3.0, translation=0.05, seed=3)
     meta = json.loads((data / "transforms.json").read_text())
     weak = meta["frames"][20]["file_path"]
-    pixels = iio.imread(data / weak).astype(np.float64)
-    blurred = np.stack([gaussian_filter(pixels[..., c], 2.0) for c in range(pixels.shape[-1])], axis=-1)
-    mean = blurred[..., :3].mean(axis=(0, 1))
-    blurred[..., :3] = mean + 0.4 * (blurred[..., :3] - mean)
-    (data / weak).unlink()  # a copy, or a link into the bundled scene: never written through
-    iio.imwrite(data / weak, np.clip(np.rint(blurred), 0, 255).astype(np.uint8))
+    blur_and_wash_out(data / weak, 2.0)
     out = tmp_path / "refined"
     code = main(["refine", "--poses", str(data / "transforms.json"), "--output", str(out), "--iterations", "0", "--threads", "1"])
     captured = capsys.readouterr()

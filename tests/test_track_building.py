@@ -410,8 +410,7 @@ def test_frames_with_too_few_features_are_extracted_again_at_a_lower_threshold(d
     """A blurred, washed-out frame (σ 3 px, contrast 40 %) keeps a few features at COLMAP's DoG threshold: it is
     extracted again at a third of it (more features); the sharp frames keep exactly their default features (the
     bundled scene's own database), and the bundled scene itself has no such frame."""
-    import imageio.v3 as iio
-    from scipy.ndimage import gaussian_filter
+    from scene_helpers import blur_and_wash_out
 
     from nerf_posefix.sfm.track_building import LOW_FEATURE_PEAK_THRESHOLD, few_feature_images
 
@@ -423,11 +422,7 @@ def test_frames_with_too_few_features_are_extracted_again_at_a_lower_threshold(d
         (images / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(posed.images_dir / name, images / name)
     weak = names[3]
-    pixels = iio.imread(images / weak).astype(np.float64)
-    blurred = np.stack([gaussian_filter(pixels[..., c], 3.0) for c in range(pixels.shape[-1])], axis=-1)
-    mean = blurred[..., :3].mean(axis=(0, 1))
-    blurred[..., :3] = mean + 0.4 * (blurred[..., :3] - mean)
-    iio.imwrite(images / weak, np.clip(np.rint(blurred), 0, 255).astype(np.uint8))
+    blur_and_wash_out(images / weak, 3.0)
     lines: list[str] = []
     db = tmp_path / "database.db"
     match_features(images, names, {n: posed.intrinsics[n] for n in names}, db, log=lines.append)
