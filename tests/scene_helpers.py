@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from nerf_posefix.io.posed_images import PosedImages
 
 TOYBOX = Path(__file__).resolve().parents[1] / "assets" / "toybox"
 
@@ -39,3 +43,20 @@ def blur_and_wash_out(path: Path, sigma: float, contrast: float = 0.4) -> None:
     blurred[..., :3] = mean + contrast * (blurred[..., :3] - mean)
     path.unlink()
     iio.imwrite(path, np.clip(np.rint(blurred), 0, 255).astype(np.uint8))
+
+
+def toybox_views_one_blurred(images: Path, count: int, sigma: float, which: int = 3) -> tuple["PosedImages", list[str], str]:
+    """The bundled scene's first ``count`` views copied into ``images``, view ``which`` blurred by ``sigma`` px and
+    washed out (:func:`blur_and_wash_out`). Returns the bundled scene (:class:`PosedImages`), the names copied and
+    the blurred one."""
+    import shutil
+
+    from nerf_posefix.io.posed_images import load_posed_images
+
+    posed = load_posed_images(TOYBOX / "transforms.json")
+    names = list(posed.cameras.names[:count])
+    for name in names:
+        (images / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(posed.images_dir / name, images / name)
+    blur_and_wash_out(images / names[which], sigma)
+    return posed, names, names[which]

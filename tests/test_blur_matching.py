@@ -4,17 +4,15 @@ rescued, and what the rescue writes into the track database (real pycolmap on th
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pycolmap
 import pytest
-from scene_helpers import blur_and_wash_out
+from scene_helpers import blur_and_wash_out, toybox_views_one_blurred
 from scipy.ndimage import gaussian_filter
 
 from nerf_posefix.io.camera_set import CameraSet
-from nerf_posefix.io.posed_images import load_posed_images
 from nerf_posefix.sfm import blur_matching as bm
 from nerf_posefix.sfm.track_building import TrackOptions, match_features, reconstruction_from_poses, triangulate_fixed_poses
 
@@ -89,14 +87,8 @@ def test_a_blurred_frame_gains_matches_and_tracks_and_the_sharp_tracks_are_kept(
     database stays consistent (a descriptor per keypoint, matches within the keypoints); the sharp pairs keep
     their own matches first, and what they gain joins appended keypoints only; triangulated with the true poses,
     the frame is seen by more points."""
-    posed = load_posed_images(TOYBOX / "transforms.json")
-    names = list(posed.cameras.names[:8])
     images = tmp_path / "images"
-    for name in names:
-        (images / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(posed.images_dir / name, images / name)
-    weak = names[3]
-    blur_and_wash_out(images / weak, 2.0)
+    posed, names, weak = toybox_views_one_blurred(images, 8, 2.0)
     cameras = {n: posed.intrinsics[n] for n in names}
     by_name = dict(zip(posed.cameras.names, posed.cameras.c2w))
     poses = CameraSet(names=names, c2w=np.stack([by_name[n] for n in names]))  # the true poses, camera-to-world

@@ -410,19 +410,13 @@ def test_frames_with_too_few_features_are_extracted_again_at_a_lower_threshold(d
     """A blurred, washed-out frame (σ 3 px, contrast 40 %) keeps a few features at COLMAP's DoG threshold: it is
     extracted again at a third of it (more features); the sharp frames keep exactly their default features (the
     bundled scene's own database), and the bundled scene itself has no such frame."""
-    from scene_helpers import blur_and_wash_out
+    from scene_helpers import toybox_views_one_blurred
 
     from nerf_posefix.sfm.track_building import LOW_FEATURE_PEAK_THRESHOLD, few_feature_images
 
-    posed = load_posed_images(TOYBOX / "transforms.json")
-    names = list(posed.cameras.names[:8])
-    assert few_feature_images(database, posed.cameras.names) == {}
     images = tmp_path / "images"
-    for name in names:
-        (images / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(posed.images_dir / name, images / name)
-    weak = names[3]
-    blur_and_wash_out(images / weak, 3.0)
+    posed, names, weak = toybox_views_one_blurred(images, 8, 3.0)
+    assert few_feature_images(database, posed.cameras.names) == {}
     lines: list[str] = []
     db = tmp_path / "database.db"
     match_features(images, names, {n: posed.intrinsics[n] for n in names}, db, log=lines.append)
