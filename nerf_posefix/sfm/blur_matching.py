@@ -405,6 +405,7 @@ def rescue_blurred_frames(
             shutil.rmtree(side, ignore_errors=True)
             copies = side / "images"
             members = sorted({f.name for f in group} | {p for f in group for p in f.partners}, key=list(names).index)
+            log(f"blur {level:.1f} px: {len(group)} frame(s), {len(members) - len(group)} neighbour copies")
             for n in members:
                 _write_copy(images_dir / n, copies / n, 0.0 if n in {f.name for f in group} else level)
             side_db = side / "database.db"
