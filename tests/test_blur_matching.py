@@ -167,3 +167,23 @@ def test_refine_holds_a_blurred_frame_with_blur_matched_tracks(tmp_path: Path, c
     k = [Path(n).name for n in gt.names].index(Path(weak).name)
     print(f"blurred frame {rot[k]:.3f} deg, sharp median {np.median(np.delete(rot, k)):.3f} deg")
     assert rot[k] < 3 * np.median(np.delete(rot, k)) and rot[k] < 0.3
+
+
+def test_the_plugin_front_end_turns_blur_matching_on_and_off_as_refine() -> None:
+    """``--pipeline.front-end-blur-matching`` reaches the front end's track options and its cache stamp (a cached
+    front end made the other way is not reused), as ``posefix refine --no-blur-matching``; ``posefix refine`` and the
+    plugin default to on."""
+    from nerf_posefix.plugin.front_end import pipeline_front_end_options
+    from nerf_posefix.plugin.training import in_process_config
+    from nerf_posefix.workflows.refine import RefineOptions, front_end_options
+
+    config = in_process_config("posefix-small", data=TOYBOX, output_dir=Path("unused"), max_iterations=0)
+    on = pipeline_front_end_options(config.pipeline)
+    config.pipeline.front_end_blur_matching = False
+    off = pipeline_front_end_options(config.pipeline)
+    assert on.track_options().blur_matching and not off.track_options().blur_matching
+    assert on.stamp(built=True)["blur_matching"] is True and off.stamp(built=True)["blur_matching"] is False
+    refine_on = front_end_options(RefineOptions(output=Path("unused"), poses=TOYBOX / "transforms.json"))
+    refine_off = front_end_options(RefineOptions(output=Path("unused"), poses=TOYBOX / "transforms.json", blur_matching=False))
+    assert refine_on.stamp(built=True)["blur_matching"] is True and refine_off.stamp(built=True)["blur_matching"] is False
+    assert on.stamp(built=False)["blur_matching"] is None  # no tracks built: the option decides nothing
