@@ -50,7 +50,7 @@ from typing import Any, Optional
 import numpy as np
 
 from nerf_posefix.io.camera_set import ImageCamera
-from nerf_posefix.sfm.sift_features import extract_sift, match_listed_pairs, register_images
+from nerf_posefix.sfm.sift_features import SPATIAL_MAX_ANGLE_DEG, extract_sift, match_listed_pairs, register_images
 
 #: A frame is rescued when its verified inlier matches (all its pairs with at least
 #: :data:`MIN_PAIR_INLIERS`) number fewer than this fraction of the median image's, and fewer than
@@ -132,22 +132,25 @@ def frames_to_rescue(inliers: dict[str, int], min_inliers: int = MIN_PAIR_INLIER
 def nearest_partners(names: Sequence[str], rescue: Sequence[str], c2w: Optional[np.ndarray], count: int = PARTNERS,
                      among: Optional[Sequence[str]] = None) -> dict[str, list[str]]:
     """For each image of ``rescue``: up to ``count`` other images of ``names`` not in ``rescue`` (of ``among``
-    when given, itself excluded), nearest first — by camera centre among those whose optical axis is within 75 deg
-    of its own when ``c2w`` ([N, 4, 4], camera-to-world, OpenCV axes, in ``names`` order) is given, else by
+    when given, itself excluded), nearest first — by camera centre among those whose optical axis is within
+    :data:`~nerf_posefix.sfm.sift_features.SPATIAL_MAX_ANGLE_DEG` of its own (all of them when none is) when ``c2w`` ([N, 4, 4], camera-to-world, OpenCV axes, in ``names`` order) is given, else by
     distance in ``names`` order."""
     index = {n: i for i, n in enumerate(names)}
-    pool = set(among) if among is not None else {n for n in names if n not in set(rescue)}
+    skip = set(rescue)
+    pool = set(among) if among is not None else {n for n in names if n not in skip}
+    pool_index = np.asarray([index[n] for n in names if n in pool], dtype=np.int64)
+    if c2w is not None:
+        c2w = np.asarray(c2w, dtype=np.float64)
+        axes = c2w[:, :3, 2] / np.linalg.norm(c2w[:, :3, 2], axis=1, keepdims=True)  # [N, 3] optical axes
     out: dict[str, list[str]] = {}
     for name in rescue:
         i = index[name]
-        cand = np.asarray([index[n] for n in names if n in pool and n != name], dtype=np.int64)
+        cand = pool_index[pool_index != i]
         if cand.size == 0:
             out[name] = []
             continue
         if c2w is not None:
-            c2w = np.asarray(c2w, dtype=np.float64)
-            axes = c2w[:, :3, 2] / np.linalg.norm(c2w[:, :3, 2], axis=1, keepdims=True)
-            facing = cand[axes[cand] @ axes[i] >= np.cos(np.deg2rad(75.0))]
+            facing = cand[axes[cand] @ axes[i] >= np.cos(np.deg2rad(SPATIAL_MAX_ANGLE_DEG))]
             cand = facing if facing.size else cand
             order = np.argsort(np.linalg.norm(c2w[cand, :3, 3] - c2w[i, :3, 3], axis=1), kind="stable")
         else:
@@ -398,21 +401,23 @@ def rescue_blurred_frames(
         return []
     log(f"{len(frames)} image(s) with few verified matches look blurred (" + ", ".join(f"{f.name} {f.sigma_px:.1f} px" for f in frames[:5])
         + (", ..." if len(frames) > 5 else "") + "): matched against their neighbours blurred alike")
+    order = {n: i for i, n in enumerate(names)}
     try:
         for level in sorted({f.level_px for f in frames}):
             group = [f for f in frames if f.level_px == level]
+            blurred = {f.name for f in group}
             side = work / f"{SIDE_DIRECTORY}_{level:.1f}px"
             shutil.rmtree(side, ignore_errors=True)
             copies = side / "images"
-            members = sorted({f.name for f in group} | {p for f in group for p in f.partners}, key=list(names).index)
-            log(f"blur {level:.1f} px: {len(group)} frame(s), {len(members) - len(group)} neighbour copies")
+            neighbours = sorted({p for f in group for p in f.partners}, key=order.__getitem__)
+            members = sorted(blurred | set(neighbours), key=order.__getitem__)
+            log(f"blur {level:.1f} px: {len(group)} frame(s), {len(neighbours)} neighbour copies")
             for n in members:
-                _write_copy(images_dir / n, copies / n, 0.0 if n in {f.name for f in group} else level)
+                _write_copy(images_dir / n, copies / n, 0.0 if n in blurred else level)
             side_db = side / "database.db"
             register_images(side_db, members, cameras)
             pairs = [(f.name, p) for f in group for p in f.partners]
-            neighbours = [n for n in members if n not in {f.name for f in group}]
-            links = sorted({tuple(sorted((a, b), key=list(names).index)) for a, near in nearest_partners(
+            links = sorted({tuple(sorted((a, b), key=order.__getitem__)) for a, near in nearest_partners(
                 list(names), neighbours, c2w, count=PARTNERS, among=neighbours).items() for b in near})
             extract_sift(side_db, copies, members, cameras, num_threads, max_image_size, peak_threshold=PEAK_THRESHOLD, verbose=verbose)
             match_listed_pairs(side_db, pairs + links, side / "pairs.txt", num_threads, seed, verbose)

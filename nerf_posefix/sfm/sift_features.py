@@ -15,6 +15,10 @@ from typing import Optional
 from nerf_posefix.io.camera_set import ImageCamera
 from nerf_posefix.sfm.bundle_adjustment import quiet_colmap_log
 
+#: Pose-guided pairing (spatial matching, the neighbours of a blurred frame): two images whose optical axes differ
+#: by more than this (degrees) are not paired; cameras that look apart see different things, however close.
+SPATIAL_MAX_ANGLE_DEG = 75.0
+
 
 def camera_groups(names: Sequence[str], cameras: dict[str, ImageCamera]) -> list[tuple[ImageCamera, list[str]]]:
     """Images grouped by identical intrinsics, first-appearance order."""

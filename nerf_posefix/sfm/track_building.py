@@ -62,7 +62,7 @@ from nerf_posefix.geometry.poses import invert_poses
 from nerf_posefix.io.camera_set import CameraSet, ImageCamera
 from nerf_posefix.sfm.blur_matching import rescue_blurred_frames
 from nerf_posefix.sfm.bundle_adjustment import POSE_TOLERANCE, adjust_reconstruction, quiet_colmap_log, reconstruction_c2w
-from nerf_posefix.sfm.sift_features import extract_sift, match_listed_pairs, register_images
+from nerf_posefix.sfm.sift_features import SPATIAL_MAX_ANGLE_DEG, extract_sift, match_listed_pairs, register_images
 
 if TYPE_CHECKING:
     import pycolmap
@@ -73,8 +73,6 @@ MATCHING_MODES: tuple[str, ...] = ("auto", "exhaustive", "sequential", "spatial"
 EXHAUSTIVE_MAX_IMAGES = 150
 #: Spatial matching: images paired with each image (its nearest by the input poses).
 SPATIAL_NEIGHBORS = 20
-#: Spatial matching: two images whose optical axes differ by more than this (degrees) are not paired.
-SPATIAL_MAX_ANGLE_DEG = 75.0
 #: Rounds of :func:`adjust_with_retriangulation` before the last only prepare the next triangulation: their
 #: adjustment stops at this many times the pose tolerance (half the noise level per iteration by default).
 EARLY_ROUND_TOLERANCE_FACTOR = 5.0
@@ -449,6 +447,8 @@ def match_features(
     if missing:
         raise InputError(f"no intrinsics for the images {', '.join(missing[:5])}")
     matching = options.matching_for(len(names), has_poses=poses is not None)
+    by_name = dict(zip(poses.names, poses.c2w)) if poses is not None else {}
+    c2w = np.stack([by_name[n] for n in names]) if by_name and all(n in by_name for n in names) else None  # names order
     pairs: list[tuple[str, str]] = []
     if matching == "spatial":
         if poses is None:
@@ -457,11 +457,10 @@ def match_features(
         if spaced:
             raise InputError(f"spatial matching: the image name {spaced[0]!r} holds a space, which COLMAP's pair lists "
                              "cannot carry; use --matching exhaustive or sequential")
-        by_name = dict(zip(poses.names, poses.c2w))
         absent = [n for n in names if n not in by_name]
         if absent:
             raise InputError(f"spatial matching: no input pose for the images {', '.join(absent[:5])}")
-        pairs = spatial_pairs(list(names), np.stack([by_name[n] for n in names]), options.spatial_neighbors)
+        pairs = spatial_pairs(list(names), c2w, options.spatial_neighbors)
     check_track_memory(names, cameras, options, has_poses=poses is not None)
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -491,8 +490,6 @@ def match_features(
     rescued = []
     if options.blur_matching:
         t0 = time.perf_counter()
-        by_name = dict(zip(poses.names, poses.c2w)) if poses is not None else {}
-        c2w = np.stack([by_name[n] for n in names]) if by_name and all(n in by_name for n in names) else None
         rescued = rescue_blurred_frames(database, images_dir, names, cameras, database.parent, c2w=c2w, num_threads=options.num_threads,
                                         seed=options.seed, max_image_size=options.max_image_size, verbose=verbose, log=log)
         seconds["blur_matching"] = time.perf_counter() - t0
