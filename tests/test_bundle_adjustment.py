@@ -375,3 +375,35 @@ def test_bad_stopping_options():
     for bad in (BundleAdjustmentOptions(pose_tolerance=-1.0), BundleAdjustmentOptions(linear_solver="cholesky")):  # type: ignore[arg-type]
         with pytest.raises(InputError):
             bad.check()
+
+
+def test_next_block_is_sized_to_the_pace_of_what_the_rule_tests():
+    """The block after the second ends, at the measured decay of the motion the rule tests (the largest image's
+    after the stragglers allowed), just when that motion should have crossed the threshold."""
+    from nerf_posefix.sfm.bundle_adjustment import BLOCK_ITERATIONS, MIN_BLOCK_ITERATIONS, next_block_iterations
+
+    rng = np.random.default_rng(0)
+    previous = rng.uniform(0.2, 1.0, 1000)  # px per iteration over a block of 5
+    # every image slows by 20 % per iteration, except two that moved faster in this block (neighbours moved them)
+    motion = previous * 0.8 ** 7.5
+    motion[:2] = previous[:2] * 1.5
+    # and one just above the threshold that barely slowed: its own pace would ask for ~80 more iterations, but it
+    # is not what the rule tests now (the next measurement says whether it becomes that)
+    previous[2], motion[2] = 0.0311, 0.0310
+    threshold = 0.03
+    # the rule tests the 3rd largest with 2 stragglers allowed; it decays at 0.8 per iteration like the rest
+    # (the two that sped up are the stragglers): its motion at the next block's middle, 5 + L / 2 iterations after
+    # this block's, must fall below the threshold
+    length = next_block_iterations(motion, previous, threshold, 2, 10, 5)
+    tested = np.sort(motion)[::-1][2]
+    expected = int(np.ceil(2.0 * np.log(threshold / tested) / np.log(0.8) - 10))
+    assert MIN_BLOCK_ITERATIONS < length < BLOCK_ITERATIONS
+    assert length == expected
+    assert tested * 0.8 ** (5 + length / 2) < threshold <= tested * 0.8 ** (5 + (length - 1) / 2)
+    # no straggler allowed: the fastest of the two that sped up has no pace to extrapolate, a whole block
+    assert next_block_iterations(motion, previous, threshold, 0, 10, 5) == BLOCK_ITERATIONS
+    # already below the threshold, or no block before: the fixed block
+    assert next_block_iterations(motion * 1e-3, previous, threshold, 2, 10, 5) == BLOCK_ITERATIONS
+    assert next_block_iterations(motion, None, threshold, 2, 10, 5) == BLOCK_ITERATIONS
+    # fast decay: the shortest block
+    assert next_block_iterations(previous * 0.5 ** 7.5 * 10, previous, threshold, 2, 10, 5) == MIN_BLOCK_ITERATIONS
