@@ -7,7 +7,9 @@
 
 Scenes (the clean images of :mod:`benchmarks.poses_from_anywhere`'s scenes, every 4th image in name order
 degraded by a Gaussian blur of ``--blur`` pixels (σ, at the image's own resolution) and a contrast cut to 40 %
-around its mean), poses perturbed and given as a pose-only transforms.json:
+around its mean), poses perturbed and given as a pose-only transforms.json. ``--kind motion``: a linear motion
+blur instead, ``--blur`` its streak's length in pixels (a box of length L has σ = L / √12 along it and none
+across), in a direction drawn per image (seeded by its name): what a moving phone or drone leaves:
 
 * ``toybox``: 64 views 128x128 (16 degraded), 3 deg / 5 % of the radius; default blur 3 px;
 * ``castle``: castle-P30, 30 photos 768x512 (8 degraded), LIDAR ground truth perturbed 2 deg / 3 %; default
@@ -69,24 +71,58 @@ def degraded_names(names: Sequence[str]) -> list[str]:
     return sorted(names)[::EVERY]
 
 
-def degrade(path: Path, target: Path, blur: float) -> None:
-    """A Gaussian blur of ``blur`` px (σ) and the contrast cut to :data:`CONTRAST` around the image's mean."""
+KINDS = ("gaussian", "motion")
+
+
+def motion_kernel(length: float, angle_rad: float) -> np.ndarray:
+    """``[k, k]`` kernel (sums to 1) of a straight streak ``length`` px long through the centre at ``angle_rad``
+    (from the image's x axis): points every quarter pixel along it, splatted bilinearly."""
+    half = int(np.ceil(length / 2.0)) + 1
+    kernel = np.zeros((2 * half + 1, 2 * half + 1))
+    t = np.linspace(-length / 2.0, length / 2.0, max(2, int(np.ceil(4 * length)) + 1))
+    x, y = half + t * np.cos(angle_rad), half + t * np.sin(angle_rad)
+    x0, y0 = np.floor(x).astype(int), np.floor(y).astype(int)
+    fx, fy = x - x0, y - y0
+    for dx, dy, w in ((0, 0, (1 - fx) * (1 - fy)), (1, 0, fx * (1 - fy)), (0, 1, (1 - fx) * fy), (1, 1, fx * fy)):
+        np.add.at(kernel, (y0 + dy, x0 + dx), w)
+    return kernel / kernel.sum()
+
+
+def motion_angle(name: str) -> float:
+    """The streak's direction for image ``name`` (radians, in [0, π)): seeded by the name, the same on every run."""
+    import zlib
+
+    return float(np.random.default_rng(zlib.crc32(name.encode("utf-8"))).uniform(0.0, np.pi))
+
+
+def degrade(path: Path, target: Path, blur: float, kind: str = "gaussian") -> None:
+    """A Gaussian blur of ``blur`` px (σ), or (``kind="motion"``) a motion blur along a streak ``blur`` px long
+    (:func:`motion_kernel`, direction :func:`motion_angle`; edges reflected), then the contrast cut to
+    :data:`CONTRAST` around the image's mean."""
     from PIL import Image, ImageFilter
+    from scipy.signal import fftconvolve
 
     with Image.open(path) as im:
-        rgb = im.convert("RGB").filter(ImageFilter.GaussianBlur(blur))
-    a = np.asarray(rgb).astype(np.float32)
+        rgb = im.convert("RGB")
+        if kind == "gaussian":
+            a = np.asarray(rgb.filter(ImageFilter.GaussianBlur(blur))).astype(np.float32)
+        else:
+            kernel = motion_kernel(blur, motion_angle(path.name))
+            pad = kernel.shape[0] // 2
+            src = np.pad(np.asarray(rgb).astype(np.float64), ((pad, pad), (pad, pad), (0, 0)), mode="reflect")
+            a = np.stack([fftconvolve(src[..., c], kernel, mode="valid") for c in range(3)], -1).astype(np.float32)
     a = (a - a.mean()) * CONTRAST + a.mean()
     Image.fromarray(a.clip(0, 255).astype(np.uint8)).save(target, quality=95)
 
 
-def degraded_scene(name: str, blur: float, output: Path) -> Any:
+def degraded_scene(name: str, blur: float, output: Path, kind: str = "gaussian") -> Any:
     """The poses-from-anywhere scene ``name`` with every 4th image degraded: a copy of its source (links to the
     sharp images, degraded copies of the others) as a :class:`benchmarks.poses_from_anywhere.Scene`."""
     from benchmarks.poses_from_anywhere import SCENES
 
     base = SCENES[name]
-    source = output / "sources" / f"{name}_blur{blur:g}"
+    tag = f"{'blur' if kind == 'gaussian' else kind}{blur:g}"
+    source = output / "sources" / f"{name}_{tag}"
     done = source / ".done"
     if not done.is_file():
         images = source / "images"
@@ -98,15 +134,15 @@ def degraded_scene(name: str, blur: float, output: Path) -> Any:
             if target.exists() or target.is_symlink():
                 target.unlink()
             if n in weak:
-                degrade(base.source / "images" / n, target, blur)
+                degrade(base.source / "images" / n, target, blur, kind)
             else:
                 os.symlink((base.source / "images" / n).resolve(), target)
         for extra in ("transforms.json", "gt_cameras.json"):
             if (base.source / extra).is_file():
                 (source / extra).write_text((base.source / extra).read_text())
-        (source / "degraded.json").write_text(json.dumps({"blur_px": blur, "contrast": CONTRAST, "images": sorted(weak)}, indent=2))
+        (source / "degraded.json").write_text(json.dumps({"kind": kind, "blur_px": blur, "contrast": CONTRAST, "images": sorted(weak)}, indent=2))
         done.write_text("ok")
-    return replace(base, name=f"{name}-blur{blur:g}", source=source)
+    return replace(base, name=f"{name}-{tag}", source=source)
 
 
 @dataclass
@@ -117,10 +153,12 @@ class Spec:
     row: str
     iterations: int
     output: Path
+    kind: str = "gaussian"
 
     @property
     def key(self) -> str:
-        return f"{self.scene}__blur{self.blur:g}__s{self.seed}__{self.row}" + (f"__{self.iterations}it" if self.row not in ("input", "adjustment") else "")
+        tag = "blur" if self.kind == "gaussian" else self.kind
+        return f"{self.scene}__{tag}{self.blur:g}__s{self.seed}__{self.row}" + (f"__{self.iterations}it" if self.row not in ("input", "adjustment") else "")
 
     @property
     def record(self) -> Path:
@@ -224,7 +262,7 @@ def run_row(spec: Spec) -> dict[str, Any]:
     from nerf_posefix.io.transforms_json import read_transforms_json
     from nerf_posefix.workflows.refine import RefineOptions, refine
 
-    scene = degraded_scene(spec.scene, spec.blur, spec.output)
+    scene = degraded_scene(spec.scene, spec.blur, spec.output, spec.kind)
     level = next(lv for lv in scene.levels if lv.name == LEVEL[spec.scene])
     data = noisy_dataset(scene, level, spec.seed, spec.output)
     weak = set(json.loads((scene.source / "degraded.json").read_text())["images"])
@@ -254,7 +292,7 @@ def run_row(spec: Spec) -> dict[str, Any]:
         estimate = read_transforms_json(work / "refined" / "transforms.json")
     wall = time.perf_counter() - t0
     gt = read_transforms_json(data / "transforms_gt.json")
-    return {"key": spec.key, "scene": spec.scene, "blur": spec.blur, "seed": spec.seed, "row": spec.row, "wall_s": wall,
+    return {"key": spec.key, "scene": spec.scene, "kind": spec.kind, "blur": spec.blur, "seed": spec.seed, "row": spec.row, "wall_s": wall,
             **split_errors(gt, estimate, weak), "info": info}
 
 
@@ -263,8 +301,9 @@ def _table(records: list[dict[str, Any]], output: Path) -> None:
     from benchmarks.tables import seed_rows, write_tables
 
     values = ["rot_degraded_deg", "rot_sharp_deg", "centre_degraded_pct", "centre_sharp_pct", "rot_degraded_max_deg", "wall_s"]
-    rows = seed_rows(records, ["scene", "blur", "row"], values, sort_key=lambda k: (k[0], k[1], ROWS.index(k[2])))
-    columns = [("scene", "scene", ""), ("blur", "blur (px)", ""), ("row", "row", ""), ("seeds", "seeds", ""),
+    records = [{"kind": "gaussian", **r} for r in records]  # records made before motion blur were all Gaussian
+    rows = seed_rows(records, ["scene", "kind", "blur", "row"], values, sort_key=lambda k: (k[0], k[1], k[2], ROWS.index(k[3])))
+    columns = [("scene", "scene", ""), ("kind", "blur kind", ""), ("blur", "blur (px)", ""), ("row", "row", ""), ("seeds", "seeds", ""),
                ("rot_degraded_deg", "rotation, degraded (deg)", "{:.3f}"), ("rot_sharp_deg", "rotation, sharp (deg)", "{:.4f}"),
                ("centre_degraded_pct", "centre, degraded (%)", "{:.3f}"), ("centre_sharp_pct", "centre, sharp (%)", "{:.3f}"),
                ("rot_degraded_max_deg", "worst degraded (deg)", "{:.3f}"), ("wall_s", "wall (s)", "{:.0f}")]
@@ -275,7 +314,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--output", type=Path, required=True)
     parser.add_argument("--scenes", nargs="+", default=["toybox"], choices=sorted(DEFAULT_BLUR))
-    parser.add_argument("--blur", type=float, nargs="+", default=None, help="blur σ in px (default per scene)")
+    parser.add_argument("--blur", type=float, nargs="+", default=None,
+                        help="Gaussian blur σ in px (default per scene), or the motion streak's length with --kind motion")
+    parser.add_argument("--kind", choices=KINDS, default="gaussian", help="how the degraded frames are blurred")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=ROWS)
     parser.add_argument("--iterations", type=int, default=1000, help="NeRF budget of the nerfstudio / posefix-photometric rows")
@@ -284,19 +325,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.worker is not None:
         raw = json.loads(args.worker.read_text())
-        spec = Spec(raw["scene"], raw["blur"], raw["seed"], raw["row"], raw["iterations"], Path(raw["output"]))
+        spec = Spec(raw["scene"], raw["blur"], raw["seed"], raw["row"], raw["iterations"], Path(raw["output"]), raw.get("kind", "gaussian"))
         record = run_row(spec)
         spec.record.write_text(json.dumps(record, indent=2))
         return 0
     output = args.output.resolve()
-    specs = [Spec(scene, blur, seed, row, args.iterations, output)
+    if args.kind == "motion" and not args.blur:
+        parser.error("--kind motion needs --blur (the streak's length in pixels)")
+    specs = [Spec(scene, blur, seed, row, args.iterations, output, args.kind)
              for scene in args.scenes for blur in (args.blur or [DEFAULT_BLUR[scene]]) for seed in args.seeds for row in args.rows]
 
     def launch(spec: Spec) -> None:
         spec.record.parent.mkdir(parents=True, exist_ok=True)
         path = output / "specs" / f"{spec.key}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"scene": spec.scene, "blur": spec.blur, "seed": spec.seed, "row": spec.row,
+        path.write_text(json.dumps({"scene": spec.scene, "kind": spec.kind, "blur": spec.blur, "seed": spec.seed, "row": spec.row,
                                     "iterations": spec.iterations, "output": str(output)}))
         (output / "logs").mkdir(exist_ok=True)
         env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
