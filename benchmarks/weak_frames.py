@@ -74,6 +74,20 @@ def degraded_names(names: Sequence[str]) -> list[str]:
 KINDS = ("gaussian", "motion")
 
 
+def motion_kernel(length: float, angle_rad: float) -> np.ndarray:
+    """``[k, k]`` kernel (sums to 1) of a straight streak ``length`` px long through the centre at ``angle_rad``
+    (from the image's x axis): points every quarter pixel along it, splatted bilinearly."""
+    half = int(np.ceil(length / 2.0)) + 1
+    kernel = np.zeros((2 * half + 1, 2 * half + 1))
+    t = np.linspace(-length / 2.0, length / 2.0, max(2, int(np.ceil(4 * length)) + 1))
+    x, y = half + t * np.cos(angle_rad), half + t * np.sin(angle_rad)
+    x0, y0 = np.floor(x).astype(int), np.floor(y).astype(int)
+    fx, fy = x - x0, y - y0
+    for dx, dy, w in ((0, 0, (1 - fx) * (1 - fy)), (1, 0, fx * (1 - fy)), (0, 1, (1 - fx) * fy), (1, 1, fx * fy)):
+        np.add.at(kernel, (y0 + dy, x0 + dx), w)
+    return kernel / kernel.sum()
+
+
 def motion_angle(name: str) -> float:
     """The streak's direction for image ``name`` (radians, in [0, π)): seeded by the name, the same on every run."""
     import zlib
@@ -83,20 +97,20 @@ def motion_angle(name: str) -> float:
 
 def degrade(path: Path, target: Path, blur: float, kind: str = "gaussian") -> None:
     """A Gaussian blur of ``blur`` px (σ), or (``kind="motion"``) a motion blur along a streak ``blur`` px long
-    (:func:`nerf_posefix.sfm.blur_matching.smear`, direction :func:`motion_angle`), then the contrast cut to
+    (:func:`motion_kernel`, direction :func:`motion_angle`; edges reflected), then the contrast cut to
     :data:`CONTRAST` around the image's mean."""
     from PIL import Image, ImageFilter
-
-    from nerf_posefix.sfm.blur_matching import smear
+    from scipy.signal import fftconvolve
 
     with Image.open(path) as im:
         rgb = im.convert("RGB")
         if kind == "gaussian":
             a = np.asarray(rgb.filter(ImageFilter.GaussianBlur(blur))).astype(np.float32)
         else:
-            src = np.asarray(rgb).astype(np.float64)
-            angle = motion_angle(path.name)
-            a = np.stack([smear(src[..., c], blur, angle) for c in range(3)], -1).astype(np.float32)
+            kernel = motion_kernel(blur, motion_angle(path.name))
+            pad = kernel.shape[0] // 2
+            src = np.pad(np.asarray(rgb).astype(np.float64), ((pad, pad), (pad, pad), (0, 0)), mode="reflect")
+            a = np.stack([fftconvolve(src[..., c], kernel, mode="valid") for c in range(3)], -1).astype(np.float32)
     a = (a - a.mean()) * CONTRAST + a.mean()
     Image.fromarray(a.clip(0, 255).astype(np.uint8)).save(target, quality=95)
 

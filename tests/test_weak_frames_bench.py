@@ -1,5 +1,4 @@
-"""The weak-frames benchmark's degradations (benchmarks/weak_frames.py): what its motion blur does to an image (the
-kernel itself: tests/test_blur_matching.py)."""
+"""The weak-frames benchmark's degradations (benchmarks/weak_frames.py): what the motion blur does to an image."""
 
 from __future__ import annotations
 
@@ -8,7 +7,24 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from benchmarks.weak_frames import CONTRAST, degrade, motion_angle
+from benchmarks.weak_frames import CONTRAST, degrade, motion_angle, motion_kernel
+
+
+def _moments(kernel: np.ndarray, angle: float) -> tuple[float, float, float]:
+    n = kernel.shape[0]
+    y, x = np.mgrid[:n, :n] - n // 2
+    along, across = x * np.cos(angle) + y * np.sin(angle), -x * np.sin(angle) + y * np.cos(angle)
+    return float((kernel * along).sum()), float((kernel * along**2).sum()), float((kernel * across**2).sum())
+
+
+def test_motion_kernel_is_a_centred_streak_of_its_length() -> None:
+    for length, angle in ((8.0, 0.0), (20.0, 0.3), (33.0, 2.0)):
+        kernel = motion_kernel(length, angle)
+        mean, var_along, var_across = _moments(kernel, angle)
+        assert abs(kernel.sum() - 1.0) < 1e-12 and (kernel >= 0).all()
+        assert abs(mean) < 1e-9
+        assert abs(var_along - length**2 / 12.0) < 0.1 * length**2 / 12.0 + 0.2  # a box of length L: L² / 12
+        assert var_across < 0.2  # no blur across the streak (the bilinear splat's own spread)
 
 
 def test_motion_blur_smears_along_its_direction_only(tmp_path: Path) -> None:

@@ -4,44 +4,36 @@ A frame blurred by motion or defocus (or washed out) keeps a few dozen SIFT feat
 neighbours have; re-extracted at a lower DoG threshold (:func:`nerf_posefix.sfm.track_building.few_feature_images`)
 it matches a few of them, and its pose rests on a few tracks: the sharp images' features describe detail the blurred
 frame does not show. Blurring the neighbours alike brings the two back into one scale space. For each frame that
-the ordinary matching left with few verified matches (:func:`frames_to_rescue`), this module
+the ordinary matching links to the others (at least one verified pair) but with few matches
+(:func:`frames_to_rescue`), this module
 
-1. estimates how it is more blurred than its neighbours: smeared along one direction (:func:`estimate_streak`: the
-   direction along which its gradient energy fell most relative to theirs, if it fell at least
-   :data:`STREAK_ANISOTROPY` times more than across it, and the streak length that brings theirs down to its own
-   along it), else a Gaussian blur (:func:`estimate_blur_sigma`: the σ that brings a neighbour's contrast-normalised
-   gradient energy down to the frame's, median over its nearest neighbours); lengths and σ in pixels of the
-   full-resolution image; frames that are not blurred are left alone;
-2. writes copies of its neighbours blurred alike (smeared along the frame's streak, nearest of
-   :data:`STREAK_LEVELS`; or Gaussian, nearest of :data:`SIGMA_LEVELS`), and of itself, all contrast-normalised (the
-   DoG peak threshold is absolute in intensity), into a side directory;
+1. estimates how much more blurred it is than its neighbours (:func:`estimate_blur_sigma`: the Gaussian σ that
+   brings a neighbour's contrast-normalised gradient energy down to the frame's, median over its nearest
+   neighbours; σ in pixels of the full-resolution image), and leaves the frames that are not blurred alone;
+2. writes copies of its neighbours blurred by that σ (nearest of :data:`SIGMA_LEVELS`), and of itself, all
+   contrast-normalised (the DoG peak threshold is absolute in intensity), into a side directory;
 3. extracts SIFT from those copies at :data:`PEAK_THRESHOLD` and matches each frame with its neighbours' copies,
    and the neighbours' copies with each other (pycolmap's feature extraction, imported-pairs matching and
    geometric verification, in a side database);
 4. appends the copies' keypoints (and descriptors) to the images' own in the main database and records there the
    verified matches of the frame's pairs, and of the neighbours' pairs those that continue the frame's tracks
-   (:func:`merge_matches`), with the appended keypoints' indices. A frame that had no verified pair before keeps
-   its new matches only when they look like a real frame's (:data:`NEW_FRAME_PAIRS`, :data:`NEW_FRAME_FRACTION`):
-   nothing else confirms them.
+   (:func:`merge_matches`), with the appended keypoints' indices.
 
-Blur moves no feature: a keypoint of a blurred copy lies where the structure it describes lies in the image (a
-streak is centred on its pixel), so its coordinates are those of the original image (COLMAP's convention,
-full-resolution pixels, the centre of the top-left pixel at ``(0.5, 0.5)``). The frames' tracks then run through the
-neighbours' appended keypoints and are triangulated and adjusted with every other track; the neighbours' ordinary
-tracks are untouched.
+Blur moves no feature: a keypoint of a blurred copy lies where the structure it describes lies in the image, so
+its coordinates are those of the original image (COLMAP's convention, full-resolution pixels, the centre of the
+top-left pixel at ``(0.5, 0.5)``). The frames' tracks then run through the neighbours' appended keypoints and are
+triangulated and adjusted with every other track; the neighbours' ordinary tracks are untouched.
 
 Measured on castle-P30, 8 of 30 frames blurred and cut to 40 % contrast, from poses 2 deg / 3 % off (docs/benchmarks.md,
-weak frames, tenth and twelfth looks):
+weak frames, tenth look):
 
-* Gaussian blur 6 px: all 8 frames have 132-350 verified matches (a quarter of the median image's is ~500) and gain
-  199-686 over 5-10 pairs each; ``posefix refine --iterations 0`` (``benchmarks.weak_frames``, the adjustment row,
-  3 seeds) brings them to 0.169 +- 0.007 deg (median), from 0.380 +- 0.042 deg with the ordinary matches;
-* Gaussian blur 12 px: no frame has a verified pair; the blurred copies give them 15-121 matches over 1-6 pairs
-  (``python -m benchmarks.blur_matching_probe --rescue force``), with which 7 of 24 frame-runs ended 2.5-12.2 deg off
-  from the 2 deg input: below :data:`NEW_FRAME_PAIRS`, so they are not kept and those frames stay with the NeRF stage;
-* motion blur along a 40 px streak (``benchmarks.weak_frames --kind motion``): 7 of 8 frames have no verified pair;
-  neighbours smeared along the frame's streak give them 454-1531 matches over 6-10 pairs, with which each
-  registers against the true sharp frames at 0.06-0.9 deg (the true streak; session probe).
+* blur 6 px: all 8 frames have 132-350 verified matches (a quarter of the median image's is ~500) and gain 199-686
+  over 5-10 pairs each; ``posefix refine --iterations 0`` (``benchmarks.weak_frames``, the adjustment row, 3 seeds)
+  brings them to 0.169 +- 0.007 deg (median), from 0.380 +- 0.042 deg with the ordinary matches;
+* blur 12 px: no frame has a verified pair, so none is matched again (the adjustment row is unchanged). Forced
+  (``python -m benchmarks.blur_matching_probe --rescue force``), the blurred copies give 15-121 matches over 1-6
+  pairs per frame, and from the 2 deg input 7 of 24 frame-runs ended 2.5-12.2 deg off: matches that nothing else
+  confirms do not place a frame. Those frames stay with the NeRF stage.
 
 ``pycolmap`` is imported inside the functions.
 """
@@ -81,28 +73,6 @@ NORMALISED_MEAN, NORMALISED_STD = 128.0, 48.0
 #: SIFT's DoG peak threshold on the normalised copies (COLMAP's default is 0.02 / 3 = 0.0067).
 PEAK_THRESHOLD = 0.0005
 SIDE_DIRECTORY = "blur_matching"
-#: Motion blur (:func:`choose_blur`): the blurs tried for a frame beside its Gaussian estimate, streaks of
-#: :data:`STREAK_LENGTHS` (full-resolution px) in :data:`STREAK_ANGLES` directions over 180 deg; each is tried on the
-#: :data:`CHOICE_NEIGHBORS` nearest neighbours at most :data:`CHOICE_IMAGE_SIZE` px, and a streak is chosen over
-#: the Gaussian blur when it gives at least :data:`STREAK_ADVANTAGE` times its verified matches. Neither the
-#: direction nor the length of a motion blur can be read reliably off one frame and its neighbours' statistics
-#: (measured on castle-P30: gradient-energy ratios per direction rank a 12 px Gaussian blur as more directional than
-#: a 40 px streak, and the autocorrelation of the derivatives finds the facades' window rows as often as the
-#: streak); what matches decides.
-STREAK_ANGLES = 12
-STREAK_LENGTHS: tuple[float, ...] = (12.0, 24.0, 48.0)
-CHOICE_NEIGHBORS = 2
-CHOICE_IMAGE_SIZE = 640
-STREAK_ADVANTAGE = 1.5
-#: A frame that had no verified pair before is matched too, but its new matches are kept only when they amount to
-#: at least :data:`NEW_FRAME_PAIRS` verified pairs and :data:`NEW_FRAME_FRACTION` of the median image's verified
-#: inlier matches: matches that nothing else confirms must look like a real frame's. Measured on castle-P30 (8 of 30
-#: frames degraded, contrast cut to 40 %): a Gaussian blur of 12 px gave such frames 15-121 matches over 1-6 pairs,
-#: with which 7 of 24 frame-runs ended 2.5-12 deg off; a motion blur along a 40 px streak, matched against
-#: neighbours smeared along the same streak, 454-1531 over 6-10 pairs, with which all 8 registered (0.06-0.9 deg)
-#: against the true sharp frames (the median image: ~2000).
-NEW_FRAME_PAIRS = 3
-NEW_FRAME_FRACTION = 0.1
 
 
 @dataclass
@@ -117,23 +87,11 @@ class RescuedFrame:
     partners: list[str]
     pairs: int = 0
     inliers: int = 0
-    #: a motion blur (:func:`estimate_streak`): the streak's length (full-resolution px; 0: a Gaussian blur of
-    #: ``level_px``) and direction (deg from the image's x axis towards its y axis, in [0, 180)).
-    streak_px: float = 0.0
-    streak_angle_deg: float = 0.0
-    #: the matches found were kept (always, for a frame with a verified pair before; else :data:`NEW_FRAME_PAIRS`).
-    kept: bool = True
-
-    @property
-    def blur_key(self) -> tuple[float, float, float]:
-        """Frames with the same key share their neighbours' blurred copies."""
-        return (self.level_px, self.streak_px, self.streak_angle_deg if self.streak_px > 0 else 0.0)
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "inliers_before": self.inliers_before, "sigma_px": round(self.sigma_px, 2),
-                "level_px": round(self.level_px, 2), "streak_px": round(self.streak_px, 1),
-                "streak_angle_deg": round(self.streak_angle_deg, 1), "partners": len(self.partners), "pairs": self.pairs,
-                "inliers": self.inliers, "kept": self.kept}
+                "level_px": round(self.level_px, 2), "partners": len(self.partners), "pairs": self.pairs,
+                "inliers": self.inliers}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -161,19 +119,14 @@ def verified_inliers(database: str | Path) -> dict[str, int]:
     return count
 
 
-def frames_to_rescue(inliers: dict[str, int], min_inliers: int = 0) -> dict[str, int]:
+def frames_to_rescue(inliers: dict[str, int], min_inliers: int = MIN_PAIR_INLIERS) -> dict[str, int]:
     """The images whose verified inliers (:func:`verified_inliers`) are below :data:`RESCUE_FRACTION` of the
-    median image's and below :data:`MAX_INLIERS`, and not below ``min_inliers`` (default: any), with their counts."""
+    median image's and below :data:`MAX_INLIERS`, but not below ``min_inliers`` (default: one verified pair), with
+    their counts."""
     if len(inliers) < 3:
         return {}
     limit = min(RESCUE_FRACTION * float(np.median(list(inliers.values()))), MAX_INLIERS)
     return {n: k for n, k in inliers.items() if min_inliers <= k < limit}
-
-
-def new_frame_kept(pairs: int, inliers: int, median_inliers: float) -> bool:
-    """Whether a frame that had no verified pair keeps the blur-matched ``pairs`` (verified) and ``inliers``: at least
-    :data:`NEW_FRAME_PAIRS` pairs and :data:`NEW_FRAME_FRACTION` of the median image's verified inliers."""
-    return pairs >= NEW_FRAME_PAIRS and inliers >= NEW_FRAME_FRACTION * median_inliers
 
 
 def nearest_partners(names: Sequence[str], rescue: Sequence[str], c2w: Optional[np.ndarray], count: int = PARTNERS,
@@ -259,30 +212,6 @@ def estimate_blur_sigma(frame: np.ndarray, neighbours: Sequence[np.ndarray], lev
     return float(np.median(estimates)) if estimates else 0.0
 
 
-def motion_kernel(length: float, angle_rad: float) -> np.ndarray:
-    """``[k, k]`` kernel (sums to 1) of a straight streak ``length`` px long through its centre at ``angle_rad`` (from
-    the image's x axis towards its y axis, rows down): points every quarter pixel along it, splatted bilinearly."""
-    half = int(np.ceil(length / 2.0)) + 1
-    kernel = np.zeros((2 * half + 1, 2 * half + 1))
-    t = np.linspace(-length / 2.0, length / 2.0, max(2, int(np.ceil(4 * length)) + 1))
-    x, y = half + t * np.cos(angle_rad), half + t * np.sin(angle_rad)
-    x0, y0 = np.floor(x).astype(int), np.floor(y).astype(int)
-    fx, fy = x - x0, y - y0
-    for dx, dy, w in ((0, 0, (1 - fx) * (1 - fy)), (1, 0, fx * (1 - fy)), (0, 1, (1 - fx) * fy), (1, 1, fx * fy)):
-        np.add.at(kernel, (y0 + dy, x0 + dx), w)
-    return kernel / kernel.sum()
-
-
-def smear(gray: np.ndarray, length: float, angle_rad: float) -> np.ndarray:
-    """``gray`` ``[H, W]`` convolved with :func:`motion_kernel` (edges reflected), same shape."""
-    from scipy.signal import fftconvolve
-
-    kernel = motion_kernel(length, angle_rad)
-    pad = kernel.shape[0] // 2
-    padded = np.pad(np.asarray(gray, dtype=np.float64), pad, mode="reflect")
-    return fftconvolve(padded, kernel, mode="valid")
-
-
 def nearest_level(sigma: float, levels: Sequence[float] = SIGMA_LEVELS) -> Optional[float]:
     """The level of ``levels`` nearest ``sigma`` in log σ, or None below the first level's lower half-step."""
     levels = np.asarray(levels, dtype=np.float64)
@@ -295,10 +224,9 @@ def nearest_level(sigma: float, levels: Sequence[float] = SIGMA_LEVELS) -> Optio
 # copies, side matching and the merge
 
 
-def _write_copy(source: Path, target: Path, sigma: float, streak: tuple[float, float] = (0.0, 0.0)) -> None:
-    """``source`` blurred by ``sigma`` px (Gaussian; none at 0), or smeared along ``streak`` (``(length px,
-    angle rad)``, :func:`smear`; none at length 0), and its contrast normalised (:data:`NORMALISED_MEAN`,
-    :data:`NORMALISED_STD`), as an 8-bit grayscale file of the same size and name."""
+def _write_copy(source: Path, target: Path, sigma: float) -> None:
+    """``source`` blurred by ``sigma`` px (Gaussian; none at 0) and its contrast normalised
+    (:data:`NORMALISED_MEAN`, :data:`NORMALISED_STD`), as an 8-bit grayscale file of the same size and name."""
     from PIL import Image, ImageFilter
 
     with Image.open(source) as im:
@@ -306,8 +234,6 @@ def _write_copy(source: Path, target: Path, sigma: float, streak: tuple[float, f
         if sigma > 0:
             gray = gray.filter(ImageFilter.GaussianBlur(sigma))
     a = np.asarray(gray, dtype=np.float32)
-    if streak[0] > 0:
-        a = smear(a, streak[0], streak[1]).astype(np.float32)
     a = (a - a.mean()) * (NORMALISED_STD / max(float(a.std()), 1e-3)) + NORMALISED_MEAN
     target.parent.mkdir(parents=True, exist_ok=True)
     out = Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8))
@@ -435,21 +361,18 @@ def rescue_blurred_frames(
     database: str | Path, images_dir: str | Path, names: Sequence[str], cameras: dict[str, ImageCamera],
     work: str | Path, c2w: Optional[np.ndarray] = None, num_threads: int = -1, seed: int = 0,
     max_image_size: int = 3200, verbose: bool = False, log: Optional[Callable[[str], None]] = None,
-    min_inliers: int = 0,
+    min_inliers: int = MIN_PAIR_INLIERS,
 ) -> list[RescuedFrame]:
     """Blur-matched features (module docstring) for the images of ``names`` that the ordinary matching left with
     few verified matches (:func:`frames_to_rescue`), written into ``database``. ``c2w``: the input poses
     ([N, 4, 4] camera-to-world, OpenCV axes, in ``names`` order) to pick neighbours by, else name order.
     ``work``: a directory for the side copies and databases, removed at the end. ``min_inliers``: the fewest
-    verified inliers a frame must already have (:func:`frames_to_rescue`; a frame with fewer than
-    :data:`MIN_PAIR_INLIERS` keeps its new matches only as :data:`NEW_FRAME_PAIRS` says). Returns what was done per
-    frame (none when no frame needs it, or none is blurred)."""
+    verified inliers a frame must already have (:func:`frames_to_rescue`). Returns what was done per frame (none
+    when no frame needs it, or none is blurred)."""
 
     log = log or (lambda message: None)
     images_dir, work = Path(images_dir), Path(work)
-    inliers = verified_inliers(database)
-    median_inliers = float(np.median(list(inliers.values()))) if inliers else 0.0
-    rescue = frames_to_rescue(inliers, min_inliers)
+    rescue = frames_to_rescue(verified_inliers(database), min_inliers)
     rescue = {n: k for n, k in rescue.items() if n in set(names)}
     if not rescue:
         return []
@@ -476,24 +399,21 @@ def rescue_blurred_frames(
             frames.append(RescuedFrame(name, count, sigma, level, partners[name]))
     if not frames:
         return []
-    for f in frames:
-        choose_blur(f, images_dir, cameras, work, num_threads, seed, verbose)
-    log(f"{len(frames)} image(s) with few verified matches look blurred (" + ", ".join(f"{f.name} {_blur_text(f)}" for f in frames[:5])
+    log(f"{len(frames)} image(s) with few verified matches look blurred (" + ", ".join(f"{f.name} {f.sigma_px:.1f} px" for f in frames[:5])
         + (", ..." if len(frames) > 5 else "") + "): matched against their neighbours blurred alike")
     order = {n: i for i, n in enumerate(names)}
     try:
-        for key in sorted({f.blur_key for f in frames}):
-            group = [f for f in frames if f.blur_key == key]
-            level, streak = key[0], (key[1], float(np.deg2rad(key[2])))
+        for level in sorted({f.level_px for f in frames}):
+            group = [f for f in frames if f.level_px == level]
             blurred = {f.name for f in group}
-            side = work / (f"{SIDE_DIRECTORY}_{level:.1f}px" if streak[0] == 0 else f"{SIDE_DIRECTORY}_streak{key[1]:.1f}px_{key[2]:.1f}deg")
+            side = work / f"{SIDE_DIRECTORY}_{level:.1f}px"
             shutil.rmtree(side, ignore_errors=True)
             copies = side / "images"
             neighbours = sorted({p for f in group for p in f.partners}, key=order.__getitem__)
             members = sorted(blurred | set(neighbours), key=order.__getitem__)
-            log(f"blur {_blur_text(group[0])}: {len(group)} frame(s), {len(neighbours)} neighbour copies")
+            log(f"blur {level:.1f} px: {len(group)} frame(s), {len(neighbours)} neighbour copies")
             for n in members:
-                _write_copy(images_dir / n, copies / n, 0.0 if n in blurred else level, (0.0, 0.0) if n in blurred else streak)
+                _write_copy(images_dir / n, copies / n, 0.0 if n in blurred else level)
             side_db = side / "database.db"
             register_images(side_db, members, cameras)
             pairs = [(f.name, p) for f in group for p in f.partners]
@@ -501,95 +421,13 @@ def rescue_blurred_frames(
                 list(names), neighbours, c2w, count=PARTNERS, among=neighbours).items() for b in near})
             extract_sift(side_db, copies, members, cameras, num_threads, max_image_size, peak_threshold=PEAK_THRESHOLD, verbose=verbose)
             match_listed_pairs(side_db, pairs + links, side / "pairs.txt", num_threads, seed, verbose)
-            found = side_pair_inliers(side_db, pairs)
+            gained = merge_matches(database, side_db, members, pairs, links)
             for f in group:
-                if f.inliers_before < MIN_PAIR_INLIERS:  # nothing confirms these matches: they must look like a frame's
-                    f.pairs, f.inliers = found.get(f.name, (0, 0))
-                    f.kept = new_frame_kept(f.pairs, f.inliers, median_inliers)
-            pairs = [(a, b) for a, b in pairs if next(f for f in group if f.name == a).kept]
-            gained = merge_matches(database, side_db, members, pairs, links) if pairs else {}
-            for f in group:
-                if f.kept:
-                    f.pairs, f.inliers = gained.get(f.name, (0, 0))
+                f.pairs, f.inliers = gained.get(f.name, (0, 0))
             shutil.rmtree(side, ignore_errors=True)
     finally:
         for side in work.glob(f"{SIDE_DIRECTORY}_*"):
             shutil.rmtree(side, ignore_errors=True)
-    log("blur matching: " + ", ".join(f"{f.name} +{f.inliers} matches over {f.pairs} pairs ({_blur_text(f)})"
-                                      + ("" if f.kept else ", not kept") for f in frames[:8])
+    log("blur matching: " + ", ".join(f"{f.name} +{f.inliers} matches over {f.pairs} pairs (σ {f.level_px:.1f} px)" for f in frames[:8])
         + (", ..." if len(frames) > 8 else "") + f" ({time.perf_counter() - t0:.0f} s)")
     return frames
-
-
-def choose_blur(frame: RescuedFrame, images_dir: Path, cameras: dict[str, ImageCamera], work: Path, num_threads: int = -1,
-                seed: int = 0, verbose: bool = False) -> None:
-    """Whether ``frame`` is matched against neighbours blurred by its Gaussian estimate (``frame.level_px``) or
-    smeared along a streak: every blur of the grid (:data:`STREAK_LENGTHS` x :data:`STREAK_ANGLES`, and the
-    Gaussian) is applied to copies of its :data:`CHOICE_NEIGHBORS` nearest neighbours, each copy matched with the
-    frame at :data:`CHOICE_IMAGE_SIZE` px in a side database; the streak with the most verified inlier matches is
-    taken when it has at least :data:`STREAK_ADVANTAGE` times the Gaussian's (``frame.streak_px``,
-    ``frame.streak_angle_deg`` set; else unchanged). The frame's copy is not blurred."""
-    neighbours = frame.partners[:CHOICE_NEIGHBORS]
-    if not neighbours:
-        return
-    side = work / f"{SIDE_DIRECTORY}_choice"
-    shutil.rmtree(side, ignore_errors=True)
-    copies = side / "images"
-    blurs: list[tuple[float, float]] = [(0.0, 0.0)] + [(length, k * np.pi / STREAK_ANGLES) for length in STREAK_LENGTHS
-                                                          for k in range(STREAK_ANGLES)]
-    try:
-        _write_copy(images_dir / frame.name, copies / frame.name, 0.0)
-        names, pairs, cams = [frame.name], [], {frame.name: cameras[frame.name]}
-        for b, (length, angle) in enumerate(blurs):
-            for n in neighbours:
-                copy = f"{Path(n).stem}__blur{b}{Path(n).suffix}"
-                _write_copy(images_dir / n, copies / copy, frame.level_px if length == 0 else 0.0, (length, angle))
-                names.append(copy)
-                cams[copy] = cameras[n]
-                pairs.append((frame.name, copy))
-        side_db = side / "database.db"
-        register_images(side_db, names, cams)
-        extract_sift(side_db, copies, names, cams, num_threads, CHOICE_IMAGE_SIZE, peak_threshold=PEAK_THRESHOLD, verbose=verbose)
-        match_listed_pairs(side_db, pairs, side / "pairs.txt", num_threads, seed, verbose)
-        per_pair = side_pair_inliers(side_db, pairs, per_pair=True)
-    finally:
-        shutil.rmtree(side, ignore_errors=True)
-    score = np.zeros(len(blurs))
-    for b in range(len(blurs)):
-        score[b] = sum(per_pair.get((frame.name, f"{Path(n).stem}__blur{b}{Path(n).suffix}"), 0) for n in neighbours)
-    best = 1 + int(np.argmax(score[1:]))
-    if score[best] >= STREAK_ADVANTAGE * max(score[0], 1.0):
-        frame.streak_px, frame.streak_angle_deg = blurs[best][0], float(np.rad2deg(blurs[best][1]))
-        frame.level_px = 0.0
-
-
-def _blur_text(frame: RescuedFrame) -> str:
-    return (f"σ {frame.level_px:.1f} px" if frame.streak_px == 0
-            else f"streak {frame.streak_px:.0f} px at {frame.streak_angle_deg:.0f} deg")
-
-
-def side_pair_inliers(side: str | Path, pairs: Sequence[tuple[str, str]], per_pair: bool = False) -> dict[Any, Any]:
-    """Per first image of ``pairs`` in the side database ``side``: (verified pairs with at least
-    :data:`MIN_PAIR_INLIERS` inlier matches, their inlier matches); with ``per_pair``, per pair: its verified inlier
-    matches (0 below :data:`MIN_PAIR_INLIERS`)."""
-    import pycolmap
-
-    db = pycolmap.Database.open(str(side))
-    try:
-        ids = {im.name: im.image_id for im in db.read_all_images()}
-        found: dict[tuple[str, str], int] = {}
-        for a, b in pairs:
-            k = 0
-            if db.exists_two_view_geometry(ids[a], ids[b]):
-                k = int(db.read_two_view_geometry(ids[a], ids[b]).inlier_matches.shape[0])
-            found[(a, b)] = k if k >= MIN_PAIR_INLIERS else 0
-    finally:
-        db.close()
-    if per_pair:
-        return found
-    out: dict[str, list[int]] = {}
-    for (a, _), k in found.items():
-        entry = out.setdefault(a, [0, 0])
-        entry[0] += int(k > 0)
-        entry[1] += k
-    return {n: (v[0], v[1]) for n, v in out.items()}

@@ -114,7 +114,7 @@ class RefineResult:
         built = s.get("tracks_built")
         if built:
             m = built["matches"]
-            blurred = [b for b in (m.get("blur_matched") or []) if b.get("kept", True) and int(b.get("inliers", 0)) > 0]
+            blurred = m.get("blur_matched") or []
             rows.append(("tracks", f"built from the images: {m['matching']} matching, {m['num_verified_pairs']} verified pairs, "
                                    f"{built['num_points']} points, {built['num_observations']} observations"
                                    + (f"; {len(blurred)} blurred image(s) matched against their neighbours blurred alike "
