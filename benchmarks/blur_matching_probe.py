@@ -37,18 +37,16 @@ def _pose_errors(c2w: np.ndarray, reference: np.ndarray) -> tuple[float, float]:
     return float(rotation_angle_deg(c2w[None, :3, :3], reference[None, :3, :3])[0]), float(np.linalg.norm(c2w[:3, 3] - reference[:3, 3]))
 
 
-def probe_seed(frames: Path, blur: str, seed: int, work: Path, threads: int, adjust: bool, rescue: str = "auto") -> dict[str, Any]:
-    """One seed of a :mod:`benchmarks.weak_frames` castle scene: the database with the ordinary matches, then with
-    the blur-matched ones; the degraded frames registered by COLMAP against the sharp frames' points (sharp frames
-    at the ground truth); with ``adjust``, the rounds of ``adjust_with_retriangulation`` from the input poses."""
-    import pycolmap
-
-    from benchmarks.weak_frames import aligned_errors
+def castle_seed(frames: Path, tag: str, seed: int, work: Path, threads: int) -> dict[str, Any]:
+    """One seed of a :mod:`benchmarks.weak_frames` castle scene (``tag``: ``blur6``, ``motion40``, ...), its track
+    database with the ordinary matches built in ``work`` (emptied first): ``data``, ``degraded`` (names), ``noisy``,
+    ``truth`` (:class:`CameraSet`, camera-to-world, OpenCV axes), ``names``, ``cameras``, ``images``, ``database``,
+    ``focal_px``."""
     from nerf_posefix.io.transforms_json import read_transforms_json
     from nerf_posefix.sfm import track_building as tb
 
-    data = frames / f"scenes/castle-blur{blur}/2deg-3pct/s{seed}/data"
-    degraded = set(json.loads((frames / f"sources/castle_blur{blur}/degraded.json").read_text())["images"])
+    data = frames / f"scenes/castle-{tag}/2deg-3pct/s{seed}/data"
+    degraded = set(json.loads((frames / f"sources/castle_{tag}/degraded.json").read_text())["images"])
     noisy, truth = read_transforms_json(data / "transforms.json"), read_transforms_json(data / "transforms_gt.json")
     names = list(noisy.names)
     meta = json.loads((data / "transforms.json").read_text())
@@ -56,11 +54,50 @@ def probe_seed(frames: Path, blur: str, seed: int, work: Path, threads: int, adj
                          params=(meta["fl_x"], meta["fl_y"], meta["cx"], meta["cy"]))
     cameras = {n: camera for n in names}
     images = data / "images"
-    work = work / f"blur{blur}_s{seed}"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     database = work / "database.db"
     tb.match_features(images, names, cameras, database, tb.TrackOptions(num_threads=threads, blur_matching=False), poses=noisy)
+    return {"data": data, "degraded": degraded, "noisy": noisy, "truth": truth, "names": names, "cameras": cameras,
+            "images": images, "database": database, "focal_px": float(meta["fl_x"])}
+
+
+def register_against(database: Path, images: Path, poses: CameraSet, cameras: dict[str, ImageCamera], frames: Sequence[str],
+                     focal_px: float, threads: int) -> dict[str, Optional[np.ndarray]]:
+    """Each of ``frames`` registered by COLMAP's absolute-pose registration against the tracks of ``database``
+    triangulated (4 px) with every other image held at ``poses`` (camera-to-world, OpenCV axes): its camera-to-world
+    pose ``[4, 4]``, or None where registration fails. The other images never move."""
+    import pycolmap
+
+    from nerf_posefix.sfm import track_building as tb
+
+    rec = tb.reconstruction_from_poses(database, poses, cameras)
+    ids = {rec.images[i].name: i for i in rec.reg_image_ids()}
+    for n in frames:
+        rec.deregister_frame(rec.images[ids[n]].frame_id)
+    cache = tb.open_track_cache(database)
+    points = tb.triangulate_fixed_poses(rec, database, images, 4.0, threads, 0, cache=cache, colours=False)
+    mapper = pycolmap.IncrementalMapper(cache)
+    mapper.begin_reconstruction(points)
+    options = tb._triangulation_options(4.0, focal_px, threads, 0).get_mapper()  # noqa: SLF001
+    out: dict[str, Optional[np.ndarray]] = {}
+    for n in frames:
+        ok = bool(mapper.register_next_image(options, ids[n]))
+        out[n] = np.linalg.inv(np.vstack([points.images[ids[n]].cam_from_world().matrix(), [0, 0, 0, 1]])) if ok else None
+    return out
+
+
+def probe_seed(frames: Path, blur: str, seed: int, work: Path, threads: int, adjust: bool, rescue: str = "auto") -> dict[str, Any]:
+    """One seed of a :mod:`benchmarks.weak_frames` castle scene: the database with the ordinary matches, then with
+    the blur-matched ones; the degraded frames registered by COLMAP against the sharp frames' points (sharp frames
+    at the ground truth); with ``adjust``, the rounds of ``adjust_with_retriangulation`` from the input poses."""
+    from benchmarks.weak_frames import aligned_errors
+    from nerf_posefix.sfm import track_building as tb
+
+    work = work / f"blur{blur}_s{seed}"
+    scene = castle_seed(frames, f"blur{blur}", seed, work, threads)
+    degraded, noisy, truth, names = scene["degraded"], scene["noisy"], scene["truth"], scene["names"]
+    cameras, images, database = scene["cameras"], scene["images"], scene["database"]
     before = verified_inliers(database)
     rescued = {}
     if rescue != "none":  # force: frames with no verified pair too
@@ -68,23 +105,13 @@ def probe_seed(frames: Path, blur: str, seed: int, work: Path, threads: int, adj
                                                             min_inliers=0 if rescue == "force" else blur_matching.MIN_PAIR_INLIERS)}
     true_by, noisy_by = dict(zip(truth.names, truth.c2w)), dict(zip(noisy.names, noisy.c2w))
     mixed = CameraSet(names=names, c2w=np.stack([noisy_by[n] if n in degraded else true_by[n] for n in names]))
-    rec = tb.reconstruction_from_poses(database, mixed, cameras)
-    ids = {rec.images[i].name: i for i in rec.reg_image_ids()}
-    for n in degraded:
-        rec.deregister_frame(rec.images[ids[n]].frame_id)
-    cache = tb.open_track_cache(database)
-    points = tb.triangulate_fixed_poses(rec, database, images, 4.0, threads, 0, cache=cache, colours=False)
-    mapper = pycolmap.IncrementalMapper(cache)
-    mapper.begin_reconstruction(points)
-    mapper_options = tb._triangulation_options(4.0, float(meta["fl_x"]), threads, 0).get_mapper()
+    placed = register_against(database, images, mixed, cameras, sorted(degraded), scene["focal_px"], threads)
     rows = {}
     for n in sorted(degraded):
-        registered = bool(mapper.register_next_image(mapper_options, ids[n]))
         row = {"inliers_before": before.get(n, 0), "rescue": rescued[n].to_dict() if n in rescued else None,
-               "input_rot_deg": _pose_errors(noisy_by[n], true_by[n])[0], "registered": registered}
-        if registered:
-            c2w = np.linalg.inv(np.vstack([points.images[ids[n]].cam_from_world().matrix(), [0, 0, 0, 1]]))
-            row["registered_rot_deg"], row["registered_centre"] = _pose_errors(c2w, true_by[n])
+               "input_rot_deg": _pose_errors(noisy_by[n], true_by[n])[0], "registered": placed[n] is not None}
+        if placed[n] is not None:
+            row["registered_rot_deg"], row["registered_centre"] = _pose_errors(placed[n], true_by[n])
         rows[n] = row
     out: dict[str, Any] = {"blur": blur, "seed": seed, "frames": rows}
     if adjust:
