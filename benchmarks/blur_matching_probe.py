@@ -91,11 +91,11 @@ def probe_seed(frames: Path, blur: str, seed: int, work: Path, threads: int, adj
     """One seed of a :mod:`benchmarks.weak_frames` castle scene: the database with the ordinary matches, then with
     the blur-matched ones; the degraded frames registered by COLMAP against the sharp frames' points (sharp frames
     at the ground truth); with ``adjust``, the rounds of ``adjust_with_retriangulation`` from the input poses."""
-    from benchmarks.weak_frames import aligned_errors
+    from benchmarks.weak_frames import aligned_errors, scene_tag
     from nerf_posefix.sfm import track_building as tb
 
     work = work / f"blur{blur}_s{seed}"
-    scene = castle_seed(frames, f"blur{blur}", seed, work, threads)
+    scene = castle_seed(frames, scene_tag("gaussian", float(blur)), seed, work, threads)
     degraded, noisy, truth, names = scene["degraded"], scene["noisy"], scene["truth"], scene["names"]
     cameras, images, database = scene["cameras"], scene["images"], scene["database"]
     before = verified_inliers(database)

@@ -48,18 +48,12 @@ CHOICE_IMAGE_SIZE = 640
 STREAK_ADVANTAGE = 1.5
 
 
-def motion_kernel(length: float, angle_rad: float) -> np.ndarray:
-    """``[k, k]`` kernel (sums to 1) of a streak ``length`` px long at ``angle_rad`` (from x towards y, rows down)."""
-    from benchmarks.weak_frames import motion_kernel as kernel
-
-    return kernel(length, angle_rad)
-
-
 def write_copy(source: Path, target: Path, sigma: float, streak: tuple[float, float] = (0.0, 0.0)) -> None:
     """``source`` blurred (Gaussian ``sigma`` px) or smeared along ``streak`` (length px, angle rad), contrast-normalised
     as :mod:`nerf_posefix.sfm.blur_matching` writes its copies, 8-bit grayscale JPEG."""
     from PIL import Image, ImageFilter
-    from scipy.signal import fftconvolve
+
+    from benchmarks.weak_frames import smear
 
     with Image.open(source) as im:
         gray = im.convert("L")
@@ -67,9 +61,7 @@ def write_copy(source: Path, target: Path, sigma: float, streak: tuple[float, fl
             gray = gray.filter(ImageFilter.GaussianBlur(sigma))
     a = np.asarray(gray, dtype=np.float64)
     if streak[0] > 0:
-        kernel = motion_kernel(*streak)
-        pad = kernel.shape[0] // 2
-        a = fftconvolve(np.pad(a, pad, mode="reflect"), kernel, mode="valid")
+        a = smear(a, *streak)
     a = (a - a.mean()) * (bm.NORMALISED_STD / max(float(a.std()), 1e-3)) + bm.NORMALISED_MEAN
     target.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8)).save(target, format="JPEG", quality=98)
@@ -158,10 +150,10 @@ def match_frame(database: Path, frame: str, sigma: float, streak: tuple[float, f
 
 def probe_seed(frames: Path, blur: float, seed: int, work: Path, lengths: Sequence[float], threads: int, refine_steps: int = 0) -> dict[str, Any]:
     from benchmarks.blur_matching_probe import castle_seed, register_against
-    from benchmarks.weak_frames import aligned_errors
+    from benchmarks.weak_frames import aligned_errors, scene_tag
     from nerf_posefix.io.transforms_json import read_transforms_json
 
-    tag = f"motion{blur:g}"
+    tag = scene_tag("motion", blur)
     work = work / f"{tag}_s{seed}"
     scene = castle_seed(frames, tag, seed, work, threads)
     noisy, truth, names, cameras, images, database = (scene[k] for k in ("noisy", "truth", "names", "cameras", "images", "database"))

@@ -88,6 +88,20 @@ def motion_kernel(length: float, angle_rad: float) -> np.ndarray:
     return kernel / kernel.sum()
 
 
+def smear(gray: np.ndarray, length: float, angle_rad: float) -> np.ndarray:
+    """``gray`` ``[H, W]`` convolved with :func:`motion_kernel` (edges reflected), same shape, float64."""
+    from scipy.signal import fftconvolve
+
+    kernel = motion_kernel(length, angle_rad)
+    pad = kernel.shape[0] // 2
+    return fftconvolve(np.pad(np.asarray(gray, dtype=np.float64), pad, mode="reflect"), kernel, mode="valid")
+
+
+def scene_tag(kind: str, blur: float) -> str:
+    """How a degradation names its scene, sources and rows: ``blur6`` (Gaussian σ 6 px), ``motion40`` (a 40 px streak)."""
+    return f"{'blur' if kind == 'gaussian' else kind}{blur:g}"
+
+
 def motion_angle(name: str) -> float:
     """The streak's direction for image ``name`` (radians, in [0, π)): seeded by the name, the same on every run."""
     import zlib
@@ -97,20 +111,17 @@ def motion_angle(name: str) -> float:
 
 def degrade(path: Path, target: Path, blur: float, kind: str = "gaussian") -> None:
     """A Gaussian blur of ``blur`` px (σ), or (``kind="motion"``) a motion blur along a streak ``blur`` px long
-    (:func:`motion_kernel`, direction :func:`motion_angle`; edges reflected), then the contrast cut to
+    (:func:`smear`, direction :func:`motion_angle`), then the contrast cut to
     :data:`CONTRAST` around the image's mean."""
     from PIL import Image, ImageFilter
-    from scipy.signal import fftconvolve
 
     with Image.open(path) as im:
         rgb = im.convert("RGB")
         if kind == "gaussian":
             a = np.asarray(rgb.filter(ImageFilter.GaussianBlur(blur))).astype(np.float32)
         else:
-            kernel = motion_kernel(blur, motion_angle(path.name))
-            pad = kernel.shape[0] // 2
-            src = np.pad(np.asarray(rgb).astype(np.float64), ((pad, pad), (pad, pad), (0, 0)), mode="reflect")
-            a = np.stack([fftconvolve(src[..., c], kernel, mode="valid") for c in range(3)], -1).astype(np.float32)
+            src, angle = np.asarray(rgb).astype(np.float64), motion_angle(path.name)
+            a = np.stack([smear(src[..., c], blur, angle) for c in range(3)], -1).astype(np.float32)
     a = (a - a.mean()) * CONTRAST + a.mean()
     Image.fromarray(a.clip(0, 255).astype(np.uint8)).save(target, quality=95)
 
@@ -121,7 +132,7 @@ def degraded_scene(name: str, blur: float, output: Path, kind: str = "gaussian")
     from benchmarks.poses_from_anywhere import SCENES
 
     base = SCENES[name]
-    tag = f"{'blur' if kind == 'gaussian' else kind}{blur:g}"
+    tag = scene_tag(kind, blur)
     source = output / "sources" / f"{name}_{tag}"
     done = source / ".done"
     if not done.is_file():
@@ -157,8 +168,7 @@ class Spec:
 
     @property
     def key(self) -> str:
-        tag = "blur" if self.kind == "gaussian" else self.kind
-        return f"{self.scene}__{tag}{self.blur:g}__s{self.seed}__{self.row}" + (f"__{self.iterations}it" if self.row not in ("input", "adjustment") else "")
+        return f"{self.scene}__{scene_tag(self.kind, self.blur)}__s{self.seed}__{self.row}" + (f"__{self.iterations}it" if self.row not in ("input", "adjustment") else "")
 
     @property
     def record(self) -> Path:
