@@ -19,7 +19,10 @@ Rows (``posefix-small`` for every NeRF, the same iteration budget ``--iterations
 train at 1/4 size as in the poses-from-anywhere benchmark, refine picks its own size):
 
 * ``input``: the noisy poses;
-* ``adjustment``: ``posefix refine --iterations 0`` (tracks built from the images, robust adjustment);
+* ``adjustment``: ``posefix refine --iterations 0 --no-frame-placement`` (tracks built from the images, robust
+  adjustment: the adjustment alone);
+* ``front-end``: ``posefix refine --iterations 0`` (the whole front end without a NeRF: the adjustment, then the
+  blurred frames no pair holds placed against the adjusted ones, :mod:`nerf_posefix.sfm.frame_placement`);
 * ``nerfstudio``: nerfstudio's camera optimizer (its L2 penalties) alone, from the noisy poses;
 * ``posefix-photometric``: posefix-small's homography prior alone (no tracks), from the noisy poses;
 * ``default``: ``posefix refine`` with its defaults: the adjustment, then (weakly held images found) the
@@ -56,7 +59,7 @@ from typing import Any, Sequence
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-ROWS = ("input", "adjustment", "nerfstudio", "posefix-photometric", "default", "default-homography", "default-l2", "plugin",
+ROWS = ("input", "adjustment", "front-end", "nerfstudio", "posefix-photometric", "default", "default-homography", "default-l2", "plugin",
         "plugin-full-res")
 NERF_ROWS = ("nerfstudio", "posefix-photometric")
 DEFAULT_BLUR = {"toybox": 3.0, "castle": 6.0}
@@ -168,7 +171,7 @@ class Spec:
 
     @property
     def key(self) -> str:
-        return f"{self.scene}__{scene_tag(self.kind, self.blur)}__s{self.seed}__{self.row}" + (f"__{self.iterations}it" if self.row not in ("input", "adjustment") else "")
+        return f"{self.scene}__{scene_tag(self.kind, self.blur)}__s{self.seed}__{self.row}" + (f"__{self.iterations}it" if self.row not in ("input", "adjustment", "front-end") else "")
 
     @property
     def record(self) -> Path:
@@ -193,12 +196,13 @@ def aligned_errors(gt: Any, estimate: Any, weak: set[str]) -> tuple[list[str], n
     return names, sharp, rot, centre
 
 
-def split_errors(gt: Any, estimate: Any, weak: set[str]) -> dict[str, float]:
+def split_errors(gt: Any, estimate: Any, weak: set[str]) -> dict[str, Any]:
     """Rotation (deg) and centre (% of the ground truth's radius) errors, medians over the degraded and the
     sharp images, after a Sim(3) of the estimate onto the ground truth fitted on the sharp images
-    (:func:`aligned_errors`)."""
-    _, sharp, rot, centre = aligned_errors(gt, estimate, weak)
+    (:func:`aligned_errors`), and each degraded image's rotation error."""
+    names, sharp, rot, centre = aligned_errors(gt, estimate, weak)
     return {
+        "rot_degraded_per_image_deg": {n: float(r) for n, r, s in zip(names, rot, sharp) if not s},
         "rot_degraded_deg": float(np.median(rot[~sharp])), "rot_sharp_deg": float(np.median(rot[sharp])),
         "centre_degraded_pct": float(np.median(centre[~sharp])), "centre_sharp_pct": float(np.median(centre[sharp])),
         "rot_degraded_max_deg": float(rot[~sharp].max()), "rot_sharp_max_deg": float(rot[sharp].max()),
@@ -294,10 +298,12 @@ def run_row(spec: Spec) -> dict[str, Any]:
         regularizer = {"default-homography": "homography", "default-l2": "nerfstudio"}.get(spec.row, "pixels")
         result = refine(RefineOptions(output=work / "refined", poses=data / "transforms.json", threads=1, seed=spec.seed, quiet=True,
                                       overwrite=True, regularizer=regularizer,  # type: ignore[arg-type]
-                                      iterations=0 if spec.row == "adjustment" else None))
+                                      iterations=0 if spec.row in ("adjustment", "front-end") else None,
+                                      frame_placement=spec.row != "adjustment"))
         s = result.summary
         support = (s.get("bundle_adjustment") or {}).get("support") if isinstance(s.get("bundle_adjustment"), dict) else None
-        info = {"iterations": s.get("iterations"), "support": support, "total_seconds": s.get("total_seconds"),
+        placement = (s.get("bundle_adjustment") or {}).get("placement") if isinstance(s.get("bundle_adjustment"), dict) else None
+        info = {"iterations": s.get("iterations"), "support": support, "placement": placement, "total_seconds": s.get("total_seconds"),
                 "training_seconds": s.get("training_seconds"), "warnings": s.get("warnings")}
         estimate = read_transforms_json(work / "refined" / "transforms.json")
     wall = time.perf_counter() - t0

@@ -373,12 +373,13 @@ def _read_json(path: Path) -> Any:
 
 
 def pipeline_front_end_options(pipeline_config: Any) -> FrontEndOptions:
-    """The front-end options of a posefix pipeline config: its matching, blur matching, COLMAP's threads, and its seed
+    """The front-end options of a posefix pipeline config: its matching, blur matching, frame placement, COLMAP's threads, and its seed
     when it has one (else the options' default, posefix refine's). A config saved before a field existed reads as
     its default."""
     seed = getattr(pipeline_config, "front_end_seed", None)
     options = FrontEndOptions(matching=pipeline_config.front_end_matching, threads=int(getattr(pipeline_config, "front_end_threads", 0)),
-                              blur_matching=bool(getattr(pipeline_config, "front_end_blur_matching", True)))
+                              blur_matching=bool(getattr(pipeline_config, "front_end_blur_matching", True)),
+                              frame_placement=bool(getattr(pipeline_config, "front_end_frame_placement", True)))
     return options if seed is None else replace(options, seed=int(seed))
 
 

@@ -76,6 +76,9 @@ class PosefixPipelineConfig(VanillaPipelineConfig):
     front_end_blur_matching: bool = True
     """Match the blurred frames that the front end's matching links with few matches against their neighbours
     blurred alike (as posefix refine --blur-matching / --no-blur-matching)."""
+    front_end_frame_placement: bool = True
+    """Place the blurred frames the adjustment does not hold against the adjusted ones held fixed (as posefix refine
+    --frame-placement / --no-frame-placement)."""
     front_end_seed: Optional[int] = None
     """COLMAP's random seed in the front end (the RANSAC of the match verification, the triangulation). None: the
     run's --machine.seed (set when the run's config is saved), as posefix refine --seed seeds both its front end and

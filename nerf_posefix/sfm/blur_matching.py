@@ -212,6 +212,24 @@ def estimate_blur_sigma(frame: np.ndarray, neighbours: Sequence[np.ndarray], lev
     return float(np.median(estimates)) if estimates else 0.0
 
 
+def frame_blur_px(images_dir: Path, cameras: dict[str, ImageCamera], frame: str, partners: Sequence[str],
+                  cache: Optional[dict[str, np.ndarray]] = None) -> float:
+    """:func:`estimate_blur_sigma` of image ``frame`` against its :data:`SIGMA_NEIGHBORS` first ``partners``, on the
+    images reduced to at most :data:`WORK_SIDE` px (``cache``: reduced images by name, filled as read); σ in pixels of
+    the full-resolution image."""
+    cache = {} if cache is None else cache
+
+    def small(name: str) -> tuple[np.ndarray, int]:
+        camera = cameras[name]
+        factor = max(1, -(-max(int(camera.width), int(camera.height)) // WORK_SIDE))
+        if name not in cache:
+            cache[name] = _reduce(_gray(images_dir / name), factor)
+        return cache[name], factor
+
+    image, factor = small(frame)
+    return factor * estimate_blur_sigma(image, [small(p)[0] for p in partners[:SIGMA_NEIGHBORS]], [s / factor for s in SIGMA_LEVELS])
+
+
 def nearest_level(sigma: float, levels: Sequence[float] = SIGMA_LEVELS) -> Optional[float]:
     """The level of ``levels`` nearest ``sigma`` in log σ, or None below the first level's lower half-step."""
     levels = np.asarray(levels, dtype=np.float64)
@@ -224,16 +242,60 @@ def nearest_level(sigma: float, levels: Sequence[float] = SIGMA_LEVELS) -> Optio
 # copies, side matching and the merge
 
 
-def _write_copy(source: Path, target: Path, sigma: float) -> None:
-    """``source`` blurred by ``sigma`` px (Gaussian; none at 0) and its contrast normalised
-    (:data:`NORMALISED_MEAN`, :data:`NORMALISED_STD`), as an 8-bit grayscale file of the same size and name."""
+def streak_kernel(length: float, angle_rad: float) -> np.ndarray:
+    """``[k, k]`` kernel (sums to 1) of a straight motion streak ``length`` px long centred on the kernel's middle, at
+    ``angle_rad`` from the image's x axis towards its y axis (rows down): each pixel weighted by the length of the
+    segment within one pixel of its centre along the streak, times a tent of its distance across (1 on the line, 0
+    one pixel away): an anti-aliased line. Symmetric about its centre, so smearing moves no feature."""
+    half = int(np.ceil(length / 2.0)) + 1
+    yy, xx = np.mgrid[-half:half + 1, -half:half + 1].astype(np.float64)  # [k, k] offsets from the centre
+    c, s = np.cos(angle_rad), np.sin(angle_rad)
+    along, across = xx * c + yy * s, -xx * s + yy * c
+    overlap = np.clip(np.minimum(along + 0.5, length / 2.0) - np.maximum(along - 0.5, -length / 2.0), 0.0, 1.0)
+    kernel = overlap * np.clip(1.0 - np.abs(across), 0.0, None)
+    return kernel / kernel.sum()
+
+
+def smear_streak(gray: np.ndarray, length: float, angle_rad: float) -> np.ndarray:
+    """``gray`` ``[H, W]`` convolved with :func:`streak_kernel` (edges reflected): same shape, float64."""
+    from scipy.signal import fftconvolve
+
+    kernel = streak_kernel(length, angle_rad)
+    pad = kernel.shape[0] // 2
+    return fftconvolve(np.pad(np.asarray(gray, dtype=np.float64), pad, mode="reflect"), kernel, mode="valid")
+
+
+@dataclass(frozen=True)
+class Blur:
+    """A blur applied to sharp neighbours to look like a blurred frame: a Gaussian of ``sigma_px`` and / or a motion
+    streak ``streak_px`` long at ``angle_deg`` (from the image's x axis towards its y axis), in pixels of the
+    full-resolution image."""
+
+    sigma_px: float = 0.0
+    streak_px: float = 0.0
+    angle_deg: float = 0.0
+
+    def describe(self) -> str:
+        if self.streak_px > 0:
+            return f"streak {self.streak_px:.1f} px at {self.angle_deg:.0f} deg"
+        return f"Gaussian {self.sigma_px:.1f} px"
+
+
+def _write_copy(source: Path, target: Path, blur: Blur = Blur(), scale: float = 1.0) -> None:
+    """``source`` blurred by ``blur`` (the Gaussian, then the streak; nothing for ``Blur()``) and its contrast
+    normalised (:data:`NORMALISED_MEAN`, :data:`NORMALISED_STD`), as an 8-bit grayscale file of the same name;
+    ``scale`` < 1: reduced by that factor first (the blur scaled alike)."""
     from PIL import Image, ImageFilter
 
     with Image.open(source) as im:
         gray = im.convert("L")
-        if sigma > 0:
-            gray = gray.filter(ImageFilter.GaussianBlur(sigma))
+        if scale < 1.0:
+            gray = gray.resize((max(1, round(gray.width * scale)), max(1, round(gray.height * scale))), Image.Resampling.BOX)
+        if blur.sigma_px > 0:
+            gray = gray.filter(ImageFilter.GaussianBlur(blur.sigma_px * scale))
     a = np.asarray(gray, dtype=np.float32)
+    if blur.streak_px * scale >= 1.0:
+        a = smear_streak(a, blur.streak_px * scale, np.deg2rad(blur.angle_deg)).astype(np.float32)
     a = (a - a.mean()) * (NORMALISED_STD / max(float(a.std()), 1e-3)) + NORMALISED_MEAN
     target.parent.mkdir(parents=True, exist_ok=True)
     out = Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8))
@@ -357,6 +419,131 @@ def _append_descriptors(database: str | Path, extra: dict[int, np.ndarray]) -> N
         connection.close()
 
 
+def match_blurred(
+    database: str | Path, images_dir: str | Path, names: Sequence[str], cameras: dict[str, ImageCamera],
+    partners: dict[str, list[str]], blur: Blur, side: str | Path, c2w: Optional[np.ndarray] = None, num_threads: int = -1,
+    seed: int = 0, max_image_size: int = 3200, verbose: bool = False,
+) -> dict[str, tuple[int, int]]:
+    """Steps 2-4 of the module docstring for the frames ``partners`` (frame -> its neighbours) at one ``blur``: the
+    frames' copies (contrast-normalised only) and their neighbours' (blurred by ``blur``) in the side directory
+    ``side`` (emptied first, removed at the end), SIFT at :data:`PEAK_THRESHOLD`, each frame matched with its
+    neighbours and the neighbours with their :data:`PARTNERS` nearest among them (``c2w``: the poses to pick them
+    by, [N, 4, 4] camera-to-world in ``names`` order, else name order), merged into ``database``
+    (:func:`merge_matches`). Returns per image (verified pairs gained, inlier matches gained)."""
+    images_dir, side = Path(images_dir), Path(side)
+    order = {n: i for i, n in enumerate(names)}
+    blurred = set(partners)
+    neighbours = sorted({p for near in partners.values() for p in near} - blurred, key=order.__getitem__)
+    members = sorted(blurred | set(neighbours), key=order.__getitem__)
+    shutil.rmtree(side, ignore_errors=True)
+    try:
+        copies = side / "images"
+        for n in members:
+            _write_copy(images_dir / n, copies / n, Blur() if n in blurred else blur)
+        side_db = side / "database.db"
+        register_images(side_db, members, cameras)
+        pairs = [(f, p) for f, near in partners.items() for p in near if p not in blurred]
+        links = sorted({tuple(sorted((a, b), key=order.__getitem__)) for a, near in nearest_partners(
+            list(names), neighbours, c2w, count=PARTNERS, among=neighbours).items() for b in near})
+        extract_sift(side_db, copies, members, cameras, num_threads, max_image_size, peak_threshold=PEAK_THRESHOLD, verbose=verbose)
+        match_listed_pairs(side_db, pairs + links, side / "pairs.txt", num_threads, seed, verbose)
+        return merge_matches(database, side_db, members, pairs, links)
+    finally:
+        shutil.rmtree(side, ignore_errors=True)
+
+
+#: The blur of a frame the adjustment does not hold is chosen by matching (:func:`choose_blur`): streaks of these fractions of the
+#: image's longer side (12, 24 and 48 px at 768 px) in :data:`CHOICE_DIRECTIONS` directions over [0, 180) deg, against
+#: the Gaussian of the frame's estimate; copies at most :data:`CHOICE_IMAGE_SIDE` px, the frame's
+#: :data:`CHOICE_NEIGHBORS` nearest neighbours. A streak is taken when it matches :data:`STREAK_ADVANTAGE` times the
+#: Gaussian's inliers; then its length is refined (x 2^(k/4), |k| <= :data:`LENGTH_STEPS`) at its direction.
+STREAK_FRACTIONS: tuple[float, ...] = (1 / 64, 1 / 32, 1 / 16, 1 / 8)
+CHOICE_DIRECTIONS = 12
+CHOICE_IMAGE_SIDE = 640
+CHOICE_NEIGHBORS = 2
+STREAK_ADVANTAGE = 1.5
+LENGTH_STEPS = 2
+
+
+def _scaled_camera(camera: ImageCamera, scale: float) -> ImageCamera:
+    """``camera`` for the image reduced by ``scale`` (COLMAP's ``Camera.rescale``)."""
+    import pycolmap
+
+    c = pycolmap.Camera(model=camera.model, width=int(camera.width), height=int(camera.height), params=[float(p) for p in camera.params])
+    c.rescale(float(scale))
+    return ImageCamera(model=camera.model, width=int(c.width), height=int(c.height), params=tuple(float(p) for p in c.params))
+
+
+def _pair_inliers(database: Path, pairs: Sequence[tuple[str, str]]) -> list[int]:
+    """Verified inlier matches of each pair of ``database`` (0 below :data:`MIN_PAIR_INLIERS`)."""
+    import pycolmap
+
+    db = pycolmap.Database.open(str(database))
+    try:
+        ids = {im.name: im.image_id for im in db.read_all_images()}
+        out = []
+        for a, b in pairs:
+            k = int(db.read_two_view_geometry(ids[a], ids[b]).inlier_matches.shape[0]) if db.exists_two_view_geometry(ids[a], ids[b]) else 0
+            out.append(k if k >= MIN_PAIR_INLIERS else 0)
+    finally:
+        db.close()
+    return out
+
+
+def blur_scores(images_dir: Path, cameras: dict[str, ImageCamera], frame: str, neighbours: Sequence[str], blurs: Sequence[Blur],
+                side: Path, num_threads: int = -1, seed: int = 0) -> list[int]:
+    """Per blur of ``blurs``: the verified inlier matches of ``frame`` with copies of ``neighbours`` blurred by it,
+    summed over the neighbours (copies reduced to at most :data:`CHOICE_IMAGE_SIDE` px, contrast-normalised, SIFT at
+    :data:`PEAK_THRESHOLD`; side directory ``side``, removed at the end)."""
+    shutil.rmtree(side, ignore_errors=True)
+    try:
+        scale = min(1.0, CHOICE_IMAGE_SIDE / max(int(cameras[frame].width), int(cameras[frame].height)))
+        copies = side / "images"
+        _write_copy(images_dir / frame, copies / frame, Blur(), scale)
+        names, pairs, cams = [frame], [], {frame: _scaled_camera(cameras[frame], scale)}
+        for b, blur in enumerate(blurs):
+            for n in neighbours:
+                copy = f"{Path(n).stem}__blur{b}{Path(n).suffix}"
+                _write_copy(images_dir / n, copies / copy, blur, scale)
+                names.append(copy)
+                cams[copy] = _scaled_camera(cameras[n], scale)
+                pairs.append((frame, copy))
+        database = side / "database.db"
+        register_images(database, names, cams)
+        extract_sift(database, copies, names, cams, num_threads, CHOICE_IMAGE_SIDE, peak_threshold=PEAK_THRESHOLD)
+        match_listed_pairs(database, pairs, side / "pairs.txt", num_threads, seed)
+        found = _pair_inliers(database, pairs)
+    finally:
+        shutil.rmtree(side, ignore_errors=True)
+    k = len(neighbours)
+    return [int(sum(found[b * k:(b + 1) * k])) for b in range(len(blurs))]
+
+
+def choose_blur(images_dir: Path, cameras: dict[str, ImageCamera], frame: str, neighbours: Sequence[str], sigma_px: float,
+                side: Path, num_threads: int = -1, seed: int = 0) -> tuple[Blur, int]:
+    """The blur of ``frame``'s neighbours that matches it best, and its score (:func:`blur_scores`, on the
+    :data:`CHOICE_NEIGHBORS` first ``neighbours``): the Gaussian ``sigma_px`` (the frame's estimate) or a streak of
+    :data:`STREAK_FRACTIONS` of the longer side in :data:`CHOICE_DIRECTIONS` directions, a streak only when it
+    matches :data:`STREAK_ADVANTAGE` times the Gaussian's inliers; then the streak's length refined at its direction
+    (x 2^(k/4), ``0 < |k| <= LENGTH_STEPS``). Measured on castle-P30 (a 40 px streak): the directions land within
+    7 deg; the length decides (docs/benchmarks.md, twelfth look)."""
+    near = list(neighbours[:CHOICE_NEIGHBORS])
+    side_px = max(int(cameras[frame].width), int(cameras[frame].height))
+    gaussian = Blur(sigma_px=sigma_px)
+    streaks = [Blur(streak_px=f * side_px, angle_deg=180.0 * k / CHOICE_DIRECTIONS) for f in STREAK_FRACTIONS for k in range(CHOICE_DIRECTIONS)]
+    scores = blur_scores(images_dir, cameras, frame, near, [gaussian, *streaks], side, num_threads, seed)
+    best = 1 + int(np.argmax(scores[1:]))
+    if scores[best] < STREAK_ADVANTAGE * max(scores[0], 1):
+        return gaussian, scores[0]
+    streak = streaks[best - 1]
+    lengths = [Blur(streak_px=streak.streak_px * 2.0 ** (k / 4.0), angle_deg=streak.angle_deg)
+               for k in range(-LENGTH_STEPS, LENGTH_STEPS + 1) if k != 0]
+    refined = blur_scores(images_dir, cameras, frame, near, lengths, side, num_threads, seed)
+    candidates = [(scores[best], streak), *zip(refined, lengths)]
+    score, chosen = max(candidates, key=lambda c: c[0])
+    return chosen, int(score)
+
+
 def rescue_blurred_frames(
     database: str | Path, images_dir: str | Path, names: Sequence[str], cameras: dict[str, ImageCamera],
     work: str | Path, c2w: Optional[np.ndarray] = None, num_threads: int = -1, seed: int = 0,
@@ -380,20 +567,10 @@ def rescue_blurred_frames(
     partners = nearest_partners(list(names), list(rescue), c2w)
     frames: list[RescuedFrame] = []
     cache: dict[str, np.ndarray] = {}
-
-    def small(name: str) -> tuple[np.ndarray, int]:
-        camera = cameras[name]
-        factor = max(1, -(-max(int(camera.width), int(camera.height)) // WORK_SIDE))
-        if name not in cache:
-            cache[name] = _reduce(_gray(images_dir / name), factor)
-        return cache[name], factor
-
     for name, count in rescue.items():
         if not partners[name]:
             continue
-        frame, factor = small(name)
-        sigma = factor * estimate_blur_sigma(frame, [small(p)[0] for p in partners[name][:SIGMA_NEIGHBORS]],
-                                             [s / factor for s in SIGMA_LEVELS])
+        sigma = frame_blur_px(images_dir, cameras, name, partners[name], cache)
         level = nearest_level(sigma)
         if level is not None:
             frames.append(RescuedFrame(name, count, sigma, level, partners[name]))
@@ -401,30 +578,14 @@ def rescue_blurred_frames(
         return []
     log(f"{len(frames)} image(s) with few verified matches look blurred (" + ", ".join(f"{f.name} {f.sigma_px:.1f} px" for f in frames[:5])
         + (", ..." if len(frames) > 5 else "") + "): matched against their neighbours blurred alike")
-    order = {n: i for i, n in enumerate(names)}
     try:
         for level in sorted({f.level_px for f in frames}):
             group = [f for f in frames if f.level_px == level]
-            blurred = {f.name for f in group}
-            side = work / f"{SIDE_DIRECTORY}_{level:.1f}px"
-            shutil.rmtree(side, ignore_errors=True)
-            copies = side / "images"
-            neighbours = sorted({p for f in group for p in f.partners}, key=order.__getitem__)
-            members = sorted(blurred | set(neighbours), key=order.__getitem__)
-            log(f"blur {level:.1f} px: {len(group)} frame(s), {len(neighbours)} neighbour copies")
-            for n in members:
-                _write_copy(images_dir / n, copies / n, 0.0 if n in blurred else level)
-            side_db = side / "database.db"
-            register_images(side_db, members, cameras)
-            pairs = [(f.name, p) for f in group for p in f.partners]
-            links = sorted({tuple(sorted((a, b), key=order.__getitem__)) for a, near in nearest_partners(
-                list(names), neighbours, c2w, count=PARTNERS, among=neighbours).items() for b in near})
-            extract_sift(side_db, copies, members, cameras, num_threads, max_image_size, peak_threshold=PEAK_THRESHOLD, verbose=verbose)
-            match_listed_pairs(side_db, pairs + links, side / "pairs.txt", num_threads, seed, verbose)
-            gained = merge_matches(database, side_db, members, pairs, links)
+            log(f"blur {level:.1f} px: {len(group)} frame(s)")
+            gained = match_blurred(database, images_dir, names, cameras, {f.name: f.partners for f in group}, Blur(sigma_px=level),
+                                   work / f"{SIDE_DIRECTORY}_{level:.1f}px", c2w, num_threads, seed, max_image_size, verbose)
             for f in group:
                 f.pairs, f.inliers = gained.get(f.name, (0, 0))
-            shutil.rmtree(side, ignore_errors=True)
     finally:
         for side in work.glob(f"{SIDE_DIRECTORY}_*"):
             shutil.rmtree(side, ignore_errors=True)

@@ -14,7 +14,11 @@ Stages
    (:func:`nerf_posefix.sfm.bundle_adjustment.bundle_adjust_model`); for built tracks, rounds of
    re-triangulation and robust adjustment
    (:func:`nerf_posefix.sfm.track_building.adjust_with_retriangulation`). Either result is mapped back onto
-   the input's world frame and kept in ``work/bundle_adjusted``.
+   the input's world frame and kept in ``work/bundle_adjusted``. With built tracks, the blurred frames the
+   adjustment does not hold are then placed against the adjusted ones held fixed
+   (:func:`nerf_posefix.sfm.frame_placement.place_unheld_frames`: blur-matched features in a copy of the track
+   database, COLMAP's registration); a frame the placement holds counts as held (``support.placed``), the others
+   stay weak where the adjustment left them.
 
 Every stage writes its record file last, so a stage is either complete in ``work`` (and reused) or redone.
 
@@ -51,8 +55,9 @@ LossName = Literal["cauchy", "huber", "soft_l1", "squared", "none"]
 #: at a lower peak threshold; 4: rounds skipped to the smallest threshold met, early rounds with 2 % stragglers;
 #: 5: triangulations without the point triangulator's point-only adjustments, except the last round's; 6: image ids
 #: in the database in the images' order, whatever the order COLMAP's extraction threads finish in; 7: blur-matched
-#: features for the blurred frames the ordinary matching links with few matches).
-FRONT_END_VERSION = 7
+#: features for the blurred frames the ordinary matching links with few matches; 8: the blurred frames the adjustment does not
+#: hold placed against the adjusted ones).
+FRONT_END_VERSION = 8
 
 
 @dataclass
@@ -67,6 +72,8 @@ class FrontEndOptions:
         database: a COLMAP database of these images to build the tracks from (copied, never modified).
         blur_matching: when tracks are built, match the blurred frames the ordinary matching links with few
             matches against their neighbours blurred alike (:mod:`nerf_posefix.sfm.blur_matching`).
+        frame_placement: when tracks are built, place the blurred frames the adjustment does not hold against the ones it holds
+            (:mod:`nerf_posefix.sfm.frame_placement`).
         bundle_adjustment: the robust loss of the adjustment, or ``"none"`` (no adjustment: the front end
             returns its input, with built tracks when they were built).
         ba_scale_px: the robust scale of a model's own-track adjustment (None: automatic).
@@ -80,6 +87,7 @@ class FrontEndOptions:
     spatial_neighbors: int = SPATIAL_NEIGHBORS
     database: Optional[Path] = None
     blur_matching: bool = True
+    frame_placement: bool = True
     bundle_adjustment: LossName = "cauchy"
     ba_scale_px: Optional[float] = None
     threads: int = 0
@@ -102,6 +110,7 @@ class FrontEndOptions:
             "spatial_neighbors": self.spatial_neighbors if built else None,
             "database": str(self.database) if built and self.database else None,
             "blur_matching": self.blur_matching if built and not self.database else None,
+            "frame_placement": self.frame_placement if built else None,
             "bundle_adjustment": self.bundle_adjustment,
             "ba_scale_px": self.ba_scale_px,
             "seed": self.seed if built else None,
@@ -274,12 +283,14 @@ def _cached_adjustment(
     ba_dir = work / "bundle_adjusted"
     record = ba_dir / "result.json"
     if not record.is_file():
-        from nerf_posefix.sfm.support import image_support, summarise
+        from nerf_posefix.sfm.support import ImageSupport, image_support, summarise
 
         shutil.rmtree(ba_dir, ignore_errors=True)
         reconstruction, summary = adjust()
         scale = summary.get("scale_px") or (summary.get("rounds") or [{}])[-1].get("loss_scale_px")  # the adjustment's robust scale
         support = image_support(reconstruction, loss_scale_px=scale)
+        placed = summary.pop("placed_support", {})  # the frames the placement holds: their support there
+        support = [ImageSupport(**placed[s.name]) if s.name in placed else s for s in support]
         summary["support"] = summarise(support)
         summary["images"] = {s.name: s.to_dict() for s in support}
         write_adjusted_model(reconstruction, work / ADJUSTED_MODEL)
@@ -327,6 +338,17 @@ def _adjust_built_tracks(
         work / "tracks" / DATABASE_FILE, posed.images_dir, inp.model.to_camera_set(), track_options, log=lambda m: log(f"  {m}"),
         first_triangulation=pycolmap.Reconstruction(str(inp.model_dir)),  # the tracks stage's, at the first threshold
     )
+    if options.frame_placement:
+        from nerf_posefix.sfm.frame_placement import place_unheld_frames
+
+        placement = place_unheld_frames(
+            work / "tracks" / DATABASE_FILE, posed.images_dir, result.reconstruction, posed.intrinsics, work / "placement",
+            track_options.num_threads, track_options.seed, track_options.max_image_size,
+            loss_scale_px=result.rounds[-1]["loss_scale_px"], log=lambda m: log(f"  {m}"))
+        frame_ids = {result.reconstruction.images[i].name: result.reconstruction.images[i].frame_id for i in result.reconstruction.reg_image_ids()}
+        for name, w2c in placement.cam_from_world.items():  # world-to-camera, OpenCV axes, the input frame
+            result.reconstruction.frames[frame_ids[name]].rig_from_world = pycolmap.Rigid3d(pycolmap.Rotation3d(w2c[:3, :3]), w2c[:3, 3])
+        shutil.rmtree(work / "placement", ignore_errors=True)
     summary: dict[str, Any] = {
         "loss": "cauchy",
         "rounds": result.rounds,
@@ -334,11 +356,17 @@ def _adjust_built_tracks(
         "seconds": result.seconds,
         "gauge": "sim3_poses per group of images connected by tracks",
     }
+    if options.frame_placement and placement.frames:
+        summary["placement"] = placement.to_dict()
+        summary["placed_support"] = {n: s.to_dict() for n, s in placement.support.items()}
     last = result.rounds[-1]
-    if last["num_components"] > 1:
+    # a placed frame observed no point of the adjustment (a group of its own there): the placement links it
+    placed = len(placement.cam_from_world) if options.frame_placement else 0
+    groups = last["num_components"] - placed
+    if groups > 1:
         summary["warning"] = (
-            f"the tracks link the images in {last['num_components']} separate groups (largest "
-            f"{last['largest_component']} of {len(result.names)} images): each group is refined within itself and "
+            f"the tracks link the images in {groups} separate groups (largest "
+            f"{last['largest_component'] + placed} of {len(result.names)} images): each group is refined within itself and "
             "placed by its input poses, so their relative placement keeps the input's error; more overlap "
             "(--matching exhaustive, --sequential-overlap) can link them"
         )

@@ -78,6 +78,7 @@ class ImageSupport:
     residual_px: float = float("nan")
     weak: bool = False
     reason: str = ""
+    placed: bool = False  # held by the frame placement (:mod:`nerf_posefix.sfm.frame_placement`), not the tracks
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -306,6 +307,7 @@ def summarise(support: list[ImageSupport]) -> dict[str, Any]:
     return {
         "num_images": len(support),
         "num_weak": len(weak),
+        "num_placed": sum(1 for s in support if s.placed and not s.weak),
         "weak_by_reason": {k: {"count": len(v), "images": v[:10]} for k, v in reasons.items()},
         "median_sigma_rotation_deg": float(np.median(finite)) if finite else float("nan"),
         "median_observations": float(np.median([s.observations for s in support])) if support else 0.0,

@@ -179,6 +179,12 @@ class RefineOptions:
     """When tracks are built: match the blurred frames that the ordinary matching links with few matches against
     copies of their neighbours blurred alike (the blur estimated per frame), adding tracks that hold them
     (--no-blur-matching: the ordinary matches only)."""
+    frame_placement: bool = True
+    """When tracks are built: place the blurred frames the adjustment does not hold (no verified pair, few tracks:
+    a long motion streak, a strong defocus) against the adjusted images held fixed: each matched against its neighbours blurred as it matches best
+    (a Gaussian, or a streak whose direction and length are searched), then registered by COLMAP; a frame the
+    placement holds counts as held, the others are left to the NeRF stage (about a minute per frame on 2 cores;
+    --no-frame-placement: they go to the NeRF stage as they are)."""
     method: Literal["posefix", "posefix-small"] = "posefix-small"
     """posefix-small: sized for a CPU; posefix: nerfacto-sized (GPU)."""
     iterations: Optional[int] = None
@@ -458,6 +464,7 @@ def front_end_options(options: RefineOptions) -> FrontEndOptions:
     return FrontEndOptions(
         build_tracks=options.build_tracks, matching=options.matching, sequential_overlap=options.sequential_overlap,
         spatial_neighbors=options.spatial_neighbors, database=options.database, blur_matching=options.blur_matching,
+        frame_placement=options.frame_placement,
         bundle_adjustment=options.bundle_adjustment,
         ba_scale_px=options.ba_scale_px,
         threads=options.threads, seed=options.seed,
@@ -953,7 +960,8 @@ def _refine_in(
     downscale = downscale or 1
     if iterations == 0:  # no NeRF stage: no nerfstudio, no image copies
         refined = stage_input.model.to_camera_set()
-        run_summary: dict[str, Any] = {"iterations": 0, "resumed_from_iteration": 0, "device": None, "training_seconds": 0.0}
+        run_summary: dict[str, Any] = {"iterations": 0, "resumed_from_iteration": 0, "device": None, "training_seconds": 0.0,
+                                       "no_nerf_stage": "--iterations 0" if options.iterations == 0 else "every image is held"}
         points, points_note = _refined_points(stage_input.model, None, ba_summary is not None, False)
         bounds = _point_depth_bounds(stage_input.model, inp.model, options.bounds)
     else:

@@ -134,7 +134,7 @@ class RefineResult:
             rows.append(("NeRF stage", f"{s.get('method', 'posefix')}, {s['iterations']} iterations"
                          + (f" ({seconds:.0f} s)" if seconds is not None else "")))
         else:
-            rows.append(("NeRF stage", "none (--iterations 0)"))
+            rows.append(("NeRF stage", f"none ({s.get('no_nerf_stage', '--iterations 0')})"))
         rows.append(("", ""))
         rows.append(("moved", f"{'median':>8}      {'max':>8}"))
         rows.append(("rotation", f"{_num(np.median(rot), '.3f')} deg {_num(rot.max(), '.3f')} deg"))
@@ -163,10 +163,18 @@ class RefineResult:
             rows.append(("flagged", f"none of {len(self.images)} images"))
         if s.get("flag_rule"):
             rows += [("", line) for line in textwrap.wrap(f"rule: {s['flag_rule']}", width=96)]
+        placement = (s.get("bundle_adjustment") or {}).get("placement") if isinstance(s.get("bundle_adjustment"), dict) else None
+        if placement and placement.get("frames"):
+            frames = placement["frames"]
+            rows.append(("placed", f"{placement['num_placed']} of {len(frames)} blurred image(s) the adjustment did not hold, against the "
+                                   "adjusted images held fixed (" + ", ".join(
+                                       f"{f['name']} {'held' if f['held'] else 'left weak: ' + (f['reason'] or '?').split(' (')[0]}"
+                                       for f in frames[:4]) + (", ..." if len(frames) > 4 else "") + f"; {placement['seconds']:.0f} s)"))
         support = (s.get("bundle_adjustment") or {}).get("support") if isinstance(s.get("bundle_adjustment"), dict) else None
         if support:
             why = "; ".join(f"{v['count']} {k}" for k, v in support["weak_by_reason"].items())
-            rows.append(("tracks hold", f"{support['num_images'] - support['num_weak']} of {support['num_images']} images "
+            placed_text = f", {support['num_placed']} of them placed" if support.get("num_placed") else ""
+            rows.append(("tracks hold", f"{support['num_images'] - support['num_weak']} of {support['num_images']} images{placed_text} "
                          f"(median {support['median_observations']:.0f} observations, pose σ {support['median_sigma_rotation_deg']:.2g} deg)"
                          + (f"; weakly held: {support['num_weak']} ({why})" if support["num_weak"] else "")
                          + ("; without a NeRF stage they keep their input error (the default runs one for them)"

@@ -1,0 +1,268 @@
+r"""Blurred frames the adjustment does not hold, placed against the frames it holds (pycolmap registration).
+
+A frame blurred by a long motion streak (or a strong defocus) keeps too few SIFT features for the ordinary matching
+to verify more than a pair or two with it: the track rounds leave it at its input pose (or hold it by a few tracks),
+and before this stage only the NeRF stage could move it. After the adjustment (:func:`nerf_posefix.sfm.track_building.adjust_with_retriangulation`),
+this module places each such frame:
+
+1. **Which frames**: those the adjustment does not hold (:func:`unheld_frames`: no verified pair in the track
+   database, fewer than 30 observations, or outside the largest group of images linked by tracks) that look blurred
+   against their nearest neighbours (:func:`nerf_posefix.sfm.blur_matching.frame_blur_px`). Neighbours are picked by
+   the adjusted poses (the frame's own is its input pose) among the frames the tracks hold.
+2. **The blur, chosen by what matches** (:func:`nerf_posefix.sfm.blur_matching.choose_blur`): the frame's Gaussian
+   estimate or a motion streak (direction and length), whichever makes its 2 nearest neighbours' copies match it best.
+3. **Matches**: the frame against its :data:`~nerf_posefix.sfm.blur_matching.PARTNERS` nearest neighbours blurred
+   by that blur (:func:`nerf_posefix.sfm.blur_matching.match_blurred`), merged into a **copy** of the track database
+   (``work/placement.db``): the adjustment's own tracks never see these matches, so they cannot pull the frames
+   the tracks hold (measured: merged into the rounds, they moved castle-P30's sharp frames from 0.085 to 0.253 deg).
+4. **Placement**: the held frames at their adjusted poses, held fixed; every track of the copy triangulated with
+   them at :data:`PLACEMENT_REPROJ_PX`; then each frame registered by COLMAP's absolute-pose registration
+   (``IncrementalMapper.register_next_image``: RANSAC PnP and a pose refinement on its 2D-3D matches). Nothing else
+   moves.
+5. **Support**: each placed frame's :class:`~nerf_posefix.sfm.support.ImageSupport` in that placement (its
+   observations and the pose's covariance conditional on the points): a frame the placement holds counts as held
+   (``placed``), one it does not (a failed registration, few observations, an uncertain pose) stays weak, at its
+   input pose, for the NeRF stage. An uncertain pose (the support rule's 10 x the median camera's) is held when its
+   uncertainty is at most :data:`PLACED_MAX_SIGMA_DEG` (:func:`placed_frame_held`).
+
+Measured on castle-P30 (8 of 30 frames smeared by a 40 px streak and cut to 40 % contrast, poses 2 deg / 3 % off;
+``benchmarks.streak_registration_probe``, the same steps): the degraded frames from 1.88 deg (the adjustment alone) to
+0.128 / 0.138 / 0.189 deg (3 seeds), the sharp frames untouched; docs/benchmarks.md, twelfth look.
+
+Conventions: poses are COLMAP's ``cam_from_world`` (world-to-camera, OpenCV axes) in the adjusted model's world frame
+(the input's); image names as the database stores them. ``pycolmap`` is imported inside the functions.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional
+
+import numpy as np
+
+from nerf_posefix.io.camera_set import ImageCamera
+from nerf_posefix.sfm import blur_matching as bm
+from nerf_posefix.sfm.support import MIN_OBSERVATIONS, ImageSupport, image_support
+
+if TYPE_CHECKING:
+    import pycolmap
+
+#: Reprojection threshold of the placement's triangulation with the held frames fixed (pixels).
+PLACEMENT_REPROJ_PX = 4.0
+#: A placed frame is held when its registration's pose uncertainty (:attr:`ImageSupport.sigma_px` over the focal
+#: length, as an angle) is at most this, even where it exceeds the support rule's ``UNCERTAIN_FACTOR`` x the median
+#: camera's (a blurred frame's few hundred observations never match a sharp frame's thousands): the NeRF stage's own
+#: figures for such frames are 0.25-0.72 deg (docs/benchmarks.md, issue 22).
+PLACED_MAX_SIGMA_DEG = 0.5
+#: The copy of the track database the placement matches into (relative to the work directory).
+PLACEMENT_DATABASE = "placement.db"
+
+
+@dataclass
+class PlacedFrame:
+    """What the placement did for one frame.
+
+    Attributes:
+        name: the image.
+        inliers_before: its verified inlier matches in the track database (below one pair's worth).
+        sigma_px: its Gaussian blur estimate against its neighbours (full-resolution px).
+        blur: the blur chosen for its neighbours (a :class:`nerf_posefix.sfm.blur_matching.Blur` as a dict), and
+            ``choice_inliers`` the matches it scored.
+        pairs, inliers: verified pairs and inlier matches the frame gained against its blurred neighbours.
+        registered: whether COLMAP's registration placed it; ``observations``: its 2D-3D inliers there.
+        held: whether the placement holds it (``reason`` when not).
+        seconds: wall time spent on it (choice and matching).
+    """
+
+    name: str
+    inliers_before: int
+    sigma_px: float
+    blur: dict[str, float] = field(default_factory=dict)
+    choice_inliers: int = 0
+    pairs: int = 0
+    inliers: int = 0
+    registered: bool = False
+    observations: int = 0
+    held: bool = False
+    reason: str = ""
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Placement:
+    """Outcome of :func:`place_unheld_frames`.
+
+    Attributes:
+        frames: what was done per frame (empty when no frame needed it).
+        cam_from_world: the held placed frames' poses ``[4, 4]`` (world-to-camera, OpenCV axes, the adjusted
+            model's frame), by name.
+        support: the placed frames' :class:`ImageSupport` in the placement (``placed`` set), by name.
+        seconds: wall time.
+    """
+
+    frames: list[PlacedFrame] = field(default_factory=list)
+    cam_from_world: dict[str, np.ndarray] = field(default_factory=dict)
+    support: dict[str, ImageSupport] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"frames": [f.to_dict() for f in self.frames], "num_placed": len(self.cam_from_world), "seconds": self.seconds}
+
+
+def unheld_frames(inliers: dict[str, int], observations: dict[str, int], largest_group: set[str]) -> list[str]:
+    """The images the adjustment does not hold, in name order: those whose verified inliers
+    (:func:`nerf_posefix.sfm.blur_matching.verified_inliers`) are below one pair's worth
+    (:data:`~nerf_posefix.sfm.blur_matching.MIN_PAIR_INLIERS`), those with fewer than
+    :data:`~nerf_posefix.sfm.support.MIN_OBSERVATIONS` observations in the adjusted reconstruction, and those outside
+    its largest group of images linked by tracks (``largest_group``); none in a capture of fewer than 3 images.
+    ``observations``: per image of the reconstruction."""
+    if len(observations) < 3:
+        return []
+    return sorted(n for n, k in observations.items()
+                  if inliers.get(n, 0) < bm.MIN_PAIR_INLIERS or k < MIN_OBSERVATIONS or n not in largest_group)
+
+
+def placed_frame_held(support: ImageSupport, focal_px: float) -> tuple[bool, str]:
+    """Whether the placement holds a registered frame, from its support there (:func:`image_support`): the support
+    rule (:func:`nerf_posefix.sfm.support.weak_reason`), except that an uncertain pose is held when its uncertainty
+    ``sigma_px / focal_px`` is at most :data:`PLACED_MAX_SIGMA_DEG`. Returns ``(held, why not)``."""
+    if not support.weak:
+        return True, ""
+    if support.reason.startswith("uncertain pose") and np.degrees(np.arctan(support.sigma_px / focal_px)) <= PLACED_MAX_SIGMA_DEG:
+        return True, ""
+    return False, support.reason
+
+
+def _c2w_by_name(rec: "pycolmap.Reconstruction") -> dict[str, np.ndarray]:
+    """Registered images' camera-to-world poses ``[4, 4]`` (OpenCV axes), by name."""
+    out = {}
+    for image_id in rec.reg_image_ids():
+        image = rec.images[image_id]
+        w2c = np.vstack([np.asarray(image.cam_from_world().matrix(), dtype=np.float64), [0.0, 0.0, 0.0, 1.0]])
+        out[image.name] = np.linalg.inv(w2c)
+    return out
+
+
+def register_frames(database: Path, rec: "pycolmap.Reconstruction", frames: Sequence[str], max_reproj_px: float,
+                    num_threads: int = -1, seed: int = 0) -> tuple["pycolmap.Reconstruction", dict[str, bool]]:
+    """Step 4 of the module docstring: ``rec``'s other images held at their poses, the tracks of ``database``
+    triangulated with them at ``max_reproj_px``, then each of ``frames`` registered by COLMAP's absolute-pose
+    registration. Returns the placement (a new reconstruction: the held images, the points, the registered frames
+    with their 2D-3D inliers) and per frame whether it registered."""
+    import pycolmap
+
+    from nerf_posefix.sfm import track_building as tb
+
+    held = pycolmap.Reconstruction(rec)
+    ids = {held.images[i].name: i for i in held.reg_image_ids()}
+    for n in frames:
+        held.deregister_frame(held.images[ids[n]].frame_id)
+    with tb.quiet_colmap_log(False):
+        cache = tb.open_track_cache(database)
+    placement = tb.triangulate_fixed_poses(held, database, "", max_reproj_px, num_threads, seed, cache=cache, colours=False)
+    options = tb._triangulation_options(max_reproj_px, tb._focal_px(placement), num_threads, seed).get_mapper()  # noqa: SLF001
+    registered = {}
+    with tb.quiet_colmap_log(False):
+        mapper = pycolmap.IncrementalMapper(cache)
+        mapper.begin_reconstruction(placement)
+        for n in frames:
+            registered[n] = bool(mapper.register_next_image(options, ids[n]))
+        mapper.end_reconstruction(False)
+    placement.update_point_3d_errors()
+    return placement, registered
+
+
+def place_unheld_frames(
+    database: str | Path, images_dir: str | Path, rec: "pycolmap.Reconstruction", cameras: dict[str, ImageCamera],
+    work: str | Path, num_threads: int = -1, seed: int = 0, max_image_size: int = 3200, loss_scale_px: Optional[float] = None,
+    log: Optional[Callable[[str], None]] = None,
+) -> Placement:
+    """Place the blurred frames the adjustment does not hold (module docstring) against ``rec`` (the adjusted reconstruction of the
+    track database ``database``'s images, in the input frame; not modified). ``cameras``: intrinsics by image
+    name. ``work``: where the database copy and side copies go (removed at the end). ``loss_scale_px``: the
+    adjustment's robust scale, for the placed frames' covariances. Returns the held placed frames' poses and
+    support, and what was done per frame."""
+    log = log or (lambda message: None)
+    t0 = time.perf_counter()
+    database, images_dir, work = Path(database), Path(images_dir), Path(work)
+    poses = _c2w_by_name(rec)
+    names = sorted(poses)
+    from nerf_posefix.sfm.track_building import track_components
+
+    observations = {rec.images[i].name: int(rec.images[i].num_points3D) for i in rec.reg_image_ids()}
+    largest = {rec.images[i].name for i in (track_components(rec) or [[]])[0]}
+    unheld = unheld_frames(bm.verified_inliers(database), observations, largest)
+    result = Placement()
+    if not unheld or len(unheld) == len(names):
+        return result
+    c2w = np.stack([poses[n] for n in names])  # [N, 4, 4] camera-to-world, OpenCV: held adjusted, unheld at input
+    partners = bm.nearest_partners(names, unheld, c2w)
+    inliers = bm.verified_inliers(database)
+    cache: dict[str, np.ndarray] = {}
+    blurred = []
+    for n in unheld:
+        if partners[n]:
+            sigma = bm.frame_blur_px(images_dir, cameras, n, partners[n], cache)
+            if bm.nearest_level(sigma) is not None:
+                blurred.append(PlacedFrame(n, int(inliers.get(n, 0)), sigma))
+    sharp = [n for n in unheld if n not in {f.name for f in blurred}]
+    if sharp:
+        log(f"{len(sharp)} image(s) the adjustment does not hold do not look blurred against their neighbours ("
+            + ", ".join(sharp[:5]) + (", ..." if len(sharp) > 5 else "") + "): not placed (low texture or little overlap)")
+    if not blurred:
+        return result
+    result.frames = blurred
+    log(f"{len(blurred)} blurred image(s) the adjustment does not hold: each matched against its neighbours blurred as it "
+        "matches best, then placed against the adjusted images held fixed (about a minute each on 2 cores)")
+    copy = work / PLACEMENT_DATABASE
+    work.mkdir(parents=True, exist_ok=True)
+    copy.unlink(missing_ok=True)
+    shutil.copyfile(database, copy)
+    try:
+        for k, frame in enumerate(blurred):
+            t1 = time.perf_counter()
+            level = bm.nearest_level(frame.sigma_px) or bm.SIGMA_LEVELS[0]
+            blur, frame.choice_inliers = bm.choose_blur(images_dir, cameras, frame.name, partners[frame.name], level,
+                                                        work / "blur_choice", num_threads, seed)
+            frame.blur = asdict(blur)
+            gained = bm.match_blurred(copy, images_dir, names, cameras, {frame.name: partners[frame.name]}, blur,
+                                      work / "blur_side", c2w, num_threads, seed, max_image_size)
+            frame.pairs, frame.inliers = gained.get(frame.name, (0, 0))
+            frame.seconds = time.perf_counter() - t1
+            log(f"  [{k + 1}/{len(blurred)}] {frame.name}: {blur.describe()} (blur estimate {frame.sigma_px:.1f} px), "
+                f"+{frame.inliers} matches over {frame.pairs} pairs ({frame.seconds:.0f} s)")
+        placement, registered = register_frames(copy, rec, [f.name for f in blurred], PLACEMENT_REPROJ_PX, num_threads, seed)
+    finally:
+        copy.unlink(missing_ok=True)
+    support = {s.name: s for s in image_support(placement, loss_scale_px=loss_scale_px)}
+    ids = {image.name: i for i, image in placement.images.items()}
+    for frame in blurred:
+        frame.registered = registered[frame.name]
+        s = support.get(frame.name)
+        if not frame.registered or s is None:
+            frame.reason = "not registered"
+            continue
+        frame.observations = s.observations
+        frame.held, frame.reason = placed_frame_held(s, float(placement.cameras[placement.images[ids[frame.name]].camera_id].mean_focal_length()))
+        s.weak, s.reason = not frame.held, frame.reason
+        if frame.held:
+            s.placed = True
+            result.support[frame.name] = s
+            result.cam_from_world[frame.name] = np.vstack([np.asarray(placement.images[ids[frame.name]].cam_from_world().matrix()),
+                                                           [0.0, 0.0, 0.0, 1.0]])
+    result.seconds = time.perf_counter() - t0
+    log(f"placed {len(result.cam_from_world)} of {len(blurred)}: " + ", ".join(
+        f"{f.name} {'held' if f.held else 'left weak'} ({f.observations} observations{'' if f.held else ': ' + f.reason})"
+        for f in blurred[:8]) + (", ..." if len(blurred) > 8 else "") + f" ({result.seconds:.0f} s)")
+    return result
+
+
+__all__ = ["PLACED_MAX_SIGMA_DEG", "PLACEMENT_REPROJ_PX", "PlacedFrame", "Placement", "unheld_frames", "place_unheld_frames",
+           "placed_frame_held", "register_frames"]

@@ -1,0 +1,179 @@
+"""Frames no image pair holds, placed against the held ones (:mod:`nerf_posefix.sfm.frame_placement`): the streak
+model, which frames, and a placement on the bundled scene (real pycolmap)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scene_helpers import TOYBOX
+
+from nerf_posefix.sfm import blur_matching as bm
+from nerf_posefix.sfm.frame_placement import place_unheld_frames, unheld_frames
+
+
+@pytest.mark.parametrize(("length", "angle_deg"), [(8.0, 0.0), (20.0, 17.0), (33.0, 115.0)])
+def test_a_streak_is_a_centred_line_of_its_length_and_direction(length: float, angle_deg: float) -> None:
+    kernel = bm.streak_kernel(length, np.deg2rad(angle_deg))
+    n = kernel.shape[0]
+    y, x = np.mgrid[:n, :n] - n // 2
+    a = np.deg2rad(angle_deg)
+    along, across = x * np.cos(a) + y * np.sin(a), -x * np.sin(a) + y * np.cos(a)
+    assert abs(kernel.sum() - 1.0) < 1e-12 and (kernel >= 0).all()
+    np.testing.assert_allclose(kernel, kernel[::-1, ::-1], atol=1e-15)  # symmetric: smearing moves no feature
+    assert float((kernel * along**2).sum()) == pytest.approx(length**2 / 12.0, rel=0.15)  # a uniform segment: L² / 12
+    assert float((kernel * across**2).sum()) < 0.25  # a pixel wide
+    image = np.zeros((64, 64))
+    image[32, 32] = 1.0
+    smeared = bm.smear_streak(image, length, a)
+    assert smeared.sum() == pytest.approx(1.0) and smeared[32, 32] == pytest.approx(kernel.max(), rel=1e-6)
+
+
+def test_unheld_frames_have_no_verified_pair_few_tracks_or_another_group() -> None:
+    inliers = {"a": 900, "b": 0, "c": 14, "d": 15, "e": 800, "f": 700}
+    observations = {"a": 400, "b": 0, "c": 0, "d": 40, "e": 29, "f": 300}
+    assert unheld_frames(inliers, observations, {"a", "d", "e"}) == ["b", "c", "e", "f"]  # f: a group of its own
+    assert unheld_frames(inliers, observations, set(observations)) == ["b", "c", "e"]
+    assert unheld_frames({"a": 0, "b": 0}, {"a": 0, "b": 0}, set()) == []  # too few images to place anything against
+
+
+def _smear_and_wash_out(path: Path, length: float, angle_deg: float, contrast: float = 0.4) -> None:
+    """The image at ``path`` smeared along a streak (an independent model: points every 0.1 px along the segment,
+    bilinear) and its contrast cut, rewritten in place."""
+    import imageio.v3 as iio
+    from scipy.ndimage import shift
+
+    pixels = iio.imread(path).astype(np.float64)[..., :3]
+    a = np.deg2rad(angle_deg)
+    steps = np.linspace(-length / 2.0, length / 2.0, int(10 * length) + 1)
+    smeared = np.mean([shift(pixels, (t * np.sin(a), t * np.cos(a), 0.0), order=1, mode="nearest") for t in steps], axis=0)
+    mean = smeared.mean(axis=(0, 1))
+    path.unlink()
+    iio.imwrite(path, np.clip(np.rint(mean + contrast * (smeared - mean)), 0, 255).astype(np.uint8))
+
+
+def test_a_smeared_frame_without_pairs_is_placed_and_the_others_do_not_move(tmp_path: Path) -> None:
+    """24 bundled views (128 px), one smeared along a 12 px streak at 60 deg and cut to 40 % contrast (no verified pair
+    left), its pose 3 deg off; the others at the truth: the placement finds the streak's direction, registers the
+    frame within a fraction of its error, holds it, and leaves the reconstruction it was given untouched."""
+    from nerf_posefix.geometry.poses import rotation_angle_deg
+    from nerf_posefix.io.camera_set import CameraSet
+    from nerf_posefix.io.posed_images import load_posed_images
+    from nerf_posefix.sfm.track_building import (
+        TrackOptions, match_features, reconstruction_from_poses, triangulate_fixed_poses,
+    )
+
+    posed = load_posed_images(TOYBOX / "transforms.json")
+    names = list(posed.cameras.names[:24])
+    images = tmp_path / "images"
+    for n in names:
+        (images / n).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(posed.images_dir / n, images / n)
+    weak = names[12]
+    _smear_and_wash_out(images / weak, 12.0, 60.0)
+    cameras = {n: posed.intrinsics[n] for n in names}
+    by_name = dict(zip(posed.cameras.names, posed.cameras.c2w))
+    truth = np.stack([by_name[n] for n in names])  # [N, 4, 4] camera-to-world, OpenCV
+    start = truth.copy()
+    axis = np.array([0.3, -0.8, 0.5]) / np.linalg.norm([0.3, -0.8, 0.5])
+    from scipy.spatial.transform import Rotation
+
+    start[12, :3, :3] = Rotation.from_rotvec(np.deg2rad(3.0) * axis).as_matrix() @ truth[12, :3, :3]
+    database = tmp_path / "database.db"
+    match_features(images, names, cameras, database, TrackOptions(blur_matching=False, num_threads=2),
+                   poses=CameraSet(names=names, c2w=truth))
+    assert [n for n, k in bm.verified_inliers(database).items() if k < bm.MIN_PAIR_INLIERS] == [weak]
+    rec = triangulate_fixed_poses(reconstruction_from_poses(database, CameraSet(names=names, c2w=start), cameras), database,
+                                  images, 2.0, num_threads=2, colours=False)
+    before = {im.name: np.asarray(im.cam_from_world().matrix()) for im in rec.images.values()}
+    lines: list[str] = []
+    placement = place_unheld_frames(database, images, rec, cameras, tmp_path / "work", num_threads=2, log=lines.append)
+    print("\n".join(lines))
+    [frame] = placement.frames
+    assert frame.name == weak and frame.inliers_before < bm.MIN_PAIR_INLIERS
+    assert frame.blur["streak_px"] > 0 and min(abs(frame.blur["angle_deg"] - 60.0), 180 - abs(frame.blur["angle_deg"] - 60.0)) <= 15.0
+    assert frame.registered and frame.held and frame.pairs >= 3
+    assert placement.support[weak].placed and not placement.support[weak].weak
+    placed_c2w = np.linalg.inv(placement.cam_from_world[weak])
+    error = float(rotation_angle_deg(placed_c2w[None, :3, :3], truth[12:13, :3, :3])[0])
+    print(f"placed {error:.3f} deg from 3 deg")
+    assert error < 0.5, error  # from 3 deg
+    assert {im.name: np.asarray(im.cam_from_world().matrix()) for im in rec.images.values()}.keys() == before.keys()
+    for im in rec.images.values():
+        np.testing.assert_array_equal(np.asarray(im.cam_from_world().matrix()), before[im.name])
+    assert not (tmp_path / "work" / "placement.db").exists() and not any((tmp_path / "work").glob("blur_*"))
+
+
+def test_refine_places_a_smeared_frame_and_counts_it_held(tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    """``posefix refine --poses`` on the bundled scene 3 deg / 5 % off with one view smeared along a 12 px streak and
+    cut to 40 % contrast (no verified pair): the summary and report.json say it was placed and is held (so the
+    default runs no NeRF stage for it), and it ends within a few times the sharp views' error (after a Sim(3) on
+    all views), from 3 deg."""
+    import json
+
+    from nerf_posefix.cli.main import main
+    from nerf_posefix.geometry.alignment import align
+    from nerf_posefix.geometry.poses import rotation_angle_deg
+    from nerf_posefix.io.transforms_json import read_transforms_json
+    from nerf_posefix.workflows.perturb import perturb_dataset
+
+    data = tmp_path / "noisy"
+    perturb_dataset(TOYBOX, data, rotation_deg=3.0, translation=0.05, seed=3)
+    meta = json.loads((data / "transforms.json").read_text())
+    weak = meta["frames"][20]["file_path"]
+    _smear_and_wash_out(data / weak, 12.0, 60.0)
+    out = tmp_path / "refined"
+    code = main(["refine", "--poses", str(data / "transforms.json"), "--output", str(out), "--threads", "2"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "1 of 1 blurred image(s) the adjustment did not hold" in captured.out and "64 of 64 images, 1 of them placed" in captured.out
+    report = json.loads((out / "report.json").read_text())
+    ba = report["summary"]["bundle_adjustment"]
+    [frame] = ba["placement"]["frames"]
+    assert Path(frame["name"]).name == Path(weak).name and frame["held"] and frame["inliers_before"] < 15
+    assert ba["images"][frame["name"]]["placed"] and not ba["images"][frame["name"]]["weak"]
+    assert ba["support"]["num_weak"] == 0 and ba["support"]["num_placed"] == 1 and "warning" not in ba and not report["summary"].get("iterations")  # no NeRF stage needed
+    gt, est = read_transforms_json(data / "transforms_gt.json"), read_transforms_json(out / "transforms.json")
+    order = [est.names.index(n) for n in gt.names]
+    aligned = align(est.c2w[order], gt.c2w, mode="sim3").apply(est.c2w[order])
+    rot = rotation_angle_deg(aligned[:, :3, :3], gt.c2w[:, :3, :3])
+    k = [Path(n).name for n in gt.names].index(Path(weak).name)
+    print(f"smeared frame {rot[k]:.3f} deg, sharp median {np.median(np.delete(rot, k)):.3f} deg")
+    assert rot[k] < 4 * np.median(np.delete(rot, k)) and rot[k] < 0.3
+
+
+def test_a_placed_frame_is_held_unless_few_tracks_or_an_uncertainty_beyond_half_a_degree() -> None:
+    from nerf_posefix.sfm.frame_placement import PLACED_MAX_SIGMA_DEG, placed_frame_held
+    from nerf_posefix.sfm.support import ImageSupport
+
+    focal = 700.0
+    limit_px = focal * np.tan(np.deg2rad(PLACED_MAX_SIGMA_DEG))  # ~6.1 px
+    held = ImageSupport("a", 400, 0, 0.01, 0.01, 0.1, 0.3)
+    assert placed_frame_held(held, focal) == (True, "")
+    uncertain = ImageSupport("b", 200, 0, 0.1, 0.1, 0.9 * limit_px, 0.5, weak=True, reason="uncertain pose (4 px > 10 x ...)")
+    assert placed_frame_held(uncertain, focal) == (True, "")  # a blurred frame's few hundred observations: held
+    too_uncertain = ImageSupport("c", 200, 0, 0.1, 0.1, 1.1 * limit_px, 0.5, weak=True, reason="uncertain pose (7 px > ...)")
+    assert placed_frame_held(too_uncertain, focal) == (False, too_uncertain.reason)
+    few = ImageSupport("d", 12, 0, 0.1, 0.1, 1.0, 0.5, weak=True, reason="few tracks (12 observations < 30)")
+    assert placed_frame_held(few, focal) == (False, few.reason)
+
+
+def test_the_plugin_and_refine_turn_frame_placement_on_and_off_alike() -> None:
+    """``--pipeline.front-end-frame-placement`` and ``posefix refine --no-frame-placement`` reach the front end and its
+    cache stamp (a front end cached the other way is not reused); both default to on."""
+    from nerf_posefix.plugin.front_end import pipeline_front_end_options
+    from nerf_posefix.plugin.training import in_process_config
+    from nerf_posefix.workflows.refine import RefineOptions, front_end_options
+
+    config = in_process_config("posefix-small", data=TOYBOX, output_dir=Path("unused"), max_iterations=0)
+    on = pipeline_front_end_options(config.pipeline)
+    config.pipeline.front_end_frame_placement = False
+    off = pipeline_front_end_options(config.pipeline)
+    assert on.frame_placement and not off.frame_placement
+    assert on.stamp(built=True)["frame_placement"] is True and off.stamp(built=True)["frame_placement"] is False
+    refine_on = front_end_options(RefineOptions(output=Path("unused"), poses=TOYBOX / "transforms.json"))
+    refine_off = front_end_options(RefineOptions(output=Path("unused"), poses=TOYBOX / "transforms.json", frame_placement=False))
+    assert refine_on.frame_placement and not refine_off.frame_placement
+    assert on.stamp(built=False)["frame_placement"] is None  # no tracks built: nothing to place
