@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from scene_helpers import TOYBOX
+from scene_helpers import TOYBOX, blur_and_wash_out
 
 from nerf_posefix.sfm import blur_matching as bm
 from nerf_posefix.sfm.frame_placement import place_unheld_frames, unheld_frames
@@ -56,8 +56,9 @@ def _smear_and_wash_out(path: Path, length: float, angle_deg: float, contrast: f
 
 def test_a_smeared_frame_without_pairs_is_placed_and_the_others_do_not_move(tmp_path: Path) -> None:
     """24 bundled views (128 px), one smeared along a 12 px streak at 60 deg and cut to 40 % contrast (no verified pair
-    left), its pose 3 deg off; the others at the truth: the placement finds the streak's direction, registers the
-    frame within a fraction of its error, holds it, and leaves the reconstruction it was given untouched."""
+    left), its pose 3 deg off, another blurred beyond matching; the others at the truth: the placement finds the
+    streak's direction, registers the frame within a fraction of its error, holds it, leaves the other one unplaced,
+    and leaves the reconstruction it was given untouched."""
     from nerf_posefix.geometry.poses import rotation_angle_deg
     from nerf_posefix.io.camera_set import CameraSet
     from nerf_posefix.io.posed_images import load_posed_images
@@ -71,8 +72,9 @@ def test_a_smeared_frame_without_pairs_is_placed_and_the_others_do_not_move(tmp_
     for n in names:
         (images / n).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(posed.images_dir / n, images / n)
-    weak = names[12]
+    weak, lost = names[12], names[5]
     _smear_and_wash_out(images / weak, 12.0, 60.0)
+    blur_and_wash_out(images / lost, 24.0, 0.2)  # nothing left to match: not placed, and no error
     cameras = {n: posed.intrinsics[n] for n in names}
     by_name = dict(zip(posed.cameras.names, posed.cameras.c2w))
     truth = np.stack([by_name[n] for n in names])  # [N, 4, 4] camera-to-world, OpenCV
@@ -84,14 +86,15 @@ def test_a_smeared_frame_without_pairs_is_placed_and_the_others_do_not_move(tmp_
     database = tmp_path / "database.db"
     match_features(images, names, cameras, database, TrackOptions(blur_matching=False, num_threads=2),
                    poses=CameraSet(names=names, c2w=truth))
-    assert [n for n, k in bm.verified_inliers(database).items() if k < bm.MIN_PAIR_INLIERS] == [weak]
+    assert [n for n, k in bm.verified_inliers(database).items() if k < bm.MIN_PAIR_INLIERS] == [lost, weak]
     rec = triangulate_fixed_poses(reconstruction_from_poses(database, CameraSet(names=names, c2w=start), cameras), database,
                                   images, 2.0, num_threads=2, colours=False)
     before = {im.name: np.asarray(im.cam_from_world().matrix()) for im in rec.images.values()}
     lines: list[str] = []
     placement = place_unheld_frames(database, images, rec, cameras, tmp_path / "work", num_threads=2, log=lines.append)
     print("\n".join(lines))
-    [frame] = placement.frames
+    [other, frame] = placement.frames
+    assert other.name == lost and not other.registered and not other.held and lost not in placement.cam_from_world
     assert frame.name == weak and frame.inliers_before < bm.MIN_PAIR_INLIERS
     assert frame.blur["streak_px"] > 0 and min(abs(frame.blur["angle_deg"] - 60.0), 180 - abs(frame.blur["angle_deg"] - 60.0)) <= 15.0
     assert frame.registered and frame.held and frame.pairs >= 3

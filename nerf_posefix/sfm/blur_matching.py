@@ -409,10 +409,10 @@ def _append_descriptors(database: str | Path, extra: dict[int, np.ndarray]) -> N
                 kind, n, cols, data = connection.execute(
                     "SELECT type, rows, cols, data FROM descriptors WHERE image_id = ?", (int(image_id),)).fetchone()
                 rows = np.ascontiguousarray(rows)
+                data = data or b""  # an image without a feature: no blob
                 if rows.shape[1] != cols or rows.dtype.itemsize * cols * n != len(data):
                     raise RuntimeError(f"{database}: image {image_id}'s descriptors are not {cols} columns of {rows.dtype}")
-                merged = np.frombuffer(data, dtype=rows.dtype).reshape(n, cols)
-                merged = np.concatenate([merged, rows])
+                merged = np.concatenate([np.frombuffer(data, dtype=rows.dtype).reshape(n, cols), rows])
                 connection.execute("UPDATE descriptors SET rows = ?, data = ? WHERE image_id = ? AND type = ?",
                                    (int(merged.shape[0]), merged.tobytes(), int(image_id), kind))
     finally:
@@ -453,10 +453,10 @@ def match_blurred(
 
 
 #: The blur of a frame the adjustment does not hold is chosen by matching (:func:`choose_blur`): streaks of these fractions of the
-#: image's longer side (12, 24 and 48 px at 768 px) in :data:`CHOICE_DIRECTIONS` directions over [0, 180) deg, against
+#: image's longer side (12, 24, 48 and 96 px at 768 px) in :data:`CHOICE_DIRECTIONS` directions over [0, 180) deg, against
 #: the Gaussian of the frame's estimate; copies at most :data:`CHOICE_IMAGE_SIDE` px, the frame's
 #: :data:`CHOICE_NEIGHBORS` nearest neighbours. A streak is taken when it matches :data:`STREAK_ADVANTAGE` times the
-#: Gaussian's inliers; then its length is refined (x 2^(k/4), |k| <= :data:`LENGTH_STEPS`) at its direction.
+#: Gaussian's inliers; then its length is searched and refined (x 2^(k/4), |k| <= :data:`LENGTH_STEPS`) at its direction.
 STREAK_FRACTIONS: tuple[float, ...] = (1 / 64, 1 / 32, 1 / 16, 1 / 8)
 CHOICE_DIRECTIONS = 12
 CHOICE_IMAGE_SIDE = 640
@@ -522,26 +522,37 @@ def blur_scores(images_dir: Path, cameras: dict[str, ImageCamera], frame: str, n
 def choose_blur(images_dir: Path, cameras: dict[str, ImageCamera], frame: str, neighbours: Sequence[str], sigma_px: float,
                 side: Path, num_threads: int = -1, seed: int = 0) -> tuple[Blur, int]:
     """The blur of ``frame``'s neighbours that matches it best, and its score (:func:`blur_scores`, on the
-    :data:`CHOICE_NEIGHBORS` first ``neighbours``): the Gaussian ``sigma_px`` (the frame's estimate) or a streak of
-    :data:`STREAK_FRACTIONS` of the longer side in :data:`CHOICE_DIRECTIONS` directions, a streak only when it
-    matches :data:`STREAK_ADVANTAGE` times the Gaussian's inliers; then the streak's length refined at its direction
-    (x 2^(k/4), ``0 < |k| <= LENGTH_STEPS``). Measured on castle-P30 (a 40 px streak): the directions land within
-    7 deg; the length decides (docs/benchmarks.md, twelfth look)."""
+    :data:`CHOICE_NEIGHBORS` first ``neighbours``), coarse to fine:
+
+    1. the Gaussian ``sigma_px`` (the frame's estimate) against streaks of the two middle :data:`STREAK_FRACTIONS` of
+       the longer side in :data:`CHOICE_DIRECTIONS` directions; the Gaussian is kept unless a streak matches
+       :data:`STREAK_ADVANTAGE` times its inliers;
+    2. the other fractions at the best streak's direction;
+    3. the best streak's length refined at its direction (x 2^(k/4), ``0 < |k| <= LENGTH_STEPS``).
+
+    Measured on castle-P30 (a 40 px streak, seed 0): the same blur for all 8 frames as the full grid (every fraction in
+    every direction) in 0.58x its time; the directions land within 7 deg and the length decides (docs/benchmarks.md,
+    twelfth and thirteenth looks)."""
     near = list(neighbours[:CHOICE_NEIGHBORS])
     side_px = max(int(cameras[frame].width), int(cameras[frame].height))
+
+    def best_of(scored: list[tuple[int, Blur]]) -> tuple[int, Blur]:
+        return max(scored, key=lambda c: c[0])  # the first of equal scores
+
     gaussian = Blur(sigma_px=sigma_px)
-    streaks = [Blur(streak_px=f * side_px, angle_deg=180.0 * k / CHOICE_DIRECTIONS) for f in STREAK_FRACTIONS for k in range(CHOICE_DIRECTIONS)]
+    middle = STREAK_FRACTIONS[1:-1] if len(STREAK_FRACTIONS) > 2 else STREAK_FRACTIONS
+    streaks = [Blur(streak_px=f * side_px, angle_deg=180.0 * k / CHOICE_DIRECTIONS) for f in middle for k in range(CHOICE_DIRECTIONS)]
     scores = blur_scores(images_dir, cameras, frame, near, [gaussian, *streaks], side, num_threads, seed)
-    best = 1 + int(np.argmax(scores[1:]))
-    if scores[best] < STREAK_ADVANTAGE * max(scores[0], 1):
+    score, streak = best_of(list(zip(scores[1:], streaks)))
+    if score < STREAK_ADVANTAGE * max(scores[0], 1):
         return gaussian, scores[0]
-    streak = streaks[best - 1]
+    others = [Blur(streak_px=f * side_px, angle_deg=streak.angle_deg) for f in STREAK_FRACTIONS if f not in middle]
+    if others:
+        score, streak = best_of([(score, streak), *zip(blur_scores(images_dir, cameras, frame, near, others, side, num_threads, seed), others)])
     lengths = [Blur(streak_px=streak.streak_px * 2.0 ** (k / 4.0), angle_deg=streak.angle_deg)
                for k in range(-LENGTH_STEPS, LENGTH_STEPS + 1) if k != 0]
-    refined = blur_scores(images_dir, cameras, frame, near, lengths, side, num_threads, seed)
-    candidates = [(scores[best], streak), *zip(refined, lengths)]
-    score, chosen = max(candidates, key=lambda c: c[0])
-    return chosen, int(score)
+    score, streak = best_of([(score, streak), *zip(blur_scores(images_dir, cameras, frame, near, lengths, side, num_threads, seed), lengths)])
+    return streak, int(score)
 
 
 def rescue_blurred_frames(

@@ -172,8 +172,10 @@ def register_frames(database: Path, rec: "pycolmap.Reconstruction", frames: Sequ
     with tb.quiet_colmap_log(False):
         mapper = pycolmap.IncrementalMapper(cache)
         mapper.begin_reconstruction(placement)
-        for n in frames:
-            registered[n] = bool(mapper.register_next_image(options, ids[n]))
+        graph = cache.correspondence_graph
+        for n in frames:  # a frame no verified pair links (even blur-matched) is not in COLMAP's cache: not registered
+            linked = cache.exists_image(ids[n]) and graph.exists_image(ids[n]) and graph.num_correspondences_for_image(ids[n]) > 0
+            registered[n] = linked and bool(mapper.register_next_image(options, ids[n]))
         mapper.end_reconstruction(False)
     placement.update_point_3d_errors()
     return placement, registered
