@@ -22,8 +22,8 @@ this module places each such frame:
 5. **Support**: each placed frame's :class:`~nerf_posefix.sfm.support.ImageSupport` in that placement (its
    observations and the pose's covariance conditional on the points): a frame the placement holds counts as held
    (``placed``), one it does not (a failed registration, few observations, an uncertain pose) stays weak, at its
-   input pose, for the NeRF stage. An uncertain pose (the support rule's 10 x the median camera's) is held when its
-   uncertainty is at most :data:`PLACED_MAX_SIGMA_DEG` (:func:`placed_frame_held`).
+   input pose, for the NeRF stage: it needs :data:`PLACED_MIN_OBSERVATIONS` observations and an uncertainty of at
+   most :data:`PLACED_MAX_SIGMA_DEG` (:func:`placed_frame_held`).
 
 Measured on castle-P30 (8 of 30 frames smeared by a 40 px streak and cut to 40 % contrast, poses 2 deg / 3 % off;
 ``benchmarks.streak_registration_probe``, the same steps): the degraded frames from 1.88 deg (the adjustment alone) to
@@ -53,10 +53,15 @@ if TYPE_CHECKING:
 
 #: Reprojection threshold of the placement's triangulation with the held frames fixed (pixels).
 PLACEMENT_REPROJ_PX = 4.0
-#: A placed frame is held when its registration's pose uncertainty (:attr:`ImageSupport.sigma_px` over the focal
-#: length, as an angle) is at most this, even where it exceeds the support rule's ``UNCERTAIN_FACTOR`` x the median
-#: camera's (a blurred frame's few hundred observations never match a sharp frame's thousands): the NeRF stage's own
-#: figures for such frames are 0.25-0.72 deg (docs/benchmarks.md, issue 22).
+#: A placed frame is held when it has at least :data:`PLACED_MIN_OBSERVATIONS` observations in the placement and its
+#: registration's pose uncertainty (:attr:`ImageSupport.sigma_px` over the focal length, as an angle) is at most
+#: :data:`PLACED_MAX_SIGMA_DEG`, even where that exceeds the support rule's ``UNCERTAIN_FACTOR`` x the median camera's
+#: (a blurred frame's few hundred observations never match a sharp frame's thousands). The covariance assumes the
+#: sharp frames' keypoint noise and understates a blurred frame's error by 2-8x; the count is what separates
+#: (measured, docs/benchmarks.md thirteenth look: castle-P30's placed frames with 100-430 observations end at
+#: 0.02-0.37 deg, those with 30-71 at 0.47-1.33 deg, where the NeRF stage reaches 0.6-0.7 deg; toybox's with 31-34
+#: at 0.29-0.34 deg, where it reaches 0.25 deg). The others are left to the NeRF stage.
+PLACED_MIN_OBSERVATIONS = 100
 PLACED_MAX_SIGMA_DEG = 0.5
 #: The copy of the track database the placement matches into (relative to the work directory).
 PLACEMENT_DATABASE = "placement.db"
@@ -129,15 +134,19 @@ def unheld_frames(inliers: dict[str, int], observations: dict[str, int], largest
                   if inliers.get(n, 0) < bm.MIN_PAIR_INLIERS or k < MIN_OBSERVATIONS or n not in largest_group)
 
 
-def placed_frame_held(support: ImageSupport, focal_px: float) -> tuple[bool, str]:
-    """Whether the placement holds a registered frame, from its support there (:func:`image_support`): the support
-    rule (:func:`nerf_posefix.sfm.support.weak_reason`), except that an uncertain pose is held when its uncertainty
-    ``sigma_px / focal_px`` is at most :data:`PLACED_MAX_SIGMA_DEG`. Returns ``(held, why not)``."""
-    if not support.weak:
-        return True, ""
-    if support.reason.startswith("uncertain pose") and np.degrees(np.arctan(support.sigma_px / focal_px)) <= PLACED_MAX_SIGMA_DEG:
-        return True, ""
-    return False, support.reason
+def placed_frame_held(support: ImageSupport, focal_px: float, min_observations: Optional[int] = None) -> tuple[bool, str]:
+    """Whether the placement holds a registered frame, from its support there (:func:`image_support`): at least
+    ``min_observations`` observations (None: :data:`PLACED_MIN_OBSERVATIONS`), in the largest group, and an
+    uncertainty ``sigma_px / focal_px`` of at most :data:`PLACED_MAX_SIGMA_DEG`. Returns ``(held, why not)``."""
+    min_observations = PLACED_MIN_OBSERVATIONS if min_observations is None else int(min_observations)
+    if support.observations < min_observations:
+        return False, f"few placed tracks ({support.observations} observations < {min_observations})"
+    if support.group > 0:
+        return False, support.reason
+    sigma_deg = float(np.degrees(np.arctan(support.sigma_px / focal_px)))
+    if not sigma_deg <= PLACED_MAX_SIGMA_DEG:  # NaN and inf too
+        return False, f"uncertain placement ({sigma_deg:.3g} deg > {PLACED_MAX_SIGMA_DEG:g} deg)"
+    return True, ""
 
 
 def _c2w_by_name(rec: "pycolmap.Reconstruction") -> dict[str, np.ndarray]:
@@ -184,12 +193,13 @@ def register_frames(database: Path, rec: "pycolmap.Reconstruction", frames: Sequ
 def place_unheld_frames(
     database: str | Path, images_dir: str | Path, rec: "pycolmap.Reconstruction", cameras: dict[str, ImageCamera],
     work: str | Path, num_threads: int = -1, seed: int = 0, max_image_size: int = 3200, loss_scale_px: Optional[float] = None,
-    log: Optional[Callable[[str], None]] = None,
+    log: Optional[Callable[[str], None]] = None, min_observations: Optional[int] = None,
 ) -> Placement:
     """Place the blurred frames the adjustment does not hold (module docstring) against ``rec`` (the adjusted reconstruction of the
     track database ``database``'s images, in the input frame; not modified). ``cameras``: intrinsics by image
     name. ``work``: where the database copy and side copies go (removed at the end). ``loss_scale_px``: the
-    adjustment's robust scale, for the placed frames' covariances. Returns the held placed frames' poses and
+    adjustment's robust scale, for the placed frames' covariances. ``min_observations``: a placed frame's fewest
+    observations to be held (None: :data:`PLACED_MIN_OBSERVATIONS`). Returns the held placed frames' poses and
     support, and what was done per frame."""
     log = log or (lambda message: None)
     t0 = time.perf_counter()
@@ -252,7 +262,8 @@ def place_unheld_frames(
             frame.reason = "not registered"
             continue
         frame.observations = s.observations
-        frame.held, frame.reason = placed_frame_held(s, float(placement.cameras[placement.images[ids[frame.name]].camera_id].mean_focal_length()))
+        focal = float(placement.cameras[placement.images[ids[frame.name]].camera_id].mean_focal_length())
+        frame.held, frame.reason = placed_frame_held(s, focal, min_observations)
         s.weak, s.reason = not frame.held, frame.reason
         if frame.held:
             s.placed = True
@@ -266,5 +277,5 @@ def place_unheld_frames(
     return result
 
 
-__all__ = ["PLACED_MAX_SIGMA_DEG", "PLACEMENT_REPROJ_PX", "PlacedFrame", "Placement", "unheld_frames", "place_unheld_frames",
+__all__ = ["PLACED_MAX_SIGMA_DEG", "PLACED_MIN_OBSERVATIONS", "PLACEMENT_REPROJ_PX", "PlacedFrame", "Placement", "unheld_frames", "place_unheld_frames",
            "placed_frame_held", "register_frames"]
