@@ -60,3 +60,20 @@ def toybox_views_one_blurred(images: Path, count: int, sigma: float, which: int 
         shutil.copy(posed.images_dir / name, images / name)
     blur_and_wash_out(images / names[which], sigma)
     return posed, names, names[which]
+
+
+def frame_and_others_errors(data: Path, refined: Path, frame: str) -> tuple[float, float]:
+    """Rotation errors (deg) of ``refined``'s transforms.json against ``data``'s transforms_gt.json after a Sim(3) on
+    all views: of the view ``frame`` (its file name), and the median of the others."""
+    import numpy as np
+
+    from nerf_posefix.geometry.alignment import align
+    from nerf_posefix.geometry.poses import rotation_angle_deg
+    from nerf_posefix.io.transforms_json import read_transforms_json
+
+    gt, est = read_transforms_json(data / "transforms_gt.json"), read_transforms_json(refined / "transforms.json")
+    order = [est.names.index(n) for n in gt.names]
+    aligned = align(est.c2w[order], gt.c2w, mode="sim3").apply(est.c2w[order])
+    rot = rotation_angle_deg(aligned[:, :3, :3], gt.c2w[:, :3, :3])
+    k = [Path(n).name for n in gt.names].index(Path(frame).name)
+    return float(rot[k]), float(np.median(np.delete(rot, k)))
