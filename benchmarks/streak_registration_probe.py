@@ -1,7 +1,9 @@
 #!/usr/bin/env python
 """Probe (issue 22): castle-P30's motion-blurred frames placed by streak-matched features against the adjusted sharp frames.
 
-A question for the next step of blur matching (:mod:`nerf_posefix.sfm.blur_matching`), not a pipeline stage. At a
+A question for the next step of blur matching (:mod:`nerf_posefix.sfm.blur_matching`), not a pipeline stage; the
+front end now does it (:mod:`nerf_posefix.sfm.frame_placement`, with its own streak model and a coarse-to-fine
+choice; docs/benchmarks.md, thirteenth look), and this probe is kept as the record of the twelfth look. At a
 40 px streak (``python -m benchmarks.weak_frames --kind motion --blur 40``) the ordinary matching leaves 7 of 8
 degraded frames without a verified pair, and refine's NeRF stage places them at 0.63 deg. Per seed, from what
 ``posefix refine`` has after its adjustment (the ``adjustment`` row's ``transforms.json``: the sharp frames adjusted,
