@@ -181,10 +181,10 @@ class RefineOptions:
     (--no-blur-matching: the ordinary matches only)."""
     frame_placement: bool = True
     """When tracks are built: place the blurred frames the adjustment does not hold (no verified pair, few tracks:
-    a long motion streak, a strong defocus) against the adjusted images held fixed: each matched against its neighbours blurred as it matches best
-    (a Gaussian, or a streak whose direction and length are searched), then registered by COLMAP; a frame the
-    placement holds counts as held, the others are left to the NeRF stage (about a minute per frame on 2 cores;
-    --no-frame-placement: they go to the NeRF stage as they are)."""
+    a long motion streak, a strong defocus) against the adjusted images held fixed: each matched against its
+    neighbours blurred as it matches best (a Gaussian, or a streak whose direction and length are searched), then
+    registered by COLMAP; a frame placed on at least 100 tracks counts as held, the others are left to the NeRF
+    stage (about half a minute per frame on 2 cores; --no-frame-placement: they go to the NeRF stage as they are)."""
     method: Literal["posefix", "posefix-small"] = "posefix-small"
     """posefix-small: sized for a CPU; posefix: nerfacto-sized (GPU)."""
     iterations: Optional[int] = None
