@@ -76,7 +76,7 @@ class PlacedFrame:
 
     Attributes:
         name: the image.
-        inliers_before: its verified inlier matches in the track database (below one pair's worth).
+        inliers_before: its verified inlier matches in the track database (none, or too few to hold it).
         sigma_px: its Gaussian blur estimate against its neighbours (full-resolution px).
         blur: the blur chosen for its neighbours (a :class:`nerf_posefix.sfm.blur_matching.Blur` as a dict), and
             ``choice_inliers`` the matches it scored.
@@ -198,8 +198,8 @@ def place_unheld_frames(
     work: str | Path, num_threads: int = -1, seed: int = 0, max_image_size: int = 3200, loss_scale_px: Optional[float] = None,
     log: Optional[Callable[[str], None]] = None, min_observations: Optional[int] = None,
 ) -> Placement:
-    """Place the blurred frames the adjustment does not hold (module docstring) against ``rec`` (the adjusted reconstruction of the
-    track database ``database``'s images, in the input frame; not modified). ``cameras``: intrinsics by image
+    """Place the blurred frames the adjustment does not hold (module docstring) against ``rec`` (the adjusted
+    reconstruction of the track database ``database``'s images, in the input frame; not modified). ``cameras``: intrinsics by image
     name. ``work``: where the database copy and side copies go (removed at the end). ``loss_scale_px``: the
     adjustment's robust scale, for the placed frames' covariances. ``min_observations``: a placed frame's fewest
     observations to be held (None: :data:`PLACED_MIN_OBSERVATIONS`). Returns the held placed frames' poses and
@@ -213,13 +213,13 @@ def place_unheld_frames(
 
     observations = {rec.images[i].name: int(rec.images[i].num_points3D) for i in rec.reg_image_ids()}
     largest = {rec.images[i].name for i in (track_components(rec) or [[]])[0]}
-    unheld = unheld_frames(bm.verified_inliers(database), observations, largest)
+    inliers = bm.verified_inliers(database)
+    unheld = unheld_frames(inliers, observations, largest)
     result = Placement()
     if not unheld or len(unheld) == len(names):
         return result
     c2w = np.stack([poses[n] for n in names])  # [N, 4, 4] camera-to-world, OpenCV: held adjusted, unheld at input
     partners = bm.nearest_partners(names, unheld, c2w)
-    inliers = bm.verified_inliers(database)
     cache: dict[str, np.ndarray] = {}
     blurred = []
     for n in unheld:
