@@ -21,8 +21,8 @@ this module places each such frame:
    moves.
 5. **Support**: each placed frame's :class:`~nerf_posefix.sfm.support.ImageSupport` in that placement (its
    observations and the pose's covariance conditional on the points): a frame the placement holds counts as held
-   (``placed``), one it does not (a failed registration, few observations, an uncertain pose) stays weak, at its
-   input pose, for the NeRF stage: it needs :data:`PLACED_MIN_OBSERVATIONS` observations and an uncertainty of at
+   (``placed``), one it does not (a failed registration, few observations, an uncertain pose) stays weak, where the
+   adjustment left it, for the NeRF stage: it needs :data:`PLACED_MIN_OBSERVATIONS` observations and an uncertainty of at
    most :data:`PLACED_MAX_SIGMA_DEG` (:func:`placed_frame_held`).
 
 Measured on castle-P30 (8 of 30 frames smeared by a 40 px streak and cut to 40 % contrast, poses 2 deg / 3 % off;
@@ -152,16 +152,6 @@ def placed_frame_held(support: ImageSupport, focal_px: float, min_observations: 
     return True, ""
 
 
-def _c2w_by_name(rec: "pycolmap.Reconstruction") -> dict[str, np.ndarray]:
-    """Registered images' camera-to-world poses ``[4, 4]`` (OpenCV axes), by name."""
-    out = {}
-    for image_id in rec.reg_image_ids():
-        image = rec.images[image_id]
-        w2c = np.vstack([np.asarray(image.cam_from_world().matrix(), dtype=np.float64), [0.0, 0.0, 0.0, 1.0]])
-        out[image.name] = np.linalg.inv(w2c)
-    return out
-
-
 def register_frames(database: Path, rec: "pycolmap.Reconstruction", frames: Sequence[str], max_reproj_px: float,
                     num_threads: int = -1, seed: int = 0) -> tuple["pycolmap.Reconstruction", dict[str, bool]]:
     """Step 4 of the module docstring: ``rec``'s other images held at their poses, the tracks of ``database``
@@ -207,9 +197,10 @@ def place_unheld_frames(
     log = log or (lambda message: None)
     t0 = time.perf_counter()
     database, images_dir, work = Path(database), Path(images_dir), Path(work)
-    poses = _c2w_by_name(rec)
-    names = sorted(poses)
+    from nerf_posefix.sfm.bundle_adjustment import reconstruction_c2w
     from nerf_posefix.sfm.track_building import track_components
+
+    names, c2w = reconstruction_c2w(rec)  # sorted; [N, 4, 4] camera-to-world, OpenCV: held adjusted, unheld where left
 
     observations = {rec.images[i].name: int(rec.images[i].num_points3D) for i in rec.reg_image_ids()}
     largest = {rec.images[i].name for i in (track_components(rec) or [[]])[0]}
@@ -218,7 +209,6 @@ def place_unheld_frames(
     result = Placement()
     if not unheld or len(unheld) == len(names):
         return result
-    c2w = np.stack([poses[n] for n in names])  # [N, 4, 4] camera-to-world, OpenCV: held adjusted, unheld at input
     partners = bm.nearest_partners(names, unheld, c2w)
     cache: dict[str, np.ndarray] = {}
     blurred = []

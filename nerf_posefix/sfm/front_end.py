@@ -338,9 +338,10 @@ def _adjust_built_tracks(
         work / "tracks" / DATABASE_FILE, posed.images_dir, inp.model.to_camera_set(), track_options, log=lambda m: log(f"  {m}"),
         first_triangulation=pycolmap.Reconstruction(str(inp.model_dir)),  # the tracks stage's, at the first threshold
     )
-    if options.frame_placement:
-        from nerf_posefix.sfm.frame_placement import place_unheld_frames
+    from nerf_posefix.sfm.frame_placement import Placement, place_unheld_frames
 
+    placement = Placement()  # nothing placed (--no-frame-placement)
+    if options.frame_placement:
         placement = place_unheld_frames(
             work / "tracks" / DATABASE_FILE, posed.images_dir, result.reconstruction, posed.intrinsics, work / "placement",
             track_options.num_threads, track_options.seed, track_options.max_image_size,
@@ -356,12 +357,12 @@ def _adjust_built_tracks(
         "seconds": result.seconds,
         "gauge": "sim3_poses per group of images connected by tracks",
     }
-    if options.frame_placement and placement.frames:
+    if placement.frames:
         summary["placement"] = placement.to_dict()
         summary["placed_support"] = {n: s.to_dict() for n, s in placement.support.items()}
     last = result.rounds[-1]
     # a placed frame observed no point of the adjustment (a group of its own there): the placement links it
-    placed = len(placement.cam_from_world) if options.frame_placement else 0
+    placed = len(placement.cam_from_world)
     groups = last["num_components"] - placed
     if groups > 1:
         summary["warning"] = (

@@ -961,7 +961,9 @@ def _refine_in(
     if iterations == 0:  # no NeRF stage: no nerfstudio, no image copies
         refined = stage_input.model.to_camera_set()
         run_summary: dict[str, Any] = {"iterations": 0, "resumed_from_iteration": 0, "device": None, "training_seconds": 0.0,
-                                       "no_nerf_stage": "--iterations 0" if options.iterations == 0 else "every image is held"}
+                                       "no_nerf_stage": "--iterations 0" if options.iterations == 0 else (
+                                           "the weakly held images are too small for a NeRF" if support.get("num_weak") else
+                                           "every image is held")}
         points, points_note = _refined_points(stage_input.model, None, ba_summary is not None, False)
         bounds = _point_depth_bounds(stage_input.model, inp.model, options.bounds)
     else:

@@ -163,14 +163,15 @@ class RefineResult:
             rows.append(("flagged", f"none of {len(self.images)} images"))
         if s.get("flag_rule"):
             rows += [("", line) for line in textwrap.wrap(f"rule: {s['flag_rule']}", width=96)]
-        placement = (s.get("bundle_adjustment") or {}).get("placement") if isinstance(s.get("bundle_adjustment"), dict) else None
+        adjusted = ba if isinstance(ba, dict) else {}
+        placement = adjusted.get("placement")
         if placement and placement.get("frames"):
             frames = placement["frames"]
             rows.append(("placed", f"{placement['num_placed']} of {len(frames)} blurred image(s) the adjustment did not hold, against the "
                                    "adjusted images held fixed (" + ", ".join(
                                        f"{f['name']} {'held' if f['held'] else 'left weak: ' + (f['reason'] or '?').split(' (')[0]}"
                                        for f in frames[:4]) + (", ..." if len(frames) > 4 else "") + f"; {placement['seconds']:.0f} s)"))
-        support = (s.get("bundle_adjustment") or {}).get("support") if isinstance(s.get("bundle_adjustment"), dict) else None
+        support = adjusted.get("support")
         if support:
             why = "; ".join(f"{v['count']} {k}" for k, v in support["weak_by_reason"].items())
             placed_text = f", {support['num_placed']} of them placed" if support.get("num_placed") else ""
