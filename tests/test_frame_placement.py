@@ -11,7 +11,7 @@ import pytest
 from scene_helpers import TOYBOX, blur_and_wash_out, frame_and_others_errors
 
 from nerf_posefix.sfm import blur_matching as bm
-from nerf_posefix.sfm.frame_placement import place_unheld_frames, unheld_frames
+from nerf_posefix.sfm.frame_placement import BEYOND_CAP, place_unheld_frames, unheld_frames
 
 
 @pytest.mark.parametrize(("length", "angle_deg"), [(8.0, 0.0), (20.0, 17.0), (33.0, 115.0)])
@@ -29,6 +29,27 @@ def test_a_streak_is_a_centred_line_of_its_length_and_direction(length: float, a
     image[32, 32] = 1.0
     smeared = bm.smear_streak(image, length, a)
     assert smeared.sum() == pytest.approx(1.0) and smeared[32, 32] == pytest.approx(kernel.max(), rel=1e-6)
+
+
+@pytest.mark.parametrize("angle_deg", [30.0, 75.0, 135.0])
+def test_a_streaks_direction_is_ranked_first_among_the_choices_directions(angle_deg: float) -> None:
+    """A bundled view (128 px) smeared by a 16 px streak, against two other views (its neighbours, sharp): the
+    streak's direction is among the two along which it is smoothest relative to them (the coarse choice tries
+    :data:`~nerf_posefix.sfm.blur_matching.CHOICE_RANKED_DIRECTIONS` of them), and its mirror image (x towards y,
+    rows down: 180 deg minus it) is not."""
+    from nerf_posefix.io.posed_images import load_posed_images
+
+    posed = load_posed_images(TOYBOX / "transforms.json")
+    names = list(posed.cameras.names)
+    gray = {n: bm._gray(posed.images_dir / n) for n in names[:3]}  # noqa: SLF001
+    smeared = bm.smear_streak(gray[names[0]], 16.0, np.deg2rad(angle_deg))
+    angles = np.arange(bm.CHOICE_DIRECTIONS) * (np.pi / bm.CHOICE_DIRECTIONS)
+    ratios = bm.streak_direction_ratios(smeared, [gray[names[1]], gray[names[2]]], angles)
+    assert ratios.shape == (bm.CHOICE_DIRECTIONS,) and (ratios < 1.0).all()  # smoother than its neighbours everywhere
+    true, mirror = (int(round(a / (180.0 / bm.CHOICE_DIRECTIONS))) % bm.CHOICE_DIRECTIONS for a in (angle_deg, 180.0 - angle_deg))
+    assert true in np.argsort(ratios)[:2] and ratios[mirror] > ratios[true] + 0.03, np.round(ratios, 3)
+    unsmeared = bm.streak_direction_ratios(gray[names[0]], [gray[names[1]], gray[names[2]]], angles)
+    assert unsmeared.max() / unsmeared.min() < ratios.max() / ratios.min()  # the streak makes it anisotropic
 
 
 def test_unheld_frames_have_no_verified_pair_few_tracks_or_another_group() -> None:
@@ -97,6 +118,7 @@ def test_a_smeared_frame_without_pairs_is_placed_and_the_others_do_not_move(tmp_
     print("\n".join(lines))
     [other, frame] = placement.frames
     assert other.name == lost and not other.registered and not other.held and lost not in placement.cam_from_world
+    assert other.reason.startswith("few matches even blurred alike") and other.pairs == 0  # neither matched nor registered
     assert frame.name == weak and frame.inliers_before < bm.MIN_PAIR_INLIERS
     assert frame.blur["streak_px"] > 0 and min(abs(frame.blur["angle_deg"] - 60.0), 180 - abs(frame.blur["angle_deg"] - 60.0)) <= 15.0
     assert frame.registered and frame.held and frame.pairs >= 3
@@ -109,6 +131,11 @@ def test_a_smeared_frame_without_pairs_is_placed_and_the_others_do_not_move(tmp_
     for im in rec.images.values():
         np.testing.assert_array_equal(np.asarray(im.cam_from_world().matrix()), before[im.name])
     assert not (tmp_path / "work" / "placement.db").exists() and not any((tmp_path / "work").glob("blur_*"))
+    # capped at one frame: the less blurred one is placed alike, the other is not tried
+    capped = place_unheld_frames(database, images, rec, cameras, tmp_path / "work", num_threads=2, min_observations=30, max_frames=1)
+    [other, frame] = capped.frames
+    assert other.reason == f"{BEYOND_CAP} of 1 frames" and other.choice_inliers == 0 and other.seconds == 0.0
+    assert frame.held and list(capped.cam_from_world) == [weak]
 
 
 def test_refine_places_a_smeared_frame_and_counts_it_held(tmp_path: Path, capsys, monkeypatch) -> None:  # noqa: ANN001
@@ -179,8 +206,20 @@ def test_the_plugin_and_refine_turn_frame_placement_on_and_off_alike() -> None:
     config.pipeline.front_end_frame_placement = False
     off = pipeline_front_end_options(config.pipeline)
     assert on.frame_placement and not off.frame_placement
+    config.pipeline.front_end_placement_max_frames = 7
+    assert pipeline_front_end_options(config.pipeline).placement_max_frames == 7
+    assert front_end_options(RefineOptions(output=Path("unused"), poses=TOYBOX / "transforms.json", placement_max_frames=7)).placement_max_frames == 7
     assert on.stamp(built=True)["frame_placement"] is True and off.stamp(built=True)["frame_placement"] is False
     refine_on = front_end_options(RefineOptions(output=Path("unused"), poses=TOYBOX / "transforms.json"))
     refine_off = front_end_options(RefineOptions(output=Path("unused"), poses=TOYBOX / "transforms.json", frame_placement=False))
     assert refine_on.frame_placement and not refine_off.frame_placement
     assert on.stamp(built=False)["frame_placement"] is None  # no tracks built: nothing to place
+
+
+def test_refine_refuses_a_negative_placement_cap_before_writing(tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    from cli_helpers import refused
+
+    out = tmp_path / "out"
+    refused(capsys, "refine", "--poses", TOYBOX / "transforms.json", "--output", out, "--placement-max-frames", "-1",
+            says=("--placement-max-frames must be >= 0, got -1",))
+    assert not out.exists() and list(tmp_path.iterdir()) == []

@@ -60,6 +60,7 @@ from nerf_posefix.io.camera_set import CameraSet, match_image_names
 from nerf_posefix.io.colmap import write_colmap_model
 from nerf_posefix.io.posed_images import PosedImages, load_posed_images, write_refined_poses
 from nerf_posefix.plugin.dataset import DatasetInfo, describe_dataset
+from nerf_posefix.sfm.frame_placement import PLACEMENT_MAX_FRAMES
 from nerf_posefix.sfm.front_end import FrontEndOptions, FrontEndResult, front_end_input, run_front_end
 
 #: Files of a complete cache directory.
@@ -379,7 +380,8 @@ def pipeline_front_end_options(pipeline_config: Any) -> FrontEndOptions:
     seed = getattr(pipeline_config, "front_end_seed", None)
     options = FrontEndOptions(matching=pipeline_config.front_end_matching, threads=int(getattr(pipeline_config, "front_end_threads", 0)),
                               blur_matching=bool(getattr(pipeline_config, "front_end_blur_matching", True)),
-                              frame_placement=bool(getattr(pipeline_config, "front_end_frame_placement", True)))
+                              frame_placement=bool(getattr(pipeline_config, "front_end_frame_placement", True)),
+                              placement_max_frames=int(getattr(pipeline_config, "front_end_placement_max_frames", PLACEMENT_MAX_FRAMES)))
     return options if seed is None else replace(options, seed=int(seed))
 
 

@@ -50,6 +50,7 @@ from nerf_posefix.plugin.front_end import training_dataparser
 from nerf_posefix.plugin.dataset import DatasetInfo, describe_dataset, validate_dataset
 from nerf_posefix.io.camera_set import match_image_names
 from nerf_posefix.io.transforms_json import HELD_KEY, PRIOR_SIGMA_KEY, read_transforms_frames
+from nerf_posefix.sfm.frame_placement import PLACEMENT_MAX_FRAMES
 from nerf_posefix.sfm.support import MIN_OBSERVATIONS as WEAK_MIN_OBSERVATIONS, WEAK_PRIOR_SIGMA_PX, prior_sigma_px
 from nerf_posefix.plugin.tracks import MIN_OBSERVATIONS as TRACKS_MIN_OBSERVATIONS, build_tracks
 from nerf_posefix.plugin.depth_bounds import DepthBounds, compute_depth_bounds, find_sparse_points
@@ -79,6 +80,8 @@ class PosefixPipelineConfig(VanillaPipelineConfig):
     front_end_frame_placement: bool = True
     """Place the blurred frames the adjustment does not hold against the adjusted ones held fixed (as posefix refine
     --frame-placement / --no-frame-placement)."""
+    front_end_placement_max_frames: int = PLACEMENT_MAX_FRAMES
+    """The most blurred frames the front end places, the least blurred first (as posefix refine --placement-max-frames)."""
     front_end_seed: Optional[int] = None
     """COLMAP's random seed in the front end (the RANSAC of the match verification, the triangulation). None: the
     run's --machine.seed (set when the run's config is saved), as posefix refine --seed seeds both its front end and

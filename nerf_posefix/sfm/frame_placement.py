@@ -66,6 +66,17 @@ PLACEMENT_REPROJ_PX = 4.0
 #: at 0.29-0.34 deg, where it reaches 0.25 deg). The others are left to the NeRF stage.
 PLACED_MIN_OBSERVATIONS = 100
 PLACED_MAX_SIGMA_DEG = 0.5
+#: A frame whose chosen blur scores fewer matches than this fraction of the observations it needs to be held
+#: (:func:`nerf_posefix.sfm.blur_matching.choose_blur`: on its 2 nearest neighbours, copies of at most 640 px) is not
+#: matched or registered: it would not be held. Measured (docs/benchmarks.md, thirteenth and fourteenth looks): of 63
+#: frame-runs on castle-P30 and toybox, those scoring below 100 were placed on at most 40 observations (Gaussian 12 px,
+#: toybox 3 px: 15-78 scored), those held scored 110-579.
+PLACED_MIN_CHOICE_FRACTION = 0.75
+#: At most this many frames are placed per capture (about 15-25 s each on 2 cores), the least blurred first (by
+#: their Gaussian estimate); the others are left to the NeRF stage, and the log and the report say so.
+PLACEMENT_MAX_FRAMES = 50
+#: How the reason of a frame beyond that cap begins.
+BEYOND_CAP = "beyond the placement's cap"
 #: The copy of the track database the placement matches into (relative to the work directory).
 PLACEMENT_DATABASE = "placement.db"
 
@@ -79,11 +90,11 @@ class PlacedFrame:
         inliers_before: its verified inlier matches in the track database (none, or too few to hold it).
         sigma_px: its Gaussian blur estimate against its neighbours (full-resolution px).
         blur: the blur chosen for its neighbours (a :class:`nerf_posefix.sfm.blur_matching.Blur` as a dict), and
-            ``choice_inliers`` the matches it scored.
+            ``choice_inliers`` the matches it scored (nothing when the frame was beyond the cap).
         pairs, inliers: verified pairs and inlier matches the frame gained against its blurred neighbours.
         registered: whether COLMAP's registration placed it; ``observations``: its 2D-3D inliers there.
         held: whether the placement holds it (``reason`` when not).
-        seconds: wall time spent on it (choice and matching).
+        seconds: wall time spent on it (choice and matching); ``choice_seconds``: the choice's part.
     """
 
     name: str
@@ -98,6 +109,7 @@ class PlacedFrame:
     held: bool = False
     reason: str = ""
     seconds: float = 0.0
+    choice_seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -183,17 +195,42 @@ def register_frames(database: Path, rec: "pycolmap.Reconstruction", frames: Sequ
     return placement, registered
 
 
+def _hold_registered(placement: "pycolmap.Reconstruction", registered: dict[str, bool], frames: Sequence[PlacedFrame],
+                     result: Placement, loss_scale_px: Optional[float], min_observations: Optional[int]) -> None:
+    """Step 5 of the module docstring for the ``frames`` given to :func:`register_frames` (``placement``, ``registered``:
+    its result): each frame's outcome set, and the held ones' poses and support added to ``result``."""
+    support = {s.name: s for s in image_support(placement, loss_scale_px=loss_scale_px)}
+    ids = {image.name: i for i, image in placement.images.items()}
+    for frame in frames:
+        frame.registered = registered[frame.name]
+        s = support.get(frame.name)
+        if not frame.registered or s is None:
+            frame.reason = "not registered"
+            continue
+        frame.observations = s.observations
+        focal = float(placement.cameras[placement.images[ids[frame.name]].camera_id].mean_focal_length())
+        frame.held, frame.reason = placed_frame_held(s, focal, min_observations)
+        s.weak, s.reason = not frame.held, frame.reason
+        if frame.held:
+            s.placed = True
+            result.support[frame.name] = s
+            result.cam_from_world[frame.name] = np.vstack([np.asarray(placement.images[ids[frame.name]].cam_from_world().matrix()),
+                                                           [0.0, 0.0, 0.0, 1.0]])
+
+
 def place_unheld_frames(
     database: str | Path, images_dir: str | Path, rec: "pycolmap.Reconstruction", cameras: dict[str, ImageCamera],
     work: str | Path, num_threads: int = -1, seed: int = 0, max_image_size: int = 3200, loss_scale_px: Optional[float] = None,
-    log: Optional[Callable[[str], None]] = None, min_observations: Optional[int] = None,
+    log: Optional[Callable[[str], None]] = None, min_observations: Optional[int] = None, max_frames: int = PLACEMENT_MAX_FRAMES,
 ) -> Placement:
     """Place the blurred frames the adjustment does not hold (module docstring) against ``rec`` (the adjusted
     reconstruction of the track database ``database``'s images, in the input frame; not modified). ``cameras``: intrinsics by image
     name. ``work``: where the database copy and side copies go (removed at the end). ``loss_scale_px``: the
     adjustment's robust scale, for the placed frames' covariances. ``min_observations``: a placed frame's fewest
-    observations to be held (None: :data:`PLACED_MIN_OBSERVATIONS`). Returns the held placed frames' poses and
-    support, and what was done per frame."""
+    observations to be held (None: :data:`PLACED_MIN_OBSERVATIONS`). ``max_frames``: the most frames placed, the least
+    blurred first (:data:`PLACEMENT_MAX_FRAMES`). Returns the held placed frames' poses and support, and what was done
+    per frame (a frame beyond the cap, or whose blur matches too little to be held, is neither matched nor
+    registered: ``reason`` says which)."""
     log = log or (lambda message: None)
     t0 = time.perf_counter()
     database, images_dir, work = Path(database), Path(images_dir), Path(work)
@@ -224,51 +261,54 @@ def place_unheld_frames(
     if not blurred:
         return result
     result.frames = blurred
+    tried = sorted(blurred, key=lambda f: f.sigma_px)[:max(0, int(max_frames))]  # the least blurred first
+    tried_names = {f.name for f in tried}
+    for frame in blurred:
+        if frame.name not in tried_names:
+            frame.reason = f"{BEYOND_CAP} of {int(max_frames)} frames"
     log(f"{len(blurred)} blurred image(s) the adjustment does not hold: each matched against its neighbours blurred as it "
-        "matches best, then placed against the adjusted images held fixed (about half a minute each on 2 cores)")
+        "matches best, then placed against the adjusted images held fixed (15-25 s each on 2 cores)"
+        + (f"; only the {len(tried)} least blurred are tried (the cap), the others are left to the NeRF stage" if len(tried) < len(blurred) else ""))
     copy = work / PLACEMENT_DATABASE
     work.mkdir(parents=True, exist_ok=True)
     copy.unlink(missing_ok=True)
     shutil.copyfile(database, copy)
+    matched = []
+    choice_floor = PLACED_MIN_CHOICE_FRACTION * (PLACED_MIN_OBSERVATIONS if min_observations is None else int(min_observations))
+    start = time.perf_counter()
     try:
-        for k, frame in enumerate(blurred):
+        for k, frame in enumerate(tried):
             t1 = time.perf_counter()
             level = bm.nearest_level(frame.sigma_px) or bm.SIGMA_LEVELS[0]
             blur, frame.choice_inliers = bm.choose_blur(images_dir, cameras, frame.name, partners[frame.name], level,
-                                                        work / "blur_choice", num_threads, seed)
+                                                        work / "blur_choice", num_threads, seed, cache)
             frame.blur = asdict(blur)
-            gained = bm.match_blurred(copy, images_dir, names, cameras, {frame.name: partners[frame.name]}, blur,
-                                      work / "blur_side", c2w, num_threads, seed, max_image_size)
-            frame.pairs, frame.inliers = gained.get(frame.name, (0, 0))
+            frame.choice_seconds = time.perf_counter() - t1
+            what = f"{blur.describe()} (blur estimate {frame.sigma_px:.1f} px), {frame.choice_inliers} matches on its nearest neighbours"
+            if frame.choice_inliers < choice_floor:
+                frame.reason = f"few matches even blurred alike ({frame.choice_inliers} < {choice_floor:g} on its nearest neighbours)"
+            else:
+                gained = bm.match_blurred(copy, images_dir, names, cameras, {frame.name: partners[frame.name]}, blur,
+                                          work / "blur_side", c2w, num_threads, seed, max_image_size)
+                frame.pairs, frame.inliers = gained.get(frame.name, (0, 0))
+                matched.append(frame)
+                what += f", +{frame.inliers} matches over {frame.pairs} pairs"
             frame.seconds = time.perf_counter() - t1
-            log(f"  [{k + 1}/{len(blurred)}] {frame.name}: {blur.describe()} (blur estimate {frame.sigma_px:.1f} px), "
-                f"+{frame.inliers} matches over {frame.pairs} pairs ({frame.seconds:.0f} s)")
-        placement, registered = register_frames(copy, rec, [f.name for f in blurred], PLACEMENT_REPROJ_PX, num_threads, seed)
+            eta = (time.perf_counter() - start) / (k + 1) * (len(tried) - k - 1)
+            log(f"  [{k + 1}/{len(tried)}] {frame.name}: {what}" + (": too few to be held, not placed" if frame.reason else "")
+                + f" ({frame.seconds:.0f} s" + (f"; about {eta:.0f} s left)" if k + 1 < len(tried) else ")"))
+        placement, registered = register_frames(copy, rec, [f.name for f in matched], PLACEMENT_REPROJ_PX, num_threads, seed) if matched else (None, {})
     finally:
         copy.unlink(missing_ok=True)
-    support = {s.name: s for s in image_support(placement, loss_scale_px=loss_scale_px)}
-    ids = {image.name: i for i, image in placement.images.items()}
-    for frame in blurred:
-        frame.registered = registered[frame.name]
-        s = support.get(frame.name)
-        if not frame.registered or s is None:
-            frame.reason = "not registered"
-            continue
-        frame.observations = s.observations
-        focal = float(placement.cameras[placement.images[ids[frame.name]].camera_id].mean_focal_length())
-        frame.held, frame.reason = placed_frame_held(s, focal, min_observations)
-        s.weak, s.reason = not frame.held, frame.reason
-        if frame.held:
-            s.placed = True
-            result.support[frame.name] = s
-            result.cam_from_world[frame.name] = np.vstack([np.asarray(placement.images[ids[frame.name]].cam_from_world().matrix()),
-                                                           [0.0, 0.0, 0.0, 1.0]])
+    if placement is not None:
+        _hold_registered(placement, registered, matched, result, loss_scale_px, min_observations)
     result.seconds = time.perf_counter() - t0
     log(f"placed {len(result.cam_from_world)} of {len(blurred)}: " + ", ".join(
-        f"{f.name} {'held' if f.held else 'left weak'} ({f.observations} observations{'' if f.held else ': ' + f.reason})"
+        f"{f.name} held ({f.observations} observations)" if f.held else
+        f"{f.name} left weak ({f.observations} observations: {f.reason})" if f.registered else f"{f.name} left weak ({f.reason})"
         for f in blurred[:8]) + (", ..." if len(blurred) > 8 else "") + f" ({result.seconds:.0f} s)")
     return result
 
 
-__all__ = ["PLACED_MAX_SIGMA_DEG", "PLACED_MIN_OBSERVATIONS", "PLACEMENT_REPROJ_PX", "PlacedFrame", "Placement", "unheld_frames", "place_unheld_frames",
+__all__ = ["BEYOND_CAP", "PLACED_MAX_SIGMA_DEG", "PLACED_MIN_CHOICE_FRACTION", "PLACED_MIN_OBSERVATIONS", "PLACEMENT_MAX_FRAMES", "PLACEMENT_REPROJ_PX", "PlacedFrame", "Placement", "unheld_frames", "place_unheld_frames",
            "placed_frame_held", "register_frames"]

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any, Literal, Optional
 from nerf_posefix.errors import InputError
 from nerf_posefix.io.colmap import read_colmap_model
 from nerf_posefix.io.posed_images import PosedImages
+from nerf_posefix.sfm.frame_placement import PLACEMENT_MAX_FRAMES
 from nerf_posefix.sfm.inputs import ValidatedInput, read_refine_model, validate_model
 from nerf_posefix.sfm.track_building import SPATIAL_NEIGHBORS
 
@@ -57,7 +58,7 @@ LossName = Literal["cauchy", "huber", "soft_l1", "squared", "none"]
 #: in the database in the images' order, whatever the order COLMAP's extraction threads finish in; 7: blur-matched
 #: features for the blurred frames the ordinary matching links with few matches; 8: the blurred frames the adjustment does not
 #: hold placed against the adjusted ones).
-FRONT_END_VERSION = 8
+FRONT_END_VERSION = 9
 
 
 @dataclass
@@ -74,6 +75,8 @@ class FrontEndOptions:
             matches against their neighbours blurred alike (:mod:`nerf_posefix.sfm.blur_matching`).
         frame_placement: when tracks are built, place the blurred frames the adjustment does not hold against the ones it holds
             (:mod:`nerf_posefix.sfm.frame_placement`).
+        placement_max_frames: the most frames placed per capture, the least blurred first (the others are left to the
+            NeRF stage).
         bundle_adjustment: the robust loss of the adjustment, or ``"none"`` (no adjustment: the front end
             returns its input, with built tracks when they were built).
         ba_scale_px: the robust scale of a model's own-track adjustment (None: automatic).
@@ -88,6 +91,7 @@ class FrontEndOptions:
     database: Optional[Path] = None
     blur_matching: bool = True
     frame_placement: bool = True
+    placement_max_frames: int = PLACEMENT_MAX_FRAMES
     bundle_adjustment: LossName = "cauchy"
     ba_scale_px: Optional[float] = None
     threads: int = 0
@@ -111,6 +115,7 @@ class FrontEndOptions:
             "database": str(self.database) if built and self.database else None,
             "blur_matching": self.blur_matching if built and not self.database else None,
             "frame_placement": self.frame_placement if built else None,
+            "placement_max_frames": self.placement_max_frames if built and self.frame_placement else None,
             "bundle_adjustment": self.bundle_adjustment,
             "ba_scale_px": self.ba_scale_px,
             "seed": self.seed if built else None,
@@ -345,7 +350,7 @@ def _adjust_built_tracks(
         placement = place_unheld_frames(
             work / "tracks" / DATABASE_FILE, posed.images_dir, result.reconstruction, posed.intrinsics, work / "placement",
             track_options.num_threads, track_options.seed, track_options.max_image_size,
-            loss_scale_px=result.rounds[-1]["loss_scale_px"], log=lambda m: log(f"  {m}"))
+            loss_scale_px=result.rounds[-1]["loss_scale_px"], log=lambda m: log(f"  {m}"), max_frames=options.placement_max_frames)
         frame_ids = {result.reconstruction.images[i].name: result.reconstruction.images[i].frame_id for i in result.reconstruction.reg_image_ids()}
         for name, w2c in placement.cam_from_world.items():  # world-to-camera, OpenCV axes, the input frame
             result.reconstruction.frames[frame_ids[name]].rig_from_world = pycolmap.Rigid3d(pycolmap.Rotation3d(w2c[:3, :3]), w2c[:3, 3])
@@ -382,3 +387,5 @@ def check_front_end_options(options: FrontEndOptions) -> None:
         raise InputError(f"--database {options.database}: no such file")
     if options.threads < 0:
         raise InputError(f"--threads must be >= 0, got {options.threads}")
+    if options.placement_max_frames < 0:
+        raise InputError(f"--placement-max-frames must be >= 0, got {options.placement_max_frames}")

@@ -112,6 +112,7 @@ from nerf_posefix.io.camera_set import CameraSet
 from nerf_posefix.io.colmap import ColmapModel, check_colmap_database, text_unsafe_names, write_colmap_model
 from nerf_posefix.io.colmap_transforms import write_nerfstudio_transforms
 from nerf_posefix.io.posed_images import PosedImages, check_camera_spec, load_posed_images, write_refined_poses
+from nerf_posefix.sfm.frame_placement import PLACEMENT_MAX_FRAMES
 from nerf_posefix.sfm.front_end import FrontEndOptions, check_front_end_options, front_end_input, run_front_end
 from nerf_posefix.sfm.inputs import ValidatedInput, read_refine_model, validate_model
 from nerf_posefix.sfm.residuals import ModelResiduals, model_residuals
@@ -184,7 +185,10 @@ class RefineOptions:
     a long motion streak, a strong defocus) against the adjusted images held fixed: each matched against its
     neighbours blurred as it matches best (a Gaussian, or a streak whose direction and length are searched), then
     registered by COLMAP; a frame placed on at least 100 tracks counts as held, the others are left to the NeRF
-    stage (about half a minute per frame on 2 cores; --no-frame-placement: they go to the NeRF stage as they are)."""
+    stage (15-25 s per frame on 2 cores; --no-frame-placement: they go to the NeRF stage as they are)."""
+    placement_max_frames: int = PLACEMENT_MAX_FRAMES
+    """The most blurred frames placed per capture, the least blurred first (the others are left to the NeRF stage;
+    the log and report.json say which): bounds the placement's time on captures with many blurred frames."""
     method: Literal["posefix", "posefix-small"] = "posefix-small"
     """posefix-small: sized for a CPU; posefix: nerfacto-sized (GPU)."""
     iterations: Optional[int] = None
@@ -464,7 +468,7 @@ def front_end_options(options: RefineOptions) -> FrontEndOptions:
     return FrontEndOptions(
         build_tracks=options.build_tracks, matching=options.matching, sequential_overlap=options.sequential_overlap,
         spatial_neighbors=options.spatial_neighbors, database=options.database, blur_matching=options.blur_matching,
-        frame_placement=options.frame_placement,
+        frame_placement=options.frame_placement, placement_max_frames=options.placement_max_frames,
         bundle_adjustment=options.bundle_adjustment,
         ba_scale_px=options.ba_scale_px,
         threads=options.threads, seed=options.seed,

@@ -44,6 +44,7 @@ from nerf_posefix.geometry.homography_numpy import homography_error_numpy
 from nerf_posefix.geometry.poses import rotation_angle_deg, scene_radius
 from nerf_posefix.io.camera_set import CameraSet
 from nerf_posefix.io.colmap import ColmapModel
+from nerf_posefix.sfm.frame_placement import BEYOND_CAP
 from nerf_posefix.sfm.residuals import ModelResiduals, model_residuals
 
 REPORT_CSV = "report.csv"
@@ -167,10 +168,12 @@ class RefineResult:
         placement = adjusted.get("placement")
         if placement and placement.get("frames"):
             frames = placement["frames"]
+            capped = sum(1 for f in frames if (f.get("reason") or "").startswith(BEYOND_CAP))
             rows.append(("placed", f"{placement['num_placed']} of {len(frames)} blurred image(s) the adjustment did not hold, against the "
                                    "adjusted images held fixed (" + ", ".join(
                                        f"{f['name']} {'held' if f['held'] else 'left weak: ' + (f['reason'] or '?').split(' (')[0]}"
-                                       for f in frames[:4]) + (", ..." if len(frames) > 4 else "") + f"; {placement['seconds']:.0f} s)"))
+                                       for f in frames[:4]) + (", ..." if len(frames) > 4 else "") + f"; {placement['seconds']:.0f} s)"
+                                   + (f"; {capped} not tried, beyond --placement-max-frames" if capped else "")))
         support = adjusted.get("support")
         if support:
             why = "; ".join(f"{v['count']} {k}" for k, v in support["weak_by_reason"].items())
