@@ -120,3 +120,32 @@ def test_images_too_small_for_the_nerf_stage_are_one_error_before_anything_is_wr
     assert "too small for the NeRF stage" in err[0] and "64x64" in err[0] and "--iterations 0" in err[0]
     assert list(tmp_path.iterdir()) == []  # nothing written: no output, no OUT.partial
     assert main([*args, "--iterations", "0", "--downscale-factor", "8", "--quiet"]) == 0
+
+
+def test_weakly_held_images_too_small_for_a_nerf_keep_the_adjustments_poses_and_say_why(tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    """The tiny model with one image's observations removed (weakly held: no tracks) and ``--downscale-factor 8``
+    (8 px training images): the default skips the NeRF stage it would run for that image, with a warning, and the
+    summary gives that reason (not "--iterations 0", not "every image is held")."""
+    from nerf_posefix.io.colmap import read_colmap_model, write_colmap_model
+
+    model = read_colmap_model(TINY / "sparse" / "0")
+    weak = model.image_ids()[3]
+    points = {pid: p._replace(image_ids=p.image_ids[p.image_ids != weak], point2D_idxs=p.point2D_idxs[p.image_ids != weak])
+              for pid, p in model.points3D.items() if int((p.image_ids != weak).sum()) >= 2}
+    images = {}
+    for image_id, image in model.images.items():
+        ids = np.asarray(image.point3D_ids).copy()
+        ids[(image_id == weak) | ~np.isin(ids, list(points))] = -1
+        images[image_id] = image._replace(point3D_ids=ids)
+    write_colmap_model(model.__class__(model.cameras, images, points), tmp_path / "weak" / "sparse" / "0", formats=("bin",))
+    out = tmp_path / "out"
+    code = main(["refine", "--colmap-model", str(tmp_path / "weak" / "sparse" / "0"), "--images", str(TINY / "images"),
+                 "--output", str(out), "--downscale-factor", "8"])
+    printed = capsys.readouterr().out
+    assert code == 0
+    summary = json.loads((out / "report.json").read_text())["summary"]
+    assert summary["bundle_adjustment"]["support"]["num_weak"] == 1 and summary["iterations"] == 0
+    assert summary["no_nerf_stage"] == "the weakly held images are too small for a NeRF"
+    assert "too small for the NeRF stage (shorter side 8 px" in summary["bundle_adjustment"]["warning"]
+    assert "NeRF stage    none (the weakly held images are too small for a NeRF)" in printed
+    assert "too small for a NeRF stage: they keep the adjustment's poses" in printed and "the default runs one" not in printed

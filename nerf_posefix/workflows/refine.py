@@ -118,7 +118,7 @@ from nerf_posefix.sfm.inputs import ValidatedInput, read_refine_model, validate_
 from nerf_posefix.sfm.residuals import ModelResiduals, model_residuals
 from nerf_posefix.sfm.track_building import SPATIAL_NEIGHBORS
 from nerf_posefix.workflows.refine_inputs import check_resume, prepare_training_data
-from nerf_posefix.workflows.refine_report import RefineResult, build_report, write_report
+from nerf_posefix.workflows.refine_report import NO_NERF_TOO_SMALL, RefineResult, build_report, write_report
 
 PARTIAL_SUFFIX = ".partial"
 STAMP_FILE = "refine_input.json"
@@ -966,7 +966,7 @@ def _refine_in(
         refined = stage_input.model.to_camera_set()
         run_summary: dict[str, Any] = {"iterations": 0, "resumed_from_iteration": 0, "device": None, "training_seconds": 0.0,
                                        "no_nerf_stage": "--iterations 0" if options.iterations == 0 else (
-                                           "the weakly held images are too small for a NeRF" if support.get("num_weak") else
+                                           NO_NERF_TOO_SMALL if support.get("num_weak") else
                                            "every image is held")}
         points, points_note = _refined_points(stage_input.model, None, ba_summary is not None, False)
         bounds = _point_depth_bounds(stage_input.model, inp.model, options.bounds)

@@ -48,6 +48,8 @@ from nerf_posefix.sfm.frame_placement import BEYOND_CAP
 from nerf_posefix.sfm.residuals import ModelResiduals, model_residuals
 
 REPORT_CSV = "report.csv"
+#: The summary's ``no_nerf_stage`` when the default skipped the NeRF stage because the images are too small for one.
+NO_NERF_TOO_SMALL = "the weakly held images are too small for a NeRF"
 REPORT_JSON = "report.json"
 
 #: A flagged camera moved more than this many times its input reprojection residual (see the module docstring).
@@ -181,7 +183,8 @@ class RefineResult:
             rows.append(("tracks hold", f"{support['num_images'] - support['num_weak']} of {support['num_images']} images{placed_text} "
                          f"(median {support['median_observations']:.0f} observations, pose σ {support['median_sigma_rotation_deg']:.2g} deg)"
                          + (f"; weakly held: {support['num_weak']} ({why})" if support["num_weak"] else "")
-                         + ("; without a NeRF stage they keep their input error (the default runs one for them)"
+                         + (("; the images are too small for a NeRF stage: they keep the adjustment's poses" if s.get("no_nerf_stage") == NO_NERF_TOO_SMALL
+                             else "; without a NeRF stage they keep their input error (the default runs one for them)")
                             if support["num_weak"] and not s.get("iterations") else "")))
         width = max(len(k) for k, _ in rows)
         total = s.get("total_seconds")
