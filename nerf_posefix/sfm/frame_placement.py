@@ -247,14 +247,15 @@ def place_unheld_frames(
     if not unheld or len(unheld) == len(names):
         return result
     partners = bm.nearest_partners(names, unheld, c2w)
-    cache: dict[str, np.ndarray] = {}
+    cache: dict[str, np.ndarray] = {}  # images reduced for the blur statistics, by name
     blurred = []
     for n in unheld:
         if partners[n]:
             sigma = bm.frame_blur_px(images_dir, cameras, n, partners[n], cache)
             if bm.nearest_level(sigma) is not None:
                 blurred.append(PlacedFrame(n, int(inliers.get(n, 0)), sigma))
-    sharp = [n for n in unheld if n not in {f.name for f in blurred}]
+    blurred_names = {f.name for f in blurred}
+    sharp = [n for n in unheld if n not in blurred_names]
     if sharp:
         log(f"{len(sharp)} image(s) the adjustment does not hold do not look blurred against their neighbours ("
             + ", ".join(sharp[:5]) + (", ..." if len(sharp) > 5 else "") + "): not placed (low texture or little overlap)")
@@ -269,12 +270,8 @@ def place_unheld_frames(
     log(f"{len(blurred)} blurred image(s) the adjustment does not hold: each matched against its neighbours blurred as it "
         "matches best, then placed against the adjusted images held fixed (15-25 s each on 2 cores)"
         + (f"; only the {len(tried)} least blurred are tried (the cap), the others are left to the NeRF stage" if len(tried) < len(blurred) else ""))
-    copy = work / PLACEMENT_DATABASE
-    work.mkdir(parents=True, exist_ok=True)
-    copy.unlink(missing_ok=True)
-    shutil.copyfile(database, copy)
-    matched = []
     choice_floor = PLACED_MIN_CHOICE_FRACTION * (PLACED_MIN_OBSERVATIONS if min_observations is None else int(min_observations))
+    copy, matched, placement, registered = work / PLACEMENT_DATABASE, [], None, {}
     start = time.perf_counter()
     try:
         for k, frame in enumerate(tried):
@@ -287,17 +284,22 @@ def place_unheld_frames(
             what = f"{blur.describe()} (blur estimate {frame.sigma_px:.1f} px), {frame.choice_inliers} matches on its nearest neighbours"
             if frame.choice_inliers < choice_floor:
                 frame.reason = f"few matches even blurred alike ({frame.choice_inliers} < {choice_floor:g} on its nearest neighbours)"
+                what += ": too few to be held, not placed"
             else:
+                if not matched:  # the copy of the track database, made once a frame is worth matching into it
+                    work.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(database, copy)
                 gained = bm.match_blurred(copy, images_dir, names, cameras, {frame.name: partners[frame.name]}, blur,
                                           work / "blur_side", c2w, num_threads, seed, max_image_size)
                 frame.pairs, frame.inliers = gained.get(frame.name, (0, 0))
                 matched.append(frame)
                 what += f", +{frame.inliers} matches over {frame.pairs} pairs"
             frame.seconds = time.perf_counter() - t1
-            eta = (time.perf_counter() - start) / (k + 1) * (len(tried) - k - 1)
-            log(f"  [{k + 1}/{len(tried)}] {frame.name}: {what}" + (": too few to be held, not placed" if frame.reason else "")
-                + f" ({frame.seconds:.0f} s" + (f"; about {eta:.0f} s left)" if k + 1 < len(tried) else ")"))
-        placement, registered = register_frames(copy, rec, [f.name for f in matched], PLACEMENT_REPROJ_PX, num_threads, seed) if matched else (None, {})
+            left = len(tried) - k - 1
+            log(f"  [{k + 1}/{len(tried)}] {frame.name}: {what} ({frame.seconds:.0f} s"
+                + (f"; about {(time.perf_counter() - start) / (k + 1) * left:.0f} s left)" if left else ")"))
+        if matched:
+            placement, registered = register_frames(copy, rec, [f.name for f in matched], PLACEMENT_REPROJ_PX, num_threads, seed)
     finally:
         copy.unlink(missing_ok=True)
     if placement is not None:
