@@ -78,7 +78,7 @@ class PosefixPipelineConfig(VanillaPipelineConfig):
     """Match the blurred frames that the front end's matching links with few matches against their neighbours
     blurred alike (as posefix refine --blur-matching / --no-blur-matching)."""
     front_end_frame_placement: bool = True
-    """Place the blurred frames the adjustment does not hold against the adjusted ones held fixed (as posefix refine
+    """Place the blurred frames the adjustment holds weakly or not at all against the adjusted ones held fixed (as posefix refine
     --frame-placement / --no-frame-placement)."""
     front_end_placement_max_frames: int = PLACEMENT_MAX_FRAMES
     """The most blurred frames the front end places, the least blurred first (as posefix refine --placement-max-frames)."""

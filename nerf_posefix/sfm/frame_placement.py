@@ -1,4 +1,4 @@
-r"""Blurred frames the adjustment does not hold, placed against the frames it holds (pycolmap registration).
+r"""Blurred frames the adjustment holds weakly or not at all, placed against the frames it holds (pycolmap registration).
 
 A frame blurred by a long motion streak (or a strong defocus) keeps too few SIFT features for the ordinary matching
 to verify more than a pair or two with it: the track rounds leave it at its input pose (or hold it by a few tracks),
@@ -6,8 +6,9 @@ and before this stage only the NeRF stage could move it. After the adjustment (:
 this module places each such frame:
 
 1. **Which frames**: those the adjustment does not hold (:func:`unheld_frames`: no verified pair in the track
-   database, fewer than 30 observations, or outside the largest group of images linked by tracks) that look blurred
-   against their nearest neighbours (:func:`nerf_posefix.sfm.blur_matching.frame_blur_px`). Neighbours are picked by
+   database, fewer than 30 observations, or outside the largest group of images linked by tracks), and those it holds
+   by few tracks (:func:`thinly_held_frames`: fewer than a quarter of the median image's observations), that look
+   blurred against their nearest neighbours (:func:`nerf_posefix.sfm.blur_matching.frame_blur_px`). Neighbours are picked by
    the adjusted poses (the frame's own is its input pose) among the frames the tracks hold.
 2. **The blur, chosen by what matches** (:func:`nerf_posefix.sfm.blur_matching.choose_blur`): the frame's Gaussian
    estimate or a motion streak (direction and length), whichever makes its 2 nearest neighbours' copies match it best.
@@ -23,7 +24,9 @@ this module places each such frame:
    observations and the pose's covariance conditional on the points): a frame the placement holds counts as held
    (``placed``), one it does not (a failed registration, few observations, an uncertain pose) stays weak, where the
    adjustment left it, for the NeRF stage: it needs :data:`PLACED_MIN_OBSERVATIONS` observations and an uncertainty of at
-   most :data:`PLACED_MAX_SIGMA_DEG` (:func:`placed_frame_held`).
+   most :data:`PLACED_MAX_SIGMA_DEG` (:func:`placed_frame_held`). A frame the adjustment held by few tracks takes its
+   placed pose only when the placement holds it on more observations than the adjustment had; otherwise it keeps the
+   adjustment's pose and support.
 
 Measured on castle-P30 (8 of 30 frames smeared by a 40 px streak and cut to 40 % contrast, poses 2 deg / 3 % off;
 ``python -m benchmarks.weak_frames --scenes castle --kind motion --blur 40 --rows front-end default``, 3 seeds): the
@@ -77,6 +80,12 @@ PLACED_MIN_CHOICE_FRACTION = 0.75
 PLACEMENT_MAX_FRAMES = 50
 #: How the reason of a frame beyond that cap begins.
 BEYOND_CAP = "beyond the placement's cap"
+#: A frame of the largest group with fewer observations than this fraction of the median image's is a candidate too
+#: (:func:`thinly_held_frames`; blur matching's rescue fraction): blurred, it is placed as the unheld ones are, and its
+#: placed pose replaces the adjustment's when the placement holds it on more observations than the adjustment had.
+#: Measured (docs/benchmarks.md, fourteenth look): castle-P30's frames smeared by a 20 px streak, held by 39-151
+#: blur-matched observations (the median image: ~640) at 0.10-0.57 deg, placed on 189-1192 at 0.05-0.23 deg.
+THIN_FRACTION = bm.RESCUE_FRACTION
 #: The copy of the track database the placement matches into (relative to the work directory).
 PLACEMENT_DATABASE = "placement.db"
 
@@ -87,7 +96,9 @@ class PlacedFrame:
 
     Attributes:
         name: the image.
-        inliers_before: its verified inlier matches in the track database (none, or too few to hold it).
+        inliers_before: its verified inlier matches in the track database.
+        observations_before: its observations in the adjustment; ``held_before``: whether the adjustment held it (by
+            few tracks: :func:`thinly_held_frames`).
         sigma_px: its Gaussian blur estimate against its neighbours (full-resolution px).
         blur: the blur chosen for its neighbours (a :class:`nerf_posefix.sfm.blur_matching.Blur` as a dict), and
             ``choice_inliers`` the matches it scored (nothing when the frame was beyond the cap).
@@ -100,6 +111,8 @@ class PlacedFrame:
     name: str
     inliers_before: int
     sigma_px: float
+    observations_before: int = 0
+    held_before: bool = False
     blur: dict[str, float] = field(default_factory=dict)
     choice_inliers: int = 0
     pairs: int = 0
@@ -117,7 +130,7 @@ class PlacedFrame:
 
 @dataclass
 class Placement:
-    """Outcome of :func:`place_unheld_frames`.
+    """Outcome of :func:`place_blurred_frames`.
 
     Attributes:
         frames: what was done per frame (empty when no frame needed it).
@@ -136,6 +149,17 @@ class Placement:
         return {"frames": [f.to_dict() for f in self.frames], "num_placed": len(self.cam_from_world), "seconds": self.seconds}
 
 
+def thinly_held_frames(observations: dict[str, int], largest_group: set[str], fraction: float = THIN_FRACTION) -> list[str]:
+    """The images of the largest group (``largest_group``) with at least :data:`~nerf_posefix.sfm.support.MIN_OBSERVATIONS`
+    observations but fewer than ``fraction`` times the median image's (``observations``: per image of the adjusted
+    reconstruction), in name order: held by the tracks, but by few (a blurred frame held by its blur-matched tracks);
+    none in a capture of fewer than 3 images."""
+    if len(observations) < 3:
+        return []
+    median = float(np.median(list(observations.values())))
+    return sorted(n for n, k in observations.items() if n in largest_group and MIN_OBSERVATIONS <= k < fraction * median)
+
+
 def unheld_frames(inliers: dict[str, int], observations: dict[str, int], largest_group: set[str]) -> list[str]:
     """The images the adjustment does not hold, in name order: those whose verified inliers
     (:func:`nerf_posefix.sfm.blur_matching.verified_inliers`) are below one pair's worth
@@ -149,13 +173,17 @@ def unheld_frames(inliers: dict[str, int], observations: dict[str, int], largest
                   if inliers.get(n, 0) < bm.MIN_PAIR_INLIERS or k < MIN_OBSERVATIONS or n not in largest_group)
 
 
-def placed_frame_held(support: ImageSupport, focal_px: float, min_observations: Optional[int] = None) -> tuple[bool, str]:
+def placed_frame_held(support: ImageSupport, focal_px: float, min_observations: Optional[int] = None,
+                      observations_before: int = 0) -> tuple[bool, str]:
     """Whether the placement holds a registered frame, from its support there (:func:`image_support`): at least
-    ``min_observations`` observations (None: :data:`PLACED_MIN_OBSERVATIONS`), in the largest group, and an
-    uncertainty ``sigma_px / focal_px`` of at most :data:`PLACED_MAX_SIGMA_DEG`. Returns ``(held, why not)``."""
+    ``min_observations`` observations (None: :data:`PLACED_MIN_OBSERVATIONS`) and more than it had in the adjustment
+    (``observations_before``), in the largest group, and an uncertainty ``sigma_px / focal_px`` of at most
+    :data:`PLACED_MAX_SIGMA_DEG`. Returns ``(held, why not)``."""
     min_observations = PLACED_MIN_OBSERVATIONS if min_observations is None else int(min_observations)
     if support.observations < min_observations:
         return False, f"few placed tracks ({support.observations} observations < {min_observations})"
+    if support.observations <= observations_before:
+        return False, f"no better held than by the adjustment ({support.observations} <= {observations_before} observations)"
     if support.group > 0:
         return False, support.reason
     sigma_deg = float(np.degrees(np.arctan(support.sigma_px / focal_px)))
@@ -209,7 +237,7 @@ def _hold_registered(placement: "pycolmap.Reconstruction", registered: dict[str,
             continue
         frame.observations = s.observations
         focal = float(placement.cameras[placement.images[ids[frame.name]].camera_id].mean_focal_length())
-        frame.held, frame.reason = placed_frame_held(s, focal, min_observations)
+        frame.held, frame.reason = placed_frame_held(s, focal, min_observations, frame.observations_before)
         s.weak, s.reason = not frame.held, frame.reason
         if frame.held:
             s.placed = True
@@ -218,12 +246,12 @@ def _hold_registered(placement: "pycolmap.Reconstruction", registered: dict[str,
                                                            [0.0, 0.0, 0.0, 1.0]])
 
 
-def place_unheld_frames(
+def place_blurred_frames(
     database: str | Path, images_dir: str | Path, rec: "pycolmap.Reconstruction", cameras: dict[str, ImageCamera],
     work: str | Path, num_threads: int = -1, seed: int = 0, max_image_size: int = 3200, loss_scale_px: Optional[float] = None,
     log: Optional[Callable[[str], None]] = None, min_observations: Optional[int] = None, max_frames: int = PLACEMENT_MAX_FRAMES,
 ) -> Placement:
-    """Place the blurred frames the adjustment does not hold (module docstring) against ``rec`` (the adjusted
+    """Place the blurred frames the adjustment holds weakly or not at all (module docstring) against ``rec`` (the adjusted
     reconstruction of the track database ``database``'s images, in the input frame; not modified). ``cameras``: intrinsics by image
     name. ``work``: where the database copy and side copies go (removed at the end). ``loss_scale_px``: the
     adjustment's robust scale, for the placed frames' covariances. ``min_observations``: a placed frame's fewest
@@ -243,19 +271,21 @@ def place_unheld_frames(
     largest = {rec.images[i].name for i in (track_components(rec) or [[]])[0]}
     inliers = bm.verified_inliers(database)
     unheld = unheld_frames(inliers, observations, largest)
+    thin = [n for n in thinly_held_frames(observations, largest) if n not in set(unheld)]
     result = Placement()
-    if not unheld or len(unheld) == len(names):
+    if len(unheld) == len(names) or not unheld + thin:
         return result
-    partners = bm.nearest_partners(names, unheld, c2w)
+    candidates = sorted(unheld + thin)
+    partners = bm.nearest_partners(names, candidates, c2w)
     cache: dict[str, np.ndarray] = {}  # images reduced for the blur statistics, by name
     blurred = []
-    for n in unheld:
+    for n in candidates:
         if partners[n]:
             sigma = bm.frame_blur_px(images_dir, cameras, n, partners[n], cache)
             if bm.nearest_level(sigma) is not None:
-                blurred.append(PlacedFrame(n, int(inliers.get(n, 0)), sigma))
+                blurred.append(PlacedFrame(n, int(inliers.get(n, 0)), sigma, observations.get(n, 0), n in thin))
     blurred_names = {f.name for f in blurred}
-    sharp = [n for n in unheld if n not in blurred_names]
+    sharp = [n for n in unheld if n not in blurred_names]  # thinly held sharp frames: held, nothing to say
     if sharp:
         log(f"{len(sharp)} image(s) the adjustment does not hold do not look blurred against their neighbours ("
             + ", ".join(sharp[:5]) + (", ..." if len(sharp) > 5 else "") + "): not placed (low texture or little overlap)")
@@ -267,7 +297,7 @@ def place_unheld_frames(
     for frame in blurred:
         if frame.name not in tried_names:
             frame.reason = f"{BEYOND_CAP} of {int(max_frames)} frames"
-    log(f"{len(blurred)} blurred image(s) the adjustment does not hold: each matched against its neighbours blurred as it "
+    log(f"{len(blurred)} blurred image(s) the adjustment holds weakly or not at all: each matched against its neighbours blurred as it "
         "matches best, then placed against the adjusted images held fixed (15-25 s each on 2 cores)"
         + (f"; only the {len(tried)} least blurred are tried (the cap), the others are left to the NeRF stage" if len(tried) < len(blurred) else ""))
     choice_floor = PLACED_MIN_CHOICE_FRACTION * (PLACED_MIN_OBSERVATIONS if min_observations is None else int(min_observations))
@@ -306,11 +336,12 @@ def place_unheld_frames(
         _hold_registered(placement, registered, matched, result, loss_scale_px, min_observations)
     result.seconds = time.perf_counter() - t0
     log(f"placed {len(result.cam_from_world)} of {len(blurred)}: " + ", ".join(
-        f"{f.name} held ({f.observations} observations)" if f.held else
-        f"{f.name} left weak ({f.observations} observations: {f.reason})" if f.registered else f"{f.name} left weak ({f.reason})"
+        f"{f.name} held ({f.observations} observations" + (f", {f.observations_before} in the adjustment)" if f.held_before else ")") if f.held
+        else f"{f.name} {'keeps the adjustment' if f.held_before else 'left weak'} ("
+        + (f"{f.observations} observations: " if f.registered else "") + f"{f.reason})"
         for f in blurred[:8]) + (", ..." if len(blurred) > 8 else "") + f" ({result.seconds:.0f} s)")
     return result
 
 
-__all__ = ["BEYOND_CAP", "PLACED_MAX_SIGMA_DEG", "PLACED_MIN_CHOICE_FRACTION", "PLACED_MIN_OBSERVATIONS", "PLACEMENT_MAX_FRAMES", "PLACEMENT_REPROJ_PX", "PlacedFrame", "Placement", "unheld_frames", "place_unheld_frames",
+__all__ = ["BEYOND_CAP", "PLACED_MAX_SIGMA_DEG", "PLACED_MIN_CHOICE_FRACTION", "PLACED_MIN_OBSERVATIONS", "PLACEMENT_MAX_FRAMES", "PLACEMENT_REPROJ_PX", "PlacedFrame", "Placement", "unheld_frames", "place_blurred_frames",
            "placed_frame_held", "register_frames"]

@@ -15,8 +15,8 @@ Stages
    re-triangulation and robust adjustment
    (:func:`nerf_posefix.sfm.track_building.adjust_with_retriangulation`). Either result is mapped back onto
    the input's world frame and kept in ``work/bundle_adjusted``. With built tracks, the blurred frames the
-   adjustment does not hold are then placed against the adjusted ones held fixed
-   (:func:`nerf_posefix.sfm.frame_placement.place_unheld_frames`: blur-matched features in a copy of the track
+   adjustment holds weakly or not at all are then placed against the adjusted ones held fixed
+   (:func:`nerf_posefix.sfm.frame_placement.place_blurred_frames`: blur-matched features in a copy of the track
    database, COLMAP's registration); a frame the placement holds counts as held (``support.placed``), the others
    stay weak where the adjustment left them.
 
@@ -58,7 +58,7 @@ LossName = Literal["cauchy", "huber", "soft_l1", "squared", "none"]
 #: in the database in the images' order, whatever the order COLMAP's extraction threads finish in; 7: blur-matched
 #: features for the blurred frames the ordinary matching links with few matches; 8: the blurred frames the adjustment does not
 #: hold placed against the adjusted ones).
-FRONT_END_VERSION = 9
+FRONT_END_VERSION = 10
 
 
 @dataclass
@@ -73,7 +73,7 @@ class FrontEndOptions:
         database: a COLMAP database of these images to build the tracks from (copied, never modified).
         blur_matching: when tracks are built, match the blurred frames the ordinary matching links with few
             matches against their neighbours blurred alike (:mod:`nerf_posefix.sfm.blur_matching`).
-        frame_placement: when tracks are built, place the blurred frames the adjustment does not hold against the ones it holds
+        frame_placement: when tracks are built, place the blurred frames the adjustment holds weakly or not at all against the ones it holds
             (:mod:`nerf_posefix.sfm.frame_placement`).
         placement_max_frames: the most frames placed per capture, the least blurred first (the others are left to the
             NeRF stage).
@@ -343,11 +343,11 @@ def _adjust_built_tracks(
         work / "tracks" / DATABASE_FILE, posed.images_dir, inp.model.to_camera_set(), track_options, log=lambda m: log(f"  {m}"),
         first_triangulation=pycolmap.Reconstruction(str(inp.model_dir)),  # the tracks stage's, at the first threshold
     )
-    from nerf_posefix.sfm.frame_placement import Placement, place_unheld_frames
+    from nerf_posefix.sfm.frame_placement import Placement, place_blurred_frames
 
     placement = Placement()  # nothing placed (--no-frame-placement)
     if options.frame_placement:
-        placement = place_unheld_frames(
+        placement = place_blurred_frames(
             work / "tracks" / DATABASE_FILE, posed.images_dir, result.reconstruction, posed.intrinsics, work / "placement",
             track_options.num_threads, track_options.seed, track_options.max_image_size,
             loss_scale_px=result.rounds[-1]["loss_scale_px"], log=lambda m: log(f"  {m}"), max_frames=options.placement_max_frames)
@@ -367,7 +367,7 @@ def _adjust_built_tracks(
         summary["placed_support"] = {n: s.to_dict() for n, s in placement.support.items()}
     last = result.rounds[-1]
     # a placed frame observed no point of the adjustment (a group of its own there): the placement links it
-    placed = len(placement.cam_from_world)
+    placed = sum(1 for f in placement.frames if f.held and not f.held_before)
     groups = last["num_components"] - placed
     if groups > 1:
         summary["warning"] = (

@@ -181,11 +181,12 @@ class RefineOptions:
     copies of their neighbours blurred alike (the blur estimated per frame), adding tracks that hold them
     (--no-blur-matching: the ordinary matches only)."""
     frame_placement: bool = True
-    """When tracks are built: place the blurred frames the adjustment does not hold (no verified pair, few tracks:
+    """When tracks are built: place the blurred frames the adjustment holds weakly or not at all (no verified pair, few tracks:
     a long motion streak, a strong defocus) against the adjusted images held fixed: each matched against its
     neighbours blurred as it matches best (a Gaussian, or a streak whose direction and length are searched), then
-    registered by COLMAP; a frame placed on at least 100 tracks counts as held, the others are left to the NeRF
-    stage (15-25 s per frame on 2 cores; --no-frame-placement: they go to the NeRF stage as they are)."""
+    registered by COLMAP; a frame placed on at least 100 tracks (and on more than the adjustment held it by) counts
+    as held at its placed pose, the others keep the adjustment's (those it did not hold are left to the NeRF
+    stage) (15-25 s per frame on 2 cores; --no-frame-placement: they go to the NeRF stage as they are)."""
     placement_max_frames: int = PLACEMENT_MAX_FRAMES
     """The most blurred frames placed per capture, the least blurred first (the others are left to the NeRF stage;
     the log and report.json say which): bounds the placement's time on captures with many blurred frames."""

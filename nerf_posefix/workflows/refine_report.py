@@ -171,9 +171,9 @@ class RefineResult:
         if placement and placement.get("frames"):
             frames = placement["frames"]
             capped = sum(1 for f in frames if (f.get("reason") or "").startswith(BEYOND_CAP))
-            rows.append(("placed", f"{placement['num_placed']} of {len(frames)} blurred image(s) the adjustment did not hold, against the "
+            rows.append(("placed", f"{placement['num_placed']} of {len(frames)} blurred image(s) the adjustment held weakly or not at all, against the "
                                    "adjusted images held fixed (" + ", ".join(
-                                       f"{f['name']} {'held' if f['held'] else 'left weak: ' + (f['reason'] or '?').split(' (')[0]}"
+                                       f"{f['name']} {'held' if f['held'] else ('kept: ' if f.get('held_before') else 'left weak: ') + (f['reason'] or '?').split(' (')[0]}"
                                        for f in frames[:4]) + (", ..." if len(frames) > 4 else "") + f"; {placement['seconds']:.0f} s)"
                                    + (f"; {capped} not tried, beyond --placement-max-frames" if capped else "")))
         support = adjusted.get("support")
