@@ -11,7 +11,7 @@ import pytest
 from scene_helpers import TOYBOX, blur_and_wash_out, frame_and_others_errors
 
 from nerf_posefix.sfm import blur_matching as bm
-from nerf_posefix.sfm.frame_placement import BEYOND_CAP, place_blurred_frames, unheld_frames
+from nerf_posefix.sfm.frame_placement import BEYOND_CAP, place_blurred_frames, thinly_held_frames, unheld_frames
 
 
 @pytest.mark.parametrize(("length", "angle_deg"), [(8.0, 0.0), (20.0, 17.0), (33.0, 115.0)])
@@ -58,6 +58,15 @@ def test_unheld_frames_have_no_verified_pair_few_tracks_or_another_group() -> No
     assert unheld_frames(inliers, observations, {"a", "d", "e"}) == ["b", "c", "e", "f"]  # f: a group of its own
     assert unheld_frames(inliers, observations, set(observations)) == ["b", "c", "e"]
     assert unheld_frames({"a": 0, "b": 0}, {"a": 0, "b": 0}, set()) == []  # too few images to place anything against
+
+
+def test_thinly_held_frames_are_in_the_largest_group_with_few_observations() -> None:
+    """Below a quarter of the median image's observations (here 380: below 95), at least the 30 a held image needs,
+    and in the largest group; the others are unheld (:func:`unheld_frames`) or well held."""
+    observations = {"a": 400, "b": 420, "c": 90, "d": 95, "e": 30, "f": 29, "g": 60, "h": 380, "i": 390, "j": 405, "k": 410}
+    assert thinly_held_frames(observations, set(observations) - {"g"}) == ["c", "e"]
+    assert thinly_held_frames(observations, set(observations), fraction=0.1) == ["e"]  # below 38
+    assert thinly_held_frames({"a": 1, "b": 400}, {"a", "b"}) == []  # too few images
 
 
 def _smear_and_wash_out(path: Path, length: float, angle_deg: float, contrast: float = 0.4) -> None:
@@ -192,6 +201,10 @@ def test_a_placed_frame_is_held_with_enough_tracks_and_an_uncertainty_within_hal
     assert placed_frame_held(few, focal, min_observations=30) == (True, "")
     apart = ImageSupport("e", 400, 1, 0.01, 0.01, 0.1, 0.3, weak=True, reason="not linked by tracks to the largest group")
     assert placed_frame_held(apart, focal) == (False, apart.reason)
+    # a frame the adjustment held by few tracks: placed on more observations than it had there, or it keeps its pose
+    assert placed_frame_held(held, focal, observations_before=399) == (True, "")
+    assert placed_frame_held(held, focal, observations_before=400) == (
+        False, "no better held than by the adjustment (400 <= 400 observations)")
 
 
 def test_the_plugin_and_refine_turn_frame_placement_on_and_off_alike() -> None:
