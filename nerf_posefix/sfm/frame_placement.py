@@ -24,9 +24,10 @@ this module places each such frame:
    observations and the pose's covariance conditional on the points): a frame the placement holds counts as held
    (``placed``), one it does not (a failed registration, few observations, an uncertain pose) stays weak, where the
    adjustment left it, for the NeRF stage: it needs :data:`PLACED_MIN_OBSERVATIONS` observations and an uncertainty of at
-   most :data:`PLACED_MAX_SIGMA_DEG` (:func:`placed_frame_held`). A frame the adjustment held by few tracks takes its
-   placed pose only when the placement holds it on more observations than the adjustment had; otherwise it keeps the
-   adjustment's pose and support.
+   most :data:`PLACED_MAX_SIGMA_DEG` (:func:`placed_frame_held`). A frame the adjustment held by few tracks is placed only
+   when a streak matches it best (its tracks were matched against Gaussian copies already), and takes its placed pose
+   only when the placement holds it on more observations than the adjustment had; otherwise it keeps the adjustment's
+   pose and support.
 
 Measured on castle-P30 (8 of 30 frames smeared by a 40 px streak and cut to 40 % contrast, poses 2 deg / 3 % off;
 ``python -m benchmarks.weak_frames --scenes castle --kind motion --blur 40 --rows front-end default``, 3 seeds): the
@@ -83,8 +84,11 @@ BEYOND_CAP = "beyond the placement's cap"
 #: A frame of the largest group with fewer observations than this fraction of the median image's is a candidate too
 #: (:func:`thinly_held_frames`; blur matching's rescue fraction): blurred, it is placed as the unheld ones are, and its
 #: placed pose replaces the adjustment's when the placement holds it on more observations than the adjustment had.
-#: Measured (docs/benchmarks.md, fourteenth look): castle-P30's frames smeared by a 20 px streak, held by 39-151
-#: blur-matched observations (the median image: ~640) at 0.10-0.57 deg, placed on 189-1192 at 0.05-0.23 deg.
+#: Only when the blur that matches it best is a streak: its tracks were matched against Gaussian copies
+#: (:mod:`nerf_posefix.sfm.blur_matching`), and placed by the same Gaussian the frame gains nothing. Measured
+#: (docs/benchmarks.md, fifteenth look): castle-P30's frames smeared by a 20 px streak, held by 39-151 blur-matched
+#: observations (the median image: ~640) at 0.10-0.57 deg, placed on 189-1192 at 0.05-0.23 deg; its frames blurred by
+#: a 6 px Gaussian, placed by a Gaussian on 183-413 observations: 0.176 deg against the adjustment's 0.169.
 THIN_FRACTION = bm.RESCUE_FRACTION
 #: The copy of the track database the placement matches into (relative to the work directory).
 PLACEMENT_DATABASE = "placement.db"
@@ -315,6 +319,9 @@ def place_blurred_frames(
             if frame.choice_inliers < choice_floor:
                 frame.reason = f"few matches even blurred alike ({frame.choice_inliers} < {choice_floor:g} on its nearest neighbours)"
                 what += ": too few to be held, not placed"
+            elif frame.held_before and blur.streak_px <= 0:
+                frame.reason = "a Gaussian blur, as its tracks were matched with: nothing new to place it by"
+                what += ": the adjustment's pose kept"
             else:
                 if not matched:  # the copy of the track database, made once a frame is worth matching into it
                     work.mkdir(parents=True, exist_ok=True)
