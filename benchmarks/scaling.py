@@ -98,6 +98,7 @@ def run_child(cmd: Sequence[str], log_file: Path, timeout_s: Optional[float] = N
     lines: list[tuple[float, str]] = []
     proc = subprocess.Popen(list(cmd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True, bufsize=1)
     assert proc.stdout is not None
+    Path(log_file).parent.mkdir(parents=True, exist_ok=True)  # a fresh --output has no scenes/ yet
     with open(log_file, "w", encoding="utf-8") as log:
         for line in proc.stdout:
             t = time.perf_counter() - t0
