@@ -76,7 +76,7 @@ PLACED_MAX_SIGMA_DEG = 0.5
 #: frame-runs on castle-P30 and toybox, those scoring below 100 were placed on at most 40 observations (Gaussian 12 px,
 #: toybox 3 px: 15-78 scored), those held scored 110-579.
 PLACED_MIN_CHOICE_FRACTION = 0.75
-#: At most this many frames are placed per capture (about 15-25 s each on 2 cores), the least blurred first (by
+#: At most this many frames are placed per capture (about 10-15 s each on 2 cores), the least blurred first (by
 #: their Gaussian estimate); the others are left to the NeRF stage, and the log and the report say so.
 PLACEMENT_MAX_FRAMES = 50
 #: How the reason of a frame beyond that cap begins.
@@ -302,7 +302,7 @@ def place_blurred_frames(
         if frame.name not in tried_names:
             frame.reason = f"{BEYOND_CAP} of {int(max_frames)} frames"
     log(f"{len(blurred)} blurred image(s) the adjustment holds weakly or not at all: each matched against its neighbours blurred as it "
-        "matches best, then placed against the adjusted images held fixed (15-25 s each on 2 cores)"
+        "matches best, then placed against the adjusted images held fixed (10-15 s each on 2 cores)"
         + (f"; only the {len(tried)} least blurred are tried (the cap), the others are left to the NeRF stage" if len(tried) < len(blurred) else ""))
     choice_floor = PLACED_MIN_CHOICE_FRACTION * (PLACED_MIN_OBSERVATIONS if min_observations is None else int(min_observations))
     copy, matched, placement, registered = work / PLACEMENT_DATABASE, [], None, {}

@@ -186,7 +186,7 @@ class RefineOptions:
     neighbours blurred as it matches best (a Gaussian, or a streak whose direction and length are searched), then
     registered by COLMAP; a frame placed on at least 100 tracks (and on more than the adjustment held it by) counts
     as held at its placed pose, the others keep the adjustment's (those it did not hold are left to the NeRF
-    stage) (15-25 s per frame on 2 cores; --no-frame-placement: they go to the NeRF stage as they are)."""
+    stage) (10-15 s per frame on 2 cores; --no-frame-placement: they go to the NeRF stage as they are)."""
     placement_max_frames: int = PLACEMENT_MAX_FRAMES
     """The most blurred frames placed per capture, the least blurred first (the others are left to the NeRF stage;
     the log and report.json say which): bounds the placement's time on captures with many blurred frames."""
