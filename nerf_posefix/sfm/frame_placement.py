@@ -242,9 +242,8 @@ def _hold_registered(placement: "pycolmap.Reconstruction", registered: dict[str,
         frame.observations = s.observations
         focal = float(placement.cameras[placement.images[ids[frame.name]].camera_id].mean_focal_length())
         frame.held, frame.reason = placed_frame_held(s, focal, min_observations, frame.observations_before)
-        s.weak, s.reason = not frame.held, frame.reason
-        if frame.held:
-            s.placed = True
+        if frame.held:  # the support of a frame left where it was stays the adjustment's
+            s.weak, s.reason, s.placed = False, "", True
             result.support[frame.name] = s
             result.cam_from_world[frame.name] = np.vstack([np.asarray(placement.images[ids[frame.name]].cam_from_world().matrix()),
                                                            [0.0, 0.0, 0.0, 1.0]])
@@ -275,11 +274,11 @@ def place_blurred_frames(
     largest = {rec.images[i].name for i in (track_components(rec) or [[]])[0]}
     inliers = bm.verified_inliers(database)
     unheld = unheld_frames(inliers, observations, largest)
-    thin = [n for n in thinly_held_frames(observations, largest) if n not in set(unheld)]
+    thin = set(thinly_held_frames(observations, largest)) - set(unheld)
     result = Placement()
-    if len(unheld) == len(names) or not unheld + thin:
+    candidates = sorted(set(unheld) | thin)
+    if len(unheld) == len(names) or not candidates:
         return result
-    candidates = sorted(unheld + thin)
     partners = bm.nearest_partners(names, candidates, c2w)
     cache: dict[str, np.ndarray] = {}  # images reduced for the blur statistics, by name
     blurred = []

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any, Literal, Optional
 from nerf_posefix.errors import InputError
 from nerf_posefix.io.colmap import read_colmap_model
 from nerf_posefix.io.posed_images import PosedImages
-from nerf_posefix.sfm.frame_placement import PLACEMENT_MAX_FRAMES
+from nerf_posefix.sfm.frame_placement import PLACEMENT_MAX_FRAMES, Placement, place_blurred_frames
 from nerf_posefix.sfm.inputs import ValidatedInput, read_refine_model, validate_model
 from nerf_posefix.sfm.track_building import SPATIAL_NEIGHBORS
 
@@ -343,8 +343,6 @@ def _adjust_built_tracks(
         work / "tracks" / DATABASE_FILE, posed.images_dir, inp.model.to_camera_set(), track_options, log=lambda m: log(f"  {m}"),
         first_triangulation=pycolmap.Reconstruction(str(inp.model_dir)),  # the tracks stage's, at the first threshold
     )
-    from nerf_posefix.sfm.frame_placement import Placement, place_blurred_frames
-
     placement = Placement()  # nothing placed (--no-frame-placement)
     if options.frame_placement:
         placement = place_blurred_frames(
