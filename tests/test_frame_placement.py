@@ -236,3 +236,17 @@ def test_refine_refuses_a_negative_placement_cap_before_writing(tmp_path: Path, 
     refused(capsys, "refine", "--poses", TOYBOX / "transforms.json", "--output", out, "--placement-max-frames", "-1",
             says=("--placement-max-frames must be >= 0, got -1",))
     assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_the_plugins_front_end_refuses_a_negative_placement_cap(tmp_path: Path) -> None:
+    """``--pipeline.front-end-placement-max-frames -1``: the same refusal as refine's, before the front end runs."""
+    from nerf_posefix.errors import InputError
+    from nerf_posefix.plugin.front_end import training_dataparser
+    from nerf_posefix.plugin.training import in_process_config
+
+    config = in_process_config("posefix-small", data=TOYBOX, output_dir=tmp_path, max_iterations=0)
+    config.pipeline.front_end_placement_max_frames = -1
+    config.pipeline.front_end_cache = tmp_path / "front_end"
+    with pytest.raises(InputError, match="--placement-max-frames must be >= 0, got -1"):
+        training_dataparser(config.pipeline)
+    assert not (tmp_path / "front_end" / "result.json").exists()

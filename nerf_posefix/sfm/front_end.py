@@ -180,6 +180,7 @@ def run_front_end(
     Raises:
         InputError: bad options or a database that does not hold these images.
     """
+    check_front_end_options(options)  # refine checks before writing anything; the plugin's path has only this
     t0 = time.perf_counter()
     work = Path(work)
     work.mkdir(parents=True, exist_ok=True)
