@@ -154,6 +154,12 @@ def test_compare_end_to_end(scene: dict, capsys: pytest.CaptureFixture[str]) -> 
     with open(out / "summary.csv") as fid:
         summary = list(csv.reader(fid))
     assert summary[0][1:] == [est1["label"], est2["label"]]
+    # the alignment-free pairwise rotation errors: 1 deg per camera composes into ~1.4 deg per pair; a ring's
+    # centres fix the alignment well, so no common-rotation warning
+    pairwise = {row[0]: row[1:] for row in summary}["pairwise rotation (deg) median"]
+    assert float(pairwise[0]) < 1e-6 and 0.7 < float(pairwise[1]) < 4.0
+    assert est2["summary"]["pairwise_pairs"] == (N - 2) * (N - 3) // 2
+    assert est2["summary"]["common_rotation_dominates"] is False and "shared by every camera" not in printed
     for png in ("error_cdf.png", "top_view.png"):
         image = imread(out / png)
         assert image.ndim == 3 and image.shape[0] > 300 and image.shape[1] > 300

@@ -16,7 +16,9 @@ from nerf_posefix.geometry.poses import scene_radius
 from nerf_posefix.geometry.metrics import (
     ErrorStats,
     auc_at,
+    common_rotation_dominates,
     compare_poses,
+    pairwise_rotation_errors,
     recall_at,
     relative_pose_errors,
 )
@@ -177,3 +179,52 @@ def test_alignment_errors_propagate() -> None:
     ref = trajectory(2, 16)
     with pytest.raises(InputError, match="at least 3"):
         compare_poses(ref, ref, mode="sim3")
+
+
+def short_arc(n: int = 8) -> np.ndarray:
+    """``n`` cameras on a 40° arc of a circle of radius 20, all in one plane, looking at its centre: the
+    camera centres fix an alignment's rotation about the arc's chord only through the arc's small sagitta."""
+    angles = np.radians(np.linspace(0.0, 40.0, n))
+    centres = np.stack([20.0 * np.cos(angles), 20.0 * np.sin(angles), np.zeros(n)], axis=1)  # [n, 3]
+    forward = -centres / np.linalg.norm(centres, axis=1, keepdims=True)  # OpenCV z: towards the circle's centre
+    down = np.tile(np.array([0.0, 0.0, 1.0]), (n, 1))
+    right = np.cross(down, forward)
+    return make_c2w(np.stack([right, down, forward], axis=2), centres)
+
+
+def test_pairwise_errors_need_no_alignment_and_sample_beyond_the_cap() -> None:
+    ref = trajectory(300, 8)
+    est = noisy_similar(ref, 9)  # another world frame and scale, 0.03 rad noise per camera
+    full = pairwise_rotation_errors(ref, est)
+    assert full.shape == (300 * 299 // 2,)
+    # the same noise without the change of frame: the same relative errors
+    rot_s = Rotation.random(random_state=9 + 100).as_matrix()
+    same_frame = make_c2w(rot_s.T @ est[:, :3, :3], est[:, :3, 3])
+    np.testing.assert_allclose(pairwise_rotation_errors(ref, same_frame), full, atol=1e-7)
+    sampled = pairwise_rotation_errors(ref, est, max_pairs=5000, seed=3)
+    assert sampled.shape == (5000,)
+    np.testing.assert_array_equal(sampled, pairwise_rotation_errors(ref, est, max_pairs=5000, seed=3))  # seeded
+    assert np.median(sampled) == pytest.approx(np.median(full), rel=0.05)
+    assert sampled.max() <= full.max() + 1e-9 and sampled.min() > 0.0  # no pair of a camera with itself (error 0)
+    # under the cap every pair is taken, in triu order
+    np.testing.assert_array_equal(pairwise_rotation_errors(ref[:50], est[:50], max_pairs=5000),
+                                  pairwise_rotation_errors(ref[:50], est[:50]))
+
+
+def test_a_common_rotation_is_told_from_the_cameras_own_errors() -> None:
+    ref = short_arc()
+    rng = np.random.default_rng(11)
+    own = Rotation.from_rotvec(np.radians(0.05) * rng.normal(size=(8, 3))).as_matrix()  # ~0.05° per axis
+    # every camera turned by the same 1° about the chord's axis, in place (centres exact): what a centre-only
+    # alignment cannot undo
+    common = Rotation.from_rotvec(np.radians(1.0) * np.array([0.0, 1.0, 0.0])).as_matrix()
+    turned = make_c2w(common @ ref[:, :3, :3] @ own, ref[:, :3, 3])
+    res = compare_poses(ref, turned, mode="sim3")
+    assert res.stats["rotation_deg"].median > 0.9  # the alignment leaves the common turn
+    assert res.stats["pairwise_rotation_deg"].median < 0.2  # the pairs do not see it
+    assert res.common_rotation_dominates and res.summary()["common_rotation_dominates"] is True
+    # the cameras' own errors alone: not flagged
+    alone = compare_poses(ref, make_c2w(ref[:, :3, :3] @ own, ref[:, :3, 3]), mode="sim3")
+    assert not alone.common_rotation_dominates
+    assert alone.stats["pairwise_rotation_deg"].median == pytest.approx(res.stats["pairwise_rotation_deg"].median, rel=1e-6)
+    assert not common_rotation_dominates(np.zeros(0), np.ones(3)) and not common_rotation_dominates(np.ones(3), np.zeros(3))

@@ -345,6 +345,16 @@ def compare_camera_sets(
             raise InputError(f"{label}: {err}") from None
         names = [reference.names[i] for i in match.ref_index]
         report.results.append(EstimateResult(label, est, match, comparison, names, how))
+        if comparison.common_rotation_dominates:
+            stats = comparison.stats
+            log(
+                f"[yellow]{label}: the rotation errors after the {align} alignment (median "
+                f"{stats['rotation_deg'].median:.3g} deg) are mostly one rotation shared by every camera: the pairwise "
+                f"rotation errors, which need no alignment, imply {stats['pairwise_rotation_deg'].median / math.sqrt(2):.3g} "
+                "deg per camera. Either the camera centres fix the alignment's rotation poorly (a short or nearly "
+                "straight path) or the estimate's orientations are turned as a whole against its centres; read the "
+                "pairwise rotation rows[/yellow]"
+            )
         if match.unmatched_ref or match.unmatched_est:
             log(
                 f"[yellow]{label}: {len(match)} cameras matched; {len(match.unmatched_ref)} reference camera(s) "
@@ -382,6 +392,8 @@ def summary_rows(report: CompareReport) -> list[tuple[str, list[str]]]:
             add(f"{title} {stat}", [getattr(r.comparison.stats[key], stat) for r in results])
     add("RPE translation RMSE", [r.comparison.stats["rpe_translation"].rmse for r in results])
     add("RPE rotation RMSE (deg)", [r.comparison.stats["rpe_rotation_deg"].rmse for r in results])
+    for stat in ("median", "max"):  # no alignment: what to read when the centres fix it poorly
+        add(f"pairwise rotation (deg) {stat}", [getattr(r.comparison.stats["pairwise_rotation_deg"], stat) for r in results])
     first = results[0].comparison
     for i, thr in enumerate(first.rotation_thresholds_deg):
         add(f"recall rot <= {thr:g} deg", [r.comparison.recall["rotation_deg"][i] for r in results])
