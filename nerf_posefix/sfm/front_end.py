@@ -41,6 +41,7 @@ from nerf_posefix.io.colmap import read_colmap_model
 from nerf_posefix.io.posed_images import PosedImages
 from nerf_posefix.sfm.frame_placement import PLACEMENT_MAX_FRAMES, Placement, place_blurred_frames
 from nerf_posefix.sfm.inputs import ValidatedInput, read_refine_model, validate_model
+from nerf_posefix.sfm.outlying_moves import reregister_outlying_moves
 from nerf_posefix.sfm.track_building import SPATIAL_NEIGHBORS
 
 if TYPE_CHECKING:
@@ -57,8 +58,9 @@ LossName = Literal["cauchy", "huber", "soft_l1", "squared", "none"]
 #: 5: triangulations without the point triangulator's point-only adjustments, except the last round's; 6: image ids
 #: in the database in the images' order, whatever the order COLMAP's extraction threads finish in; 7: blur-matched
 #: features for the blurred frames the ordinary matching links with few matches; 8: the blurred frames the adjustment does not
-#: hold placed against the adjusted ones).
-FRONT_END_VERSION = 10
+#: hold placed against the adjusted ones; 9-10: the placement's speed and thinly held frames; 11: the cameras the rounds
+#: moved far more than the others registered again against them, :mod:`nerf_posefix.sfm.outlying_moves`).
+FRONT_END_VERSION = 11
 
 
 @dataclass
@@ -340,10 +342,12 @@ def _adjust_built_tracks(
         "adjusted poses ...")
     import pycolmap
 
-    result = adjust_with_retriangulation(
-        work / "tracks" / DATABASE_FILE, posed.images_dir, inp.model.to_camera_set(), track_options, log=lambda m: log(f"  {m}"),
-        first_triangulation=pycolmap.Reconstruction(str(inp.model_dir)),  # the tracks stage's, at the first threshold
-    )
+    start, first = inp.model.to_camera_set(), pycolmap.Reconstruction(str(inp.model_dir))  # the tracks stage's, at the first threshold
+    result = adjust_with_retriangulation(work / "tracks" / DATABASE_FILE, posed.images_dir, start, track_options,
+                                         log=lambda m: log(f"  {m}"), first_triangulation=first)
+    # a camera the rounds moved far more than the others (slid along a line of cameras): registered against them
+    result, opinions = reregister_outlying_moves(work / "tracks" / DATABASE_FILE, posed.images_dir, result, start, track_options,
+                                                 input_tracks=first, log=lambda m: log(f"  {m}"))
     placement = Placement()  # nothing placed (--no-frame-placement)
     if options.frame_placement:
         placement = place_blurred_frames(
@@ -361,6 +365,8 @@ def _adjust_built_tracks(
         "seconds": result.seconds,
         "gauge": "sim3_poses per group of images connected by tracks",
     }
+    if opinions:
+        summary["second_opinion"] = [o.to_dict() for o in opinions]
     if placement.frames:
         summary["placement"] = placement.to_dict()
         summary["placed_support"] = {n: s.to_dict() for n, s in placement.support.items()}

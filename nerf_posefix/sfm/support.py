@@ -167,6 +167,17 @@ def _residuals_and_depths(rec: "pycolmap.Reconstruction", obs: _Observations) ->
     return np.linalg.norm(projected - obs.xy, axis=1), cam[:, 2]
 
 
+def median_depths(rec: "pycolmap.Reconstruction") -> dict[int, float]:
+    """Image id -> median depth (world units: ``z`` in its camera frame) of the points the image observes; NaN for an
+    image that observes none."""
+    obs = _gather(rec)
+    if obs.image_row.size == 0:
+        return {int(i): float("nan") for i in obs.image_ids}
+    _, depth = _residuals_and_depths(rec, obs)
+    median = grouped_median(depth, obs.image_row, obs.image_ids.size)
+    return {int(i): float(d) for i, d in zip(obs.image_ids, median)}
+
+
 def _batches(rec: "pycolmap.Reconstruction", image_ids: list[int], size: int) -> list[list[int]]:
     """``image_ids`` in batches of at most ``size`` images that each have a pose of their own (a frame of one
     image); an image sharing its frame (a rig) is a batch of its own, as a frame's pose pools its images'

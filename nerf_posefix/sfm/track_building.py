@@ -819,6 +819,7 @@ def adjust_with_retriangulation(
     cameras: dict[str, ImageCamera] | None = None,
     refine_intrinsics: bool = False,
     first_triangulation: Optional["pycolmap.Reconstruction"] = None,
+    gauge: Optional[CameraSet] = None,
 ) -> AdjustedTracks:
     """Refine ``posed`` (camera-to-world, OpenCV, input frame) by rounds of triangulation with the current
     poses held fixed and robust bundle adjustment (Cauchy, scale a quarter of the round's threshold) of poses
@@ -835,7 +836,10 @@ def adjust_with_retriangulation(
     the images once, at the end. The last round's triangulation, whose tracks are the result's, keeps the point
     triangulator's point-only refinements (``refine_points``; the bundled toybox from 3 deg / 5 %, seeds 0-2: 0.048
     +- 0.001 deg with them, 0.052 +- 0.003 deg without, ``benchmarks.poses_from_anywhere --rows input posefix-tracks``);
-    the earlier rounds' only seed the next triangulation.
+    the earlier rounds' only seed the next triangulation. ``gauge``: the poses (camera-to-world, OpenCV, by name) each
+    group's gauge is fixed on and the result is measured against (``input_c2w``, ``alignment``); None: ``posed``
+    (rounds restarted from corrected poses keep the frame of the poses first given:
+    :mod:`nerf_posefix.sfm.outlying_moves`).
 
     Raises:
         InputError: no point could be triangulated in a round (the message gives the round's threshold).
@@ -848,6 +852,9 @@ def adjust_with_retriangulation(
     t0 = time.perf_counter()
     rec = reconstruction_from_poses(database, posed, cameras)
     names, input_c2w = reconstruction_c2w(rec)
+    if gauge is not None:
+        gauge_by_name = dict(zip(gauge.names, gauge.c2w))
+        input_c2w = np.stack([gauge_by_name[n] for n in names])  # [N, 4, 4]
     input_by_name = dict(zip(names, input_c2w))
     rounds: list[dict[str, float]] = []
     schedule: list[Optional[float]] = [*options.reproj_schedule_px, *([None] if options.final_round_factor > 0 else [])]

@@ -16,7 +16,7 @@ pose. A camera is flagged when its ``move_px`` is
 
 * more than :data:`RESIDUAL_FACTOR` times its input residual (what its own observations say it may be
   off by), **and**
-* an outlier among the moves of all cameras: more than :data:`MEDIAN_FACTOR` times the median move and
+* an outlier among the moves of all cameras (:mod:`nerf_posefix.geometry.outliers`): more than :data:`MEDIAN_FACTOR` times the median move and
   more than :data:`MAD_SIGMAS` robust standard deviations (1.4826 · MAD) above it, **and**
 * at least :data:`MIN_MOVE_PX` pixel (and, where ``--move-threshold-deg`` / ``--move-threshold-rel`` are
   not 0, at least that rotation or that fraction of the scene radius).
@@ -41,6 +41,7 @@ from nerf_posefix.errors import InputError
 from nerf_posefix.geometry.alignment import pose_alignment
 from nerf_posefix.geometry.grouped import grouped_count, grouped_median
 from nerf_posefix.geometry.homography_numpy import homography_error_numpy
+from nerf_posefix.geometry.outliers import MAD_SIGMAS, MEDIAN_FACTOR, MIN_MOVE_PX, image_shift_px, outlier_threshold
 from nerf_posefix.geometry.poses import rotation_angle_deg, scene_radius
 from nerf_posefix.io.camera_set import CameraSet
 from nerf_posefix.io.colmap import ColmapModel
@@ -52,14 +53,10 @@ REPORT_CSV = "report.csv"
 NO_NERF_TOO_SMALL = "the weakly held images are too small for a NeRF"
 REPORT_JSON = "report.json"
 
-#: A flagged camera moved more than this many times its input reprojection residual (see the module docstring).
+#: A flagged camera moved more than this many times its input reprojection residual (see the module docstring), and
+#: is an outlier among the cameras' moves (:func:`nerf_posefix.geometry.outliers.outlier_threshold`: more than
+#: ``MEDIAN_FACTOR`` x the median camera's move, ``MAD_SIGMAS`` robust standard deviations above it, ``MIN_MOVE_PX``).
 RESIDUAL_FACTOR = 3.0
-#: ... more than this many times the median camera's move ...
-MEDIAN_FACTOR = 3.0
-#: ... and more than this many robust standard deviations (1.4826 · MAD) above the median move ...
-MAD_SIGMAS = 5.0
-#: ... and at least this many pixels.
-MIN_MOVE_PX = 1.0
 #: Fewest observations for an image's median residual and depth.
 MIN_OBSERVATIONS = 5
 
@@ -297,10 +294,8 @@ def flag_moves(
     known = np.isfinite(depth) & (depth > 0)
     fallback_depth = float(np.median(depth[known])) if known.any() else (radius if radius > 0 else float("inf"))
     depth[~known] = fallback_depth
-    move_px = accuracy.focal_px * (np.radians(rotation_deg) + translation / depth)
-    median = float(np.median(move_px)) if len(move_px) else 0.0
-    sigma = 1.4826 * float(np.median(np.abs(move_px - median))) if len(move_px) else 0.0
-    outlier_above = max(MEDIAN_FACTOR * median, median + MAD_SIGMAS * sigma, MIN_MOVE_PX)
+    move_px = image_shift_px(rotation_deg, translation, depth, accuracy.focal_px)
+    outlier_above, median = outlier_threshold(move_px)
     residual = accuracy.residual_px
     has_residual = np.isfinite(residual)
     typical_residual = float(np.median(residual[has_residual])) if has_residual.any() else float("nan")
