@@ -164,6 +164,14 @@ class RefineResult:
         if s.get("flag_rule"):
             rows += [("", line) for line in textwrap.wrap(f"rule: {s['flag_rule']}", width=96)]
         adjusted = ba if isinstance(ba, dict) else {}
+        opinions = adjusted.get("second_opinion")
+        if opinions:  # cameras the rounds moved far more than the others, registered again against them
+            taken = [o for o in opinions if o["replaced"]]
+            rows.append(("re-registered", f"{len(taken)} of {len(opinions)} image(s) the track rounds moved far more than the others, "
+                         "registered against the others held fixed (" + ", ".join(
+                             f"{o['name']} " + (f"{o['disagreement_px']:.3g} px from the rounds' pose, on {o['observations']} observations"
+                                                if o["replaced"] else "kept: " + (o["reason"] or "?").split(" (")[0])
+                             for o in opinions[:4]) + (", ..." if len(opinions) > 4 else "") + ")"))
         placement = adjusted.get("placement")
         if placement and placement.get("frames"):
             frames = placement["frames"]
