@@ -14,7 +14,10 @@ Stages
    (:func:`nerf_posefix.sfm.bundle_adjustment.bundle_adjust_model`); for built tracks, rounds of
    re-triangulation and robust adjustment
    (:func:`nerf_posefix.sfm.track_building.adjust_with_retriangulation`). Either result is mapped back onto
-   the input's world frame and kept in ``work/bundle_adjusted``. With built tracks, the blurred frames the
+   the input's world frame and kept in ``work/bundle_adjusted``. With built tracks, the cameras the rounds moved
+   far more than the others are registered again against them
+   (:func:`nerf_posefix.sfm.outlying_moves.reregister_outlying_moves`: a camera slid along a line of cameras by its
+   two-view tracks), and the blurred frames the
    adjustment holds weakly or not at all are then placed against the adjusted ones held fixed
    (:func:`nerf_posefix.sfm.frame_placement.place_blurred_frames`: blur-matched features in a copy of the track
    database, COLMAP's registration); a frame the placement holds counts as held (``support.placed``), the others
