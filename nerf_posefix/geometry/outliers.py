@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from nerf_posefix.geometry.poses import rotation_angle_deg
+
 #: An outlying move is more than this many times the median camera's move ...
 MEDIAN_FACTOR = 3.0
 #: ... and more than this many robust standard deviations (1.4826 · MAD) above the median move ...
@@ -24,6 +26,14 @@ def image_shift_px(rotation_deg: np.ndarray, centre_distance: np.ndarray, depth:
     units) for cameras of focal length ``focal_px [N]`` (pixels) seeing their scene at ``depth [N]`` (world units)."""
     return np.asarray(focal_px, dtype=np.float64) * (np.radians(np.asarray(rotation_deg, dtype=np.float64))
                                                      + np.asarray(centre_distance, dtype=np.float64) / np.asarray(depth, dtype=np.float64))
+
+
+def pose_change_px(from_c2w: np.ndarray, to_c2w: np.ndarray, depth: np.ndarray, focal_px: np.ndarray) -> np.ndarray:
+    """``[N]`` image shift (pixels, :func:`image_shift_px`) of the change from ``from_c2w`` to ``to_c2w`` (``[N, 4, 4]``
+    camera-to-world, one world frame): the angle between the rotations and the distance between the centres."""
+    rotation = rotation_angle_deg(from_c2w[:, :3, :3], to_c2w[:, :3, :3])  # [N]
+    centre = np.linalg.norm(from_c2w[:, :3, 3] - to_c2w[:, :3, 3], axis=1)  # [N]
+    return image_shift_px(rotation, centre, depth, focal_px)
 
 
 def outlier_threshold(moves_px: np.ndarray, median_factor: float = MEDIAN_FACTOR, mad_sigmas: float = MAD_SIGMAS,

@@ -38,13 +38,17 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 
-from nerf_posefix.geometry.outliers import image_shift_px, outlier_threshold
-from nerf_posefix.geometry.poses import rotation_angle_deg
+from nerf_posefix.geometry.outliers import outlier_threshold, pose_change_px
 from nerf_posefix.io.camera_set import CameraSet
+
+if TYPE_CHECKING:
+    import pycolmap
+
+    from nerf_posefix.sfm.track_building import AdjustedTracks, TrackOptions
 
 #: Most cameras given a second opinion (the largest moves first): each costs a registration, and an outlying move
 #: is rare.
@@ -73,28 +77,36 @@ class SecondOpinion:
         return asdict(self)
 
 
+def _filled_depths(depth: np.ndarray) -> Optional[np.ndarray]:
+    """``depth [N]`` with its unknown (NaN, non-positive) entries set to the median of the known ones; None when none
+    is known."""
+    depth = np.asarray(depth, dtype=np.float64).copy()
+    known = np.isfinite(depth) & (depth > 0)
+    if not known.any():
+        return None
+    depth[~known] = float(np.median(depth[known]))
+    return depth
+
+
 def outlying_moves(names: list[str], input_c2w: np.ndarray, c2w: np.ndarray, depth: np.ndarray,
                    focal_px: np.ndarray) -> tuple[list[tuple[str, float]], float]:
     """The cameras whose move from ``input_c2w`` to ``c2w`` (``[N, 4, 4]`` camera-to-world, same frame), as an image
     shift at ``depth [N]`` (world units; NaN: the median depth) with ``focal_px [N]``, is an outlier among the ``N``
     moves: ``([(name, move_px)], threshold_px)``, the largest first."""
-    depth = np.asarray(depth, dtype=np.float64).copy()
-    known = np.isfinite(depth) & (depth > 0)
-    if not known.any():
+    filled = _filled_depths(depth)
+    if filled is None:
         return [], float("inf")
-    depth[~known] = float(np.median(depth[known]))
-    rotation = rotation_angle_deg(input_c2w[:, :3, :3], c2w[:, :3, :3])  # [N]
-    centre = np.linalg.norm(input_c2w[:, :3, 3] - c2w[:, :3, 3], axis=1)  # [N]
-    move_px = image_shift_px(rotation, centre, depth, focal_px)  # [N]
+    move_px = pose_change_px(input_c2w, c2w, filled, focal_px)  # [N]
     threshold, _ = outlier_threshold(move_px)
     order = np.argsort(-move_px)
     return [(names[k], float(move_px[k])) for k in order if move_px[k] > threshold], threshold
 
 
 def reregister_outlying_moves(
-    database: str | Path, images_dir: str | Path, adjusted: Any, posed: CameraSet, options: Any,
-    input_tracks: Optional[Any] = None, log: Optional[Callable[[str], None]] = None, verbose: bool = False,
-) -> tuple[Any, list[SecondOpinion]]:
+    database: str | Path, images_dir: str | Path, adjusted: "AdjustedTracks", posed: CameraSet, options: "TrackOptions",
+    input_tracks: Optional["pycolmap.Reconstruction"] = None, log: Optional[Callable[[str], None]] = None,
+    verbose: bool = False,
+) -> tuple["AdjustedTracks", list[SecondOpinion]]:
     """Steps 1-4 of the module docstring on the rounds' result ``adjusted`` (an
     :class:`~nerf_posefix.sfm.track_building.AdjustedTracks` of the track database ``database``'s images, started from
     ``posed``: camera-to-world, OpenCV, the input frame) with the rounds' ``options``
@@ -115,7 +127,8 @@ def reregister_outlying_moves(
     depth = np.array([depths.get(ids[n], np.nan) for n in adjusted.names])
     focal = np.array([float(rec.cameras[rec.images[ids[n]].camera_id].mean_focal_length()) for n in adjusted.names])
     movers, threshold = outlying_moves(adjusted.names, adjusted.input_c2w, adjusted.c2w, depth, focal)
-    if not movers:
+    filled = _filled_depths(depth)
+    if not movers or filled is None:
         return adjusted, []
     movers = movers[:MAX_CAMERAS]
     opinions = [SecondOpinion(n, m, observations_before=int(rec.images[ids[n]].num_points3D)) for n, m in movers]
@@ -138,10 +151,7 @@ def reregister_outlying_moves(
         held, why = placed_frame_held(support[o.name], focal[k], observations_before=o.observations_before)
         c2w_registered = np.linalg.inv(np.vstack([np.asarray(placement.images[placed_ids[o.name]].cam_from_world().matrix()),
                                                   [0.0, 0.0, 0.0, 1.0]]))
-        o.disagreement_px = float(image_shift_px(
-            rotation_angle_deg(adjusted.c2w[k:k + 1, :3, :3], c2w_registered[None, :3, :3]),
-            np.linalg.norm(adjusted.c2w[k:k + 1, :3, 3] - c2w_registered[None, :3, 3], axis=1),
-            depth[k:k + 1] if np.isfinite(depth[k]) and depth[k] > 0 else np.nanmedian(depth), focal[k:k + 1])[0])
+        o.disagreement_px = float(pose_change_px(adjusted.c2w[k:k + 1], c2w_registered[None], filled[k:k + 1], focal[k:k + 1])[0])
         if not held:
             o.reason = why
         elif not o.disagreement_px > DISAGREE_PX:
