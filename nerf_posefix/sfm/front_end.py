@@ -15,9 +15,9 @@ Stages
    re-triangulation and robust adjustment
    (:func:`nerf_posefix.sfm.track_building.adjust_with_retriangulation`). Either result is mapped back onto
    the input's world frame and kept in ``work/bundle_adjusted``. With built tracks, the cameras the rounds moved
-   far more than the others are registered again against them
+   far more than the others or hold by an uncertain pose are registered again against them
    (:func:`nerf_posefix.sfm.outlying_moves.reregister_outlying_moves`: a camera slid along a line of cameras by its
-   two-view tracks), and the blurred frames the
+   two-view tracks, or held by few), and the blurred frames the
    adjustment holds weakly or not at all are then placed against the adjusted ones held fixed
    (:func:`nerf_posefix.sfm.frame_placement.place_blurred_frames`: blur-matched features in a copy of the track
    database, COLMAP's registration); a frame the placement holds counts as held (``support.placed``), the others
@@ -348,9 +348,10 @@ def _adjust_built_tracks(
     start, first = inp.model.to_camera_set(), pycolmap.Reconstruction(str(inp.model_dir))  # the tracks stage's, at the first threshold
     result = adjust_with_retriangulation(work / "tracks" / DATABASE_FILE, posed.images_dir, start, track_options,
                                          log=lambda m: log(f"  {m}"), first_triangulation=first)
-    # a camera the rounds moved far more than the others (slid along a line of cameras): registered against them
+    # a camera the rounds moved far more than the others (slid along a line of cameras) or hold by an uncertain pose:
+    # registered against them
     result, opinions = reregister_outlying_moves(work / "tracks" / DATABASE_FILE, posed.images_dir, result, start, track_options,
-                                                 input_tracks=first, log=lambda m: log(f"  {m}"))
+                                                 input_tracks=first, cameras=posed.intrinsics, log=lambda m: log(f"  {m}"))
     placement = Placement()  # nothing placed (--no-frame-placement)
     if options.frame_placement:
         placement = place_blurred_frames(

@@ -1,19 +1,28 @@
-r"""A second opinion on the cameras the track rounds moved far more than the others: registered again against the others.
+r"""A second opinion on the cameras the track rounds hold badly: registered again against the others held fixed.
 
-The rounds of :func:`nerf_posefix.sfm.track_building.adjust_with_retriangulation` start from the input poses. A camera
-whose tracks are mostly two-view tracks with one partner, in a line of cameras (consecutive photos along a wall), has
-its distance along that line held only by its few multi-view tracks. From poses degrees off, the first, loose round
-can slide it along the line into a wrong minimum that its own two-view tracks then hold firmly: its covariance is
-small even with its points free. Seen on castle-P30's photos 0021-0029, 0000, 0001 from poses 2 deg / 3 % off
-(``benchmarks.small_captures``, window ``w11-20``, seed 1): 0024 slid 9.5 m along its line to 0025 in the first
-round, from an input 0.6 m off; the other cameras were 0.1-0.5 m off.
+The rounds of :func:`nerf_posefix.sfm.track_building.adjust_with_retriangulation` start from the input poses and adjust
+every camera with its own tracks. Two ways a camera ends where its tracks hold it badly:
+
+* **It slides.** A camera whose tracks are mostly two-view tracks with one partner, in a line of cameras (consecutive
+  photos along a wall), has its distance along that line held only by its few multi-view tracks. From poses degrees
+  off, the first, loose round can slide it along the line into a wrong minimum that its own two-view tracks then hold
+  firmly: its covariance is small even with its points free. Seen on castle-P30's photos 0021-0029, 0000, 0001 from
+  poses 2 deg / 3 % off (``benchmarks.small_captures``, window ``w11-20``, seed 1): 0024 slid 9.5 m along its line
+  to 0025 in the first round, from an input 0.6 m off; the other cameras were 0.1-0.5 m off.
+* **Its tracks are few.** Seen on the bundled toybox from 10 deg / 10 % off (``benchmarks.poses_from_anywhere``, seed
+  2): 000.png ended 4.5-6.3 deg off on 41-44 observations (the median image has 170), called weak by its σ with the
+  benchmark's shared features and held with its own.
 
 After the rounds, :func:`reregister_outlying_moves`
 
-1. finds the cameras whose move from their input pose, as the shift of their image at their scene depth
-   (:func:`nerf_posefix.geometry.outliers.image_shift_px`), is an outlier among all the cameras' moves
-   (:func:`nerf_posefix.geometry.outliers.outlier_threshold`: the rule of refine's flags, without its input-residual
-   part), at most :data:`MAX_CAMERAS`, the largest moves first;
+1. asks about the cameras whose move from their input pose, as the shift of their image at their scene depth under
+   the input poses (:func:`nerf_posefix.geometry.outliers.pose_change_px`), is an outlier among all the cameras'
+   moves (:func:`nerf_posefix.geometry.outliers.outlier_threshold`: the rule of refine's flags, without its
+   input-residual part); those the support stage calls weak by their uncertainty alone (at least
+   :data:`~nerf_posefix.sfm.support.MIN_OBSERVATIONS` observations, in the largest group:
+   :func:`nerf_posefix.sfm.support.image_support`); and those held by few tracks
+   (:func:`nerf_posefix.sfm.frame_placement.thinly_held_frames`: under a quarter of the median image's observations)
+   that do not look blurred (the blurred ones are the frame placement's); at most :data:`MAX_CAMERAS`, in that order;
 2. registers them against the other cameras held at their adjusted poses
    (:func:`nerf_posefix.sfm.frame_placement.register_frames`: every track of the database triangulated without them,
    then COLMAP's absolute-pose registration, RANSAC PnP and a refinement, on points that the other cameras fix);
@@ -22,11 +31,12 @@ After the rounds, :func:`reregister_outlying_moves`
    than :data:`DISAGREE_PX` (a camera whose input was far off registers where the rounds put it, and keeps its
    adjusted pose);
 4. when it took any, runs the rounds again from the corrected poses at the schedule's last threshold and the final
-   round, so that the tracks the result carries agree with them.
+   round (the gauge still on the input poses), so that the tracks the result carries agree with them.
 
-On that window: 0024 registers on 517 observations (the rounds held it on 233) and ends 0.14 m off; the others are
-unchanged. Cost: nothing when no camera's move is an outlier (the usual case: castle-P30's 30 photos, the rendered
-scenes); else one triangulation of the database and a registration per camera, and two more rounds.
+Measured: castle's 0024 registers on 518 observations (the rounds held it on 233) and ends 0.02 m off; toybox's 000.png
+on 159 (41), from 4.5 deg to 0.13 deg. Cost: one support estimate of the adjusted model (~2 s at 1000 images), a blur
+estimate per thinly held frame, and, only when a camera is asked about, one triangulation of the database, a
+registration per camera and two more rounds.
 
 Conventions: poses are camera-to-world, OpenCV axes, in the input's world frame (the rounds' gauge); ``pycolmap`` is
 imported inside the functions.
@@ -43,7 +53,7 @@ from typing import TYPE_CHECKING, Any, Optional
 import numpy as np
 
 from nerf_posefix.geometry.outliers import outlier_threshold, pose_change_px
-from nerf_posefix.io.camera_set import CameraSet
+from nerf_posefix.io.camera_set import CameraSet, ImageCamera
 
 if TYPE_CHECKING:
     import pycolmap
@@ -56,16 +66,23 @@ MAX_CAMERAS = 20
 #: A registered pose replaces the adjusted one only when the two differ by more than this image shift (pixels at the
 #: camera's scene depth): the registration's own threshold (:data:`nerf_posefix.sfm.frame_placement.PLACEMENT_REPROJ_PX`).
 DISAGREE_PX = 4.0
+#: Why a camera gets a second opinion: its move is an outlier, the tracks hold it by an uncertain pose, or by few tracks
+#: (a sharp frame: the blurred ones are the frame placement's).
+MOVED_FAR = "moved far more than the others"
+UNCERTAIN = "uncertain pose"
+THIN = "held by few tracks"
 
 
 @dataclass
 class SecondOpinion:
-    """What the second opinion did for one camera: its move in the rounds (image shift, pixels), whether it registered,
+    """What the second opinion did for one camera: its move in the rounds (image shift, pixels), why it was asked
+    (:data:`MOVED_FAR`, :data:`UNCERTAIN` or :data:`THIN`), whether it registered,
     its observations in the rounds and in the registration, how far the registered pose is from the adjusted one
     (image shift, pixels), whether the registered pose was taken, and why not."""
 
     name: str
     move_px: float
+    why: str = ""
     registered: bool = False
     observations_before: int = 0
     observations: int = 0
@@ -102,10 +119,30 @@ def outlying_moves(names: list[str], input_c2w: np.ndarray, c2w: np.ndarray, dep
     return [(names[k], float(move_px[k])) for k in order if move_px[k] > threshold], threshold
 
 
+def _sharp_thin_frames(rec: "pycolmap.Reconstruction", adjusted: "AdjustedTracks", images_dir: str | Path,
+                       cameras: dict[str, ImageCamera], support: list) -> list[str]:
+    """The frames the rounds hold by few tracks (:func:`nerf_posefix.sfm.frame_placement.thinly_held_frames`, not
+    weak) that do not look blurred against their nearest neighbours (those are the frame placement's)."""
+    from nerf_posefix.sfm import blur_matching as bm
+    from nerf_posefix.sfm.frame_placement import thinly_held_frames
+    from nerf_posefix.sfm.track_building import track_components
+
+    observations = {s.name: s.observations for s in support}
+    largest = {rec.images[i].name for i in (track_components(rec) or [[]])[0]}
+    weak = {s.name for s in support if s.weak}
+    thin = [n for n in thinly_held_frames(observations, largest) if n not in weak]
+    if not thin:
+        return []
+    partners = bm.nearest_partners(adjusted.names, thin, adjusted.c2w)
+    cache: dict[str, np.ndarray] = {}
+    return [n for n in thin if partners[n]
+            and bm.nearest_level(bm.frame_blur_px(Path(images_dir), cameras, n, partners[n], cache)) is None]
+
+
 def reregister_outlying_moves(
     database: str | Path, images_dir: str | Path, adjusted: "AdjustedTracks", posed: CameraSet, options: "TrackOptions",
-    input_tracks: Optional["pycolmap.Reconstruction"] = None, log: Optional[Callable[[str], None]] = None,
-    verbose: bool = False,
+    input_tracks: Optional["pycolmap.Reconstruction"] = None, cameras: Optional[dict[str, ImageCamera]] = None,
+    log: Optional[Callable[[str], None]] = None, verbose: bool = False,
 ) -> tuple["AdjustedTracks", list[SecondOpinion]]:
     """Steps 1-4 of the module docstring on the rounds' result ``adjusted`` (an
     :class:`~nerf_posefix.sfm.track_building.AdjustedTracks` of the track database ``database``'s images, started from
@@ -114,9 +151,12 @@ def reregister_outlying_moves(
     was taken; else the rounds re-run from the corrected poses, their gauge fixed on ``posed`` as the first rounds',
     with ``adjusted``'s rounds followed by the new ones) and what was done per camera. ``input_tracks``: the tracks triangulated with the input
     poses (a ``pycolmap.Reconstruction`` of the same image ids), whose depths measure the moves as refine's report
-    does; None: the adjusted ones (a camera that slid away takes its points with it, which shrinks its measured move)."""
+    does; None: the adjusted ones (a camera that slid away takes its points with it, which shrinks its measured move).
+    ``cameras``: intrinsics by image name, to tell the thinly held frames that look blurred (the frame placement's:
+    :mod:`nerf_posefix.sfm.frame_placement`) from the sharp ones asked about here; None: no thinly held frame is asked
+    about."""
     from nerf_posefix.sfm.frame_placement import PLACEMENT_REPROJ_PX, placed_frame_held, register_frames
-    from nerf_posefix.sfm.support import image_support, median_depths
+    from nerf_posefix.sfm.support import MIN_OBSERVATIONS, image_support, median_depths
     from nerf_posefix.sfm.track_building import adjust_with_retriangulation
 
     log = log or (lambda message: None)
@@ -128,18 +168,28 @@ def reregister_outlying_moves(
     focal = np.array([float(rec.cameras[rec.images[ids[n]].camera_id].mean_focal_length()) for n in adjusted.names])
     movers, threshold = outlying_moves(adjusted.names, adjusted.input_c2w, adjusted.c2w, depth, focal)
     filled = _filled_depths(depth)
-    if not movers or filled is None:
+    if filled is None:
         return adjusted, []
-    movers = movers[:MAX_CAMERAS]
-    opinions = [SecondOpinion(n, m, observations_before=int(rec.images[ids[n]].num_points3D)) for n, m in movers]
-    log(f"{len(opinions)} camera(s) moved far more than the others (image shift above {threshold:.3g} px: "
-        + ", ".join(f"{o.name} {o.move_px:.3g} px" for o in opinions[:5]) + (", ..." if len(opinions) > 5 else "")
-        + "): registered again against the others held fixed ...")
+    loss_scale_px = adjusted.rounds[-1]["loss_scale_px"]
+    support_before = image_support(rec, loss_scale_px=loss_scale_px)
+    uncertain = [s.name for s in support_before if s.weak and s.observations >= MIN_OBSERVATIONS and s.group == 0]  # by σ alone
+    thin = _sharp_thin_frames(rec, adjusted, images_dir, cameras, support_before) if cameras is not None else []
+    index = {n: k for k, n in enumerate(adjusted.names)}
+    move_px = pose_change_px(adjusted.input_c2w, adjusted.c2w, filled, focal)  # [N]
+    asked: list[tuple[str, str]] = []
+    for names, why in (([n for n, _ in movers], MOVED_FAR), (uncertain, UNCERTAIN), (thin, THIN)):
+        asked += [(n, why) for n in names if n not in dict(asked)]
+    if not asked:
+        return adjusted, []
+    opinions = [SecondOpinion(n, float(move_px[index[n]]), why, observations_before=int(rec.images[ids[n]].num_points3D))
+                for n, why in asked[:MAX_CAMERAS]]
+    log(f"{len(opinions)} camera(s) the rounds moved far more than the others (image shift above {threshold:.3g} px) or hold "
+        "weakly (" + ", ".join(f"{o.name}: {o.why}, {o.move_px:.3g} px" for o in opinions[:5])
+        + (", ..." if len(opinions) > 5 else "") + "): registered again against the others held fixed ...")
     placement, registered = register_frames(Path(database), rec, [o.name for o in opinions], PLACEMENT_REPROJ_PX,
                                             options.num_threads, options.seed)
-    support = {s.name: s for s in image_support(placement, loss_scale_px=adjusted.rounds[-1]["loss_scale_px"])}
+    support = {s.name: s for s in image_support(placement, loss_scale_px=loss_scale_px)}
     placed_ids = {placement.images[i].name: i for i in placement.reg_image_ids()}
-    index = {n: k for k, n in enumerate(adjusted.names)}
     corrected = adjusted.c2w.copy()  # [N, 4, 4]
     for o in opinions:
         o.registered = bool(registered.get(o.name)) and o.name in placed_ids and o.name in support
@@ -177,4 +227,4 @@ def reregister_outlying_moves(
     return result, opinions
 
 
-__all__ = ["DISAGREE_PX", "MAX_CAMERAS", "SecondOpinion", "outlying_moves", "reregister_outlying_moves"]
+__all__ = ["DISAGREE_PX", "MAX_CAMERAS", "MOVED_FAR", "THIN", "UNCERTAIN", "SecondOpinion", "outlying_moves", "reregister_outlying_moves"]

@@ -167,8 +167,8 @@ class RefineResult:
         opinions = adjusted.get("second_opinion")
         if opinions:  # cameras the rounds moved far more than the others, registered again against them
             taken = [o for o in opinions if o["replaced"]]
-            rows.append(("re-registered", f"{len(taken)} of {len(opinions)} image(s) the track rounds moved far more than the others, "
-                         "registered against the others held fixed (" + ", ".join(
+            rows.append(("re-registered", f"{len(taken)} of {len(opinions)} image(s) the track rounds moved far more than the others or held "
+                         "weakly (an uncertain pose, few tracks), registered against the others held fixed (" + ", ".join(
                              f"{o['name']} " + (f"{o['disagreement_px']:.3g} px from the rounds' pose, on {o['observations']} observations"
                                                 if o["replaced"] else "kept: " + (o["reason"] or "?").split(" (")[0])
                              for o in opinions[:4]) + (", ..." if len(opinions) > 4 else "") + ")"))
