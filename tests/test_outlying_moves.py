@@ -24,10 +24,11 @@ def test_only_a_move_far_beyond_the_others_is_outlying() -> None:
     moved[:, :3, 3] += rng.normal(scale=0.3, size=(n, 3))  # every camera moved ~0.5 units: ~10-20 px at depth 30
     depth, focal = np.full(n, 30.0), np.full(n, 700.0)
     assert outlying_moves(names, truth, moved, depth, focal)[0] == []
+    assert outlying_moves(names, truth, moved, np.full(n, np.nan), focal)[0] == []  # no depth known: nothing measured
     slid = moved.copy()
     slid[4, :3, 3] += np.array([6.0, 0.0, 0.0])  # one slid 6 units along a line: ~140 px
-    found, threshold = outlying_moves(names, truth, slid, depth, focal)
-    assert [n for n, _ in found] == ["04.jpg"] and found[0][1] > threshold
+    found, threshold, move_px = outlying_moves(names, truth, slid, depth, focal)
+    assert found == ["04.jpg"] and move_px[4] > threshold > np.delete(move_px, 4).max()
     # a far camera's move in pixels is smaller: the same slide at 10x the depth is not an outlier
     far = depth.copy()
     far[4] = 300.0
@@ -35,7 +36,7 @@ def test_only_a_move_far_beyond_the_others_is_outlying() -> None:
     # unknown depths take the median camera's
     unknown = depth.copy()
     unknown[4] = np.nan
-    assert [n for n, _ in outlying_moves(names, truth, slid, unknown, focal)[0]] == ["04.jpg"]
+    assert outlying_moves(names, truth, slid, unknown, focal)[0] == ["04.jpg"]
 
 
 @pytest.mark.skipif(not (CASTLE / "gt_cameras.json").is_file(), reason="castle-P30 (../shared/scenes) is not there")

@@ -106,17 +106,18 @@ def _filled_depths(depth: np.ndarray) -> Optional[np.ndarray]:
 
 
 def outlying_moves(names: list[str], input_c2w: np.ndarray, c2w: np.ndarray, depth: np.ndarray,
-                   focal_px: np.ndarray) -> tuple[list[tuple[str, float]], float]:
+                   focal_px: np.ndarray) -> tuple[list[str], float, np.ndarray]:
     """The cameras whose move from ``input_c2w`` to ``c2w`` (``[N, 4, 4]`` camera-to-world, same frame), as an image
     shift at ``depth [N]`` (world units; NaN: the median depth) with ``focal_px [N]``, is an outlier among the ``N``
-    moves: ``([(name, move_px)], threshold_px)``, the largest first."""
+    moves: ``(names, threshold_px, move_px [N])``, the largest moves first; none (and NaN moves) when no depth is
+    known."""
     filled = _filled_depths(depth)
     if filled is None:
-        return [], float("inf")
+        return [], float("inf"), np.full(len(names), np.nan)
     move_px = pose_change_px(input_c2w, c2w, filled, focal_px)  # [N]
     threshold, _ = outlier_threshold(move_px)
     order = np.argsort(-move_px)
-    return [(names[k], float(move_px[k])) for k in order if move_px[k] > threshold], threshold
+    return [names[k] for k in order if move_px[k] > threshold], threshold, move_px
 
 
 def _sharp_thin_frames(rec: "pycolmap.Reconstruction", adjusted: "AdjustedTracks", images_dir: str | Path,
@@ -166,7 +167,7 @@ def reregister_outlying_moves(
     depths = median_depths(input_tracks if input_tracks is not None else rec)
     depth = np.array([depths.get(ids[n], np.nan) for n in adjusted.names])
     focal = np.array([float(rec.cameras[rec.images[ids[n]].camera_id].mean_focal_length()) for n in adjusted.names])
-    movers, threshold = outlying_moves(adjusted.names, adjusted.input_c2w, adjusted.c2w, depth, focal)
+    movers, threshold, move_px = outlying_moves(adjusted.names, adjusted.input_c2w, adjusted.c2w, depth, focal)
     filled = _filled_depths(depth)
     if filled is None:
         return adjusted, []
@@ -175,14 +176,13 @@ def reregister_outlying_moves(
     uncertain = [s.name for s in support_before if s.weak and s.observations >= MIN_OBSERVATIONS and s.group == 0]  # by σ alone
     thin = _sharp_thin_frames(rec, adjusted, images_dir, cameras, support_before) if cameras is not None else []
     index = {n: k for k, n in enumerate(adjusted.names)}
-    move_px = pose_change_px(adjusted.input_c2w, adjusted.c2w, filled, focal)  # [N]
-    asked: list[tuple[str, str]] = []
-    for names, why in (([n for n, _ in movers], MOVED_FAR), (uncertain, UNCERTAIN), (thin, THIN)):
-        asked += [(n, why) for n in names if n not in dict(asked)]
+    asked: dict[str, str] = {}  # name -> why, in asking order
+    for names, why in ((movers, MOVED_FAR), (uncertain, UNCERTAIN), (thin, THIN)):
+        asked.update((n, why) for n in names if n not in asked)
     if not asked:
         return adjusted, []
     opinions = [SecondOpinion(n, float(move_px[index[n]]), why, observations_before=int(rec.images[ids[n]].num_points3D))
-                for n, why in asked[:MAX_CAMERAS]]
+                for n, why in list(asked.items())[:MAX_CAMERAS]]
     log(f"{len(opinions)} camera(s) the rounds moved far more than the others (image shift above {threshold:.3g} px) or hold "
         "weakly (" + ", ".join(f"{o.name}: {o.why}, {o.move_px:.3g} px" for o in opinions[:5])
         + (", ..." if len(opinions) > 5 else "") + "): registered again against the others held fixed ...")
