@@ -317,6 +317,13 @@ def _register_builtin_rows() -> None:
             loss="cauchy", scale_px=1.0)
     _ba_row("ba-cauchy-0.3-selfcal", "sparse_selfcal/0, BA Cauchy 0.3 px (intrinsics fixed)", "sweep", selfcal=True,
             loss="cauchy", scale_px=0.3)
+    # the intrinsics refined: focal lengths, then with the principal point (self-calibration held it at the centre)
+    _ba_row("ba-default-selfcal-focal", "sparse_selfcal/0, BA package default, focal lengths refined", "sweep", selfcal=True,
+            refine_intrinsics=True)
+    _ba_row("ba-default-selfcal-focal-pp", "sparse_selfcal/0, BA package default, focal lengths and principal point refined",
+            "sweep", selfcal=True, refine_intrinsics=True, refine_principal_point=True)
+    _ba_row("ba-default-focal-pp", "BA package default, focal lengths and principal point refined (the true K as start)",
+            "sweep", refine_intrinsics=True, refine_principal_point=True)
 
 
 _register_builtin_rows()

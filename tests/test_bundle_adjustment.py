@@ -407,3 +407,33 @@ def test_next_block_is_sized_to_the_pace_of_what_the_rule_tests():
     assert next_block_iterations(motion, None, threshold, 2, 10, 5) == BLOCK_ITERATIONS
     # fast decay: the shortest block
     assert next_block_iterations(previous * 0.5 ** 7.5 * 10, previous, threshold, 2, 10, 5) == MIN_BLOCK_ITERATIONS
+
+
+def test_a_wrong_principal_point_is_recovered_only_when_refined(tmp_path, truth):
+    """A self-calibrated model whose principal point was held at the image centre (COLMAP's default) while the truth
+    is off it: the bundled model with its principal point moved 6 px and -4 px (its observations exact for the true
+    one). Held fixed, the poses absorb the error; refined (with the focal length), the principal point comes back
+    and the poses with it."""
+    names, c2w = truth
+    rec = pycolmap.Reconstruction(str(MODEL))
+    camera = rec.cameras[next(iter(rec.cameras))]
+    true_params = np.array(camera.params, dtype=np.float64)
+    ix, iy = camera.principal_point_idxs()
+    moved = true_params.copy()
+    moved[ix] += 6.0
+    moved[iy] -= 4.0
+    camera.params = moved
+    model = tmp_path / "pp"
+    model.mkdir()
+    rec.write(str(model))
+    fixed = bundle_adjust_model(model, BundleAdjustmentOptions(loss="cauchy", scale_px=1.0))
+    refined = bundle_adjust_model(model, BundleAdjustmentOptions(loss="cauchy", scale_px=1.0, refine_intrinsics=True,
+                                                                 refine_principal_point=True))
+    got = np.array(refined.reconstruction.cameras[next(iter(refined.reconstruction.cameras))].params)
+    assert abs(got[ix] - true_params[ix]) < 0.05 and abs(got[iy] - true_params[iy]) < 0.05
+    rot_fixed = pairwise_rotation_errors(c2w, fixed.c2w).max()
+    rot_refined = pairwise_rotation_errors(c2w, refined.c2w).max()
+    assert rot_refined < 1e-3 < rot_fixed
+    held = bundle_adjust_model(model, BundleAdjustmentOptions(loss="cauchy", scale_px=1.0, refine_intrinsics=True))
+    held_params = np.array(held.reconstruction.cameras[next(iter(held.reconstruction.cameras))].params)
+    assert held_params[ix] == moved[ix] and held_params[iy] == moved[iy]  # the default holds the principal point

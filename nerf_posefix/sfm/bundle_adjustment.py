@@ -184,9 +184,10 @@ class BundleAdjustmentOptions:
             error ~5x, 0.5 px and more much less (``benchmarks/castle_p30.py``).
         refine_points: refine the 3D points with the poses (True) or hold them fixed (False: the
             poses are then resected against the input points).
-        refine_intrinsics: refine the focal length(s) and the extra (distortion) parameters. The
-            principal point is never refined (COLMAP's own default: it is poorly determined). False
+        refine_intrinsics: refine the focal length(s) and the extra (distortion) parameters. False
             (default): all intrinsics are held fixed.
+        refine_principal_point: also refine the principal point (False by default, as COLMAP: it is often poorly
+            determined).
         max_iterations: most Levenberg-Marquardt iterations in all (Ceres' ``max_num_iterations``).
         pose_tolerance: the stopping rule (module docstring): stop once no image moves by more than
             this fraction of the model's median point reprojection error per iteration, over a block of
@@ -202,6 +203,7 @@ class BundleAdjustmentOptions:
     scale_px: float | None = None
     refine_points: bool = True
     refine_intrinsics: bool = False
+    refine_principal_point: bool = False
     max_iterations: int = 100
     pose_tolerance: float = POSE_TOLERANCE
     linear_solver: LinearSolverName = "auto"
@@ -239,7 +241,7 @@ class BundleAdjustmentOptions:
             raise ValueError("to_pycolmap: the auto scale must be resolved first (pass scale_px)")
         opts = pycolmap.BundleAdjustmentOptions()
         opts.refine_focal_length = bool(self.refine_intrinsics)
-        opts.refine_principal_point = False
+        opts.refine_principal_point = bool(self.refine_principal_point)
         opts.refine_extra_params = bool(self.refine_intrinsics)
         opts.refine_points3D = bool(self.refine_points)
         opts.refine_rig_from_world = True  # the poses
