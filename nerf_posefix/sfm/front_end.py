@@ -15,7 +15,7 @@ Stages
    re-triangulation and robust adjustment
    (:func:`nerf_posefix.sfm.track_building.adjust_with_retriangulation`). Either result is mapped back onto
    the input's world frame and kept in ``work/bundle_adjusted``. With built tracks, the cameras the rounds moved
-   far more than the others or hold by an uncertain pose are registered again against them
+   far more than the others or hold weakly (an uncertain pose, few tracks) are registered again against the others
    (:func:`nerf_posefix.sfm.outlying_moves.reregister_outlying_moves`: a camera slid along a line of cameras by its
    two-view tracks, or held by few), and the blurred frames the
    adjustment holds weakly or not at all are then placed against the adjusted ones held fixed
@@ -62,7 +62,8 @@ LossName = Literal["cauchy", "huber", "soft_l1", "squared", "none"]
 #: in the database in the images' order, whatever the order COLMAP's extraction threads finish in; 7: blur-matched
 #: features for the blurred frames the ordinary matching links with few matches; 8: the blurred frames the adjustment does not
 #: hold placed against the adjusted ones; 9-10: the placement's speed and thinly held frames; 11: the cameras the rounds
-#: moved far more than the others registered again against them, :mod:`nerf_posefix.sfm.outlying_moves`).
+#: moved far more than the others or hold weakly registered again against the others,
+#: :mod:`nerf_posefix.sfm.outlying_moves`).
 FRONT_END_VERSION = 11
 
 
@@ -348,8 +349,8 @@ def _adjust_built_tracks(
     start, first = inp.model.to_camera_set(), pycolmap.Reconstruction(str(inp.model_dir))  # the tracks stage's, at the first threshold
     result = adjust_with_retriangulation(work / "tracks" / DATABASE_FILE, posed.images_dir, start, track_options,
                                          log=lambda m: log(f"  {m}"), first_triangulation=first)
-    # a camera the rounds moved far more than the others (slid along a line of cameras) or hold by an uncertain pose:
-    # registered against them
+    # a camera the rounds moved far more than the others (slid along a line of cameras) or hold weakly (an uncertain
+    # pose, few tracks): registered against the others
     result, opinions = reregister_outlying_moves(work / "tracks" / DATABASE_FILE, posed.images_dir, result, start, track_options,
                                                  input_tracks=first, cameras=posed.intrinsics, log=lambda m: log(f"  {m}"))
     placement = Placement()  # nothing placed (--no-frame-placement)
