@@ -86,6 +86,8 @@ class FrontEndOptions:
         bundle_adjustment: the robust loss of the adjustment, or ``"none"`` (no adjustment: the front end
             returns its input, with built tracks when they were built).
         ba_scale_px: the robust scale of a model's own-track adjustment (None: automatic).
+        intrinsics: what a model's own-track adjustment refines of the cameras: ``"fixed"`` (nothing), ``"focal"``
+            (focal lengths and distortion), ``"focal-pp"`` (those and the principal point); built tracks keep them fixed.
         threads: COLMAP's threads (0: one per core).
         seed: COLMAP's random seed.
     """
@@ -100,6 +102,7 @@ class FrontEndOptions:
     placement_max_frames: int = PLACEMENT_MAX_FRAMES
     bundle_adjustment: LossName = "cauchy"
     ba_scale_px: Optional[float] = None
+    intrinsics: Literal["fixed", "focal", "focal-pp"] = "fixed"
     threads: int = 0
     seed: int = 42
 
@@ -124,6 +127,7 @@ class FrontEndOptions:
             "placement_max_frames": self.placement_max_frames if built and self.frame_placement else None,
             "bundle_adjustment": self.bundle_adjustment,
             "ba_scale_px": self.ba_scale_px,
+            "intrinsics": None if built else self.intrinsics,
             "seed": self.seed if built else None,
         }
 
@@ -321,9 +325,12 @@ def _adjust_own_tracks(options: FrontEndOptions, inp: ValidatedInput, log: Calla
     from nerf_posefix.sfm.bundle_adjustment import BundleAdjustmentOptions, bundle_adjust_model
 
     log(f"bundle adjustment of {len(inp.model.images)} images ({options.bundle_adjustment} loss) ...")
-    result = bundle_adjust_model(inp.model_dir, BundleAdjustmentOptions(loss=options.bundle_adjustment, scale_px=options.ba_scale_px))
+    result = bundle_adjust_model(inp.model_dir, BundleAdjustmentOptions(
+        loss=options.bundle_adjustment, scale_px=options.ba_scale_px, refine_intrinsics=options.intrinsics != "fixed",
+        refine_principal_point=options.intrinsics == "focal-pp"))
     return result.reconstruction, {
         "loss": options.bundle_adjustment,
+        "intrinsics": options.intrinsics,
         "scale_px": result.scale_px,
         "reprojection_error_before_px": result.reprojection_error_before_px,
         "reprojection_error_after_px": result.reprojection_error_after_px,
@@ -399,3 +406,7 @@ def check_front_end_options(options: FrontEndOptions) -> None:
         raise InputError(f"--threads must be >= 0, got {options.threads}")
     if options.placement_max_frames < 0:
         raise InputError(f"--placement-max-frames must be >= 0, got {options.placement_max_frames}")
+    if options.intrinsics not in ("fixed", "focal", "focal-pp"):
+        raise InputError(f"--intrinsics must be fixed, focal or focal-pp, got {options.intrinsics!r}")
+    if options.intrinsics != "fixed" and options.bundle_adjustment == "none":
+        raise InputError(f"--intrinsics {options.intrinsics} refines the cameras in the bundle adjustment: not with --bundle-adjustment none")

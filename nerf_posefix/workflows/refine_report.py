@@ -129,6 +129,10 @@ class RefineResult:
                          + f": mean reprojection error {before_text}{ba['reprojection_error_after_px']:.3g} px, {ba['seconds']:.1f} s)"))
         else:
             rows.append(("adjustment", "none"))
+        if isinstance(ba, dict) and ba.get("cameras"):  # --intrinsics: the cameras the adjustment refined
+            for camera_id, change in list(ba["cameras"].items())[:3]:
+                rows.append(("intrinsics", f"camera {camera_id} ({change['model']}, {ba['intrinsics']}): "
+                             + " ".join(f"{a:.4g}" for a in change["before"]) + " -> " + " ".join(f"{b:.4g}" for b in change["after"])))
         if s.get("iterations"):
             seconds = s.get("training_seconds")
             rows.append(("NeRF stage", f"{s.get('method', 'posefix')}, {s['iterations']} iterations"
