@@ -77,3 +77,27 @@ def frame_and_others_errors(data: Path, refined: Path, frame: str) -> tuple[floa
     rot = rotation_angle_deg(aligned[:, :3, :3], gt.c2w[:, :3, :3])
     k = [Path(n).name for n in gt.names].index(Path(frame).name)
     return float(rot[k]), float(np.median(np.delete(rot, k)))
+
+
+#: The shift given to the tiny scene's principal point by :func:`tiny_model_with_moved_principal_point` (pixels).
+PRINCIPAL_POINT_SHIFT_PX = (6.0, -4.0)
+
+
+def tiny_model_with_moved_principal_point(dst: Path) -> tuple["np.ndarray", tuple[int, int]]:
+    """``assets/toybox_tiny``'s model (exact observations) written to ``dst`` with its camera's principal point moved
+    by :data:`PRINCIPAL_POINT_SHIFT_PX`, as a self-calibration that held it at a wrong place leaves it. Returns the
+    true camera parameters and the indices of the principal point in them."""
+    import numpy as np
+    import pycolmap
+
+    rec = pycolmap.Reconstruction(str(TOYBOX.parent / "toybox_tiny" / "sparse" / "0"))
+    camera = rec.cameras[next(iter(rec.cameras))]
+    truth = np.array(camera.params, dtype=np.float64)
+    ix, iy = camera.principal_point_idxs()
+    moved = truth.copy()
+    moved[ix] += PRINCIPAL_POINT_SHIFT_PX[0]
+    moved[iy] += PRINCIPAL_POINT_SHIFT_PX[1]
+    camera.params = moved
+    Path(dst).mkdir(parents=True)
+    rec.write(str(dst))
+    return truth, (int(ix), int(iy))

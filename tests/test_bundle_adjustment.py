@@ -414,18 +414,11 @@ def test_a_wrong_principal_point_is_recovered_only_when_refined(tmp_path, truth)
     is off it: the bundled model with its principal point moved 6 px and -4 px (its observations exact for the true
     one). Held fixed, the poses absorb the error; refined (with the focal length), the principal point comes back
     and the poses with it."""
+    from scene_helpers import PRINCIPAL_POINT_SHIFT_PX, tiny_model_with_moved_principal_point
+
     names, c2w = truth
-    rec = pycolmap.Reconstruction(str(MODEL))
-    camera = rec.cameras[next(iter(rec.cameras))]
-    true_params = np.array(camera.params, dtype=np.float64)
-    ix, iy = camera.principal_point_idxs()
-    moved = true_params.copy()
-    moved[ix] += 6.0
-    moved[iy] -= 4.0
-    camera.params = moved
     model = tmp_path / "pp"
-    model.mkdir()
-    rec.write(str(model))
+    true_params, (ix, iy) = tiny_model_with_moved_principal_point(model)
     fixed = bundle_adjust_model(model, BundleAdjustmentOptions(loss="cauchy", scale_px=1.0))
     refined = bundle_adjust_model(model, BundleAdjustmentOptions(loss="cauchy", scale_px=1.0, refine_intrinsics=True,
                                                                  refine_principal_point=True))
@@ -436,4 +429,5 @@ def test_a_wrong_principal_point_is_recovered_only_when_refined(tmp_path, truth)
     assert rot_refined < 1e-3 < rot_fixed
     held = bundle_adjust_model(model, BundleAdjustmentOptions(loss="cauchy", scale_px=1.0, refine_intrinsics=True))
     held_params = np.array(held.reconstruction.cameras[next(iter(held.reconstruction.cameras))].params)
-    assert held_params[ix] == moved[ix] and held_params[iy] == moved[iy]  # the default holds the principal point
+    shift = PRINCIPAL_POINT_SHIFT_PX
+    assert held_params[ix] == true_params[ix] + shift[0] and held_params[iy] == true_params[iy] + shift[1]  # held by default

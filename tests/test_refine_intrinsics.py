@@ -10,29 +10,15 @@ import numpy as np
 import pycolmap
 import pytest
 from cli_helpers import TINY, cli, refused
+from scene_helpers import PRINCIPAL_POINT_SHIFT_PX, tiny_model_with_moved_principal_point
 
 from nerf_posefix.geometry.metrics import pairwise_rotation_errors
 from nerf_posefix.sfm.bundle_adjustment import reconstruction_c2w
 
 
-def _moved_principal_point(dst: Path) -> tuple[np.ndarray, np.ndarray]:
-    """The tiny scene's model (exact observations) with its principal point moved by (6, -4) px, as a self-calibration
-    that held it at a wrong place leaves it; returns (true camera parameters, true camera-to-world [N, 4, 4])."""
-    rec = pycolmap.Reconstruction(str(TINY / "sparse" / "0"))
-    camera = rec.cameras[next(iter(rec.cameras))]
-    truth = np.array(camera.params, dtype=np.float64)
-    ix, iy = camera.principal_point_idxs()
-    moved = truth.copy()
-    moved[ix] += 6.0
-    moved[iy] -= 4.0
-    camera.params = moved
-    dst.mkdir(parents=True)
-    rec.write(str(dst))
-    return truth, reconstruction_c2w(rec)[1]
-
-
 def test_focal_pp_brings_back_the_principal_point_and_the_output_carries_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    truth, c2w = _moved_principal_point(tmp_path / "model")
+    truth, (ix, iy) = tiny_model_with_moved_principal_point(tmp_path / "model")
+    c2w = reconstruction_c2w(pycolmap.Reconstruction(str(TINY / "sparse" / "0")))[1]  # the truth: [N, 4, 4]
     errors = {}
     for mode in ("fixed", "focal-pp"):
         out = tmp_path / mode
@@ -45,11 +31,11 @@ def test_focal_pp_brings_back_the_principal_point_and_the_output_carries_it(tmp_
         meta = json.loads((out / "transforms.json").read_text())
         summary = json.loads((out / "report.json").read_text())["summary"]["bundle_adjustment"]
         if mode == "fixed":
-            assert params[2] == truth[2] + 6.0 and params[3] == truth[3] - 4.0  # held as given
+            assert (params[ix], params[iy]) == (truth[ix] + PRINCIPAL_POINT_SHIFT_PX[0], truth[iy] + PRINCIPAL_POINT_SHIFT_PX[1])  # held
             assert "cameras" not in summary
         else:
-            np.testing.assert_allclose(params[2:4], truth[2:4], atol=0.05)  # the principal point is back
-            assert meta["cx"] == pytest.approx(params[2]) and meta["cy"] == pytest.approx(params[3])  # transforms.json too
+            np.testing.assert_allclose(params[[ix, iy]], truth[[ix, iy]], atol=0.05)  # the principal point is back
+            assert meta["cx"] == pytest.approx(params[ix]) and meta["cy"] == pytest.approx(params[iy])  # transforms.json too
             assert summary["cameras"]["1"]["after"] == pytest.approx(list(params))
     assert errors["focal-pp"] < 1e-3 < errors["fixed"]
 
