@@ -113,6 +113,7 @@ from nerf_posefix.errors import InputError
 from nerf_posefix.io.colmap import quiet_fd2
 from nerf_posefix.geometry.robust_scale import AUTO_SCALE_MAX_PX, AUTO_SCALE_MIN_PX, auto_robust_scale
 from nerf_posefix.geometry.alignment import Alignment, align, pose_alignment
+from nerf_posefix.geometry.outliers import pose_change_px
 from nerf_posefix.geometry.poses import invert_poses, rotation_angle_deg
 
 if TYPE_CHECKING:
@@ -522,9 +523,7 @@ def image_motion_px(before: np.ndarray, after: np.ndarray, focal_px: np.ndarray,
     image's point distance. ``[N]``."""
     if len(before) >= 2:
         before = pose_alignment(before, after).apply(before)
-    rot = np.deg2rad(rotation_angle_deg(before[:, :3, :3], after[:, :3, :3]))
-    shift = np.linalg.norm(after[:, :3, 3] - before[:, :3, 3], axis=-1)
-    return focal_px * (rot + shift / depth)
+    return pose_change_px(before, after, depth, focal_px)
 
 
 def next_block_iterations(motion: np.ndarray, previous: Optional[np.ndarray], threshold_px: Optional[float],

@@ -120,16 +120,15 @@ def outlying_moves(names: list[str], input_c2w: np.ndarray, c2w: np.ndarray, dep
     return [names[k] for k in order if move_px[k] > threshold], threshold, move_px
 
 
-def _sharp_thin_frames(rec: "pycolmap.Reconstruction", adjusted: "AdjustedTracks", images_dir: str | Path,
-                       cameras: dict[str, ImageCamera], support: list) -> list[str]:
+def _sharp_thin_frames(adjusted: "AdjustedTracks", images_dir: str | Path, cameras: dict[str, ImageCamera],
+                       support: list) -> list[str]:
     """The frames the rounds hold by few tracks (:func:`nerf_posefix.sfm.frame_placement.thinly_held_frames`, not
     weak) that do not look blurred against their nearest neighbours (those are the frame placement's)."""
     from nerf_posefix.sfm import blur_matching as bm
     from nerf_posefix.sfm.frame_placement import thinly_held_frames
-    from nerf_posefix.sfm.track_building import track_components
 
     observations = {s.name: s.observations for s in support}
-    largest = {rec.images[i].name for i in (track_components(rec) or [[]])[0]}
+    largest = {s.name for s in support if s.group == 0}  # the support's groups: track_components' order, largest first
     weak = {s.name for s in support if s.weak}
     thin = [n for n in thinly_held_frames(observations, largest) if n not in weak]
     if not thin:
@@ -174,7 +173,7 @@ def reregister_outlying_moves(
     loss_scale_px = adjusted.rounds[-1]["loss_scale_px"]
     support_before = image_support(rec, loss_scale_px=loss_scale_px)
     uncertain = [s.name for s in support_before if s.weak and s.observations >= MIN_OBSERVATIONS and s.group == 0]  # by σ alone
-    thin = _sharp_thin_frames(rec, adjusted, images_dir, cameras, support_before) if cameras is not None else []
+    thin = _sharp_thin_frames(adjusted, images_dir, cameras, support_before) if cameras is not None else []
     index = {n: k for k, n in enumerate(adjusted.names)}
     asked: dict[str, str] = {}  # name -> why, in asking order
     for names, why in ((movers, MOVED_FAR), (uncertain, UNCERTAIN), (thin, THIN)):
