@@ -101,3 +101,36 @@ def tiny_model_with_moved_principal_point(dst: Path) -> tuple["np.ndarray", tupl
     Path(dst).mkdir(parents=True)
     rec.write(str(dst))
     return truth, (int(ix), int(iy))
+
+
+def tiny_model_with_placeholder_principal_point(dst: Path, true_shift_px: tuple[float, float], noise_px: float = 0.3,
+                                                seed: int = 0) -> tuple["np.ndarray", tuple[int, int]]:
+    """``assets/toybox_tiny``'s poses and points with every observation re-projected through its camera whose principal
+    point is the image centre moved by ``true_shift_px`` (the truth), plus Gaussian noise of ``noise_px`` per axis
+    (seeded), written to ``dst`` with the principal point at the image centre: a model that COLMAP self-calibrated
+    holding its placeholder (a shift of ``(0, 0)``: a camera whose principal point is the centre, as synthetic ones).
+    Returns the true camera parameters and the indices of the principal point in them."""
+    import numpy as np
+    import pycolmap
+
+    rec = pycolmap.Reconstruction(str(TOYBOX.parent / "toybox_tiny" / "sparse" / "0"))
+    camera = rec.cameras[next(iter(rec.cameras))]
+    ix, iy = camera.principal_point_idxs()
+    truth = np.array(camera.params, dtype=np.float64)
+    truth[ix], truth[iy] = camera.width / 2 + true_shift_px[0], camera.height / 2 + true_shift_px[1]
+    true_camera = pycolmap.Camera(model=camera.model, width=camera.width, height=camera.height, params=truth)
+    rng = np.random.default_rng(seed)
+    for image_id in sorted(rec.reg_image_ids()):
+        image = rec.images[image_id]
+        cam_from_world = image.cam_from_world()
+        points2D = image.points2D
+        for k, point2D in enumerate(points2D):
+            if point2D.has_point3D():
+                xyz = cam_from_world * rec.points3D[point2D.point3D_id].xyz
+                points2D[k].xy = true_camera.img_from_cam(np.asarray(xyz)[None])[0] + rng.normal(0.0, noise_px, 2)
+    placeholder = truth.copy()
+    placeholder[ix], placeholder[iy] = camera.width / 2, camera.height / 2
+    camera.params = placeholder
+    Path(dst).mkdir(parents=True)
+    rec.write(str(dst))
+    return truth, (int(ix), int(iy))

@@ -102,7 +102,7 @@ from __future__ import annotations
 import contextlib
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Optional
@@ -189,6 +189,8 @@ class BundleAdjustmentOptions:
             (default): all intrinsics are held fixed.
         refine_principal_point: also refine the principal point (False by default, as COLMAP: it is often poorly
             determined).
+        refine_camera_ids: the cameras whose intrinsics ``refine_intrinsics`` refines (None: every camera; the
+            others stay as they are).
         max_iterations: most Levenberg-Marquardt iterations in all (Ceres' ``max_num_iterations``).
         pose_tolerance: the stopping rule (module docstring): stop once no image moves by more than
             this fraction of the model's median point reprojection error per iteration, over a block of
@@ -205,6 +207,7 @@ class BundleAdjustmentOptions:
     refine_points: bool = True
     refine_intrinsics: bool = False
     refine_principal_point: bool = False
+    refine_camera_ids: Optional[tuple[int, ...]] = None
     max_iterations: int = 100
     pose_tolerance: float = POSE_TOLERANCE
     linear_solver: LinearSolverName = "auto"
@@ -569,6 +572,7 @@ def adjust_reconstruction(
     graph: Optional[TrackGraph] = None,
     straggler_fraction: float = STRAGGLER_FRACTION,
     adaptive_blocks: bool = True,
+    constant_camera_ids: Iterable[int] = (),
 ) -> AdjustmentRun:
     """Bundle-adjust ``rec`` in place (all registered images, their points; what is refined, the loss and
     the threads as ``opts`` says), stopping when the poses stop moving (module docstring).
@@ -578,7 +582,8 @@ def adjust_reconstruction(
     fraction of the images (rounded down) that may still move faster than the threshold when the rule stops.
     ``adaptive_blocks``: size the blocks after the second to the pace of the motion the rule tests
     (:func:`next_block_iterations`);
-    False: every later block is :data:`BLOCK_ITERATIONS`.
+    False: every later block is :data:`BLOCK_ITERATIONS`. ``constant_camera_ids``: cameras whose intrinsics stay
+    as they are whatever ``opts`` refines.
     """
     import pycolmap
 
@@ -594,6 +599,8 @@ def adjust_reconstruction(
     config = pycolmap.BundleAdjustmentConfig()
     for image_id in rec.reg_image_ids():
         config.add_image(image_id)
+    for camera_id in constant_camera_ids:
+        config.set_constant_cam_intrinsics(int(camera_id))
     config.fix_gauge(pycolmap.BundleAdjustmentGauge.TWO_CAMS_FROM_WORLD)
     block = max_iterations if pose_tolerance <= 0 else min(FIRST_BLOCK_ITERATIONS, max_iterations)
     stragglers_allowed = int(straggler_fraction * len(graph.names))
@@ -763,6 +770,8 @@ def bundle_adjust_model(model_dir: str | Path, options: BundleAdjustmentOptions 
     run = adjust_reconstruction(
         rec, options.to_pycolmap(1.0 if scale_px is None else scale_px), max_iterations=int(options.max_iterations),
         pose_tolerance=float(options.pose_tolerance), linear_solver=options.linear_solver, verbose=options.verbose,
+        constant_camera_ids=([int(c) for c in rec.cameras if int(c) not in set(options.refine_camera_ids)]
+                             if options.refine_intrinsics and options.refine_camera_ids is not None else ()),
     )
     _, adjusted_c2w = reconstruction_c2w(rec)
     if options.fix_gauge == "none":

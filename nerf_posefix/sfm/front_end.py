@@ -87,7 +87,9 @@ class FrontEndOptions:
             returns its input, with built tracks when they were built).
         ba_scale_px: the robust scale of a model's own-track adjustment (None: automatic).
         intrinsics: what a model's own-track adjustment refines of the cameras: ``"fixed"`` (nothing), ``"focal"``
-            (focal lengths and distortion), ``"focal-pp"`` (those and the principal point); built tracks keep them fixed.
+            (focal lengths and distortion), ``"focal-pp"`` (those and the principal point), ``"auto"`` (focal-pp for the
+            cameras whose principal point is COLMAP's placeholder at the image centre and whose tracks contradict it,
+            :mod:`nerf_posefix.sfm.principal_point`; the others fixed); built tracks keep them fixed.
         threads: COLMAP's threads (0: one per core).
         seed: COLMAP's random seed.
     """
@@ -102,7 +104,7 @@ class FrontEndOptions:
     placement_max_frames: int = PLACEMENT_MAX_FRAMES
     bundle_adjustment: LossName = "cauchy"
     ba_scale_px: Optional[float] = None
-    intrinsics: Literal["fixed", "focal", "focal-pp"] = "fixed"
+    intrinsics: Literal["auto", "fixed", "focal", "focal-pp"] = "fixed"
     threads: int = 0
     seed: int = 42
 
@@ -322,15 +324,27 @@ def _cached_adjustment(
 
 def _adjust_own_tracks(options: FrontEndOptions, inp: ValidatedInput, log: Callable[[str], None]) -> tuple[Any, dict[str, Any]]:
     """The robust bundle adjustment of a model's own tracks."""
-    from nerf_posefix.sfm.bundle_adjustment import BundleAdjustmentOptions, bundle_adjust_model
+    from nerf_posefix.sfm.bundle_adjustment import BundleAdjustmentOptions, bundle_adjust_model, read_reconstruction
 
+    tests = []
+    if options.intrinsics == "auto":  # the cameras whose placeholder principal point the tracks contradict
+        from nerf_posefix.sfm.principal_point import examine_principal_points
+
+        tests = examine_principal_points(read_reconstruction(inp.model_dir), loss=options.bundle_adjustment, scale_px=options.ba_scale_px)
+        for test in tests:
+            log(test.describe())
+        refine, refine_ids, with_pp = any(t.refined for t in tests), tuple(t.camera_id for t in tests if t.refined), True
+    else:
+        refine, refine_ids, with_pp = options.intrinsics != "fixed", None, options.intrinsics == "focal-pp"
     log(f"bundle adjustment of {len(inp.model.images)} images ({options.bundle_adjustment} loss) ...")
     result = bundle_adjust_model(inp.model_dir, BundleAdjustmentOptions(
-        loss=options.bundle_adjustment, scale_px=options.ba_scale_px, refine_intrinsics=options.intrinsics != "fixed",
-        refine_principal_point=options.intrinsics == "focal-pp"))
+        loss=options.bundle_adjustment, scale_px=options.ba_scale_px, refine_intrinsics=refine,
+        refine_principal_point=refine and with_pp, refine_camera_ids=refine_ids))
     return result.reconstruction, {
         "loss": options.bundle_adjustment,
         "intrinsics": options.intrinsics,
+        "intrinsics_refined": bool(refine),
+        **({"principal_point_tests": [t.to_dict() for t in tests]} if tests else {}),
         "scale_px": result.scale_px,
         "reprojection_error_before_px": result.reprojection_error_before_px,
         "reprojection_error_after_px": result.reprojection_error_after_px,
@@ -406,7 +420,7 @@ def check_front_end_options(options: FrontEndOptions) -> None:
         raise InputError(f"--threads must be >= 0, got {options.threads}")
     if options.placement_max_frames < 0:
         raise InputError(f"--placement-max-frames must be >= 0, got {options.placement_max_frames}")
-    if options.intrinsics not in ("fixed", "focal", "focal-pp"):
-        raise InputError(f"--intrinsics must be fixed, focal or focal-pp, got {options.intrinsics!r}")
-    if options.intrinsics != "fixed" and options.bundle_adjustment == "none":
+    if options.intrinsics not in ("auto", "fixed", "focal", "focal-pp"):
+        raise InputError(f"--intrinsics must be auto, fixed, focal or focal-pp, got {options.intrinsics!r}")
+    if options.intrinsics not in ("auto", "fixed") and options.bundle_adjustment == "none":
         raise InputError(f"--intrinsics {options.intrinsics} refines the cameras in the bundle adjustment: not with --bundle-adjustment none")

@@ -207,12 +207,14 @@ class RefineOptions:
     ba_scale_px: Optional[float] = None
     """Robust scale of the bundle adjustment (pixels). Default: twice the model's median reprojection
     error, clipped to [0.1, 2] px."""
-    intrinsics: Literal["fixed", "focal", "focal-pp"] = "fixed"
+    intrinsics: Literal["auto", "fixed", "focal", "focal-pp"] = "auto"
     """What the bundle adjustment of a COLMAP model's own tracks refines of its cameras (the output model then
-    carries them): fixed: nothing; focal: the focal lengths and distortion; focal-pp: those and the principal point.
-    A self-calibrated model whose principal point COLMAP held at the image centre: castle-P30's sparse_selfcal/0
-    goes from 0.677 deg (fixed) to 0.064 deg with focal-pp; on 8-11 photo captures the principal point can drift
-    (worse in 2 of 7), and with the true K it costs 30 % (docs/benchmarks.md). Not for tracks built from the images."""
+    carries them): auto: focal-pp for each camera whose principal point is COLMAP's placeholder (exactly the image
+    centre, shared by at least 8 images) and whose tracks contradict it (the principal point estimated with the
+    intrinsics free, χ² > 13.8 against its covariance), the others fixed; fixed: nothing; focal: the focal lengths
+    and distortion; focal-pp: those and the principal point. castle-P30's self-calibrated sparse_selfcal/0: 0.677 deg
+    (fixed) -> 0.064 deg (auto refines it); the bundled toybox's COLMAP models, whose true principal point is the
+    centre: held (refining it there costs 2-3x). Not for tracks built from the images (docs/benchmarks.md)."""
     nerf_cameras: Literal["weak", "all"] = "weak"
     """Which cameras the NeRF stage refines: ``weak``, those the tracks hold weakly (few or no tracks, an
     uncertain pose, a separate group), the others keeping the adjustment's pose; ``all``: every camera."""
@@ -362,7 +364,7 @@ def _read_input(options: RefineOptions) -> tuple[PosedImages, ValidatedInput, bo
         inp, built = validate_model(model, model_dir, ext, Path(options.images or posed.images_dir), log=_silent), False
     else:
         inp, built = front_end_input(posed, options.build_tracks, log=_silent)  # the image conversions: said by the NeRF stage
-    if built and options.intrinsics != "fixed":
+    if built and options.intrinsics not in ("auto", "fixed"):
         raise InputError(f"--intrinsics {options.intrinsics} refines the cameras of a COLMAP model's own tracks (--colmap-model "
                          "with its points); this input's tracks are built from the images, with the given intrinsics held")
     _note_text_unsafe_names(inp, built)
@@ -486,9 +488,10 @@ def front_end_options(options: RefineOptions) -> FrontEndOptions:
 
 
 def _camera_changes(before: ColmapModel, after: ColmapModel) -> dict[str, dict[str, Any]]:
-    """Per camera id: its model and parameters before and after the adjustment (COLMAP's order and pixels)."""
+    """Per camera id the adjustment changed: its model and parameters before and after (COLMAP's order and pixels)."""
     return {str(k): {"model": str(after.cameras[k].model), "before": [float(v) for v in before.cameras[k].params],
-                     "after": [float(v) for v in after.cameras[k].params]} for k in sorted(after.cameras) if k in before.cameras}
+                     "after": [float(v) for v in after.cameras[k].params]} for k in sorted(after.cameras)
+            if k in before.cameras and list(before.cameras[k].params) != list(after.cameras[k].params)}
 
 
 def _silent(message: str) -> None:
@@ -991,7 +994,7 @@ def _refine_in(
             replace(options, downscale_factor=downscale), inp, stage_input, work, iterations, tracks, ba_summary, callback,
             training_world=posed.nerfstudio_world())
     model = refined_model(stage_input if built else inp, refined, points)
-    if not built and options.intrinsics != "fixed":  # the adjustment refined the cameras: the output carries them
+    if not built and (ba_summary or {}).get("intrinsics_refined"):  # the adjustment refined cameras: the output carries them
         model = replace(model, cameras=dict(stage_input.model.cameras))
         ba_summary = {**(ba_summary or {}), "cameras": _camera_changes(inp.model, stage_input.model)}
     input_residuals = model_residuals(inp.model)  # once: the input's accuracy per image and its mean error
