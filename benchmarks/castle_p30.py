@@ -350,9 +350,9 @@ REFINE_VARIANTS: dict[str, tuple[str, tuple[str, ...], tuple[int, ...]]] = {
 }
 
 
-def refine_runner(args: Sequence[str], seed: int) -> Callable[[RowContext], Estimate]:
-    """A row runner: ``posefix refine`` of ``sparse/0`` with ``args`` in its own process (resumable:
-    an interrupted run continues from its checkpoint)."""
+def refine_runner(args: Sequence[str], seed: int, selfcal: bool = False, iterations: int = REFINE_ITERATIONS) -> Callable[[RowContext], Estimate]:
+    """A row runner: ``posefix refine`` of ``sparse/0`` (or ``sparse_selfcal/0``) with ``args`` in its own process
+    (resumable: an interrupted run continues from its checkpoint)."""
 
     def run(ctx: RowContext) -> Estimate:
         import os
@@ -362,8 +362,9 @@ def refine_runner(args: Sequence[str], seed: int) -> Callable[[RowContext], Esti
         if not (out / "report.json").is_file():
             ctx.work_dir.mkdir(parents=True, exist_ok=True)
             partial = out.parent / f"{out.name}.partial"
-            cmd = [sys.executable, "-m", "nerf_posefix.cli.main", "refine", "--colmap-model", str(ctx.model_dir),
-                   "--images", str(ctx.scene / "images"), "--output", str(out), "--iterations", str(REFINE_ITERATIONS),
+            model = ctx.selfcal_model_dir if selfcal else ctx.model_dir
+            cmd = [sys.executable, "-m", "nerf_posefix.cli.main", "refine", "--colmap-model", str(model),
+                   "--images", str(ctx.scene / "images"), "--output", str(out), "--iterations", str(iterations),
                    "--downscale-factor", str(REFINE_DOWNSCALE), "--threads", "1", "--seed", str(seed), "--quiet",
                    *(["--resume"] if partial.exists() else ["--overwrite"] if out.exists() else []), *args]
             env = {**os.environ, "PYTHONWARNINGS": "ignore"}
@@ -393,6 +394,12 @@ def _register_refine_rows() -> None:
                         "downscale": REFINE_DOWNSCALE, "method": "posefix-small"}
             register_row(RowSpec(f"{variant}-s{seed}", refine_runner(args, seed),
                                  f"{description} (seed {seed}, {REFINE_ITERATIONS} it)", settings, "refine"))
+    # posefix refine with its defaults and no NeRF stage, as a user runs it: the adjustment, --intrinsics auto
+    for selfcal in (False, True):
+        model = "sparse_selfcal/0" if selfcal else "sparse/0"
+        register_row(RowSpec("refine-default" + ("-selfcal" if selfcal else ""), refine_runner((), 0, selfcal, iterations=0),
+                             f"posefix refine defaults on {model}, no NeRF stage (--intrinsics auto)",
+                             {"model": model, "args": ["--iterations", "0"]}, "sweep"))
 
 
 _register_refine_rows()

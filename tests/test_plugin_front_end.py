@@ -256,3 +256,36 @@ def test_bad_images_are_refused_before_training_as_refine_refuses_them(pose_only
     assert tree_digest(data) == before
     run_dir = next((tmp_path / "runs").rglob("config.yml")).parent
     assert not (run_dir / "front_end").exists() and not (run_dir / "front_end.partial").exists()
+
+
+@pytest.mark.parametrize("layout", ["colmap", "ns-process-data"])
+def test_a_principal_point_the_tracks_contradict_is_refined_in_the_dataset_the_nerf_reads(layout: str, tmp_path: Path) -> None:
+    """The front end's --intrinsics auto (refine's default): a COLMAP model holding COLMAP's placeholder principal point
+    3 / -2 px from the truth; the dataparser of the adjusted dataset reads the refined principal point, from the
+    overlay's model or its transforms.json (``--pipeline.front-end-intrinsics fixed``: the dataset's)."""
+    from nerfstudio.data.dataparsers.colmap_dataparser import ColmapDataParserConfig
+    from scene_helpers import tiny_model_with_placeholder_principal_point
+
+    from nerf_posefix.plugin.front_end import run_pipeline_front_end
+    from nerf_posefix.plugin.method_configs import posefix_small_config
+    from nerf_posefix.sfm.front_end import FrontEndOptions
+
+    source = tmp_path / "source"
+    truth, (ix, iy) = tiny_model_with_placeholder_principal_point(source / "sparse" / "0", (3.0, -2.0))
+    shutil.copytree(TINY / "images", source / "images")
+    if layout == "colmap":
+        data, dataparser = source, ColmapDataParserConfig(data=source, colmap_path=Path("sparse/0"), eval_mode="all")
+    else:
+        data = ns_process_data_layout(source, tmp_path / "processed")
+        dataparser = posefix_small_config().pipeline.datamanager.dataparser
+        dataparser.data, dataparser.eval_mode = data, "all"
+    before = tree_digest(data)
+    principal = {}
+    for mode in ("auto", "fixed"):
+        outcome = run_pipeline_front_end(dataparser, tmp_path / f"cache-{mode}", FrontEndOptions(intrinsics=mode), lambda line: None)
+        cameras = outcome.dataparser.setup().get_dataparser_outputs("train").cameras
+        principal[mode] = (cameras.cx.flatten().numpy(), cameras.cy.flatten().numpy())
+    cx, cy = principal["auto"]
+    assert np.allclose(cx, cx[0]) and abs(cx[0] - truth[ix]) < 0.5 and abs(cy[0] - truth[iy]) < 0.5  # near the truth
+    assert np.allclose(principal["fixed"][0], 32.0) and np.allclose(principal["fixed"][1], 32.0)  # the dataset's
+    assert tree_digest(data) == before

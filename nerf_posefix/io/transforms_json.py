@@ -244,6 +244,33 @@ def camera_keys(camera: ImageCamera) -> dict[str, Any]:
     return {"camera_model": "OPENCV", "w": int(camera.width), "h": int(camera.height), **dict(zip(keys, values))}
 
 
+#: The keys of a transforms.json that say a frame's intrinsics (top level or per frame).
+CAMERA_KEYS = ("camera_model", *_INTRINSICS_KEYS, *_DISTORTION_KEYS)
+
+
+def with_cameras(meta: dict, cameras: Sequence[Optional[ImageCamera]], where: str = FILENAME) -> dict:
+    """A copy of ``meta`` whose frames have the intrinsics ``cameras`` (one per frame in order; None: the frame's
+    own, as :func:`frame_cameras` reads it). Written as nerfstudio's dataparser reads them: at the top level when
+    every frame has the same camera (nerfstudio then ignores the frames' own keys, so those are removed), else per
+    frame (the top-level ones removed). Poses and every other key are kept.
+
+    Raises:
+        InputError: a frame's camera has no transforms.json form (:func:`camera_keys`), or its current intrinsics
+            cannot be read (:func:`frame_cameras`).
+    """
+    current = frame_cameras(meta, where)
+    final = [new if new is not None else old for new, old in zip(cameras, current)]
+    keys = [camera_keys(camera) for camera in final]
+    out = {k: v for k, v in meta.items() if k not in CAMERA_KEYS}
+    frames = [{k: v for k, v in frame.items() if k not in CAMERA_KEYS} for frame in meta["frames"]]
+    if all(k == keys[0] for k in keys):
+        out.update(keys[0])
+    else:
+        frames = [{**frame, **k} for frame, k in zip(frames, keys)]
+    out["frames"] = frames
+    return out
+
+
 def with_poses(meta: dict, c2w_opencv: np.ndarray, extra: Optional[Sequence[dict]] = None) -> dict:
     """A copy of ``meta`` whose frames carry the poses ``c2w_opencv [F, 4, 4]`` (OpenCV axes, input world
     frame, one per frame in order), written in the file's convention (its ``applied_transform`` kept).

@@ -56,9 +56,10 @@ import numpy as np
 from nerf_posefix.errors import InputError
 from nerf_posefix.geometry.alignment import Alignment, pose_alignment
 from nerf_posefix.geometry.poses import rotation_angle_deg, scene_radius
-from nerf_posefix.io.camera_set import CameraSet, match_image_names
+from nerf_posefix.io.camera_set import CameraSet, ImageCamera, match_image_names
 from nerf_posefix.io.colmap import write_colmap_model
 from nerf_posefix.io.posed_images import PosedImages, load_posed_images, write_refined_poses
+from nerf_posefix.io.transforms_json import with_cameras, write_transforms_json
 from nerf_posefix.plugin.dataset import DatasetInfo, describe_dataset
 from nerf_posefix.sfm.frame_placement import PLACEMENT_MAX_FRAMES
 from nerf_posefix.sfm.front_end import FrontEndOptions, FrontEndResult, front_end_input, run_front_end
@@ -217,6 +218,28 @@ def _overlay(data_dir: Path, overlay: Path, replaced: list[Path]) -> None:
         os.symlink((data_dir / entry).resolve(), overlay / entry, target_is_directory=(data_dir / entry).is_dir())
 
 
+def _refined_frame_cameras(source: _Source, adjusted: Any, match: list[Optional[int]]) -> list[Optional[ImageCamera]]:
+    """Per frame of the transforms.json (file order): its camera in the adjusted model when the adjustment changed
+    that camera's parameters, else None. ``match``: per image of the transforms.json (its names' order), the
+    index of its image in the adjusted model's names (sorted by image id), or None."""
+    before = source.posed.colmap_model
+    if before is None or source.json_posed is None:
+        return [None] * len(source.json_posed.frame_images if source.json_posed is not None else [])
+    changed = {cid for cid, cam in adjusted.cameras.items()
+               if cid in before.cameras and list(cam.params) != list(before.cameras[cid].params)}
+    if not changed:
+        return [None] * len(source.json_posed.frame_images)
+    ids = adjusted.image_ids()  # the order of adjusted.to_camera_set()'s names
+    camera_of_json_name = {}
+    for name, m in zip(source.json_posed.cameras.names, match):
+        if m is not None:
+            cid = adjusted.images[ids[m]].camera_id
+            if cid in changed:
+                cam = adjusted.cameras[cid]
+                camera_of_json_name[name] = ImageCamera(str(cam.model), int(cam.width), int(cam.height), tuple(cam.params))
+    return [camera_of_json_name.get(name) for name in source.json_posed.frame_images]
+
+
 def _write_overlay(info: DatasetInfo, source: _Source, result: FrontEndResult, cache: Path) -> tuple[Path, Any]:
     """The adjusted dataset in ``cache/dataset`` (module docstring). Returns it and the adjusted cameras
     (c2w, OpenCV axes, in the frame of the poses the dataparser reads)."""
@@ -238,6 +261,10 @@ def _write_overlay(info: DatasetInfo, source: _Source, result: FrontEndResult, c
     replaced = [Path(info.transforms_path.name)] + ([source.model_rel] if source.model_rel is not None else [])
     _overlay(info.data_dir, dataset, replaced)
     write_refined_poses(json_posed, json_cams, dataset)
+    cameras = _refined_frame_cameras(source, adjusted, match)
+    if any(c is not None for c in cameras):  # the adjustment refined cameras (--intrinsics): the frames carry them
+        written = dataset / "transforms.json"
+        write_transforms_json(with_cameras(json.loads(written.read_text(encoding="utf-8")), cameras, str(written)), written)
     if info.transforms_path.name != "transforms.json":
         os.replace(dataset / "transforms.json", dataset / info.transforms_path.name)
     if source.model_rel is not None:
@@ -379,6 +406,7 @@ def pipeline_front_end_options(pipeline_config: Any) -> FrontEndOptions:
     its default."""
     seed = getattr(pipeline_config, "front_end_seed", None)
     options = FrontEndOptions(matching=pipeline_config.front_end_matching, threads=int(getattr(pipeline_config, "front_end_threads", 0)),
+                              intrinsics=str(getattr(pipeline_config, "front_end_intrinsics", "auto")),  # type: ignore[arg-type]
                               blur_matching=bool(getattr(pipeline_config, "front_end_blur_matching", True)),
                               frame_placement=bool(getattr(pipeline_config, "front_end_frame_placement", True)),
                               placement_max_frames=int(getattr(pipeline_config, "front_end_placement_max_frames", PLACEMENT_MAX_FRAMES)))

@@ -74,6 +74,10 @@ class PosefixPipelineConfig(VanillaPipelineConfig):
     temporary directory, not reused)."""
     front_end_matching: Literal["auto", "exhaustive", "sequential", "spatial"] = "auto"
     """Feature matching when the front end builds tracks (as posefix refine --matching)."""
+    front_end_intrinsics: Literal["auto", "fixed", "focal", "focal-pp"] = "auto"
+    """What the front end's adjustment of a COLMAP model's own tracks refines of its cameras, as posefix refine
+    --intrinsics (auto: a principal point at COLMAP's placeholder that the tracks contradict); the dataset the
+    NeRF reads then carries the refined cameras (the COLMAP model, or the transforms.json's intrinsics)."""
     front_end_blur_matching: bool = True
     """Match the blurred frames that the front end's matching links with few matches against their neighbours
     blurred alike (as posefix refine --blur-matching / --no-blur-matching)."""
