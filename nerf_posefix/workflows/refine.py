@@ -36,9 +36,10 @@ Steps
    :class:`~nerf_posefix.errors.InputError` naming the file (the CLI prints it and exits with code 2).
 2. **Bundle-adjust** (``--bundle-adjustment``, default ``cauchy``; :mod:`nerf_posefix.sfm.bundle_adjustment`):
    pycolmap's bundle adjustment of the model's own tracks with a robust loss whose scale is twice the
-   model's median reprojection error (clipped to 0.1-2 px), intrinsics fixed, points refined, the result
-   mapped back onto the input frame (rotation from the orientations, scale and translation from the
-   centres). Seconds; kept in ``OUT.partial/bundle_adjusted`` for ``--resume``. A model fresh from
+   model's median reprojection error (clipped to 0.1-2 px), points refined, intrinsics fixed except a
+   camera whose principal point is COLMAP's placeholder at the image centre and whose tracks contradict it
+   (``--intrinsics auto``, :mod:`nerf_posefix.sfm.principal_point`), the result mapped back onto the input
+   frame (rotation from the orientations, scale and translation from the centres). Seconds; kept in ``OUT.partial/bundle_adjusted`` for ``--resume``. A model fresh from
    COLMAP's mapper is at its squared-loss minimum already; a robust loss stops a few outlier tracks
    from holding poses back (castle-P30: README).
 3. **Convert** the stage's model into the work directory ``OUT.partial/data`` (the input is never
@@ -69,8 +70,9 @@ Steps
 
    * ``sparse/0/{cameras,images,points3D}.{bin,txt}``: the input model with refined image poses
      (world-to-camera ``qvec``/``tvec``, OpenCV camera axes, COLMAP world frame; each ``qvec`` keeps the
-     sign hemisphere of its input) and refined point positions (unless both stages are off); intrinsics,
-     image/camera ids, 2D keypoints and tracks are kept. ``report.json`` gives the mean reprojection
+     sign hemisphere of its input) and refined point positions (unless both stages are off); intrinsics
+     (unless the adjustment refined a camera: ``--intrinsics``, said in the summary), image/camera ids, 2D
+     keypoints and tracks are kept. ``report.json`` gives the mean reprojection
      error of the input model and of the output model (each under its own poses): the output is
      self-consistent. No ``rigs``/``frames`` files are written (COLMAP >= 3.12 would take poses from them).
    * ``transforms.json`` + ``sparse_pc.ply``: nerfstudio's ``colmap_to_json`` of the refined model,
@@ -202,7 +204,7 @@ class RefineOptions:
     N iterations, always. With --bundle-adjustment none and 0 iterations the output is the input exactly."""
     bundle_adjustment: Literal["cauchy", "huber", "soft_l1", "squared", "none"] = "cauchy"
     """First stage: a bundle adjustment of the model's own tracks with this robust loss (pycolmap, seconds;
-    intrinsics fixed, points refined, the result mapped back onto the input frame), whose poses and
+    intrinsics as --intrinsics says, points refined, the result mapped back onto the input frame), whose poses and
     points the NeRF stage starts from. none: start from the input model."""
     ba_scale_px: Optional[float] = None
     """Robust scale of the bundle adjustment (pixels). Default: twice the model's median reprojection
