@@ -88,5 +88,6 @@ def test_refine_by_default_refines_a_contradicted_placeholder_and_holds_a_true_c
             else:
                 assert not test["refined"] and not summary["intrinsics_refined"]
                 assert tuple(params[[ix, iy]]) == (32.0, 32.0) and "cameras" not in summary  # held exactly
+                assert "intrinsics    camera 1 held" in text
     assert errors["wrong", "auto"] < 0.5 * errors["wrong", "fixed"]
     assert errors["right", "auto"] == errors["right", "fixed"]  # held: the same adjustment

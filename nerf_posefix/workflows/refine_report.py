@@ -46,6 +46,7 @@ from nerf_posefix.geometry.poses import rotation_angle_deg, scene_radius
 from nerf_posefix.io.camera_set import CameraSet
 from nerf_posefix.io.colmap import ColmapModel
 from nerf_posefix.sfm.frame_placement import BEYOND_CAP
+from nerf_posefix.sfm.principal_point import CHI2_2DOF_P001
 from nerf_posefix.sfm.residuals import ModelResiduals, model_residuals
 
 REPORT_CSV = "report.csv"
@@ -133,6 +134,10 @@ class RefineResult:
             for camera_id, change in list(ba["cameras"].items())[:3]:
                 rows.append(("intrinsics", f"camera {camera_id} ({change['model']}, {ba['intrinsics']}): "
                              + " ".join(f"{a:.4g}" for a in change["before"]) + " -> " + " ".join(f"{b:.4g}" for b in change["after"])))
+        if isinstance(ba, dict):  # --intrinsics auto: the principal points at COLMAP's placeholder the tracks agree with
+            for test in [t for t in ba.get("principal_point_tests") or [] if not t["refined"]][:3]:
+                rows.append(("intrinsics", f"camera {test['camera_id']} held: its principal point is the image centre and the "
+                             f"tracks agree with it (χ² {test['chi2']:.3g} <= {CHI2_2DOF_P001:.3g})"))
         if s.get("iterations"):
             seconds = s.get("training_seconds")
             rows.append(("NeRF stage", f"{s.get('method', 'posefix')}, {s['iterations']} iterations"
