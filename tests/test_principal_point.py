@@ -91,3 +91,16 @@ def test_refine_by_default_refines_a_contradicted_placeholder_and_holds_a_true_c
                 assert "intrinsics    camera 1 held" in text
     assert errors["wrong", "auto"] < 0.5 * errors["wrong", "fixed"]
     assert errors["right", "auto"] == errors["right", "fixed"]  # held: the same adjustment
+
+
+def test_the_adjustment_refines_only_the_cameras_it_is_given(tmp_path: Path) -> None:
+    from nerf_posefix.sfm.bundle_adjustment import BundleAdjustmentOptions, bundle_adjust_model
+
+    truth, (ix, iy) = tiny_model_with_placeholder_principal_point(tmp_path / "model", TRUE_SHIFT_PX)
+    params = {}
+    for ids in ((), (1,)):
+        result = bundle_adjust_model(tmp_path / "model", BundleAdjustmentOptions(
+            refine_intrinsics=True, refine_principal_point=True, refine_camera_ids=ids))
+        params[ids] = np.array(result.reconstruction.cameras[1].params)
+    assert tuple(params[()][[ix, iy]]) == (32.0, 32.0)  # camera 1 not among those given: held
+    np.testing.assert_allclose(params[(1,)][[ix, iy]], truth[[ix, iy]], atol=0.5)
