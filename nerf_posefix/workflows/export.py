@@ -6,8 +6,11 @@
   with the refined poses, in the model's own world frame (``sparse/0``, as below), for COLMAP-based tools
   (3DGS trainers, MVS);
 * COLMAP input: a COLMAP model ``sparse/0`` (``.bin`` and ``.txt``; world-to-camera, OpenCV axes,
-  intrinsics and points unchanged, no ``rigs``/``frames``) and a transforms.json of it (camera-to-world,
+  points unchanged, no ``rigs``/``frames``) and a transforms.json of it (camera-to-world,
   OpenGL axes, COLMAP world, intrinsics from nerfstudio's ``parse_colmap_camera_params``).
+
+Intrinsics are those the run trained with: the dataset's, or the front end's where its adjustment refined a camera
+(``--pipeline.front-end-intrinsics``: a principal point at COLMAP's placeholder that the tracks contradict).
 
 Evaluation frames keep their input poses; each frame is marked ``posefix_refined``. How the refined
 poses are mapped back to the input frame: :mod:`nerf_posefix.plugin.run_reader`.
