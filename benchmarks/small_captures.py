@@ -10,7 +10,12 @@ one window per size) and runs, per window, the two inputs a user brings:
   matching, incremental mapping; the ground-truth K held fixed, :func:`benchmarks.sfm.run_sfm`), as it is and after
   ``posefix refine --colmap-model`` with its defaults;
 * ``input`` / ``refine-poses``: the ground truth perturbed (2° / 3 % of the scene radius, seeded: ``posefix
-  perturb``) as a pose-only transforms.json, as it is and after ``posefix refine --poses`` with its defaults.
+  perturb``) as a pose-only transforms.json, as it is and after ``posefix refine --poses`` with its defaults;
+* ``colmap-selfcal`` / ``refine-selfcal-fixed`` / ``refine-selfcal``: COLMAP self-calibrating the camera as castle's
+  ``sparse_selfcal/0`` was made (one shared PINHOLE camera, fx and fy estimated, the principal point held at the image
+  centre, COLMAP's placeholder), as it is, after ``posefix refine --colmap-model --intrinsics fixed``, and after
+  ``posefix refine --colmap-model`` with its defaults (``--intrinsics auto``; the record keeps the principal point
+  test's χ² and whether it refined the camera).
 
 Errors against ``gt_cameras.json`` (camera-to-world, OpenCV axes, metres) after a Sim(3) fitted on the window's
 camera centres (:func:`benchmarks.castle_p30.evaluate`): median and max rotation (deg), median centre error (% of the
@@ -42,7 +47,7 @@ from benchmarks.castle_p30 import Estimate, GroundTruth, evaluate, read_reconstr
 
 ROOT = Path(__file__).resolve().parents[1]
 CASTLE_DIR = ROOT.parent / "shared" / "scenes" / "castle-P30"
-ROWS = ("colmap", "refine-colmap", "input", "refine-poses")
+ROWS = ("colmap", "refine-colmap", "input", "refine-poses", "colmap-selfcal", "refine-selfcal-fixed", "refine-selfcal")
 #: The loop's images in capture order (0000 was taken far from the rest, between 0029 and 0001).
 #: A run whose median pairwise rotation error exceeds this is counted as broken (a wrong reconstruction), not
 #: averaged in.
@@ -120,6 +125,7 @@ def run_row(out: Path, tag: str, names: Sequence[str], row: str, seed: int) -> d
     work.mkdir(parents=True, exist_ok=True)
     base = base_dataset(out, tag, names)
     wall = None
+    extra: dict[str, Any] = {}
     if row in ("colmap", "refine-colmap"):
         sfm = work / "colmap"
         if not (sfm / "done").is_file():
@@ -143,6 +149,28 @@ def run_row(out: Path, tag: str, names: Sequence[str], row: str, seed: int) -> d
                 wall = _child(_posefix("refine", "--colmap-model", str(model), "--images", str(base / "images"), "--output",
                                        str(refined), "--overwrite", "--threads", "1", "--seed", str(seed)), work / "refine-colmap.log")
             est = _model_estimate(refined / "sparse" / "0")
+    elif row in ("colmap-selfcal", "refine-selfcal-fixed", "refine-selfcal"):
+        sfm = work / "colmap-selfcal"
+        if not (sfm / "done").is_file():
+            from benchmarks.sfm import run_sfm
+
+            t0 = time.perf_counter()
+            result = run_sfm(base / "images", sfm, intrinsics="free", camera_model="PINHOLE", num_threads=1, seed=seed, overwrite=True)
+            (sfm / "done").write_text(json.dumps({"wall_s": time.perf_counter() - t0, "error": result.error,
+                                                  "unregistered": list(result.unregistered)}))
+        record = json.loads((sfm / "done").read_text())
+        model = sfm / "sparse" / "0"
+        if row == "colmap-selfcal":
+            est, wall = _model_estimate(model), record["wall_s"]
+        else:
+            refined = work / row
+            if not (refined / "report.json").is_file():
+                mode = ("--intrinsics", "fixed") if row == "refine-selfcal-fixed" else ()
+                wall = _child(_posefix("refine", "--colmap-model", str(model), "--images", str(base / "images"), "--output",
+                                       str(refined), "--overwrite", "--threads", "1", "--seed", str(seed), *mode), work / f"{row}.log")
+            est = _model_estimate(refined / "sparse" / "0")
+            tests = json.loads((refined / "report.json").read_text())["summary"]["bundle_adjustment"].get("principal_point_tests") or []
+            extra = {"chi2": tests[0]["chi2"], "intrinsics_refined": tests[0]["refined"]} if tests else {}
     else:
         data = work / "data"
         if not (data / "transforms.json").is_file():
@@ -162,7 +190,7 @@ def run_row(out: Path, tag: str, names: Sequence[str], row: str, seed: int) -> d
             "registered": metrics["num_matched"], "rot_median_deg": metrics["rot_sim3_median_deg"],
             "rot_max_deg": metrics["rot_sim3_max_deg"], "centre_median_pct": metrics["centre_median_pct"],
             "pairwise_median_deg": metrics["pairwise_median_deg"], "pairwise_max_deg": metrics["pairwise_max_deg"],
-            "rot_only_median_deg": metrics["rot_only_median_deg"], "wall_s": wall}
+            "rot_only_median_deg": metrics["rot_only_median_deg"], "wall_s": wall, **extra}
 
 
 def summarise(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -224,7 +252,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     print(json.dumps(rec), flush=True)
     write_summary(records, args.output)
     keys = ["window", "size", "first", "seed", "row", "registered", "rot_median_deg", "rot_max_deg", "centre_median_pct",
-            "pairwise_median_deg", "pairwise_max_deg", "rot_only_median_deg", "wall_s", "error"]
+            "pairwise_median_deg", "pairwise_max_deg", "rot_only_median_deg", "wall_s", "chi2", "intrinsics_refined", "error"]
     with open(args.output / "small_captures.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=keys)
         w.writeheader()
