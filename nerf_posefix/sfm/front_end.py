@@ -306,7 +306,7 @@ def _cached_adjustment(
         shutil.rmtree(ba_dir, ignore_errors=True)
         reconstruction, summary = adjust()
         scale = summary.get("scale_px") or (summary.get("rounds") or [{}])[-1].get("loss_scale_px")  # the adjustment's robust scale
-        support = image_support(reconstruction, loss_scale_px=scale)
+        support = summary.pop("support_before_placement", None) or image_support(reconstruction, loss_scale_px=scale)
         placed = summary.pop("placed_support", {})  # the frames the placement holds: their support there
         support = [ImageSupport(**placed[s.name]) if s.name in placed else s for s in support]
         summary["support"] = summarise(support)
@@ -396,6 +396,8 @@ def _adjust_built_tracks(
     if placement.frames:
         summary["placement"] = placement.to_dict()
         summary["placed_support"] = {n: s.to_dict() for n, s in placement.support.items()}
+    if result.support is not None:  # computed by the second opinion on these very poses and points
+        summary["support_before_placement"] = result.support
     last = result.rounds[-1]
     # a placed frame observed no point of the adjustment (a group of its own there): the placement links it
     placed = sum(1 for f in placement.frames if f.held and not f.held_before)

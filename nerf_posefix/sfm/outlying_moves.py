@@ -172,6 +172,7 @@ def reregister_outlying_moves(
         return adjusted, []
     loss_scale_px = adjusted.rounds[-1]["loss_scale_px"]
     support_before = image_support(rec, loss_scale_px=loss_scale_px)
+    adjusted.support = support_before  # the cache stage's too, unless a pose is replaced below
     uncertain = [s.name for s in support_before if s.weak and s.observations >= MIN_OBSERVATIONS and s.group == 0]  # by σ alone
     thin = _sharp_thin_frames(adjusted, images_dir, cameras, support_before) if cameras is not None else []
     index = {n: k for k, n in enumerate(adjusted.names)}

@@ -768,6 +768,10 @@ class AdjustedTracks:
         alignment: the similarity that best maps the output cameras onto the input ones (after the gauge of
             every connected group was fixed on its input poses: near the identity).
         seconds: wall time of all rounds.
+        support: how well the tracks hold each image of ``reconstruction`` as it is
+            (:func:`nerf_posefix.sfm.support.image_support` at the last round's loss scale) when a later stage
+            computed it already, else None. Per image, conditional on the points: moving one image's pose leaves
+            the others' support as it is.
     """
 
     reconstruction: Any
@@ -777,6 +781,7 @@ class AdjustedTracks:
     rounds: list[dict[str, float]]
     alignment: Any
     seconds: float
+    support: Optional[list[Any]] = None
 
 
 def _same_images_and_poses(a: "pycolmap.Reconstruction", b: "pycolmap.Reconstruction") -> bool:
