@@ -334,3 +334,23 @@ def test_intrinsics_from_colmap_and_transforms_agree_scaled_to_the_files(tmp_pat
     assert default.intrinsics_source == str(TINY / "transforms.json")
     assert colmap.intrinsics["000.png"]["w"] == 32 and colmap.intrinsics["000.png"]["cx"] == pytest.approx(16.0)
     assert not (tmp_path / "eval").exists()
+
+
+def test_own_intrinsics_render_each_set_with_the_cameras_it_was_made_with(tmp_path: Path) -> None:
+    """A refine output whose adjustment refined its camera carries other intrinsics than its input: with
+    --own-intrinsics each set's dataset has its own, by default the first set's for both."""
+    from scene_helpers import PRINCIPAL_POINT_SHIFT_PX, tiny_model_with_moved_principal_point
+
+    from nerf_posefix.workflows.evaluate import EvaluateOptions, prepare, write_dataset
+
+    tiny_model_with_moved_principal_point(tmp_path / "moved")
+    sets = (f"input={TINY / 'sparse' / '0'}", f"refined={tmp_path / 'moved'}")
+    for own in (False, True):
+        plan = prepare(EvaluateOptions(images=TINY / "images", pose_sets=sets, output=tmp_path / f"eval-{own}",
+                                       own_intrinsics=own, device="cpu"))
+        cx = {}
+        for spec in plan.specs:
+            meta = json.loads(write_dataset(spec, plan, TINY / "images", tmp_path / f"data-{own}-{spec.label}").read_text())
+            cx[spec.label] = meta["frames"][0]["cx"]
+        assert cx["input"] == pytest.approx(32.0)
+        assert cx["refined"] == pytest.approx(32.0 + PRINCIPAL_POINT_SHIFT_PX[0] if own else 32.0)

@@ -84,6 +84,11 @@ class EvaluateOptions:
     intrinsics: Path | None = None
     """Intrinsics for every set (transforms.json, COLMAP model or a dataset directory); default: the first
     pose set that has them."""
+    own_intrinsics: bool = False
+    """Each pose set with its own intrinsics where it carries them (a COLMAP model, a transforms.json, a posefix
+    refine output), the others with --intrinsics (or the first set's): to compare a refine output whose cameras
+    its adjustment refined (--intrinsics auto on a self-calibrated model) with its input, each rendered with the
+    cameras it was made with. Default: one source for all, so the sets differ only by their poses."""
     holdout_every: int = 8
     """Every k-th image in name order (the first included) is held out (the same for all sets)."""
     method: Literal["posefix-small", "posefix"] = "posefix-small"
@@ -357,6 +362,12 @@ class _Plan:
     """image file -> its transforms.json intrinsics keys (:func:`frame_intrinsics`)."""
     intrinsics_source: str
     device: str
+    own_intrinsics: dict[str, tuple[dict[str, dict[str, Any]], str]] = field(default_factory=dict)
+    """label -> (its own intrinsics table, their source) for the sets rendered with their own (``own_intrinsics``)."""
+
+    def intrinsics_of(self, label: str) -> tuple[dict[str, dict[str, Any]], str]:
+        """The intrinsics table a pose set is rendered with, and where it comes from."""
+        return self.own_intrinsics.get(label, (self.intrinsics, self.intrinsics_source))
 
 
 def _resolve_device(device: str) -> str:
@@ -429,7 +440,15 @@ def prepare(options: EvaluateOptions) -> _Plan:
     else:
         table = read_intrinsics(source, images)
     intr = frame_intrinsics(table, union, images, str(source))
-    return _Plan(specs, held_out, train, intr, str(source), _resolve_device(options.device))
+    own: dict[str, tuple[dict[str, dict[str, Any]], str]] = {}
+    if options.own_intrinsics:
+        for spec in specs:
+            try:
+                own_table = read_intrinsics(spec.path, images)
+            except InputError:
+                continue  # a TUM file, a run without its dataset: the shared intrinsics
+            own[spec.label] = (frame_intrinsics(own_table, union, images, str(spec.path)), str(spec.path))
+    return _Plan(specs, held_out, train, intr, str(source), _resolve_device(options.device), own)
 
 
 def _fingerprint(options: EvaluateOptions, plan: _Plan) -> dict[str, Any]:
@@ -438,6 +457,7 @@ def _fingerprint(options: EvaluateOptions, plan: _Plan) -> dict[str, Any]:
         "images": str(Path(options.images).resolve()),
         "pose_sets": {s.label: str(Path(s.path).resolve()) for s in plan.specs},
         "intrinsics": str(Path(plan.intrinsics_source).resolve()),
+        "own_intrinsics": bool(options.own_intrinsics),
         "holdout_every": options.holdout_every,
         "method": options.method,
         "iterations": options.iterations,
@@ -481,11 +501,12 @@ def write_dataset(spec: PoseSetSpec, plan: _Plan, images: Path, data_dir: Path) 
         link.symlink_to(target, target_is_directory=True)
     files = sorted(plan.held_out + plan.train)
     c2w = np.stack([spec.cameras.c2w[spec.files[f]] for f in files])  # [F, 4, 4] OpenCV c2w
-    extra = [{k: v for k, v in plan.intrinsics[f].items() if k != "camera_model"} for f in files]
+    table, _ = plan.intrinsics_of(spec.label)
+    extra = [{k: v for k, v in table[f].items() if k != "camera_model"} for f in files]
     meta = transforms_meta(
         [f"images/{f}" for f in files],
         c2w,
-        intrinsics={"camera_model": plan.intrinsics[files[0]]["camera_model"]},  # OPENCV (camera_keys)
+        intrinsics={"camera_model": table[files[0]]["camera_model"]},  # OPENCV (camera_keys)
         frame_extra=extra,
         train_filenames=[f"images/{f}" for f in plan.train],
         val_filenames=[f"images/{f}" for f in plan.held_out],
@@ -679,7 +700,8 @@ def evaluate(options: EvaluateOptions, log: Callable[[str], None] = lambda _: No
     with atomic_file(output / OPTIONS_FILE) as tmp:
         tmp.write_text(json.dumps(fingerprint, indent=2), encoding="utf-8")
     log(f"{len(plan.held_out)} held-out images ({_preview(plan.held_out, 4)}), {len(plan.train)} training images; "
-        f"intrinsics from {plan.intrinsics_source}; device {plan.device}")
+        f"intrinsics from {plan.intrinsics_source}" + (f" (each set's own where it has them: {', '.join(plan.own_intrinsics)})"
+                                                        if plan.own_intrinsics else "") + f"; device {plan.device}")
     results = []
     for spec in plan.specs:
         run_root = output / "runs" / spec.label
@@ -730,6 +752,7 @@ def write_reports(output: Path, plan: _Plan, results: list[dict[str, Any]], fing
         "held_out": plan.held_out,
         "train": plan.train,
         "intrinsics": plan.intrinsics_source,
+        "own_intrinsics": {label: source for label, (_, source) in plan.own_intrinsics.items()},
         "sets": results,
     }
     with atomic_file(files["json"]) as tmp:
