@@ -330,7 +330,11 @@ def _adjust_own_tracks(options: FrontEndOptions, inp: ValidatedInput, log: Calla
     if options.intrinsics == "auto":  # the cameras whose placeholder principal point the tracks contradict
         from nerf_posefix.sfm.principal_point import examine_principal_points
 
-        tests = examine_principal_points(read_reconstruction(inp.model_dir), loss=options.bundle_adjustment, scale_px=options.ba_scale_px)
+        try:
+            tests = examine_principal_points(read_reconstruction(inp.model_dir), loss=options.bundle_adjustment, scale_px=options.ba_scale_px)
+        except (RuntimeError, ValueError) as err:  # pycolmap's checks: the test is an option, the adjustment goes on
+            log(f"warning: the principal point test failed ({err}); the intrinsics are held")
+            tests = []
         for test in tests:
             log(test.describe())
         refine, refine_ids, with_pp = any(t.refined for t in tests), tuple(t.camera_id for t in tests if t.refined), True
