@@ -119,6 +119,34 @@ def _transforms_estimate(path: Path) -> Estimate:
     return Estimate(names=names, c2w=c2w)
 
 
+#: The rows on a COLMAP model of the window: row -> (self-calibrated, ``posefix refine`` arguments; None: the model as it is).
+COLMAP_ROWS: dict[str, tuple[bool, Any]] = {
+    "colmap": (False, None), "refine-colmap": (False, ()),
+    "colmap-selfcal": (True, None), "refine-selfcal-fixed": (True, ("--intrinsics", "fixed")), "refine-selfcal": (True, ()),
+}
+
+
+def _colmap_model(work: Path, base: Path, names: Sequence[str], seed: int, selfcal: bool) -> tuple[Path, dict[str, Any]]:
+    """COLMAP's model of the window (made once, 1 thread): the ground-truth K held fixed, or (``selfcal``) one shared
+    PINHOLE camera self-calibrated with the principal point at the image centre. Returns it and its record."""
+    sfm = work / ("colmap-selfcal" if selfcal else "colmap")
+    if not (sfm / "done").is_file():
+        from benchmarks.sfm import PinholeCamera, run_sfm
+
+        t0 = time.perf_counter()
+        if selfcal:
+            result = run_sfm(base / "images", sfm, intrinsics="free", camera_model="PINHOLE", num_threads=1, seed=seed, overwrite=True)
+        else:
+            _, first = _gt(names)
+            K = np.asarray(first["K"], dtype=np.float64)
+            camera = PinholeCamera(width=int(first["width"]), height=int(first["height"]), fx=K[0, 0], fy=K[1, 1],
+                                   cx=K[0, 2] + 0.5, cy=K[1, 2] + 0.5)
+            result = run_sfm(base / "images", sfm, intrinsics="fixed", camera=camera, num_threads=1, seed=seed, overwrite=True)
+        (sfm / "done").write_text(json.dumps({"wall_s": time.perf_counter() - t0, "error": result.error,
+                                              "unregistered": list(result.unregistered)}))
+    return sfm / "sparse" / "0", json.loads((sfm / "done").read_text())
+
+
 def run_row(out: Path, tag: str, names: Sequence[str], row: str, seed: int) -> dict[str, Any]:
     """One row of one window: its estimate's errors against the ground truth and its wall time."""
     work = out / "runs" / f"{tag}-s{seed}"
@@ -126,48 +154,17 @@ def run_row(out: Path, tag: str, names: Sequence[str], row: str, seed: int) -> d
     base = base_dataset(out, tag, names)
     wall = None
     extra: dict[str, Any] = {}
-    if row in ("colmap", "refine-colmap"):
-        sfm = work / "colmap"
-        if not (sfm / "done").is_file():
-            from benchmarks.sfm import PinholeCamera, run_sfm
-
-            _, first = _gt(names)
-            K = np.asarray(first["K"], dtype=np.float64)
-            camera = PinholeCamera(width=int(first["width"]), height=int(first["height"]), fx=K[0, 0], fy=K[1, 1],
-                                   cx=K[0, 2] + 0.5, cy=K[1, 2] + 0.5)
-            t0 = time.perf_counter()
-            result = run_sfm(base / "images", sfm, intrinsics="fixed", camera=camera, num_threads=1, seed=seed, overwrite=True)
-            (sfm / "done").write_text(json.dumps({"wall_s": time.perf_counter() - t0, "error": result.error,
-                                                  "unregistered": list(result.unregistered)}))
-        record = json.loads((sfm / "done").read_text())
-        model = sfm / "sparse" / "0"
-        if row == "colmap":
-            est, wall = _model_estimate(model), record["wall_s"]
-        else:
-            refined = work / "refine-colmap"
-            if not (refined / "report.json").is_file():
-                wall = _child(_posefix("refine", "--colmap-model", str(model), "--images", str(base / "images"), "--output",
-                                       str(refined), "--overwrite", "--threads", "1", "--seed", str(seed)), work / "refine-colmap.log")
-            est = _model_estimate(refined / "sparse" / "0")
-    elif row in ("colmap-selfcal", "refine-selfcal-fixed", "refine-selfcal"):
-        sfm = work / "colmap-selfcal"
-        if not (sfm / "done").is_file():
-            from benchmarks.sfm import run_sfm
-
-            t0 = time.perf_counter()
-            result = run_sfm(base / "images", sfm, intrinsics="free", camera_model="PINHOLE", num_threads=1, seed=seed, overwrite=True)
-            (sfm / "done").write_text(json.dumps({"wall_s": time.perf_counter() - t0, "error": result.error,
-                                                  "unregistered": list(result.unregistered)}))
-        record = json.loads((sfm / "done").read_text())
-        model = sfm / "sparse" / "0"
-        if row == "colmap-selfcal":
+    if row in COLMAP_ROWS:
+        selfcal, refine_args = COLMAP_ROWS[row]
+        model, record = _colmap_model(work, base, names, seed, selfcal)
+        if refine_args is None:
             est, wall = _model_estimate(model), record["wall_s"]
         else:
             refined = work / row
             if not (refined / "report.json").is_file():
-                mode = ("--intrinsics", "fixed") if row == "refine-selfcal-fixed" else ()
                 wall = _child(_posefix("refine", "--colmap-model", str(model), "--images", str(base / "images"), "--output",
-                                       str(refined), "--overwrite", "--threads", "1", "--seed", str(seed), *mode), work / f"{row}.log")
+                                       str(refined), "--overwrite", "--threads", "1", "--seed", str(seed), *refine_args),
+                              work / f"{row}.log")
             est = _model_estimate(refined / "sparse" / "0")
             tests = json.loads((refined / "report.json").read_text())["summary"]["bundle_adjustment"].get("principal_point_tests") or []
             extra = {"chi2": tests[0]["chi2"], "intrinsics_refined": tests[0]["refined"]} if tests else {}
