@@ -104,7 +104,7 @@ class FrontEndOptions:
     placement_max_frames: int = PLACEMENT_MAX_FRAMES
     bundle_adjustment: LossName = "cauchy"
     ba_scale_px: Optional[float] = None
-    intrinsics: Literal["auto", "fixed", "focal", "focal-pp"] = "fixed"
+    intrinsics: Literal["auto", "fixed", "focal", "focal-pp"] = "auto"
     threads: int = 0
     seed: int = 42
 
