@@ -105,6 +105,12 @@ class ColmapModel:
         """Image ids in increasing order (the order of :meth:`to_camera_set`)."""
         return sorted(self.images)
 
+    def changed_camera_ids(self, before: "ColmapModel") -> list[int]:
+        """The ids of this model's cameras whose parameters differ from the same camera's in ``before`` (sorted;
+        cameras ``before`` lacks are left out): the cameras an adjustment refined."""
+        return [k for k in sorted(self.cameras)
+                if k in before.cameras and list(before.cameras[k].params) != list(self.cameras[k].params)]
+
     def observations(self) -> Observations:
         """The images' observations of the model's points (``POINT3D_ID = -1`` skipped; see
         :class:`Observations`)."""

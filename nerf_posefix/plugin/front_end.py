@@ -222,11 +222,9 @@ def _refined_frame_cameras(source: _Source, adjusted: Any, match: list[Optional[
     """Per frame of the transforms.json (file order): its camera in the adjusted model when the adjustment changed
     that camera's parameters, else None. ``match``: per image of the transforms.json (its names' order), the
     index of its image in the adjusted model's names (sorted by image id), or None."""
+    assert source.json_posed is not None
     before = source.posed.colmap_model
-    if before is None or source.json_posed is None:
-        return [None] * len(source.json_posed.frame_images if source.json_posed is not None else [])
-    changed = {cid for cid, cam in adjusted.cameras.items()
-               if cid in before.cameras and list(cam.params) != list(before.cameras[cid].params)}
+    changed = set(adjusted.changed_camera_ids(before)) if before is not None else set()
     if not changed:
         return [None] * len(source.json_posed.frame_images)
     ids = adjusted.image_ids()  # the order of adjusted.to_camera_set()'s names

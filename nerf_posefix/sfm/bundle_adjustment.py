@@ -596,12 +596,7 @@ def adjust_reconstruction(
     blocks: list[dict[str, float]] = []
     if graph.num_observations == 0:
         return AdjustmentRun(0, "converged", solver, blocks, time.perf_counter() - t0, info)
-    config = pycolmap.BundleAdjustmentConfig()
-    for image_id in rec.reg_image_ids():
-        config.add_image(image_id)
-    for camera_id in constant_camera_ids:
-        config.set_constant_cam_intrinsics(int(camera_id))
-    config.fix_gauge(pycolmap.BundleAdjustmentGauge.TWO_CAMS_FROM_WORLD)
+    config = adjustment_config(rec, constant_camera_ids)
     block = max_iterations if pose_tolerance <= 0 else min(FIRST_BLOCK_ITERATIONS, max_iterations)
     stragglers_allowed = int(straggler_fraction * len(graph.names))
     opts.ceres.solver_options.max_num_iterations = int(block)
@@ -647,6 +642,20 @@ def adjust_reconstruction(
     info["stop_threshold_px_per_iteration"] = threshold_px
     info["stragglers_allowed"] = stragglers_allowed
     return AdjustmentRun(total, stop, solver, blocks, time.perf_counter() - t0, info)
+
+
+def adjustment_config(rec: "pycolmap.Reconstruction", constant_camera_ids: Iterable[int] = ()) -> "pycolmap.BundleAdjustmentConfig":
+    """pycolmap's problem of every registered image of ``rec`` and their points, the intrinsics of
+    ``constant_camera_ids`` held, the gauge fixed on two cameras (for a solve, or its covariance)."""
+    import pycolmap
+
+    config = pycolmap.BundleAdjustmentConfig()
+    for image_id in rec.reg_image_ids():
+        config.add_image(image_id)
+    for camera_id in constant_camera_ids:
+        config.set_constant_cam_intrinsics(int(camera_id))
+    config.fix_gauge(pycolmap.BundleAdjustmentGauge.TWO_CAMS_FROM_WORLD)
+    return config
 
 
 def median_point_error(rec: "pycolmap.Reconstruction") -> float:
@@ -770,7 +779,7 @@ def bundle_adjust_model(model_dir: str | Path, options: BundleAdjustmentOptions 
     run = adjust_reconstruction(
         rec, options.to_pycolmap(1.0 if scale_px is None else scale_px), max_iterations=int(options.max_iterations),
         pose_tolerance=float(options.pose_tolerance), linear_solver=options.linear_solver, verbose=options.verbose,
-        constant_camera_ids=([int(c) for c in rec.cameras if int(c) not in set(options.refine_camera_ids)]
+        constant_camera_ids=(sorted(set(map(int, rec.cameras)) - set(options.refine_camera_ids))
                              if options.refine_intrinsics and options.refine_camera_ids is not None else ()),
     )
     _, adjusted_c2w = reconstruction_c2w(rec)

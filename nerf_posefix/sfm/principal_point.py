@@ -93,15 +93,20 @@ class PrincipalPointTest:
                 f"{self.test_images} images, χ² {self.chi2:.3g} (threshold {CHI2_2DOF_P001:.3g}): {verdict}")
 
 
-def placeholder_cameras(rec: "pycolmap.Reconstruction") -> dict[int, int]:
-    """``{camera id: registered images}`` of the cameras whose principal point is the image centre (COLMAP's
-    placeholder) and that at least :data:`MIN_IMAGES_PER_CAMERA` registered images share."""
+def _images_per_camera(rec: "pycolmap.Reconstruction") -> dict[int, int]:
+    """``{camera id: registered images}`` of the cameras registered images use."""
     counts: dict[int, int] = {}
     for image_id in rec.reg_image_ids():
         camera_id = int(rec.images[image_id].camera_id)
         counts[camera_id] = counts.get(camera_id, 0) + 1
+    return counts
+
+
+def placeholder_cameras(rec: "pycolmap.Reconstruction") -> dict[int, int]:
+    """``{camera id: registered images}`` of the cameras whose principal point is the image centre (COLMAP's
+    placeholder) and that at least :data:`MIN_IMAGES_PER_CAMERA` registered images share."""
     out = {}
-    for camera_id, count in counts.items():
+    for camera_id, count in _images_per_camera(rec).items():
         camera = rec.cameras[camera_id]
         cx, cy = float(camera.principal_point_x), float(camera.principal_point_y)
         if (count >= MIN_IMAGES_PER_CAMERA and abs(cx - camera.width / 2) <= PLACEHOLDER_TOLERANCE_PX
@@ -164,7 +169,9 @@ def examine_principal_points(
     (None: the automatic scale)."""
     import pycolmap
 
-    from nerf_posefix.sfm.bundle_adjustment import BundleAdjustmentOptions, adjust_reconstruction, auto_scale_px, median_point_error
+    from nerf_posefix.sfm.bundle_adjustment import (
+        BundleAdjustmentOptions, adjust_reconstruction, adjustment_config, auto_scale_px, median_point_error,
+    )
     from nerf_posefix.sfm.support import MEDIAN_NORM_PER_SIGMA
 
     candidates = placeholder_cameras(rec)
@@ -176,19 +183,10 @@ def examine_principal_points(
     scale = auto_scale_px(sub) if scale_px is None else float(scale_px)
     constant = [int(c) for c in sub.cameras if int(c) not in candidates]
     adjust_reconstruction(sub, options.to_pycolmap(scale), constant_camera_ids=constant)
-    config = pycolmap.BundleAdjustmentConfig()
-    for image_id in sub.reg_image_ids():
-        config.add_image(image_id)
-    for camera_id in constant:
-        config.set_constant_cam_intrinsics(camera_id)
-    config.fix_gauge(pycolmap.BundleAdjustmentGauge.TWO_CAMS_FROM_WORLD)
-    adjuster = pycolmap.create_default_ceres_bundle_adjuster(options.to_pycolmap(scale), config, sub)
+    adjuster = pycolmap.create_default_ceres_bundle_adjuster(options.to_pycolmap(scale), adjustment_config(sub, constant), sub)
     covariance = pycolmap.estimate_ba_covariance(pycolmap.BACovarianceOptions(), sub, adjuster)
     noise = median_point_error(sub) / MEDIAN_NORM_PER_SIGMA  # pixels per axis
-    in_patch: dict[int, int] = {}
-    for image_id in sub.reg_image_ids():
-        camera_id = int(sub.images[image_id].camera_id)
-        in_patch[camera_id] = in_patch.get(camera_id, 0) + 1
+    in_patch = _images_per_camera(sub)
     tests = []
     for camera_id, count in sorted(candidates.items()):
         before, after = rec.cameras[camera_id], sub.cameras[camera_id]

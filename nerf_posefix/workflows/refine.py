@@ -492,8 +492,7 @@ def front_end_options(options: RefineOptions) -> FrontEndOptions:
 def _camera_changes(before: ColmapModel, after: ColmapModel) -> dict[str, dict[str, Any]]:
     """Per camera id the adjustment changed: its model and parameters before and after (COLMAP's order and pixels)."""
     return {str(k): {"model": str(after.cameras[k].model), "before": [float(v) for v in before.cameras[k].params],
-                     "after": [float(v) for v in after.cameras[k].params]} for k in sorted(after.cameras)
-            if k in before.cameras and list(before.cameras[k].params) != list(after.cameras[k].params)}
+                     "after": [float(v) for v in after.cameras[k].params]} for k in after.changed_camera_ids(before)}
 
 
 def _silent(message: str) -> None:
