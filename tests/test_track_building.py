@@ -390,6 +390,57 @@ def test_weakly_held_images_start_the_nerf_stage_with_a_wide_prior(noisy: Path, 
     assert all(0.05 <= s < 1.0 for n, s in sigma.items() if n not in degraded)
 
 
+def test_a_large_capture_trains_its_nerf_stage_on_the_weak_frames_and_their_neighbours(noisy: Path, tmp_path: Path) -> None:
+    """``--nerf-max-images 16`` on the 64 views with four blurred ones (the test above): the NeRF stage's dataset
+    holds the four weak frames and 12 held neighbours, each weak frame's nearest first; the output still has every
+    image, the 48 others exactly at the adjustment's poses (the ``--iterations 0`` run of the same front end), with
+    every point of that run that no trained image observes exactly where the adjustment put it."""
+    from PIL import Image, ImageFilter
+
+    from nerf_posefix.io.colmap import read_colmap_model
+    from nerf_posefix.workflows.refine import RefineOptions, partial_dir, refine
+
+    data = tmp_path / "weak"
+    shutil.copytree(noisy, data, symlinks=False)
+    names = sorted(p.name for p in (data / "images").iterdir())
+    degraded = names[::16]
+    for name in degraded:
+        path = data / "images" / name
+        with Image.open(path) as im:
+            blurred = np.asarray(im.convert("RGB").filter(ImageFilter.GaussianBlur(3))).astype(np.float32)
+        Image.fromarray(((blurred - blurred.mean()) * 0.4 + blurred.mean()).clip(0, 255).astype(np.uint8)).save(path)
+    adjusted = tmp_path / "adjusted"
+    refine(RefineOptions(output=adjusted, poses=data / "transforms.json", iterations=0, threads=1, quiet=True))
+    out = tmp_path / "refined"
+    trained: list[str] = []
+
+    def record(done: int, loss) -> None:  # noqa: ANN001
+        if not trained:
+            meta = json.loads((partial_dir(out) / "data" / "transforms.json").read_text())
+            trained.extend(Path(f["file_path"]).name.split("__")[-1] for f in meta["frames"])
+
+    result = refine(RefineOptions(output=out, poses=data / "transforms.json", iterations=2, nerf_max_images=16, threads=1, quiet=True),
+                    callback=record)
+    assert len(trained) == 16 and set(degraded) <= set(trained)
+    assert result.summary["trained_images"] == {"count": 16, "of": 64, "max_images": 16}
+    before, after = read_transforms_json(adjusted / "transforms.json"), read_transforms_json(out / "transforms.json")
+    assert before.names == after.names and len(after) == 64
+    centres = {Path(n).name: c for n, c in zip(before.names, before.c2w[:, :3, 3])}  # the adjusted poses the subset is chosen by
+    for name in degraded:  # each weak frame's nearest held frame is in
+        others = sorted((np.linalg.norm(centres[n] - centres[name]), n) for n in names if n not in degraded)
+        assert others[0][1] in trained
+    outside = [k for k, n in enumerate(after.names) if Path(n).name not in trained]
+    np.testing.assert_array_equal(after.c2w[outside], before.c2w[outside])
+    weak = [k for k, n in enumerate(after.names) if Path(n).name in degraded]
+    assert np.abs(after.c2w[weak] - before.c2w[weak]).max() > 0  # the NeRF stage moved the weak frames
+    model_before, model_after = read_colmap_model(adjusted / "sparse" / "0"), read_colmap_model(out / "sparse" / "0")
+    trained_ids = {i for i, im in model_after.images.items() if Path(im.name).name in trained}
+    untouched = [p for p, pt in model_before.points3D.items() if not set(np.asarray(pt.image_ids).tolist()) & trained_ids]
+    assert untouched and set(model_after.points3D) == set(model_before.points3D)
+    for p in untouched:
+        np.testing.assert_array_equal(model_after.points3D[p].xyz, model_before.points3D[p].xyz)
+
+
 def test_spatial_matching_pairs_images_by_their_input_poses(noisy: Path, database: Path, tmp_path: Path, capsys) -> None:  # noqa: ANN001
     """``--matching spatial``: each image matched with its nearest ``--spatial-neighbors`` by the input poses
     (pairs linear in the images), enough for the adjustment to recover the poses."""

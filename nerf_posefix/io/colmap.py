@@ -173,6 +173,35 @@ class ColmapModel:
             source=source if source is not None else (self.path or "colmap model"),
         )
 
+    def subset(self, names: Iterable[str]) -> "ColmapModel":
+        """A copy with only the images named ``names`` (ids, poses and cameras as they are; the cameras no kept
+        image uses are dropped) and the points at least two of them observe, each point's track restricted to
+        them; a kept image's observations of a dropped point get ``POINT3D_ID = -1`` (COLMAP's "no point").
+
+        Raises:
+            InputError: a name is not an image of the model.
+        """
+        keep = set(names)
+        by_name = {im.name: image_id for image_id, im in self.images.items()}
+        unknown = [n for n in keep if n not in by_name]
+        if unknown:
+            raise InputError(f"{len(unknown)} name(s) are not images of the COLMAP model {self.path or '(in memory)'}: {_preview(sorted(unknown))}")
+        ids = {by_name[n] for n in keep}
+        points3D = {}
+        for pid, pt in self.points3D.items():
+            image_ids = np.asarray(pt.image_ids, dtype=np.int64).reshape(-1)
+            inside = np.isin(image_ids, list(ids))
+            if int(inside.sum()) >= 2:
+                points3D[pid] = pt._replace(image_ids=image_ids[inside], point2D_idxs=np.asarray(pt.point2D_idxs, dtype=np.int64).reshape(-1)[inside])
+        point_ids = np.array(sorted(points3D), dtype=np.int64)
+        images = {}
+        for image_id in sorted(ids):
+            im = self.images[image_id]
+            observed = np.asarray(im.point3D_ids, dtype=np.int64).reshape(-1)
+            images[image_id] = im._replace(point3D_ids=np.where(np.isin(observed, point_ids), observed, -1))
+        cameras = {k: c for k, c in self.cameras.items() if k in {im.camera_id for im in images.values()}}
+        return replace(self, cameras=cameras, images=images, points3D=points3D)
+
     def with_poses(self, camera_set: CameraSet, require_all: bool = True) -> "ColmapModel":
         """A copy whose image poses are replaced, by image name, with those of ``camera_set``
         (camera-to-world, OpenCV axes, in this model's world frame).

@@ -28,7 +28,7 @@ import os
 import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Optional
 
@@ -76,6 +76,17 @@ class ValidatedInput:
         why = "some images have transparent pixels" if self.channels == "RGBA" else "one channel layout for all images"
         return (f"{len(self.converted)} of {len(self.image_paths)} images are trained on as {self.channels} copies ({why}; "
                 f"the input files are not changed): {listed}{more}")
+
+    def subset(self, names: list[str]) -> "ValidatedInput":
+        """The same input with only the images named ``names`` (:meth:`ColmapModel.subset`: the points two of
+        them observe, tracks restricted to them); paths, work-directory names and conversions kept for those."""
+        keep = set(names)
+        return replace(
+            self, model=self.model.subset(keep),
+            image_paths={n: p for n, p in self.image_paths.items() if n in keep},
+            flat_names={n: f for n, f in self.flat_names.items() if n in keep},
+            converted={n: c for n, c in self.converted.items() if n in keep},
+        )
 
     def fingerprint(self) -> str:
         """A hash of the cameras and image poses (to recognise the input of a work directory)."""

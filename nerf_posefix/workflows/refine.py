@@ -51,7 +51,9 @@ Steps
    The radiance field is axis-aligned, so the frame it is trained in changes its result: trained where
    ``ns-train posefix`` trains the same transforms.json, both give the same poses.
 4. **Train** the posefix method (:mod:`nerf_posefix.plugin.training`: in process, progress bar, CPU
-   unless a GPU is asked for and present) on all images (``eval_mode=all``: every camera is refined).
+   unless a GPU is asked for and present) on all images (``eval_mode=all``: every camera is refined); in a
+   capture of more than ``--nerf-max-images`` (300), on the weakly held frames and their nearest held
+   neighbours only, the other frames keeping the adjustment's poses (:mod:`nerf_posefix.sfm.nerf_subset`).
    Besides the photometric loss, the camera optimizer carries the **track term** (``--tracks on``: the
    robust reprojection error of the model's observations through the rendered pose, in pixels of the
    original images; with ``--track-points refined`` the points move too) and a prior toward the stage's
@@ -117,6 +119,7 @@ from nerf_posefix.io.posed_images import PosedImages, check_camera_spec, load_po
 from nerf_posefix.sfm.frame_placement import PLACEMENT_MAX_FRAMES
 from nerf_posefix.sfm.front_end import FrontEndOptions, check_front_end_options, front_end_input, run_front_end
 from nerf_posefix.sfm.inputs import ValidatedInput, read_refine_model, validate_model
+from nerf_posefix.sfm.nerf_subset import NERF_STAGE_MAX_IMAGES, nerf_stage_images
 from nerf_posefix.sfm.residuals import ModelResiduals, model_residuals
 from nerf_posefix.sfm.track_building import SPATIAL_NEIGHBORS
 from nerf_posefix.workflows.refine_inputs import check_resume, prepare_training_data
@@ -220,6 +223,12 @@ class RefineOptions:
     nerf_cameras: Literal["weak", "all"] = "weak"
     """Which cameras the NeRF stage refines: ``weak``, those the tracks hold weakly (few or no tracks, an
     uncertain pose, a separate group), the others keeping the adjustment's pose; ``all``: every camera."""
+    nerf_max_images: int = NERF_STAGE_MAX_IMAGES
+    """With ``--nerf-cameras weak``, a capture of more images than this trains its NeRF stage on the weakly held
+    frames and their nearest held neighbours (by camera centre, facing alike), this many in all; the other frames
+    keep the adjustment's poses, as held frames do anyway (:mod:`nerf_posefix.sfm.nerf_subset`: nerfstudio caches
+    every training image in memory, and one small field over thousands of frames renders none of them well).
+    0: the whole capture."""
     weak_alignment: bool = True
     """After the NeRF stage's training, align the weakly held cameras with few tracks (fewer than
     ``support.MIN_OBSERVATIONS`` observations) or in a separate group (both left out of the track term) photometrically
@@ -303,6 +312,7 @@ def _stamp(options: RefineOptions, inp: ValidatedInput, built: bool) -> dict[str
         "tracks": options.tracks,
         "track_points": options.track_points,
         "nerf_cameras": options.nerf_cameras,
+        "nerf_max_images": options.nerf_max_images,
         "downscale_factor": options.downscale_factor,
         "seed": options.seed,
     }
@@ -650,6 +660,21 @@ def _point_depth_bounds(stage_model: ColmapModel, input_model: ColmapModel, mode
     return xmin[order], xmax[order], f"depths of the adjusted model's points ({mode})"
 
 
+def _nerf_stage_subset(options: RefineOptions, stage_input: ValidatedInput,
+                       ba_summary: Optional[dict[str, Any]]) -> Optional[list[str]]:
+    """The image names the NeRF stage trains on when the capture is larger than ``--nerf-max-images`` and only the
+    weakly held cameras are refined (:func:`nerf_posefix.sfm.nerf_subset.nerf_stage_images`); None: every image."""
+    per_image = (ba_summary or {}).get("images") or {}
+    names = [stage_input.model.images[i].name for i in stage_input.model.image_ids()]
+    if options.nerf_cameras != "weak" or options.nerf_max_images <= 0 or len(names) <= options.nerf_max_images or not per_image:
+        return None
+    weak = np.array([bool(per_image.get(n, {}).get("weak", False)) for n in names])
+    chosen = nerf_stage_images(stage_input.model.to_camera_set(observations=False).c2w, weak, options.nerf_max_images)
+    if chosen.all():
+        return None
+    return [n for n, keep in zip(names, chosen) if keep]
+
+
 def _auto_downscale(inp: ValidatedInput) -> int:
     """The smallest integer factor that brings every image's longer side to at most WEAK_FRAMES_MAX_SIDE px."""
     longest = max(max(int(c.width), int(c.height)) for c in inp.model.cameras.values())
@@ -991,9 +1016,26 @@ def _refine_in(
         points, points_note = _refined_points(stage_input.model, None, ba_summary is not None, False)
         bounds = _point_depth_bounds(stage_input.model, inp.model, options.bounds)
     else:
-        refined, points, points_note, bounds, run_summary = _nerf_stage(
-            replace(options, downscale_factor=downscale), inp, stage_input, work, iterations, tracks, ba_summary, callback,
-            training_world=posed.nerfstudio_world())
+        trained = _nerf_stage_subset(options, stage_input, ba_summary)
+        if trained is None:
+            refined, points, points_note, bounds, run_summary = _nerf_stage(
+                replace(options, downscale_factor=downscale), inp, stage_input, work, iterations, tracks, ba_summary, callback,
+                training_world=posed.nerfstudio_world())
+        else:  # a large capture: the weak frames and their neighbours; the others keep the adjustment's poses
+            names = trained
+            _log(f"the NeRF stage trains on the {int(support.get('num_weak', 0))} weakly held image(s) and their nearest held "
+                 f"neighbours, {len(names)} of {len(inp.model.images)} images (--nerf-max-images {options.nerf_max_images}); "
+                 "the others keep the adjustment's poses")
+            sub_refined, points, points_note, _, run_summary = _nerf_stage(
+                replace(options, downscale_factor=downscale), inp.subset(names), stage_input.subset(names), work, iterations, tracks,
+                ba_summary, callback, training_world=posed.nerfstudio_world())
+            everywhere, _ = _refined_points(stage_input.model, None, ba_summary is not None, True)  # the others' points
+            if everywhere is not None:
+                points = {**everywhere, **(points or {})}
+            refined = stage_input.model.with_poses(sub_refined, require_all=False).to_camera_set(observations=False)
+            refined = CameraSet(names=refined.names, c2w=refined.c2w, source=sub_refined.source)
+            bounds = _point_depth_bounds(stage_input.model, inp.model, options.bounds)
+            run_summary["trained_images"] = {"count": len(names), "of": len(inp.model.images), "max_images": options.nerf_max_images}
     model = refined_model(stage_input if built else inp, refined, points)
     if not built and (ba_summary or {}).get("intrinsics_refined"):  # the adjustment refined cameras: the output carries them
         model = replace(model, cameras=dict(stage_input.model.cameras))

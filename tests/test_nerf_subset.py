@@ -1,0 +1,66 @@
+"""The images a large capture's NeRF stage trains on (:mod:`nerf_posefix.sfm.nerf_subset`) and the model restricted
+to them (:meth:`nerf_posefix.io.colmap.ColmapModel.subset`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from nerf_posefix.io.colmap import read_colmap_model
+from nerf_posefix.sfm.nerf_subset import nerf_stage_images
+
+TINY = Path(__file__).resolve().parents[1] / "assets" / "toybox_tiny"
+
+
+def _line_of_cameras(n: int) -> np.ndarray:
+    """``[n, 4, 4]`` cameras at x = 0, 1, ..., n-1 looking along +z (camera-to-world, OpenCV axes)."""
+    c2w = np.tile(np.eye(4), (n, 1, 1))
+    c2w[:, 0, 3] = np.arange(n, dtype=np.float64)
+    return c2w
+
+
+def test_the_weak_frames_take_their_nearest_held_neighbours_in_rounds() -> None:
+    c2w = _line_of_cameras(100)
+    weak = np.zeros(100, dtype=bool)
+    weak[[10, 60]] = True
+    chosen = nerf_stage_images(c2w, weak, max_images=8)
+    # round 1: 9 and 59 (ties: the k-d tree's order) or 11 and 61; after three rounds both sides of each, then one more
+    assert chosen.sum() == 8 and chosen[[10, 60]].all()
+    assert set(np.flatnonzero(chosen)) <= set(range(7, 14)) | set(range(57, 64))
+    assert chosen[[9, 11, 59, 61]].all()
+    assert nerf_stage_images(c2w, weak, max_images=100).all()  # small enough: the whole capture
+    assert nerf_stage_images(c2w, weak, max_images=0).all()  # 0: the whole capture
+    assert nerf_stage_images(c2w, np.zeros(100, dtype=bool), max_images=8).all()  # no weak frame: nothing to choose for
+
+
+def test_a_neighbour_facing_away_is_skipped_and_the_first_round_is_complete() -> None:
+    c2w = _line_of_cameras(50)
+    c2w[11, :3, :3] = np.diag([-1.0, 1.0, -1.0])  # at x = 11, looking along -z: 180 deg from camera 10's axis
+    weak = np.zeros(50, dtype=bool)
+    weak[[10, 30, 40]] = True
+    chosen = nerf_stage_images(c2w, weak, max_images=3)  # the weak frames alone fill it: each still gets one neighbour
+    assert chosen.sum() == 6 and not chosen[11]
+    assert chosen[[9, 10, 30, 40]].all()
+
+
+def test_a_model_restricted_to_some_images_keeps_the_points_two_of_them_observe() -> None:
+    model = read_colmap_model(TINY / "sparse" / "0")
+    names = [model.images[i].name for i in model.image_ids()][:5]
+    sub = model.subset(names)
+    assert sorted(im.name for im in sub.images.values()) == sorted(names)
+    kept_ids = set(sub.images)
+    for pid, pt in model.points3D.items():
+        inside = [i for i in np.asarray(pt.image_ids).tolist() if i in kept_ids]
+        if len(inside) >= 2:
+            assert np.asarray(sub.points3D[pid].image_ids).tolist() == inside
+            np.testing.assert_array_equal(sub.points3D[pid].xyz, pt.xyz)
+        else:
+            assert pid not in sub.points3D
+    assert sub.points3D and len(sub.points3D) < len(model.points3D)
+    for image_id, im in sub.images.items():
+        ids = np.asarray(im.point3D_ids)
+        original = np.asarray(model.images[image_id].point3D_ids)
+        np.testing.assert_array_equal(ids[ids >= 0], original[ids >= 0])
+        assert set(ids[ids >= 0].tolist()) <= set(sub.points3D) and set(ids[ids < 0].tolist()) <= {-1}
+        np.testing.assert_array_equal(im.qvec, model.images[image_id].qvec)
