@@ -225,7 +225,8 @@ class RefineOptions:
     uncertain pose, a separate group), the others keeping the adjustment's pose; ``all``: every camera."""
     nerf_max_images: int = NERF_STAGE_MAX_IMAGES
     """With ``--nerf-cameras weak``, a capture of more images than this trains its NeRF stage on the weakly held
-    frames and their nearest held neighbours (by camera centre, facing alike), this many in all; the other frames
+    frames and their nearest held neighbours (by camera centre, facing alike), this many in all (at least 4
+    neighbours each: many weak frames make a larger subset); the other frames
     keep the adjustment's poses, as held frames do anyway (:mod:`nerf_posefix.sfm.nerf_subset`: nerfstudio caches
     every training image in memory, and one small field over thousands of frames renders none of them well).
     0: the whole capture."""
