@@ -350,18 +350,11 @@ def test_resume_reuses_the_features_and_matches(noisy: Path, tmp_path: Path, cap
     assert np.median(rot_out) < 0.2 * np.median(rot_in)
 
 
-def test_weakly_held_images_start_the_nerf_stage_with_a_wide_prior(noisy: Path, tmp_path: Path, capsys) -> None:  # noqa: ANN001
-    """Four of the 64 views blurred and washed out (no tracks hold them; blurred alike, their neighbours match them
-    too little for the frame placement to hold them, so it does not register them): refine's default runs the NeRF stage after the adjustment, with the pixels
-    prior wide for those four and at each held camera's residual for the others (recorded in the stage's dataset). The run is stopped at its first iteration: what is tested is
-    the decision and the prior, not the NeRF."""
+def _four_blurred_views(noisy: Path, data: Path) -> tuple[Path, list[str], list[str]]:
+    """A copy of ``noisy`` in ``data`` with every 16th view (4 of 64) blurred 3 px and its contrast cut to 40 %;
+    returns it, the image names and the degraded ones."""
     from PIL import Image, ImageFilter
 
-    from nerf_posefix.io.transforms_json import PRIOR_SIGMA_KEY
-    from nerf_posefix.sfm.support import WEAK_PRIOR_SIGMA_PX
-    from nerf_posefix.workflows.refine import WEAK_FRAMES_ITERATIONS, RefineOptions, partial_dir, refine
-
-    data = tmp_path / "weak"
     shutil.copytree(noisy, data, symlinks=False)
     names = sorted(p.name for p in (data / "images").iterdir())
     degraded = names[::16]
@@ -370,6 +363,19 @@ def test_weakly_held_images_start_the_nerf_stage_with_a_wide_prior(noisy: Path, 
         with Image.open(path) as im:
             blurred = np.asarray(im.convert("RGB").filter(ImageFilter.GaussianBlur(3))).astype(np.float32)
         Image.fromarray(((blurred - blurred.mean()) * 0.4 + blurred.mean()).clip(0, 255).astype(np.uint8)).save(path)
+    return data, names, degraded
+
+
+def test_weakly_held_images_start_the_nerf_stage_with_a_wide_prior(noisy: Path, tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    """Four of the 64 views blurred and washed out (no tracks hold them; blurred alike, their neighbours match them
+    too little for the frame placement to hold them, so it does not register them): refine's default runs the NeRF stage after the adjustment, with the pixels
+    prior wide for those four and at each held camera's residual for the others (recorded in the stage's dataset). The run is stopped at its first iteration: what is tested is
+    the decision and the prior, not the NeRF."""
+    from nerf_posefix.io.transforms_json import PRIOR_SIGMA_KEY
+    from nerf_posefix.sfm.support import WEAK_PRIOR_SIGMA_PX
+    from nerf_posefix.workflows.refine import WEAK_FRAMES_ITERATIONS, RefineOptions, partial_dir, refine
+
+    data, names, degraded = _four_blurred_views(noisy, tmp_path / "weak")
 
     class Stop(Exception):
         pass
@@ -395,20 +401,10 @@ def test_a_large_capture_trains_its_nerf_stage_on_the_weak_frames_and_their_neig
     holds the four weak frames and 20 held neighbours, each weak frame's nearest first; the output still has every
     image, the 40 others exactly at the adjustment's poses (the ``--iterations 0`` run of the same front end), with
     every point of that run that no trained image observes exactly where the adjustment put it."""
-    from PIL import Image, ImageFilter
-
     from nerf_posefix.io.colmap import read_colmap_model
     from nerf_posefix.workflows.refine import RefineOptions, partial_dir, refine
 
-    data = tmp_path / "weak"
-    shutil.copytree(noisy, data, symlinks=False)
-    names = sorted(p.name for p in (data / "images").iterdir())
-    degraded = names[::16]
-    for name in degraded:
-        path = data / "images" / name
-        with Image.open(path) as im:
-            blurred = np.asarray(im.convert("RGB").filter(ImageFilter.GaussianBlur(3))).astype(np.float32)
-        Image.fromarray(((blurred - blurred.mean()) * 0.4 + blurred.mean()).clip(0, 255).astype(np.uint8)).save(path)
+    data, names, degraded = _four_blurred_views(noisy, tmp_path / "weak")
     adjusted = tmp_path / "adjusted"
     refine(RefineOptions(output=adjusted, poses=data / "transforms.json", iterations=0, threads=1, quiet=True))
     out = tmp_path / "refined"
