@@ -437,6 +437,26 @@ def test_a_large_capture_trains_its_nerf_stage_on_the_weak_frames_and_their_neig
         np.testing.assert_array_equal(model_after.points3D[p].xyz, model_before.points3D[p].xyz)
 
 
+def test_a_nerf_stage_that_would_not_fit_in_memory_is_skipped_or_refused(noisy: Path, tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    """With less memory available than the stage's estimate (64 views of 128x128: 1 GiB + 36 bytes per pixel): the
+    default keeps the weak frames at the adjustment's poses with a warning in the summary; an asked-for NeRF stage
+    (``--iterations 2``) is one error naming what to do, after the front end (whose result the work directory keeps)."""
+    import nerf_posefix.workflows.refine as refine_module
+    from nerf_posefix.errors import InputError
+    from nerf_posefix.workflows.refine import NERF_STAGE_BASE_BYTES, NERF_STAGE_BYTES_PER_PIXEL, RefineOptions, refine
+
+    data, _, degraded = _four_blurred_views(noisy, tmp_path / "weak")
+    monkeypatch.setattr(refine_module, "available_memory_bytes", lambda: 512 * 2**20)
+    out = tmp_path / "refined"
+    result = refine(RefineOptions(output=out, poses=data / "transforms.json", threads=1, quiet=True))
+    need = (NERF_STAGE_BASE_BYTES + NERF_STAGE_BYTES_PER_PIXEL * 64 * 128 * 128) / 2**30
+    reason = result.summary["no_nerf_stage"]
+    assert result.summary["iterations"] == 0 and reason in result.summary["warnings"][-1]
+    assert f"{len(degraded)} weakly held image(s) keep the adjustment's poses" in reason and f"~{need:.1f} GiB" in reason, reason
+    with pytest.raises(InputError, match="--nerf-max-images"):
+        refine(RefineOptions(output=tmp_path / "asked", poses=data / "transforms.json", iterations=2, threads=1, quiet=True))
+
+
 def test_spatial_matching_pairs_images_by_their_input_poses(noisy: Path, database: Path, tmp_path: Path, capsys) -> None:  # noqa: ANN001
     """``--matching spatial``: each image matched with its nearest ``--spatial-neighbors`` by the input poses
     (pairs linear in the images), enough for the adjustment to recover the poses."""

@@ -116,6 +116,7 @@ from nerf_posefix.io.camera_set import CameraSet
 from nerf_posefix.io.colmap import ColmapModel, check_colmap_database, text_unsafe_names, write_colmap_model
 from nerf_posefix.io.colmap_transforms import write_nerfstudio_transforms
 from nerf_posefix.io.posed_images import PosedImages, check_camera_spec, load_posed_images, write_refined_poses
+from nerf_posefix.sfm.bundle_adjustment import available_memory_bytes
 from nerf_posefix.sfm.frame_placement import PLACEMENT_MAX_FRAMES
 from nerf_posefix.sfm.front_end import FrontEndOptions, check_front_end_options, front_end_input, run_front_end
 from nerf_posefix.sfm.inputs import ValidatedInput, read_refine_model, validate_model
@@ -132,6 +133,11 @@ BOUNDS_MODES = {"global": "points-global", "per-camera": "points-per-camera"}
 #: cores: ~0.3 s per iteration), and the longer image side it trains at.
 WEAK_FRAMES_ITERATIONS = 1000
 WEAK_FRAMES_MAX_SIDE = 400
+#: What a NeRF stage adds to the process's memory: nerfstudio's float32 cache of the training images, its copies and the
+#: converted images, per training pixel (36 bytes: refine's stage on 1000 / 5000 images of 320x240 peaked 2.9 / 14 GB above
+#: its front end's peak, docs/scaling.md), and the field, its optimizer and the rest (1 GiB).
+NERF_STAGE_BYTES_PER_PIXEL = 36
+NERF_STAGE_BASE_BYTES = 1 << 30
 #: The shortest image side (training pixels, after the downscale) a NeRF stage trains on: below it a radiance
 #: field has too few pixels per image to say anything about a pose.
 NERF_MIN_SIDE_PX = 16
@@ -676,6 +682,25 @@ def _nerf_stage_subset(options: RefineOptions, stage_input: ValidatedInput,
     return [n for n, keep in zip(names, chosen) if keep]
 
 
+def nerf_stage_memory(inp: ValidatedInput, downscale: int) -> int:
+    """Memory (bytes) a NeRF stage on the images of ``inp`` downscaled ``downscale``x adds to the process:
+    :data:`NERF_STAGE_BYTES_PER_PIXEL` per training pixel and :data:`NERF_STAGE_BASE_BYTES`."""
+    cameras = inp.model.cameras
+    pixels = sum((int(cameras[im.camera_id].width) // max(1, downscale)) * (int(cameras[im.camera_id].height) // max(1, downscale))
+                 for im in inp.model.images.values())
+    return int(NERF_STAGE_BASE_BYTES + NERF_STAGE_BYTES_PER_PIXEL * pixels)
+
+
+def nerf_stage_memory_problem(inp: ValidatedInput, downscale: int, available: Optional[int] = None) -> Optional[str]:
+    """Why a NeRF stage on ``inp`` at ``downscale`` would not fit in the memory still available
+    (:func:`nerf_posefix.sfm.bundle_adjustment.available_memory_bytes`, or ``available`` bytes), or None."""
+    need, have = nerf_stage_memory(inp, downscale), available_memory_bytes() if available is None else available
+    if need <= have:
+        return None
+    return (f"the NeRF stage on {len(inp.model.images)} images downscaled {downscale}x would need ~{need / 2**30:.1f} GiB of memory "
+            f"and {have / 2**30:.1f} GiB are available")
+
+
 def _auto_downscale(inp: ValidatedInput) -> int:
     """The smallest integer factor that brings every image's longer side to at most WEAK_FRAMES_MAX_SIDE px."""
     longest = max(max(int(c.width), int(c.height)) for c in inp.model.cameras.values())
@@ -1008,16 +1033,25 @@ def _refine_in(
                     _log(f"{weak} weakly held image(s): the NeRF stage runs ({iterations} iterations, images downscaled "
                          f"{downscale}x) with the prior holding the well-held cameras; --iterations 0 skips it")
     downscale = downscale or 1
+    trained = _nerf_stage_subset(options, stage_input, ba_summary) if iterations != 0 else None
+    no_stage = None
+    if iterations != 0:  # nerfstudio caches every training image: refused or skipped before it is killed halfway
+        memory = nerf_stage_memory_problem(stage_input if trained is None else stage_input.subset(trained), downscale)
+        if memory is not None and options.iterations is not None:
+            raise InputError(f"{memory}: use --nerf-max-images N (the weak frames and their neighbours), a larger --downscale-factor, "
+                             "or --iterations 0 (the adjustment alone)")
+        if memory is not None:
+            iterations, no_stage = 0, f"{int(support.get('num_weak', 0))} weakly held image(s) keep the adjustment's poses: {memory}"
+            _log(f"warning: {no_stage}")
+            ba_summary = {**(ba_summary or {}), "warning": "; ".join(w for w in ((ba_summary or {}).get("warning"), no_stage) if w)}
     if iterations == 0:  # no NeRF stage: no nerfstudio, no image copies
         refined = stage_input.model.to_camera_set()
         run_summary: dict[str, Any] = {"iterations": 0, "resumed_from_iteration": 0, "device": None, "training_seconds": 0.0,
                                        "no_nerf_stage": "--iterations 0" if options.iterations == 0 else (
-                                           NO_NERF_TOO_SMALL if support.get("num_weak") else
-                                           "every image is held")}
+                                           no_stage or (NO_NERF_TOO_SMALL if support.get("num_weak") else "every image is held"))}
         points, points_note = _refined_points(stage_input.model, None, ba_summary is not None, False)
         bounds = _point_depth_bounds(stage_input.model, inp.model, options.bounds)
     else:
-        trained = _nerf_stage_subset(options, stage_input, ba_summary)
         if trained is None:
             refined, points, points_note, bounds, run_summary = _nerf_stage(
                 replace(options, downscale_factor=downscale), inp, stage_input, work, iterations, tracks, ba_summary, callback,
