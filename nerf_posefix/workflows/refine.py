@@ -1037,11 +1037,13 @@ def _refine_in(
     no_stage = None
     if iterations != 0:  # nerfstudio caches every training image: refused or skipped before it is killed halfway
         memory = nerf_stage_memory_problem(stage_input if trained is None else stage_input.subset(trained), downscale)
-        if memory is not None and options.iterations is not None:
+        if memory is not None and options.iterations:  # asked for (0 asks for none; the fallback decides then)
             raise InputError(f"{memory}: use --nerf-max-images N (the weak frames and their neighbours), a larger --downscale-factor, "
                              "or --iterations 0 (the adjustment alone)")
         if memory is not None:
-            iterations, no_stage = 0, f"{int(support.get('num_weak', 0))} weakly held image(s) keep the adjustment's poses: {memory}"
+            kept = (f"{int(support.get('num_weak', 0))} weakly held image(s) keep the adjustment's poses" if fallback is None else
+                    "the photometric refinement is skipped: the poses are the input's")
+            iterations, no_stage = 0, f"{kept}: {memory}"
             _log(f"warning: {no_stage}")
             ba_summary = {**(ba_summary or {}), "warning": "; ".join(w for w in ((ba_summary or {}).get("warning"), no_stage) if w)}
     if iterations == 0:  # no NeRF stage: no nerfstudio, no image copies
