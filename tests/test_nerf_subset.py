@@ -20,31 +20,34 @@ def _line_of_cameras(n: int) -> np.ndarray:
     return c2w
 
 
+def _chosen(c2w: np.ndarray, weak_rows: list[int], **kwargs) -> np.ndarray:  # noqa: ANN003
+    """``[N]`` bool of :func:`nerf_stage_images` on cameras named by their row."""
+    names = [f"{i:03d}" for i in range(len(c2w))]
+    chosen = set(nerf_stage_images(names, c2w, [names[i] for i in weak_rows], **kwargs))
+    return np.array([n in chosen for n in names])
+
+
 def test_the_weak_frames_take_their_nearest_held_neighbours_in_rounds() -> None:
     c2w = _line_of_cameras(100)
-    weak = np.zeros(100, dtype=bool)
-    weak[[10, 60]] = True
-    chosen = nerf_stage_images(c2w, weak, max_images=8, min_neighbours=1)
-    # round 1: 9 and 59 (ties: the k-d tree's order) or 11 and 61; after two rounds both sides of each, then one more
+    chosen = _chosen(c2w, [10, 60], max_images=8, min_neighbours=1)
+    # round 1: 9 and 59 (ties: the stable order) or 11 and 61; after two rounds both sides of each, then one more
     assert chosen.sum() == 8 and chosen[[10, 60]].all()
     assert set(np.flatnonzero(chosen)) <= set(range(7, 14)) | set(range(57, 64))
     assert chosen[[9, 11, 59, 61]].all()
-    four = nerf_stage_images(c2w, weak, max_images=8)  # the default: 4 neighbours each at least
+    four = _chosen(c2w, [10, 60], max_images=8)  # the default: 4 neighbours each at least
     assert four.sum() == 10 and set(np.flatnonzero(four)) == {8, 9, 10, 11, 12, 58, 59, 60, 61, 62}
-    assert nerf_stage_images(c2w, weak, max_images=100).all()  # small enough: the whole capture
-    assert nerf_stage_images(c2w, weak, max_images=0).all()  # 0: the whole capture
-    assert nerf_stage_images(c2w, np.zeros(100, dtype=bool), max_images=8).all()  # no weak frame: nothing to choose for
+    assert _chosen(c2w, [10, 60], max_images=100).all()  # small enough: the whole capture
+    assert _chosen(c2w, [10, 60], max_images=0).all()  # 0: the whole capture
+    assert _chosen(c2w, [], max_images=8).all()  # no weak frame: nothing to choose for
 
 
 def test_a_neighbour_facing_away_is_skipped_and_the_first_rounds_are_complete() -> None:
     c2w = _line_of_cameras(50)
     c2w[11, :3, :3] = np.diag([-1.0, 1.0, -1.0])  # at x = 11, looking along -z: 180 deg from camera 10's axis
-    weak = np.zeros(50, dtype=bool)
-    weak[[10, 30, 40]] = True
-    chosen = nerf_stage_images(c2w, weak, max_images=3, min_neighbours=1)  # the weak frames alone fill it: each still gets one
+    chosen = _chosen(c2w, [10, 30, 40], max_images=3, min_neighbours=1)  # the weak frames alone fill it: each still gets one
     assert chosen.sum() == 6 and not chosen[11]
     assert chosen[[9, 10, 30, 40]].all()
-    chosen = nerf_stage_images(c2w, weak, max_images=3)  # 4 each: 10's are 9, 8, 12 and 7 or 13 (a tie; 11 faces away)
+    chosen = _chosen(c2w, [10, 30, 40], max_images=3)  # 4 each: 10's are 9, 8, 12 and 7 or 13 (a tie; 11 faces away)
     assert chosen.sum() == 15 and not chosen[11] and chosen[[8, 9, 12]].all() and chosen[7] != chosen[13]
 
 

@@ -7,8 +7,8 @@ every training image in memory as float32 (a 1000-image capture of 640x480 peake
 posefix-small``, docs/scaling.md), and one small field spread over thousands of frames renders none of them well
 within the stage's budget. So above :data:`NERF_STAGE_MAX_IMAGES` images the stage trains on the weak frames and
 their neighbours: round by round, each weak frame adds its next nearest held frame by camera centre among those
-whose optical axis is within ``max_angle_deg`` of its own (the rule of pose-guided matching,
-:func:`nerf_posefix.sfm.track_building.spatial_pairs`: cameras that look apart see different things), until the
+whose optical axis is within 75 degrees of its own (all of them when none is: the partners blur matching pairs a
+blurred frame with, :func:`nerf_posefix.sfm.blur_matching.nearest_partners`), until the
 subset holds ``max_images`` images, and at least :data:`NERF_STAGE_MIN_NEIGHBOURS` rounds (a capture with many weak
 frames gets a larger subset rather than a field each weak frame sees from one neighbour). The other frames keep the
 adjustment's poses, as held frames do anyway.
@@ -18,60 +18,49 @@ Conventions: ``c2w [N, 4, 4]`` camera-to-world, OpenCV axes (the optical axis is
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
-from nerf_posefix.sfm.sift_features import SPATIAL_MAX_ANGLE_DEG
+from nerf_posefix.sfm.blur_matching import nearest_partners
 
 #: Largest capture a NeRF stage trains on whole; above it, the weak frames and their nearest held neighbours.
 NERF_STAGE_MAX_IMAGES = 300
-#: Held neighbours every weak frame gets at least (when it has that many facing alike), whatever the subset's size.
+#: Held neighbours every weak frame gets at least (when the capture has that many), whatever the subset's size.
 NERF_STAGE_MIN_NEIGHBOURS = 4
 
 
 def nerf_stage_images(
-    c2w: np.ndarray, weak: np.ndarray, max_images: int = NERF_STAGE_MAX_IMAGES, max_angle_deg: float = SPATIAL_MAX_ANGLE_DEG,
+    names: Sequence[str], c2w: np.ndarray, weak: Sequence[str], max_images: int = NERF_STAGE_MAX_IMAGES,
     min_neighbours: int = NERF_STAGE_MIN_NEIGHBOURS,
-) -> np.ndarray:
-    """``[N]`` bool: the images the NeRF stage trains on (module docstring).
+) -> list[str]:
+    """The images the NeRF stage trains on (module docstring), in ``names`` order.
 
-    Every image when there are at most ``max_images`` (or ``max_images <= 0``, or no weak frame). Otherwise every
-    weak frame, then, in rounds, each weak frame's next nearest held frame (nearest first; weak frames in index
-    order within a round) whose optical axis is within ``max_angle_deg`` of its own, until ``max_images`` are
-    chosen or no weak frame has a neighbour left; the first ``min_neighbours`` rounds are always complete (a field
-    needs held frames around each weak frame to refine it against), so many weak frames make a larger subset.
+    Every image when there are at most ``max_images`` (or ``max_images <= 0``, or no weak frame, or no held one).
+    Otherwise every weak frame, then, in rounds, each weak frame's next nearest held frame
+    (:func:`~nerf_posefix.sfm.blur_matching.nearest_partners`; weak frames in ``weak``'s order within a round),
+    until ``max_images`` are chosen or no weak frame has a neighbour left; the first ``min_neighbours`` rounds are
+    always complete (a field needs held frames around each weak frame to refine it against), so many weak frames
+    make a larger subset.
 
     Args:
-        c2w: ``[N, 4, 4]`` camera-to-world poses (OpenCV axes).
-        weak: ``[N]`` bool, the weakly held frames.
+        names: the images, ``c2w [N, 4, 4]`` their camera-to-world poses (OpenCV axes) in that order.
+        weak: the weakly held frames (names of ``names``).
         max_images: the subset's size (see above).
-        max_angle_deg: largest angle between a weak frame's optical axis and its neighbours'.
         min_neighbours: rounds that are always complete.
     """
-    from scipy.spatial import cKDTree
-
-    weak = np.asarray(weak, dtype=bool).reshape(-1)
-    n = weak.size
-    chosen = np.ones(n, dtype=bool)
-    held = np.flatnonzero(~weak)
-    if max_images <= 0 or n <= max_images or not weak.any() or held.size == 0:
-        return chosen
-    centres = np.asarray(c2w, dtype=np.float64)[:, :3, 3]  # [N, 3]
-    axes = np.asarray(c2w, dtype=np.float64)[:, :3, 2]
-    axes = axes / np.linalg.norm(axes, axis=1, keepdims=True)  # [N, 3]
-    weak_rows = np.flatnonzero(weak)
-    rounds = max(min_neighbours, 1, -(-(max_images - weak_rows.size) // weak_rows.size))  # neighbours each weak frame may add
-    k = int(min(held.size, 4 * rounds + 4))
-    _, index = cKDTree(centres[held]).query(centres[weak_rows], k=k)  # [W, k] rows into held, nearest first
-    index = np.asarray(index).reshape(weak_rows.size, k)
-    cos_max = np.cos(np.deg2rad(max_angle_deg))
-    neighbours = [held[row[axes[held[row]] @ axes[w] >= cos_max]] for w, row in zip(weak_rows, index)]  # per weak frame
-    chosen = weak.copy()
-    count = int(chosen.sum())
-    for r in range(max(len(x) for x in neighbours)):
-        for rows in neighbours:
-            if count >= max_images and r >= min_neighbours:  # the first min_neighbours rounds are always complete
-                return chosen
-            if r < len(rows) and not chosen[rows[r]]:
-                chosen[rows[r]] = True
-                count += 1
-    return chosen
+    present = set(names)
+    weak = [n for n in weak if n in present]
+    if max_images <= 0 or len(names) <= max_images or not weak or len(weak) == len(names):
+        return list(names)
+    rounds = max(min_neighbours, 1, -(-(max_images - len(weak)) // len(weak)))  # neighbours each weak frame may add
+    # per weak frame: held frames, nearest first; more than the rounds, as weak frames may share neighbours
+    partners = nearest_partners(names, weak, c2w, count=4 * rounds + 4)
+    chosen = set(weak)
+    for r in range(max(len(p) for p in partners.values())):
+        for name in weak:
+            if len(chosen) >= max_images and r >= min_neighbours:  # the first min_neighbours rounds are always complete
+                return [n for n in names if n in chosen]
+            if r < len(partners[name]):
+                chosen.add(partners[name][r])
+    return [n for n in names if n in chosen]

@@ -675,11 +675,9 @@ def _nerf_stage_subset(options: RefineOptions, stage_input: ValidatedInput,
     names = [stage_input.model.images[i].name for i in stage_input.model.image_ids()]
     if options.nerf_cameras != "weak" or options.nerf_max_images <= 0 or len(names) <= options.nerf_max_images or not per_image:
         return None
-    weak = np.array([bool(per_image.get(n, {}).get("weak", False)) for n in names])
-    chosen = nerf_stage_images(stage_input.model.to_camera_set(observations=False).c2w, weak, options.nerf_max_images)
-    if chosen.all():
-        return None
-    return [n for n, keep in zip(names, chosen) if keep]
+    weak = [n for n in names if per_image.get(n, {}).get("weak", False)]
+    chosen = nerf_stage_images(names, stage_input.model.to_camera_set(observations=False).c2w, weak, options.nerf_max_images)
+    return None if len(chosen) == len(names) else chosen
 
 
 def nerf_stage_memory(inp: ValidatedInput, downscale: int) -> int:
@@ -1034,9 +1032,10 @@ def _refine_in(
                          f"{downscale}x) with the prior holding the well-held cameras; --iterations 0 skips it")
     downscale = downscale or 1
     trained = _nerf_stage_subset(options, stage_input, ba_summary) if iterations != 0 else None
+    trained_input = stage_input if trained is None else stage_input.subset(trained)  # what the NeRF stage trains on
     no_stage = None
     if iterations != 0:  # nerfstudio caches every training image: refused or skipped before it is killed halfway
-        memory = nerf_stage_memory_problem(stage_input if trained is None else stage_input.subset(trained), downscale)
+        memory = nerf_stage_memory_problem(trained_input, downscale)
         if memory is not None and options.iterations:  # asked for (0 asks for none; the fallback decides then)
             raise InputError(f"{memory}: use --nerf-max-images N (the weak frames and their neighbours), a larger --downscale-factor, "
                              "or --iterations 0 (the adjustment alone)")
@@ -1059,20 +1058,18 @@ def _refine_in(
                 replace(options, downscale_factor=downscale), inp, stage_input, work, iterations, tracks, ba_summary, callback,
                 training_world=posed.nerfstudio_world())
         else:  # a large capture: the weak frames and their neighbours; the others keep the adjustment's poses
-            names = trained
             _log(f"the NeRF stage trains on the {int(support.get('num_weak', 0))} weakly held image(s) and their nearest held "
-                 f"neighbours, {len(names)} of {len(inp.model.images)} images (--nerf-max-images {options.nerf_max_images}); "
+                 f"neighbours, {len(trained)} of {len(inp.model.images)} images (--nerf-max-images {options.nerf_max_images}); "
                  "the others keep the adjustment's poses")
             sub_refined, points, points_note, _, run_summary = _nerf_stage(
-                replace(options, downscale_factor=downscale), inp.subset(names), stage_input.subset(names), work, iterations, tracks,
+                replace(options, downscale_factor=downscale), inp.subset(trained), trained_input, work, iterations, tracks,
                 ba_summary, callback, training_world=posed.nerfstudio_world())
             everywhere, _ = _refined_points(stage_input.model, None, ba_summary is not None, True)  # the others' points
             if everywhere is not None:
                 points = {**everywhere, **(points or {})}
-            refined = stage_input.model.with_poses(sub_refined, require_all=False).to_camera_set(observations=False)
-            refined = CameraSet(names=refined.names, c2w=refined.c2w, source=sub_refined.source)
+            refined = stage_input.model.with_poses(sub_refined, require_all=False).to_camera_set(sub_refined.source, observations=False)
             bounds = _point_depth_bounds(stage_input.model, inp.model, options.bounds)
-            run_summary["trained_images"] = {"count": len(names), "of": len(inp.model.images), "max_images": options.nerf_max_images}
+            run_summary["trained_images"] = {"count": len(trained), "of": len(inp.model.images), "max_images": options.nerf_max_images}
     model = refined_model(stage_input if built else inp, refined, points)
     if not built and (ba_summary or {}).get("intrinsics_refined"):  # the adjustment refined cameras: the output carries them
         model = replace(model, cameras=dict(stage_input.model.cameras))
