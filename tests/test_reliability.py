@@ -656,3 +656,21 @@ def test_sigterm_exits_143_with_one_message_and_keeps_what_it_says(scene: Path, 
         assert str(tmp_path / "out.partial") in refused_line, line
     else:
         assert not leftovers(tmp_path)
+
+
+def test_sigterm_after_pycolmap_is_imported_still_exits_143() -> None:
+    """pycolmap's import installs glog's failure handler for SIGTERM (it prints a stack trace and dies by the signal);
+    the ``posefix`` entry point imports it before installing its own, so SIGTERM during the front end (its first
+    pycolmap call) ends as one during training does: exit code 143."""
+    probe = ("import os, signal, time\n"
+             "import nerf_posefix.cli.main as cli_main\n"
+             "def front_end(argv=None):\n"
+             "    import pycolmap  # what the front end's first adjustment does\n"
+             "    os.kill(os.getpid(), signal.SIGTERM)\n"
+             "    time.sleep(30)\n"
+             "    return 0\n"
+             "cli_main.main = front_end\n"
+             "cli_main.entrypoint()\n")
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 143, proc.stderr
+    assert "Aborted" not in proc.stderr, proc.stderr

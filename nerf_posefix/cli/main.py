@@ -158,6 +158,10 @@ def entrypoint() -> None:
     import nerf_posefix.cli.main as importable  # the same flag when run as ``python -m nerf_posefix.cli.main``
 
     importable._COMMAND_PROCESS = True
+    try:  # importing pycolmap installs glog's failure handler for SIGTERM over the one below: import it first (0.13 s)
+        import pycolmap  # noqa: F401
+    except ImportError:
+        pass
     try:
         signal.signal(signal.SIGTERM, importable._on_sigterm)
     except ValueError:  # not the main thread
