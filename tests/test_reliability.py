@@ -155,6 +155,29 @@ def test_a_second_run_on_a_live_output_is_refused_and_overwrite_never_removes_it
         holder.wait()
 
 
+def test_a_run_refused_before_the_holder_wrote_its_pid_still_names_it(tmp_path: Path) -> None:
+    """The holder takes the flock, then writes its pid: a run refused in between waits for the pid."""
+    import fcntl
+    import threading
+
+    work, out = tmp_path / "out.partial", tmp_path / "out"
+    work.mkdir()
+    fd = os.open(work / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)  # its own open file: flock conflicts
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # taken, nothing written yet
+    record = (json.dumps({"pid": os.getpid(), "host": os.uname().nodename}) + "\n").encode()
+    writer = threading.Timer(0.3, lambda: os.write(fd, record))
+    writer.start()
+    try:
+        with pytest.raises(LockedError, match=rf"another posefix run \(pid {os.getpid()}\) is writing {out}"):
+            lock_directory(work, out)
+        owner = lock_owner(work)
+        assert owner is not None and owner.pid == os.getpid()
+    finally:
+        writer.join()
+        os.close(fd)
+    assert lock_owner(work) is None
+
+
 def test_two_runs_started_together_one_finishes_one_is_refused(scene: Path, tmp_path: Path) -> None:
     pycolmap = pytest.importorskip("pycolmap")
     out = tmp_path / "out"

@@ -34,6 +34,7 @@ import os
 import shutil
 import socket
 import tempfile
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -317,6 +318,26 @@ class LockOwner:
         return f"pid {self.pid}" + ("" if self.host == here else f" on host {self.host}")
 
 
+#: How long a refused run waits for the lock's holder to write its pid (it does right after its flock).
+_OWNER_WRITE_WAIT_S = 2.0
+
+
+def _holder(fd: int) -> Optional[LockOwner]:
+    """The owner written in the lock file ``fd`` by the process that holds its flock.
+
+    The holder takes the flock first and writes its pid just after, so a run refused in between reads an
+    empty file, or the owner before it (a dead run's). Poll briefly until the file names a live process
+    (or one on another host, which cannot be checked); give what it holds then."""
+    deadline = time.monotonic() + _OWNER_WRITE_WAIT_S
+    while True:
+        owner = _read_owner(fd)
+        if owner is not None and (owner.host != socket.gethostname() or _pid_alive(owner.pid)):
+            return owner
+        if time.monotonic() >= deadline:
+            return owner
+        time.sleep(0.01)
+
+
 def _read_owner(fd: int) -> Optional[LockOwner]:
     try:
         os.lseek(fd, 0, os.SEEK_SET)
@@ -440,7 +461,7 @@ def lock_owner(directory: os.PathLike[str] | str) -> Optional[LockOwner]:
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
-            return owner or LockOwner(-1, socket.gethostname())
+            return _holder(fd) or LockOwner(-1, socket.gethostname())
         except OSError:  # no flock here: the pid decides
             if owner is not None and owner.host == socket.gethostname() and owner.pid != os.getpid() and _pid_alive(owner.pid):
                 return owner
@@ -496,7 +517,8 @@ def lock_directory(directory: os.PathLike[str] | str, output: os.PathLike[str] |
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                raise LockedError(_locked_message(output, previous), previous) from None
+                holder = _holder(fd)
+                raise LockedError(_locked_message(output, holder), holder) from None
             except OSError:  # no flock on this file system: a live pid of this host holds it
                 if (previous is not None and previous.host == socket.gethostname() and previous.pid != os.getpid()
                         and _pid_alive(previous.pid)):
