@@ -128,3 +128,59 @@ def test_lpips_skipped_without_cached_weights(scene: Path, monkeypatch: pytest.M
     metrics, images = pipeline.model.get_image_metrics_and_images(outputs, batch)
     assert set(metrics) == {"psnr", "ssim"} and np.isfinite(metrics["psnr"])
     assert "img" in images and pipeline.model.lpips is None
+
+
+def _count_image_reads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Count nerfstudio's image reads (the real method still runs)."""
+    from nerfstudio.data.datasets.base_dataset import InputDataset
+
+    reads: list[int] = []
+    original = InputDataset.get_numpy_image
+
+    def counted(self, image_idx: int):  # noqa: ANN001, ANN202
+        reads.append(image_idx)
+        return original(self, image_idx)
+
+    monkeypatch.setattr(InputDataset, "get_numpy_image", counted)
+    return reads
+
+
+@pytest.mark.parametrize("method", ["posefix-small", "posefix"])
+def test_an_image_cache_larger_than_the_memory_is_refused_before_any_image_is_read(
+        scene: Path, monkeypatch: pytest.MonkeyPatch, method: str) -> None:
+    import nerf_posefix.plugin.datamanager as datamanager
+    from nerf_posefix.plugin.method_configs import posefix_config
+
+    reads = _count_image_reads(monkeypatch)
+    monkeypatch.setattr(datamanager, "available_memory_bytes", lambda: 1 << 29)  # 0.5 GiB
+    config = (posefix_small_config() if method == "posefix-small" else posefix_config()).pipeline
+    config.datamanager.data = scene
+    with pytest.raises(InputError, match=r"nerfstudio would cache 15 training and 1 eval images in memory as float32 "
+                                         r"\(~1\.0 GiB with the training process\) and 0\.5 GiB are available") as err:
+        config.setup(device="cpu", test_mode="val")
+    assert "downscale-factor" in str(err.value)
+    subset = "--pipeline.datamanager.train-num-images-to-sample-from N --pipeline.datamanager.train-num-times-to-repeat-images"
+    assert (subset in str(err.value)) == (method == "posefix-small")
+    assert ("posefix-small" in str(err.value)) == (method == "posefix")  # the parallel datamanager caches every image
+    assert reads == []
+
+
+def test_a_rotating_subset_of_the_images_fits_where_the_whole_cache_does_not(scene: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import nerf_posefix.plugin.datamanager as datamanager
+
+    reads = _count_image_reads(monkeypatch)
+    pixels = 64 * 64  # toybox_tiny's images
+    whole = datamanager.image_cache_bytes(15 * pixels, pixels)
+    subset = datamanager.image_cache_bytes(4 * pixels, pixels)
+    monkeypatch.setattr(datamanager, "available_memory_bytes", lambda: (whole + subset) // 2)
+    with pytest.raises(InputError, match="train-num-images-to-sample-from"):
+        build(scene)
+    assert reads == []
+    config = posefix_small_config().pipeline
+    config.datamanager.data = scene
+    config.datamanager.train_num_images_to_sample_from = 4
+    config.datamanager.train_num_times_to_repeat_images = 100
+    pipeline = config.setup(device="cpu", test_mode="val")
+    assert len(pipeline.datamanager.train_dataset) == 15
+    pipeline.datamanager.next_train(0)  # the first subset is read at the first batch
+    assert len(reads) == 5  # 4 training images and the eval image, not 16

@@ -21,8 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nerfstudio.configs.base_config import MachineConfig, ViewerConfig
-from nerfstudio.data.datamanagers.base_datamanager import VanillaDataManagerConfig
-from nerfstudio.data.datamanagers.parallel_datamanager import ParallelDataManagerConfig
 from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataParserConfig
 from nerfstudio.engine.optimizers import AdamOptimizerConfig
 from nerfstudio.engine.schedulers import ExponentialDecaySchedulerConfig
@@ -31,6 +29,7 @@ from nerfstudio.plugins.types import MethodSpecification
 
 from nerf_posefix.plugin.camera_optimizer import TRACK_POINTS_GROUP, HomographyCameraOptimizerConfig
 from nerf_posefix.plugin.checkpoint import register_checkpoint_safe_globals
+from nerf_posefix.plugin.datamanager import PosefixDataManagerConfig, PosefixParallelDataManagerConfig
 from nerf_posefix.plugin.model import PosefixModelConfig
 from nerf_posefix.plugin.pipeline import PosefixPipelineConfig
 
@@ -76,7 +75,7 @@ def posefix_config() -> TrainerConfig:
         max_num_iterations=30000,
         mixed_precision=True,
         pipeline=PosefixPipelineConfig(
-            datamanager=ParallelDataManagerConfig(
+            datamanager=PosefixParallelDataManagerConfig(
                 dataparser=NerfstudioDataParserConfig(),
                 train_num_rays_per_batch=4096,
                 eval_num_rays_per_batch=4096,
@@ -143,7 +142,7 @@ def posefix_small_config() -> TrainerConfig:
         mixed_precision=False,
         machine=MachineConfig(device_type="cpu"),
         pipeline=PosefixPipelineConfig(
-            datamanager=VanillaDataManagerConfig(
+            datamanager=PosefixDataManagerConfig(
                 dataparser=NerfstudioDataParserConfig(),
                 train_num_rays_per_batch=1024,
                 eval_num_rays_per_batch=1024,

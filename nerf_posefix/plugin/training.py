@@ -125,15 +125,17 @@ def apply_overrides(config: "TrainerConfig", overrides: Overrides) -> None:
 
 
 def _plain_datamanager(config: "TrainerConfig") -> None:
-    """Replace a ``ParallelDataManagerConfig`` (worker processes) by a ``VanillaDataManagerConfig`` with
-    the same field values."""
-    from nerfstudio.data.datamanagers.base_datamanager import VanillaDataManagerConfig
+    """Replace a ``ParallelDataManagerConfig`` (worker processes) by a
+    :class:`~nerf_posefix.plugin.datamanager.PosefixDataManagerConfig` (nerfstudio's vanilla datamanager,
+    which checks its image cache against the memory) with the same field values."""
     from nerfstudio.data.datamanagers.parallel_datamanager import ParallelDataManagerConfig
+
+    from nerf_posefix.plugin.datamanager import PosefixDataManagerConfig
 
     dm = config.pipeline.datamanager
     if isinstance(dm, ParallelDataManagerConfig):
-        names = [f.name for f in dataclasses.fields(VanillaDataManagerConfig) if f.name != "_target"]
-        config.pipeline.datamanager = VanillaDataManagerConfig(**{n: getattr(dm, n) for n in names if hasattr(dm, n)})
+        names = [f.name for f in dataclasses.fields(PosefixDataManagerConfig) if f.name != "_target"]
+        config.pipeline.datamanager = PosefixDataManagerConfig(**{n: getattr(dm, n) for n in names if hasattr(dm, n)})
 
 
 def in_process_config(
