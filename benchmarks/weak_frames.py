@@ -9,7 +9,9 @@ Scenes (the clean images of :mod:`benchmarks.poses_from_anywhere`'s scenes, ever
 degraded by a Gaussian blur of ``--blur`` pixels (σ, at the image's own resolution) and a contrast cut to 40 %
 around its mean), poses perturbed and given as a pose-only transforms.json. ``--kind motion``: a linear motion
 blur instead, ``--blur`` its streak's length in pixels (a box of length L has σ = L / √12 along it and none
-across), in a direction drawn per image (seeded by its name): what a moving phone or drone leaves:
+across), in a direction drawn per image (seeded by its name): what a moving phone or drone leaves. ``--kind noise``:
+no blur, the contrast cut and then Gaussian noise of σ ``--blur`` grey levels (of 255): a dim, grainy frame (haze,
+water, low light), whose keypoints drown in the noise while its pixels still hold the scene on average:
 
 * ``toybox``: 64 views 128x128 (16 degraded), 3 deg / 5 % of the radius; default blur 3 px;
 * ``castle``: castle-P30, 30 photos 768x512 (8 degraded), LIDAR ground truth perturbed 2 deg / 3 %; default
@@ -74,7 +76,7 @@ def degraded_names(names: Sequence[str]) -> list[str]:
     return sorted(names)[::EVERY]
 
 
-KINDS = ("gaussian", "motion")
+KINDS = ("gaussian", "motion", "noise")
 
 
 def motion_kernel(length: float, angle_rad: float) -> np.ndarray:
@@ -114,19 +116,26 @@ def motion_angle(name: str) -> float:
 
 def degrade(path: Path, target: Path, blur: float, kind: str = "gaussian") -> None:
     """A Gaussian blur of ``blur`` px (σ), or (``kind="motion"``) a motion blur along a streak ``blur`` px long
-    (:func:`smear`, direction :func:`motion_angle`), then the contrast cut to
-    :data:`CONTRAST` around the image's mean."""
+    (:func:`smear`, direction :func:`motion_angle`), then the contrast cut to :data:`CONTRAST` around the image's
+    mean; or (``kind="noise"``: a dim, grainy frame, as hazy, underwater or low-light imagery is) the contrast
+    cut, then Gaussian noise of σ ``blur`` grey levels (of 255) on every pixel and channel, seeded by the name."""
     from PIL import Image, ImageFilter
 
     with Image.open(path) as im:
         rgb = im.convert("RGB")
         if kind == "gaussian":
             a = np.asarray(rgb.filter(ImageFilter.GaussianBlur(blur))).astype(np.float32)
-        else:
+        elif kind == "motion":
             src, angle = np.asarray(rgb).astype(np.float64), motion_angle(path.name)
             a = np.stack([smear(src[..., c], blur, angle) for c in range(3)], -1).astype(np.float32)
+        else:
+            a = np.asarray(rgb).astype(np.float32)
     a = (a - a.mean()) * CONTRAST + a.mean()
-    Image.fromarray(a.clip(0, 255).astype(np.uint8)).save(target, quality=95)
+    if kind == "noise":
+        import zlib
+
+        a = a + np.random.default_rng(zlib.crc32(path.name.encode("utf-8"))).normal(0.0, blur, a.shape).astype(np.float32)
+    Image.fromarray(a.clip(0, 255).round().astype(np.uint8)).save(target, quality=95)
 
 
 def degraded_scene(name: str, blur: float, output: Path, kind: str = "gaussian") -> Any:
@@ -331,8 +340,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, required=True)
     parser.add_argument("--scenes", nargs="+", default=["toybox"], choices=sorted(DEFAULT_BLUR))
     parser.add_argument("--blur", type=float, nargs="+", default=None,
-                        help="Gaussian blur σ in px (default per scene), or the motion streak's length with --kind motion")
-    parser.add_argument("--kind", choices=KINDS, default="gaussian", help="how the degraded frames are blurred")
+                        help="Gaussian blur σ in px (default per scene), the motion streak's length with --kind motion, the noise's "
+                             "σ in grey levels (of 255) with --kind noise")
+    parser.add_argument("--kind", choices=KINDS, default="gaussian", help="how the degraded frames are degraded")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=ROWS)
     parser.add_argument("--iterations", type=int, default=1000, help="NeRF budget of the nerfstudio / posefix-photometric rows")
@@ -346,8 +356,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         spec.record.write_text(json.dumps(record, indent=2))
         return 0
     output = args.output.resolve()
-    if args.kind == "motion" and not args.blur:
-        parser.error("--kind motion needs --blur (the streak's length in pixels)")
+    if args.kind in ("motion", "noise") and not args.blur:
+        parser.error(f"--kind {args.kind} needs --blur (the streak's length in pixels; the noise's σ in grey levels)")
     specs = [Spec(scene, blur, seed, row, args.iterations, output, args.kind)
              for scene in args.scenes for blur in (args.blur or [DEFAULT_BLUR[scene]]) for seed in args.seeds for row in args.rows]
 

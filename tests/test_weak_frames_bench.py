@@ -48,3 +48,23 @@ def test_motion_blur_smears_along_its_direction_only(tmp_path: Path) -> None:
     assert np.ptp(across[w > 0.2 * w.max()]) < 7.0  # the dot's own 4 px + resampling
     # the dot's 4 px spread along ~16 px (a peak of ~4 / 17 of its 155 levels) and cut to the benchmark's contrast
     assert CONTRAST * 155 * 4 / 20 < excess.max() < CONTRAST * 155 * 6 / 16
+
+
+def test_noise_cuts_the_contrast_then_adds_grain_of_its_sigma_the_same_on_every_run(tmp_path: Path) -> None:
+    """``--kind noise``: no blur; the contrast cut around the mean, then Gaussian noise of σ grey levels per pixel
+    and channel, seeded by the file name."""
+    x = np.linspace(0.0, 200.0, 128)
+    image = np.repeat(np.repeat(x[None, :, None], 128, 0), 3, 2).astype(np.uint8)  # a horizontal ramp 0..200
+    src = tmp_path / "0008.png"
+    Image.fromarray(image).save(src)
+    outs = [tmp_path / "a.png", tmp_path / "b.png"]
+    for out in outs:
+        degrade(src, out, 12.0, kind="noise")
+    a, b = (np.asarray(Image.open(p)).astype(np.float64) for p in outs)
+    assert np.array_equal(a, b)
+    expected = (image.astype(np.float64) - image.mean()) * CONTRAST + image.mean()
+    residual = a - expected
+    assert abs(residual.mean()) < 0.3 and abs(residual.std() - 12.0) < 0.5  # its σ (rounding adds 1/12 level²)
+    cols = a.mean(axis=(0, 2))  # averaged over 384 values per column: the ramp, cut, without the grain
+    assert np.allclose(cols, expected.mean(axis=(0, 2)), atol=2.5)
+    assert np.corrcoef(residual[..., 0].ravel(), residual[..., 1].ravel())[0, 1] < 0.05  # per channel
