@@ -180,14 +180,15 @@ def model_poses_points(model_dir: Path) -> tuple[dict[str, np.ndarray], np.ndarr
     return c2w, np.array(xyz).reshape(-1, 3), seen, K
 
 
-def run_setting(setting: str, seed: int, blur: float, sigma_mode: str, frames: Path, scene: Path) -> dict[str, Any]:
+def run_setting(setting: str, seed: int, blur: float, sigma_mode: str, frames: Path, scene: Path, kind: str = "gaussian") -> dict[str, Any]:
     from scipy.spatial.transform import Rotation
 
-    from benchmarks.weak_frames import aligned_errors
+    from benchmarks.weak_frames import aligned_errors, scene_tag
     from nerf_posefix.geometry.alignment import umeyama
     from nerf_posefix.sfm.blur_matching import estimate_blur_sigma
 
-    source = frames / "sources" / f"castle_blur{blur:g}"
+    tag = scene_tag(kind, blur)
+    source = frames / "sources" / f"castle_{tag}"
     weak = set(json.loads((source / "degraded.json").read_text())["images"])
     gt_json = json.loads((scene / "gt_cameras.json").read_text())["images"]
     gt = Poses(sorted(gt_json), np.stack([np.array(gt_json[n]["c2w"]) for n in sorted(gt_json)]))
@@ -206,7 +207,7 @@ def run_setting(setting: str, seed: int, blur: float, sigma_mode: str, frames: P
             start[:3, 3] += 0.03 * SPREAD_M * direction / np.linalg.norm(direction)
             poses[n] = start
     else:
-        run = frames / "work" / f"castle__blur{blur:g}__s{seed}__adjustment" / "refined" / "sparse" / "0"
+        run = frames / "work" / f"castle__{tag}__s{seed}__adjustment" / "refined" / "sparse" / "0"
         poses, X, seen_by, K = model_poses_points(run)
     sharp = {n: poses[n] for n in poses if n not in weak}
     keep = np.array([len(s - weak) >= 2 for s in seen_by])
@@ -217,7 +218,10 @@ def run_setting(setting: str, seed: int, blur: float, sigma_mode: str, frames: P
     per_frame = []
     for n in sorted(weak):
         near = nearest_sharp(poses[n], sharp, NEIGHBOURS)
-        sigma = blur if sigma_mode == "true" else estimate_blur_sigma(images[n], [images[m] for m in near[:3]])
+        if sigma_mode == "true":
+            sigma = blur if kind == "gaussian" else 0.0  # noise: no blur (a streak is not a Gaussian: use "estimated")
+        else:
+            sigma = estimate_blur_sigma(images[n], [images[m] for m in near[:3]])
         P, uv = project(poses[n], K, X)
         h, w = images[n].shape
         visible = (P[:, 2] > 0) & (uv[:, 0] >= 0) & (uv[:, 0] < w) & (uv[:, 1] >= 0) & (uv[:, 1] < h)
@@ -231,7 +235,7 @@ def run_setting(setting: str, seed: int, blur: float, sigma_mode: str, frames: P
         i = names_a.index(n)
         print(f"  {setting:8} s{seed} {n} σ {sigma:5.2f} px  points {points:5d}  rotation {rot_b[i]:.3f} -> {rot_a[i]:.3f} deg  "
               f"centre {centre_b[i]:.2f} -> {centre_a[i]:.2f} %", flush=True)
-    record = {"setting": setting, "seed": seed, "blur": blur, "sigma": sigma_mode,
+    record = {"setting": setting, "seed": seed, "kind": kind, "blur": blur, "sigma": sigma_mode,
               "rot_degraded_before_deg": float(np.median(rot_b[~sharp_b])), "rot_degraded_deg": float(np.median(rot_a[~sharp_a])),
               "centre_degraded_pct": float(np.median(centre_a[~sharp_a])), "rot_sharp_deg": float(np.median(rot_a[sharp_a])),
               "rot_degraded_max_deg": float(rot_a[~sharp_a].max())}
@@ -245,13 +249,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--frames", type=Path, required=True, help="a weak-frames benchmark output (its sources/, work/)")
     parser.add_argument("--scene", type=Path, default=SCENE)
-    parser.add_argument("--blur", type=float, default=12.0)
+    parser.add_argument("--blur", type=float, default=12.0, help="the degradation's strength (benchmarks.weak_frames --blur)")
+    parser.add_argument("--kind", choices=("gaussian", "motion", "noise"), default="gaussian", help="benchmarks.weak_frames --kind")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--sharp", nargs="+", choices=("truth", "adjusted"), default=["truth", "adjusted"])
     parser.add_argument("--sigma", nargs="+", choices=("true", "estimated"), default=["true"])
     parser.add_argument("--output", type=Path, default=None, help="write the records here (JSON)")
     args = parser.parse_args(argv)
-    records = [run_setting(setting, seed, args.blur, sigma, args.frames, args.scene)
+    records = [run_setting(setting, seed, args.blur, sigma, args.frames, args.scene, args.kind)
                for setting in args.sharp for sigma in args.sigma for seed in args.seeds]
     for setting in args.sharp:
         for sigma in args.sigma:

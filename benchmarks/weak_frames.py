@@ -21,10 +21,11 @@ Rows (``posefix-small`` for every NeRF, the same iteration budget ``--iterations
 train at 1/4 size as in the poses-from-anywhere benchmark, refine picks its own size):
 
 * ``input``: the noisy poses;
-* ``adjustment``: ``posefix refine --iterations 0 --no-frame-placement`` (tracks built from the images, robust
-  adjustment: the adjustment alone);
+* ``adjustment``: ``posefix refine --iterations 0 --no-frame-placement --no-photometric-alignment`` (tracks built
+  from the images, robust adjustment: the adjustment alone);
 * ``front-end``: ``posefix refine --iterations 0`` (the whole front end without a NeRF: the adjustment, then the
-  blurred frames no pair holds placed against the adjusted ones, :mod:`nerf_posefix.sfm.frame_placement`);
+  blurred frames no pair holds placed against the adjusted ones, :mod:`nerf_posefix.sfm.frame_placement`, then the
+  frames still weakly held aligned by their intensities, :mod:`nerf_posefix.sfm.photometric_alignment`);
 * ``nerfstudio``: nerfstudio's camera optimizer (its L2 penalties) alone, from the noisy poses;
 * ``posefix-photometric``: posefix-small's homography prior alone (no tracks), from the noisy poses;
 * ``default``: ``posefix refine`` with its defaults: the adjustment, then (weakly held images found) the
@@ -308,11 +309,13 @@ def run_row(spec: Spec) -> dict[str, Any]:
         result = refine(RefineOptions(output=work / "refined", poses=data / "transforms.json", threads=1, seed=spec.seed, quiet=True,
                                       overwrite=True, regularizer=regularizer,  # type: ignore[arg-type]
                                       iterations=0 if spec.row in ("adjustment", "front-end") else None,
-                                      frame_placement=spec.row != "adjustment"))
+                                      frame_placement=spec.row != "adjustment", photometric_alignment=spec.row != "adjustment"))
         s = result.summary
         support = (s.get("bundle_adjustment") or {}).get("support") if isinstance(s.get("bundle_adjustment"), dict) else None
         placement = (s.get("bundle_adjustment") or {}).get("placement") if isinstance(s.get("bundle_adjustment"), dict) else None
-        info = {"iterations": s.get("iterations"), "support": support, "placement": placement, "total_seconds": s.get("total_seconds"),
+        photometric = (s.get("bundle_adjustment") or {}).get("photometric_alignment") if isinstance(s.get("bundle_adjustment"), dict) else None
+        info = {"iterations": s.get("iterations"), "support": support, "placement": placement, "photometric_alignment": photometric,
+                "total_seconds": s.get("total_seconds"),
                 "training_seconds": s.get("training_seconds"), "warnings": s.get("warnings")}
         estimate = read_transforms_json(work / "refined" / "transforms.json")
     wall = time.perf_counter() - t0

@@ -352,7 +352,8 @@ def test_resume_reuses_the_features_and_matches(noisy: Path, tmp_path: Path, cap
 
 def _four_blurred_views(noisy: Path, data: Path) -> tuple[Path, list[str], list[str]]:
     """A copy of ``noisy`` in ``data`` with every 16th view (4 of 64) blurred 3 px and its contrast cut to 40 %;
-    returns it, the image names and the degraded ones."""
+    returns it, the image names and the degraded ones. (The tests of the NeRF stage's decisions on them run without
+    the photometric alignment, which holds 3 of the 4 itself: the test after them.)"""
     from PIL import Image, ImageFilter
 
     shutil.copytree(noisy, data, symlinks=False)
@@ -385,7 +386,7 @@ def test_weakly_held_images_start_the_nerf_stage_with_a_wide_prior(noisy: Path, 
 
     out = tmp_path / "refined"
     with pytest.raises(Stop):
-        refine(RefineOptions(output=out, poses=data / "transforms.json", threads=1, quiet=True), callback=stop)
+        refine(RefineOptions(output=out, poses=data / "transforms.json", threads=1, quiet=True, photometric_alignment=False), callback=stop)
     printed = capsys.readouterr().out
     assert f"placed 0 of {len(degraded)}:" in printed and printed.count("left weak (few matches even blurred alike") == len(degraded)
     assert f"{len(degraded)} of 64 images are weakly held by the tracks" in printed
@@ -394,6 +395,36 @@ def test_weakly_held_images_start_the_nerf_stage_with_a_wide_prior(noisy: Path, 
     sigma = {Path(f["file_path"]).name.split("__")[-1]: f[PRIOR_SIGMA_KEY] for f in meta["frames"]}  # flat names: images__000.png
     assert sorted(n for n, s in sigma.items() if s == WEAK_PRIOR_SIGMA_PX) == degraded
     assert all(0.05 <= s < 1.0 for n, s in sigma.items() if n not in degraded)
+
+
+def test_the_photometric_alignment_holds_blurred_views_the_tracks_do_not(noisy: Path, tmp_path: Path) -> None:
+    """The four blurred views (no tracks hold them, the placement does not register them), ``--iterations 0``: the
+    front end aligns them by their intensities against their held neighbours; those the evidence supports are held
+    at their aligned pose, much closer to the truth than their input, and the others stay weak at the adjustment's
+    pose (the NeRF stage's, by default); without it every one keeps the adjustment's pose."""
+    from nerf_posefix.workflows.refine import RefineOptions, refine
+
+    data, names, degraded = _four_blurred_views(noisy, tmp_path / "weak")
+    gt = read_transforms_json(TOYBOX / "transforms_gt.json")
+    runs = {}
+    for on in (True, False):
+        result = refine(RefineOptions(output=tmp_path / f"out_{on}", poses=data / "transforms.json", iterations=0, threads=1,
+                                      quiet=True, photometric_alignment=on))
+        est = read_transforms_json(tmp_path / f"out_{on}" / "transforms.json")
+        rot, _ = _errors(CameraSet(names=[Path(n).name for n in est.names], c2w=est.c2w, source="refined"),
+                         CameraSet(names=[Path(n).name for n in gt.names], c2w=gt.c2w, source="gt"))
+        poses = {Path(n).name: m for n, m in zip(est.names, est.c2w)}
+        runs[on] = (result, {n: float(rot[[Path(m).name for m in gt.names].index(n)]) for n in degraded}, poses)
+    result, on, poses_on = runs[True]
+    _, off, poses_off = runs[False]
+    record = result.summary["bundle_adjustment"]["photometric_alignment"]
+    kept = [Path(f["name"]).name for f in record["frames"] if f["kept"]]
+    assert len(record["frames"]) == len(degraded) and record["num_aligned"] == len(kept) >= 2
+    assert all(off[n] > 2.0 for n in degraded)  # the adjustment leaves them at their input error (3 deg)
+    assert all(on[n] < 0.5 * off[n] for n in kept) and np.median([on[n] for n in kept]) < 0.5
+    assert all(np.allclose(poses_on[n], poses_off[n], atol=1e-9) for n in degraded if n not in kept)
+    support = result.summary["bundle_adjustment"]["support"]
+    assert support["num_weak"] == len(degraded) - len(kept) and runs[False][0].summary["bundle_adjustment"]["support"]["num_weak"] == 4
 
 
 def test_a_large_capture_trains_its_nerf_stage_on_the_weak_frames_and_their_neighbours(noisy: Path, tmp_path: Path) -> None:
@@ -406,7 +437,7 @@ def test_a_large_capture_trains_its_nerf_stage_on_the_weak_frames_and_their_neig
 
     data, names, degraded = _four_blurred_views(noisy, tmp_path / "weak")
     adjusted = tmp_path / "adjusted"
-    refine(RefineOptions(output=adjusted, poses=data / "transforms.json", iterations=0, threads=1, quiet=True))
+    refine(RefineOptions(output=adjusted, poses=data / "transforms.json", iterations=0, threads=1, quiet=True, photometric_alignment=False))
     out = tmp_path / "refined"
     trained: list[str] = []
 
@@ -415,7 +446,7 @@ def test_a_large_capture_trains_its_nerf_stage_on_the_weak_frames_and_their_neig
             meta = json.loads((partial_dir(out) / "data" / "transforms.json").read_text())
             trained.extend(Path(f["file_path"]).name.split("__")[-1] for f in meta["frames"])
 
-    result = refine(RefineOptions(output=out, poses=data / "transforms.json", iterations=2, nerf_max_images=24, threads=1, quiet=True),
+    result = refine(RefineOptions(output=out, poses=data / "transforms.json", iterations=2, nerf_max_images=24, threads=1, quiet=True, photometric_alignment=False),
                     callback=record)
     assert len(trained) == 24 and set(degraded) <= set(trained)
     assert result.summary["trained_images"] == {"count": 24, "of": 64, "max_images": 24}
@@ -448,13 +479,13 @@ def test_a_nerf_stage_that_would_not_fit_in_memory_is_skipped_or_refused(noisy: 
     data, _, degraded = _four_blurred_views(noisy, tmp_path / "weak")
     monkeypatch.setattr(refine_module, "available_memory_bytes", lambda: 512 * 2**20)
     out = tmp_path / "refined"
-    result = refine(RefineOptions(output=out, poses=data / "transforms.json", threads=1, quiet=True))
+    result = refine(RefineOptions(output=out, poses=data / "transforms.json", threads=1, quiet=True, photometric_alignment=False))
     need = (NERF_STAGE_BASE_BYTES + NERF_STAGE_BYTES_PER_PIXEL * 64 * 128 * 128) / 2**30
     reason = result.summary["no_nerf_stage"]
     assert result.summary["iterations"] == 0 and reason in result.summary["warnings"][-1]
     assert f"{len(degraded)} weakly held image(s) keep the adjustment's poses" in reason and f"~{need:.1f} GiB" in reason, reason
     with pytest.raises(InputError, match="--nerf-max-images"):
-        refine(RefineOptions(output=tmp_path / "asked", poses=data / "transforms.json", iterations=2, threads=1, quiet=True))
+        refine(RefineOptions(output=tmp_path / "asked", poses=data / "transforms.json", iterations=2, threads=1, quiet=True, photometric_alignment=False))
 
 
 def test_spatial_matching_pairs_images_by_their_input_poses(noisy: Path, database: Path, tmp_path: Path, capsys) -> None:  # noqa: ANN001

@@ -407,7 +407,8 @@ def pipeline_front_end_options(pipeline_config: Any) -> FrontEndOptions:
                               intrinsics=str(getattr(pipeline_config, "front_end_intrinsics", "auto")),  # type: ignore[arg-type]
                               blur_matching=bool(getattr(pipeline_config, "front_end_blur_matching", True)),
                               frame_placement=bool(getattr(pipeline_config, "front_end_frame_placement", True)),
-                              placement_max_frames=int(getattr(pipeline_config, "front_end_placement_max_frames", PLACEMENT_MAX_FRAMES)))
+                              placement_max_frames=int(getattr(pipeline_config, "front_end_placement_max_frames", PLACEMENT_MAX_FRAMES)),
+                              photometric_alignment=bool(getattr(pipeline_config, "front_end_photometric_alignment", True)))
     return options if seed is None else replace(options, seed=int(seed))
 
 

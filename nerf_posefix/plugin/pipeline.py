@@ -86,6 +86,9 @@ class PosefixPipelineConfig(VanillaPipelineConfig):
     --frame-placement / --no-frame-placement)."""
     front_end_placement_max_frames: int = PLACEMENT_MAX_FRAMES
     """The most blurred frames the front end places, the least blurred first (as posefix refine --placement-max-frames)."""
+    front_end_photometric_alignment: bool = True
+    """Align the frames still weakly held after the placement by their intensities against their held neighbours (as
+    posefix refine --photometric-alignment / --no-photometric-alignment)."""
     front_end_seed: Optional[int] = None
     """COLMAP's random seed in the front end (the RANSAC of the match verification, the triangulation). None: the
     run's --machine.seed (set when the run's config is saved), as posefix refine --seed seeds both its front end and

@@ -21,7 +21,10 @@ Stages
    adjustment holds weakly or not at all are then placed against the adjusted ones held fixed
    (:func:`nerf_posefix.sfm.frame_placement.place_blurred_frames`: blur-matched features in a copy of the track
    database, COLMAP's registration); a frame the placement holds counts as held (``support.placed``), the others
-   stay weak where the adjustment left them.
+   stay weak where the adjustment left them. Those still weak are then aligned by their intensities against their
+   held neighbours through the points (:func:`nerf_posefix.sfm.photometric_alignment.align_weak_frames`); a frame
+   the evidence supports counts as held at its aligned pose (``support.placed``), the others stay weak (the NeRF
+   stage's).
 
 Every stage writes its record file last, so a stage is either complete in ``work`` (and reused) or redone.
 
@@ -63,8 +66,9 @@ LossName = Literal["cauchy", "huber", "soft_l1", "squared", "none"]
 #: features for the blurred frames the ordinary matching links with few matches; 8: the blurred frames the adjustment does not
 #: hold placed against the adjusted ones; 9-10: the placement's speed and thinly held frames; 11: the cameras the rounds
 #: moved far more than the others or hold weakly registered again against the others,
-#: :mod:`nerf_posefix.sfm.outlying_moves`).
-FRONT_END_VERSION = 11
+#: :mod:`nerf_posefix.sfm.outlying_moves`; 12: the frames left weakly held aligned by their intensities,
+#: :mod:`nerf_posefix.sfm.photometric_alignment`).
+FRONT_END_VERSION = 12
 
 
 @dataclass
@@ -83,6 +87,9 @@ class FrontEndOptions:
             (:mod:`nerf_posefix.sfm.frame_placement`).
         placement_max_frames: the most frames placed per capture, the least blurred first (the others are left to the
             NeRF stage).
+        photometric_alignment: when tracks are built, align the frames still weakly held after the placement by their
+            intensities against their held neighbours through the points (:mod:`nerf_posefix.sfm.photometric_alignment`);
+            a frame the evidence supports counts as held at its aligned pose.
         bundle_adjustment: the robust loss of the adjustment, or ``"none"`` (no adjustment: the front end
             returns its input, with built tracks when they were built).
         ba_scale_px: the robust scale of a model's own-track adjustment (None: automatic).
@@ -102,6 +109,7 @@ class FrontEndOptions:
     blur_matching: bool = True
     frame_placement: bool = True
     placement_max_frames: int = PLACEMENT_MAX_FRAMES
+    photometric_alignment: bool = True
     bundle_adjustment: LossName = "cauchy"
     ba_scale_px: Optional[float] = None
     intrinsics: Literal["auto", "fixed", "focal", "focal-pp"] = "auto"
@@ -127,6 +135,7 @@ class FrontEndOptions:
             "blur_matching": self.blur_matching if built and not self.database else None,
             "frame_placement": self.frame_placement if built else None,
             "placement_max_frames": self.placement_max_frames if built and self.frame_placement else None,
+            "photometric_alignment": self.photometric_alignment if built else None,
             "bundle_adjustment": self.bundle_adjustment,
             "ba_scale_px": self.ba_scale_px,
             "intrinsics": None if built else self.intrinsics,
@@ -388,6 +397,15 @@ def _adjust_built_tracks(
         for name, w2c in placement.cam_from_world.items():  # world-to-camera, OpenCV axes, the input frame
             result.reconstruction.frames[frame_ids[name]].rig_from_world = pycolmap.Rigid3d(pycolmap.Rotation3d(w2c[:3, :3]), w2c[:3, 3])
         shutil.rmtree(work / "placement", ignore_errors=True)
+    support = result.support
+    aligned_support: dict[str, Any] = {}
+    photometric = None
+    if options.photometric_alignment:
+        from nerf_posefix.sfm.support import image_support
+
+        if support is None:  # the adjustment's support, before any frame is moved here
+            support = image_support(result.reconstruction, loss_scale_px=result.rounds[-1]["loss_scale_px"])
+        photometric, aligned_support = _align_weak_frames(result.reconstruction, support, placement, posed.images_dir, log)
     summary: dict[str, Any] = {
         "loss": "cauchy",
         "rounds": result.rounds,
@@ -399,9 +417,12 @@ def _adjust_built_tracks(
         summary["second_opinion"] = [o.to_dict() for o in opinions]
     if placement.frames:
         summary["placement"] = placement.to_dict()
-        summary["placed_support"] = {n: s.to_dict() for n, s in placement.support.items()}
-    if result.support is not None:  # computed by the second opinion on these very poses and points
-        summary["support_before_placement"] = result.support
+    if placement.support or aligned_support:
+        summary["placed_support"] = {**{n: s.to_dict() for n, s in placement.support.items()}, **aligned_support}
+    if photometric is not None:
+        summary["photometric_alignment"] = photometric
+    if support is not None:  # computed by the second opinion (or here) on the adjustment's poses and points
+        summary["support_before_placement"] = support
     last = result.rounds[-1]
     # a placed frame observed no point of the adjustment (a group of its own there): the placement links it
     placed = sum(1 for f in placement.frames if f.held and not f.held_before)
@@ -414,6 +435,37 @@ def _adjust_built_tracks(
             "(--matching exhaustive, --sequential-overlap) can link them"
         )
     return result.reconstruction, summary
+
+
+def _align_weak_frames(rec: Any, support: list, placement: Placement, images_dir: Path, log: Callable[[str], None],
+                       ) -> tuple[Optional[dict[str, Any]], dict[str, Any]]:
+    """The frames still weakly held after the placement (``support``: the adjustment's, list of
+    :class:`~nerf_posefix.sfm.support.ImageSupport`) aligned by their intensities against the held ones
+    (:func:`nerf_posefix.sfm.photometric_alignment.align_weak_frames`); the aligned poses are set in ``rec``. Returns the
+    stage's record (None: no frame to align) and, per aligned frame, its support as held (``placed``)."""
+    import pycolmap
+
+    from nerf_posefix.sfm.photometric_alignment import align_weak_frames
+
+    placed = {n for n in placement.support}
+    weak = [s.name for s in support if s.weak and s.name not in placed]
+    if not weak:
+        return None, {}
+    held = [s.name for s in support if not s.weak] + sorted(placed)
+    t0 = time.perf_counter()
+    log(f"  aligning {len(weak)} weakly held image(s) by their intensities against their held neighbours ...")
+    aligned, records = align_weak_frames(rec, weak, held, images_dir, log=lambda m: log(f"    {m}"))
+    frame_ids = {rec.images[i].name: rec.images[i].frame_id for i in rec.reg_image_ids()}
+    for name, w2c in aligned.items():  # world-to-camera, OpenCV axes, the input frame
+        rec.frames[frame_ids[name]].rig_from_world = pycolmap.Rigid3d(pycolmap.Rotation3d(w2c[:3, :3]), w2c[:3, 3])
+    by_name = {s.name: s for s in support}
+    aligned_support = {
+        r.name: replace(by_name[r.name], weak=False, placed=True,
+                        reason=f"aligned photometrically ({r.points} points, moved {r.rotation_deg:.3g} deg)").to_dict()
+        for r in records if r.kept}
+    seconds = time.perf_counter() - t0
+    log(f"  {len(aligned)} of {len(weak)} weakly held image(s) aligned photometrically and held ({seconds:.0f} s)")
+    return {"frames": [r.to_dict() for r in records], "num_aligned": len(aligned), "seconds": seconds}, aligned_support
 
 
 def check_front_end_options(options: FrontEndOptions) -> None:

@@ -201,6 +201,12 @@ class RefineOptions:
     placement_max_frames: int = PLACEMENT_MAX_FRAMES
     """The most blurred frames placed per capture, the least blurred first (the others are left to the NeRF stage;
     the log and report.json say which): bounds the placement's time on captures with many blurred frames."""
+    photometric_alignment: bool = True
+    """When tracks are built: align the frames still weakly held after the placement (few or no tracks: blurred,
+    washed out, grainy) by their intensities against their nearest held neighbours, through the points those observe
+    (coarse to fine, at up to 1024 px); a frame whose residuals the aligned pose lowers by 3 standard errors counts as
+    held there, the others are left to the NeRF stage (castle-P30 with grainy frames: docs/benchmarks.md;
+    --no-photometric-alignment: they go to the NeRF stage as they are)."""
     method: Literal["posefix", "posefix-small"] = "posefix-small"
     """posefix-small: sized for a CPU; posefix: nerfacto-sized (GPU)."""
     iterations: Optional[int] = None
@@ -500,7 +506,7 @@ def front_end_options(options: RefineOptions) -> FrontEndOptions:
         build_tracks=options.build_tracks, matching=options.matching, sequential_overlap=options.sequential_overlap,
         spatial_neighbors=options.spatial_neighbors, database=options.database, blur_matching=options.blur_matching,
         frame_placement=options.frame_placement, placement_max_frames=options.placement_max_frames,
-        bundle_adjustment=options.bundle_adjustment,
+        photometric_alignment=options.photometric_alignment, bundle_adjustment=options.bundle_adjustment,
         ba_scale_px=options.ba_scale_px, intrinsics=options.intrinsics,
         threads=options.threads, seed=options.seed,
     )

@@ -190,6 +190,13 @@ class RefineResult:
                                        f"{f['name']} {'held' if f['held'] else ('kept: ' if f.get('held_before') else 'left weak: ') + (f['reason'] or '?').split(' (')[0]}"
                                        for f in frames[:4]) + (", ..." if len(frames) > 4 else "") + f"; {placement['seconds']:.0f} s)"
                                    + (f"; {capped} not tried, beyond --placement-max-frames" if capped else "")))
+        photometric = adjusted.get("photometric_alignment")
+        if photometric and photometric.get("frames"):
+            frames = photometric["frames"]
+            rows.append(("aligned", f"{photometric['num_aligned']} of {len(frames)} image(s) still weakly held, by their intensities against their "
+                                    "held neighbours (" + ", ".join(
+                                        f"{f['name']} " + (f"moved {f['rotation_deg']:.2g} deg" if f["kept"] else "left weak: " + (f["reason"] or "?").split(" (")[0])
+                                        for f in frames[:4]) + (", ..." if len(frames) > 4 else "") + f"; {photometric['seconds']:.0f} s)"))
         support = adjusted.get("support")
         if support:
             why = "; ".join(f"{v['count']} {k}" for k, v in support["weak_by_reason"].items())

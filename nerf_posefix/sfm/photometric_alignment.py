@@ -1,0 +1,407 @@
+"""Weakly held frames aligned by their intensities against held neighbours, through the SfM points.
+
+Why (issue 22): a frame whose keypoints drown (blur, a cut contrast, grain: hazy, underwater or low-light
+imagery) keeps most of what its pixels say about the scene on average. Before the NeRF stage, each frame the
+adjustment holds weakly (few or no tracks, an uncertain pose) is aligned by its intensities alone, at its full
+resolution, against its nearest held neighbours (:func:`direct_alignment`):
+
+* **Points**: the model's 3D points that at least 2 held frames observe, in front of the frame and inside it.
+* **Reference**: each point's intensity in the held neighbours that observe it (the :data:`NEIGHBOURS` nearest by
+  centre, facing within :data:`FACING_DEG`), each neighbour blurred by the frame's blur ``σ`` scaled by the depth
+  ratio (a blur of σ px at depth Z in the frame is σ Z / Z_n px at depth Z_n in the neighbour), averaged.
+* **Residual**: the frame's intensity at the point's projection minus the reference, both normalised to zero
+  mean and unit variance over the points inside the frame (a contrast cut, an exposure change), Huber-weighted.
+* **Solver**: Gauss-Newton on the frame's 6-DoF pose (world-to-camera, updated on the left; a step that raises the
+  robust cost is halved, up to 4 times, then the stage ends), coarse to fine: both sides blurred by :data:`STAGES`
+  more (a fraction of the frame's longer side), :data:`ITERATIONS_PER_STAGE` iterations each. The projection is the
+  camera's own (pycolmap's, distortion included); the Jacobian is the pinhole one at its focal lengths.
+* **Evidence** (:func:`paired_evidence`): the frame keeps the aligned pose only when, on the points and reference of
+  the stage :data:`EVIDENCE_STAGE`, its squared residuals at the aligned pose are below those at the
+  start pose by more than :data:`EVIDENCE_Z` standard errors (paired over the points), and it moved less than
+  :data:`MAX_MOVE_DEG`; otherwise it keeps the adjustment's pose.
+
+Measured (``benchmarks/direct_alignment_probe.py``, castle-P30, every 4th photo degraded; docs/benchmarks.md):
+grain of σ 40 grey levels after a 40 % contrast cut, seeds 0 / 1: the adjustment's 0.352 / 1.054 deg to 0.262 /
+0.168 deg; σ 80 (no track holds them), seed 0: 1.853 to 0.456 deg (the NeRF stage alone: 0.641 deg);
+Gaussian blur 12 px, with the front end's blur estimate: 0.731 deg against the NeRF stage's 0.724.
+
+Conventions: camera-to-world / world-to-camera 4x4 matrices with OpenCV axes (x right, y down, z forward), in
+the model's world frame; images are grayscale ``[H, W]`` float64 in [0, 1]; pixel coordinates are array
+coordinates (the centre of the top-left pixel at (0, 0): COLMAP's minus 0.5).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import pycolmap
+
+#: Extra blur of both sides per stage, as a fraction of the frame's longer side (16, 8, 4, 0 px at 768 px): coarse
+#: to fine.
+STAGES = (1 / 48, 1 / 96, 1 / 192, 0.0)
+ITERATIONS_PER_STAGE = 30
+#: Held neighbours each frame is aligned against, and how alike they must face (the pose-guided matching rule).
+NEIGHBOURS = 4
+FACING_DEG = 75.0
+#: Fewest points a stage needs (fewer: the frame keeps its pose).
+MIN_POINTS = 100
+#: The evidence a frame needs to keep its aligned pose: the paired drop of its squared residuals, in standard errors,
+#: on the points and reference of the stage :data:`EVIDENCE_STAGE` (4 px of blur at 768 px: white pixel noise, a grainy
+#: frame's, weighs 16x less there than unblurred; a blurred frame's signal is as coarse anyway).
+EVIDENCE_Z = 3.0
+EVIDENCE_STAGE = 2
+#: The largest move kept (degrees): beyond it the alignment has locked onto something else.
+MAX_MOVE_DEG = 10.0
+
+#: ``project(cam_points [P, 3]) -> pixels [P, 2]`` (array coordinates; NaN behind the camera).
+Projector = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass
+class FrameAlignment:
+    """What :func:`direct_alignment` did to one frame.
+
+    Attributes:
+        name: the image's name.
+        kept: whether the frame takes the aligned pose (``reason`` says why not).
+        sigma_px: the frame's blur σ relative to its neighbours (pixels; the front end's estimate).
+        points: the points of the final stage.
+        rotation_deg, centre_move: how far the aligned pose is from the start (degrees; world units).
+        gain, gain_stderr: the paired drop of the squared normalised residuals (start minus aligned; > 0: better).
+        reason: why the frame keeps its pose ("" when kept).
+    """
+
+    name: str
+    kept: bool
+    sigma_px: float
+    points: int
+    rotation_deg: float
+    centre_move: float
+    gain: float
+    gain_stderr: float
+    reason: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _transform(w2c: np.ndarray, X: np.ndarray) -> np.ndarray:
+    return X @ w2c[:3, :3].T + w2c[:3, 3]  # [P, 3]
+
+
+def _sample(image: np.ndarray, uv: np.ndarray) -> np.ndarray:
+    from scipy.ndimage import map_coordinates
+
+    uv = np.nan_to_num(uv, nan=-1e6)
+    return map_coordinates(image, [uv[:, 1], uv[:, 0]], order=1, mode="nearest")  # [P]
+
+
+def nearest_held(c2w: np.ndarray, held: Mapping[str, np.ndarray], count: int = NEIGHBOURS) -> list[str]:
+    """The ``count`` held frames (``name -> c2w``) nearest ``c2w`` by camera centre among those facing within
+    :data:`FACING_DEG` of it."""
+    cos = np.cos(np.deg2rad(FACING_DEG))
+    facing = [n for n, m in held.items() if float(m[:3, 2] @ c2w[:3, 2]) > cos]
+    return sorted(facing, key=lambda n: float(np.linalg.norm(held[n][:3, 3] - c2w[:3, 3])))[:count]
+
+
+def _reference(X: np.ndarray, seen_by: Sequence[set[str]], depth: np.ndarray, total_px: float,
+               neighbours: Mapping[str, tuple[np.ndarray, np.ndarray, Projector]], cache: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Per point ``[P]``: the mean intensity of the neighbours observing it, each blurred by ``total_px`` scaled by
+    the depth ratio (from a grid of blur levels, ``cache``d), and how many contributed ``[P]``."""
+    from scipy.ndimage import gaussian_filter
+
+    ref, count = np.zeros(len(X)), np.zeros(len(X))
+    levels = 2.0 ** (np.arange(-12, 13) / 4.0)  # relative to total_px
+    for name, (w2c_n, image_n, project_n) in neighbours.items():
+        Pn = _transform(w2c_n, X)
+        seen = np.fromiter((name in s for s in seen_by), dtype=bool, count=len(X)) & (Pn[:, 2] > 0) & (depth > 0)
+        if not seen.any():
+            continue
+        uvn = project_n(Pn[seen])
+        ok = np.isfinite(uvn).all(axis=1)
+        rows = np.nonzero(seen)[0][ok]
+        uvn = uvn[ok]
+        want = total_px * depth[rows] / Pn[rows, 2]  # px in the neighbour
+        level = np.abs(np.log(np.maximum(want, 1e-6))[:, None] - np.log(levels * max(total_px, 1e-6))[None, :]).argmin(1)
+        for li in np.unique(level):
+            sigma_n = float(levels[li] * total_px)
+            key = (name, round(sigma_n, 6))
+            if key not in cache:
+                cache[key] = gaussian_filter(image_n, sigma_n) if sigma_n > 0.05 else image_n
+            m = level == li
+            ref[rows[m]] += _sample(cache[key], uvn[m])
+            count[rows[m]] += 1
+    return ref, count
+
+
+def _residuals(frame: np.ndarray, project: Projector, w2c: np.ndarray, X: np.ndarray, ref: np.ndarray,
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]:
+    """Camera points ``[P, 3]``, pixels ``[P, 2]``, whether inside ``[P]``, residuals ``[P]`` (the frame's intensity
+    and the reference ``ref [P]``, each normalised over the points inside) and the frame's intensity spread there
+    (for the gradient's scale)."""
+    h, w = frame.shape
+    P = _transform(w2c, X)
+    uv = np.full((len(X), 2), np.nan)
+    front = P[:, 2] > 1e-9
+    if front.any():
+        uv[front] = project(P[front])
+    inside = front & np.isfinite(uv).all(axis=1) & (uv[:, 0] > 1) & (uv[:, 0] < w - 2) & (uv[:, 1] > 1) & (uv[:, 1] < h - 2)
+    v = _sample(frame, uv)
+    if inside.sum() < 2:
+        return P, uv, inside, np.zeros(len(X)), 1.0
+    mu, sd = float(v[inside].mean()), max(float(v[inside].std()), 1e-9)
+    mu_r, sd_r = float(ref[inside].mean()), max(float(ref[inside].std()), 1e-9)
+    return P, uv, inside, (v - mu) / sd - (ref - mu_r) / sd_r, sd
+
+
+def _huber_cost(r: np.ndarray, c: float) -> float:
+    """Mean Huber cost of residuals ``r`` at threshold ``c``."""
+    a = np.abs(r)
+    return float(np.mean(np.where(a < c, 0.5 * a**2, c * (a - 0.5 * c)))) if a.size else 0.0
+
+
+def paired_evidence(before: np.ndarray, after: np.ndarray) -> tuple[float, float]:
+    """The mean drop of the squared residuals from ``before [P]`` to ``after [P]`` (the same points) and its
+    standard error."""
+    diff = before**2 - after**2
+    if diff.size < 2:
+        return 0.0, float("inf")
+    return float(diff.mean()), float(diff.std(ddof=1) / np.sqrt(diff.size))
+
+
+def align_frame(frame: np.ndarray, sigma_px: float, project: Projector, focal: tuple[float, float], start_c2w: np.ndarray,
+                X: np.ndarray, seen_by: Sequence[set[str]], neighbours: Mapping[str, tuple[np.ndarray, np.ndarray, Projector]],
+                ) -> tuple[np.ndarray, int, float, float, str]:
+    """Align one frame (module docstring). ``neighbours``: ``name -> (world-to-camera [4, 4], image [H, W],
+    projector)``; ``seen_by[p]``: the neighbours observing point ``p`` of ``X [P, 3]``.
+
+    Returns ``(camera-to-world [4, 4], points, gain, gain_stderr, reason)``: the aligned pose with the final stage's
+    point count and evidence (:func:`paired_evidence`), or the start pose and why (``reason``)."""
+    from scipy.ndimage import gaussian_filter
+    from scipy.spatial.transform import Rotation
+
+    fx, fy = focal
+    w2c = np.linalg.inv(start_c2w)
+    cache: dict = {}
+    evidence: tuple[np.ndarray, np.ndarray, np.ndarray] = (frame, X[:0], np.zeros(0))
+    for stage, fraction in enumerate(STAGES):
+        extra = fraction * max(frame.shape)
+        frame_s = gaussian_filter(frame, extra) if extra > 0 else frame
+        total = float(np.hypot(sigma_px, extra))
+        depth = _transform(w2c, X)[:, 2]
+        ref, count = _reference(X, seen_by, depth, total, neighbours, cache)
+        have = count > 0
+        if have.sum() < MIN_POINTS:
+            return start_c2w, int(have.sum()), 0.0, float("inf"), f"{int(have.sum())} points seen by its neighbours (fewer than {MIN_POINTS})"
+        r_ref = ref[have] / count[have]  # [P'] normalised with the frame's, over the points inside it
+        Xs = X[have]
+        gy, gx = np.gradient(frame_s)
+        for _ in range(ITERATIONS_PER_STAGE):
+            P, uv, inside, r, sd = _residuals(frame_s, project, w2c, Xs, r_ref)
+            if inside.sum() < MIN_POINTS:
+                return start_c2w, int(inside.sum()), 0.0, float("inf"), f"{int(inside.sum())} points inside the frame (fewer than {MIN_POINTS})"
+            g = np.stack([_sample(gx, uv), _sample(gy, uv)], 1)[inside] / sd  # [M, 2] d residual / d pixel
+            x, y, z = P[inside].T
+            duv_dP = np.zeros((len(x), 2, 3))  # pinhole at the camera's focal lengths
+            duv_dP[:, 0, 0], duv_dP[:, 0, 2] = fx / z, -fx * x / z**2
+            duv_dP[:, 1, 1], duv_dP[:, 1, 2] = fy / z, -fy * y / z**2
+            dP = np.zeros((len(x), 3, 6))  # P' = exp([w]x) P + t: d P' / d (t, w) at 0
+            dP[:, :, :3] = np.eye(3)
+            dP[:, 0, 4], dP[:, 0, 5] = z, -y
+            dP[:, 1, 3], dP[:, 1, 5] = -z, x
+            dP[:, 2, 3], dP[:, 2, 4] = y, -x
+            J = np.einsum("ni,nij,njk->nk", g, duv_dP, dP)  # [M, 6]
+            rr = r[inside]
+            c = 1.345 * max(float(np.median(np.abs(rr))) / 0.6745, 1e-9)
+            weight = np.where(np.abs(rr) < c, 1.0, c / np.maximum(np.abs(rr), 1e-12))
+            cost = _huber_cost(rr, c)
+            delta = -np.linalg.solve(J.T @ (J * weight[:, None]) + 1e-6 * np.eye(6), J.T @ (weight * rr))
+            for _ in range(5):  # a step that raises the cost (on the same points) is halved
+                update = np.eye(4)
+                update[:3, :3] = Rotation.from_rotvec(delta[3:]).as_matrix()
+                update[:3, 3] = delta[:3]
+                trial = update @ w2c
+                _, _, inside_t, r_t, _ = _residuals(frame_s, project, trial, Xs, r_ref)
+                both = inside & inside_t
+                if both.sum() >= MIN_POINTS and _huber_cost(r_t[both], c) <= _huber_cost(r[both], c):
+                    break
+                delta = delta / 2.0
+            else:
+                break  # no step lowers the cost: this stage is done
+            w2c = trial
+            if np.linalg.norm(delta) < 1e-7 or cost <= 0:
+                break
+        if stage == EVIDENCE_STAGE:
+            evidence = (frame_s, Xs, r_ref)
+    frame_e, Xe, r_e = evidence  # the end pose against the start, on the evidence stage's points and reference
+    _, _, in_a, r_a, _ = _residuals(frame_e, project, w2c, Xe, r_e)
+    _, _, in_b, r_b, _ = _residuals(frame_e, project, np.linalg.inv(start_c2w), Xe, r_e)
+    both = in_a & in_b
+    gain, stderr = paired_evidence(r_b[both], r_a[both])
+    return np.linalg.inv(w2c), int(both.sum()), gain, stderr, ""
+
+
+#: Points kept for a frame: those its start pose projects inside the frame grown by this fraction of its longer side
+#: on every side (room for the move the alignment makes).
+POINT_MARGIN = 0.15
+
+
+def _candidate_points(shape: tuple[int, int], project: Projector, w2c: np.ndarray, X: np.ndarray, seen_by: Sequence[set[str]],
+                      neighbours: set[str]) -> np.ndarray:
+    """Rows of ``X [P, 3]`` a frame can use: observed by one of its ``neighbours``, in front of it and inside it (with
+    :data:`POINT_MARGIN`) at its start pose ``w2c``."""
+    h, w = shape
+    seen = np.fromiter((bool(s & neighbours) for s in seen_by), dtype=bool, count=len(seen_by))
+    P = _transform(w2c, X)
+    front = seen & (P[:, 2] > 1e-9)
+    rows = np.nonzero(front)[0]
+    if not rows.size:
+        return rows
+    uv = project(P[rows])
+    m = POINT_MARGIN * max(h, w)
+    ok = np.isfinite(uv).all(axis=1) & (uv[:, 0] > -m) & (uv[:, 0] < w + m) & (uv[:, 1] > -m) & (uv[:, 1] < h + m)
+    return rows[ok]
+
+
+def direct_alignment(
+    frames: Sequence[str],
+    c2w: Mapping[str, np.ndarray],
+    held: Sequence[str],
+    points: np.ndarray,
+    observed_by: Sequence[set[str]],
+    image: Callable[[str], np.ndarray],
+    projector: Callable[[str], tuple[Projector, tuple[float, float]]],
+    blur_sigma: Callable[[np.ndarray, list[np.ndarray]], float],
+    log: Optional[Callable[[str], None]] = None,
+) -> tuple[dict[str, np.ndarray], list[FrameAlignment]]:
+    """Align each of ``frames`` against its nearest held frames (module docstring).
+
+    Args:
+        frames: the weakly held images to align.
+        c2w: every image's camera-to-world pose (OpenCV axes, the model's world frame).
+        held: the images the tracks hold (the neighbours' pool).
+        points: ``[P, 3]`` the model's 3D points (world frame); ``observed_by[p]``: the images observing point ``p``.
+        image: ``name -> [H, W]`` grayscale in [0, 1] at the camera's resolution.
+        projector: ``name -> (project, (fx, fy))``: the image's camera (see :data:`Projector`).
+        blur_sigma: ``(frame, neighbour images) -> σ`` px, how much blurrier the frame is than its neighbours.
+        log: progress lines.
+
+    Returns:
+        ``(name -> aligned camera-to-world`` for the frames that keep their aligned pose, one
+        :class:`FrameAlignment` per frame``)``.
+    """
+    held_set = set(held)
+    held_c2w = {n: c2w[n] for n in held if n in c2w}
+    by_held = [s & held_set for s in observed_by]
+    two = np.fromiter((len(s) >= 2 for s in by_held), dtype=bool, count=len(by_held))
+    X = np.asarray(points, dtype=np.float64).reshape(-1, 3)[two]
+    seen_by = [s for s, keep in zip(by_held, two) if keep]
+    aligned: dict[str, np.ndarray] = {}
+    records: list[FrameAlignment] = []
+    loaded: dict[str, np.ndarray] = {}
+
+    def gray(name: str) -> np.ndarray:
+        if name not in loaded:
+            loaded[name] = image(name)
+        return loaded[name]
+
+    for name in frames:
+        start = np.asarray(c2w[name], dtype=np.float64)
+        near = nearest_held(start, held_c2w)
+        if not near:
+            records.append(FrameAlignment(name, False, 0.0, 0, 0.0, 0.0, 0.0, float("inf"), "no held frame faces alike"))
+            continue
+        frame = gray(name)
+        sigma = float(blur_sigma(frame, [gray(m) for m in near[:3]]))
+        project, focal = projector(name)
+        neighbours = {m: (np.linalg.inv(held_c2w[m]), gray(m), projector(m)[0]) for m in near}
+        near_set = set(near)
+        rows = _candidate_points(frame.shape, project, np.linalg.inv(start), X, seen_by, near_set)
+        pose, count, gain, stderr, reason = align_frame(frame, sigma, project, focal, start, X[rows],
+                                                        [seen_by[r] & near_set for r in rows], neighbours)
+        rel = pose[:3, :3] @ start[:3, :3].T
+        rotation = float(np.degrees(np.arccos(np.clip((np.trace(rel) - 1.0) / 2.0, -1.0, 1.0))))
+        centre = float(np.linalg.norm(pose[:3, 3] - start[:3, 3]))
+        if not reason and rotation > MAX_MOVE_DEG:
+            reason = f"moved {rotation:.1f} deg (more than {MAX_MOVE_DEG:g})"
+        if not reason and not (np.isfinite(stderr) and gain > EVIDENCE_Z * stderr):
+            reason = f"its residuals dropped by {gain:.3g} ± {stderr:.2g}, under {EVIDENCE_Z:g} standard errors"
+        kept = not reason
+        if kept:
+            aligned[name] = pose
+        records.append(FrameAlignment(name, kept, sigma, count, rotation, centre, gain, stderr, reason))
+        if log is not None:
+            log(f"{name}: σ {sigma:.1f} px, {count} points, " + (f"moved {rotation:.3f} deg, residuals down {gain:.3g} ± {stderr:.2g}"
+                                                                  if kept else f"kept its pose: {reason}"))
+    return aligned, records
+
+
+#: The longer image side the alignment works at (images above it are reduced by an integer factor: block means).
+WORK_SIDE = 1024
+
+
+def align_weak_frames(
+    rec: "pycolmap.Reconstruction", frames: Sequence[str], held: Sequence[str], images_dir: Path,
+    log: Optional[Callable[[str], None]] = None,
+) -> tuple[dict[str, np.ndarray], list[FrameAlignment]]:
+    """:func:`direct_alignment` of the registered images ``frames`` of the adjusted reconstruction ``rec`` against
+    the images ``held`` (their poses and the points they observe), reading the images under ``images_dir``.
+
+    Returns ``(name -> world-to-camera [4, 4]`` (OpenCV axes, ``rec``'s world frame) for the frames that keep their
+    aligned pose, the per-frame records``)``."""
+    from nerf_posefix.sfm.blur_matching import SIGMA_LEVELS, _gray, _reduce, estimate_blur_sigma
+
+    images = {rec.images[i].name: rec.images[i] for i in rec.reg_image_ids()}
+    frames = [n for n in frames if n in images]
+    if not frames:
+        return {}, []
+    c2w = {}
+    for name, im in images.items():
+        w2c = np.eye(4)
+        w2c[:3, :4] = im.cam_from_world().matrix()
+        c2w[name] = np.linalg.inv(w2c)
+    names_by_id = {i: rec.images[i].name for i in rec.reg_image_ids()}
+    xyz, observed_by = [], []
+    for point in rec.points3D.values():
+        xyz.append(point.xyz)
+        observed_by.append({names_by_id[e.image_id] for e in point.track.elements if e.image_id in names_by_id})
+    points = np.asarray(xyz, dtype=np.float64).reshape(-1, 3)
+
+    def factor(name: str) -> int:
+        camera = rec.cameras[images[name].camera_id]
+        return max(1, -(-max(int(camera.width), int(camera.height)) // WORK_SIDE))
+
+    loaded: dict[str, np.ndarray] = {}
+
+    def image(name: str) -> np.ndarray:
+        if name not in loaded:
+            loaded[name] = _reduce(_gray(Path(images_dir) / name), factor(name)).astype(np.float64) / 255.0
+        return loaded[name]
+
+    def projector(name: str) -> tuple[Projector, tuple[float, float]]:
+        camera, f = rec.cameras[images[name].camera_id], factor(name)
+
+        def project(cam_points: np.ndarray) -> np.ndarray:  # COLMAP's pixels (top-left centre 0.5) -> array pixels, reduced
+            return np.asarray(camera.img_from_cam(np.ascontiguousarray(cam_points, dtype=np.float64)), dtype=np.float64) / f - 0.5
+
+        return project, (float(camera.focal_length_x) / f, float(camera.focal_length_y) / f)
+
+    def blur_sigma(frame: np.ndarray, neighbours: list[np.ndarray]) -> float:
+        f = frame_factor[0]
+        return estimate_blur_sigma(frame, neighbours, [s / f for s in SIGMA_LEVELS])
+
+    frame_factor = [1]
+    aligned: dict[str, np.ndarray] = {}
+    records: list[FrameAlignment] = []
+    for name in frames:  # one at a time: the blur levels are in the frame's own reduced pixels
+        frame_factor[0] = factor(name)
+        got, recs = direct_alignment([name], c2w, held, points, observed_by, image, projector, blur_sigma, log=log)
+        aligned.update({n: np.linalg.inv(m) for n, m in got.items()})
+        records.extend(recs)
+    return aligned, records
