@@ -101,3 +101,16 @@ def test_refine_default_run_prints_only_the_package_lines(tmp_path: Path) -> Non
     assert not foreign, foreign
     assert "flagged       none of 64 images" in proc.stdout
     assert proc.stdout.count(str(out / "sparse" / "0")) == 1 and proc.stdout.count(str(out / "transforms.json")) == 1
+
+
+def test_the_entry_points_pycolmap_import_leaves_zlib_and_png_writing_working(tmp_path: Path) -> None:
+    """``posefix``'s entry point imports pycolmap before anything else of its command (its SIGTERM handler): the
+    system zlib must still serve Python's ``zlib`` and Pillow's PNG encoder afterwards, as the demo's plots need (with
+    pycolmap 4.2.1 loading it first, both aborted in ``deflateEnd``: the package loads it first)."""
+    probe = ("import nerf_posefix.cli.main, pycolmap, zlib, numpy as np; from PIL import Image; "
+             "z = zlib.compressobj(); assert len(z.compress(b'posefix' * 20000) + z.flush()) > 0; "
+             f"Image.fromarray((np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8)).save({str(tmp_path / 'x.png')!r}); "
+             "print('written')")
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 0 and proc.stdout == "written\n", proc.stderr[-2000:]
+    assert (tmp_path / "x.png").stat().st_size > 1000
