@@ -61,7 +61,7 @@ def test_trainer_config_applies_variant_settings(tmp_path: Path) -> None:
     assert pf.pipeline.model.camera_optimizer.weight == pytest.approx(0.1 * default_weight)
     assert pf.pipeline.model.camera_optimizer.bounds == "points-per-camera"
     assert pf.max_num_iterations == 7 and pf.machine.device_type == "cpu"
-    assert type(pf.pipeline.datamanager).__name__ == "VanillaDataManagerConfig"
+    assert type(pf.pipeline.datamanager).__name__ == "PosefixDataManagerConfig"  # vanilla: no worker processes
     assert pf.pipeline.datamanager.dataparser.eval_mode == "interval"
 
 

@@ -350,7 +350,7 @@ def test_output_inside_the_input_is_refused(tmp_path: Path, capsys) -> None:  # 
 
 
 def test_in_process_config_runs_here(tmp_path: Path) -> None:
-    from nerfstudio.data.datamanagers.base_datamanager import VanillaDataManagerConfig
+    from nerf_posefix.plugin.datamanager import PosefixDataManagerConfig
     from nerfstudio.data.datamanagers.parallel_datamanager import ParallelDataManagerConfig
 
     from nerf_posefix.errors import InputError
@@ -367,7 +367,7 @@ def test_in_process_config_runs_here(tmp_path: Path) -> None:
         overrides={"optimizers.camera_opt.optimizer.lr": 5e-4, "pipeline.model.camera_optimizer.weight": 0.5},
     )
     dm = config.pipeline.datamanager
-    assert type(dm) is VanillaDataManagerConfig  # no worker processes
+    assert type(dm) is PosefixDataManagerConfig  # nerfstudio's vanilla datamanager (no worker processes), with the memory check
     assert dm.train_num_rays_per_batch == posefix_method.config.pipeline.datamanager.train_num_rays_per_batch
     assert dm.data == tmp_path / "data" and dm.dataparser.data == tmp_path / "data"
     assert config.machine.device_type == "cpu" and not config.mixed_precision
