@@ -290,7 +290,7 @@ def test_inputs_a_later_stage_needs_are_checked_before_anything_starts(tmp_path:
     """Zero / negative focal lengths (--camera, a COLMAP model), a --database that is not one or holds
     other images of the same names, identical or texture-less images, --camera syntax, --device cuda
     without CUDA, --ba-scale-px, an empty frames list, compare without shared names: one line each, before
-    torch is imported and in well under a second, nothing written, inputs unchanged."""
+    torch is imported and within seconds (well under one on an idle machine), nothing written, inputs unchanged."""
     from nerf_posefix.io.posed_images import load_posed_images
     from nerf_posefix.sfm.track_building import TrackOptions, match_features
 
@@ -354,7 +354,9 @@ def test_inputs_a_later_stage_needs_are_checked_before_anything_starts(tmp_path:
     for (argv, says), result, line in zip(cases, results, errors):
         assert result["code"] == 2 and says in line, (argv, line)
         assert not result["torch"], f"torch imported before: {line}"
-        assert result["seconds"] < 1.0, (line, result["seconds"])
+        # before any work: features, matching or a model read take tens of seconds (bound loose enough for a loaded machine:
+        # 1.2 s seen with four benchmark processes on the 2 cores)
+        assert result["seconds"] < 5.0, (line, result["seconds"])
     assert all(digest(p) == before[p] for p in inputs)
     assert not_db.read_bytes() == b""
     assert not Path(out).exists() and not leftovers(tmp_path)
