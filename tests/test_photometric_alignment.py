@@ -64,7 +64,7 @@ def _rotation_error_deg(a: np.ndarray, b: np.ndarray) -> float:
 
 def _run(c2w, images, points, observed_by):  # noqa: ANN001, ANN202
     return direct_alignment(["weak"], c2w, ["a", "b", "c"], points, observed_by, images.__getitem__,
-                            lambda name: (_project, (F, F)), lambda frame, neighbours: 0.0)
+                            lambda name: (_project, (F, F)), lambda name, frame, neighbours: 0.0)
 
 
 def _perturbed(truth: np.ndarray) -> np.ndarray:

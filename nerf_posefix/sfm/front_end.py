@@ -393,9 +393,7 @@ def _adjust_built_tracks(
             work / "tracks" / DATABASE_FILE, posed.images_dir, result.reconstruction, posed.intrinsics, work / "placement",
             track_options.num_threads, track_options.seed, track_options.max_image_size,
             loss_scale_px=result.rounds[-1]["loss_scale_px"], log=lambda m: log(f"  {m}"), max_frames=options.placement_max_frames)
-        frame_ids = {result.reconstruction.images[i].name: result.reconstruction.images[i].frame_id for i in result.reconstruction.reg_image_ids()}
-        for name, w2c in placement.cam_from_world.items():  # world-to-camera, OpenCV axes, the input frame
-            result.reconstruction.frames[frame_ids[name]].rig_from_world = pycolmap.Rigid3d(pycolmap.Rotation3d(w2c[:3, :3]), w2c[:3, 3])
+        _set_poses(result.reconstruction, placement.cam_from_world)
         shutil.rmtree(work / "placement", ignore_errors=True)
     support = result.support
     aligned_support: dict[str, Any] = {}
@@ -437,14 +435,22 @@ def _adjust_built_tracks(
     return result.reconstruction, summary
 
 
+def _set_poses(rec: Any, cam_from_world: dict[str, Any]) -> None:
+    """Set the poses of the registered images of ``rec`` named in ``cam_from_world`` (``name -> [4, 4]``
+    world-to-camera, OpenCV axes, ``rec``'s world frame: the input's)."""
+    import pycolmap
+
+    frame_ids = {rec.images[i].name: rec.images[i].frame_id for i in rec.reg_image_ids()}
+    for name, w2c in cam_from_world.items():
+        rec.frames[frame_ids[name]].rig_from_world = pycolmap.Rigid3d(pycolmap.Rotation3d(w2c[:3, :3]), w2c[:3, 3])
+
+
 def _align_weak_frames(rec: Any, support: list, placement: Placement, images_dir: Path, log: Callable[[str], None],
                        ) -> tuple[Optional[dict[str, Any]], dict[str, Any]]:
     """The frames still weakly held after the placement (``support``: the adjustment's, list of
     :class:`~nerf_posefix.sfm.support.ImageSupport`) aligned by their intensities against the held ones
     (:func:`nerf_posefix.sfm.photometric_alignment.align_weak_frames`); the aligned poses are set in ``rec``. Returns the
     stage's record (None: no frame to align) and, per aligned frame, its support as held (``placed``)."""
-    import pycolmap
-
     from nerf_posefix.sfm.photometric_alignment import align_weak_frames
 
     placed = {n for n in placement.support}
@@ -455,9 +461,7 @@ def _align_weak_frames(rec: Any, support: list, placement: Placement, images_dir
     t0 = time.perf_counter()
     log(f"  aligning {len(weak)} weakly held image(s) by their intensities against their held neighbours ...")
     aligned, records = align_weak_frames(rec, weak, held, images_dir, log=lambda m: log(f"    {m}"))
-    frame_ids = {rec.images[i].name: rec.images[i].frame_id for i in rec.reg_image_ids()}
-    for name, w2c in aligned.items():  # world-to-camera, OpenCV axes, the input frame
-        rec.frames[frame_ids[name]].rig_from_world = pycolmap.Rigid3d(pycolmap.Rotation3d(w2c[:3, :3]), w2c[:3, 3])
+    _set_poses(rec, aligned)
     by_name = {s.name: s for s in support}
     aligned_support = {
         r.name: replace(by_name[r.name], weak=False, placed=True,

@@ -7,7 +7,7 @@ resolution, against its nearest held neighbours (:func:`direct_alignment`):
 
 * **Points**: the model's 3D points that at least 2 held frames observe, in front of the frame and inside it.
 * **Reference**: each point's intensity in the held neighbours that observe it (the :data:`NEIGHBOURS` nearest by
-  centre, facing within :data:`FACING_DEG`), each neighbour blurred by the frame's blur ``σ`` scaled by the depth
+  centre, facing within 75 deg: :func:`nearest_held`), each neighbour blurred by the frame's blur ``σ`` scaled by the depth
   ratio (a blur of σ px at depth Z in the frame is σ Z / Z_n px at depth Z_n in the neighbour), averaged.
 * **Residual**: the frame's intensity at the point's projection minus the reference, both normalised to zero
   mean and unit variance over the points inside the frame (a contrast cut, an exposure change), Huber-weighted.
@@ -46,9 +46,9 @@ if TYPE_CHECKING:
 #: to fine.
 STAGES = (1 / 48, 1 / 96, 1 / 192, 0.0)
 ITERATIONS_PER_STAGE = 30
-#: Held neighbours each frame is aligned against, and how alike they must face (the pose-guided matching rule).
+#: Held neighbours each frame is aligned against (facing within the pose-guided matching rule's
+#: :data:`~nerf_posefix.sfm.sift_features.SPATIAL_MAX_ANGLE_DEG`).
 NEIGHBOURS = 4
-FACING_DEG = 75.0
 #: Fewest points a stage needs (fewer: the frame keeps its pose).
 MIN_POINTS = 100
 #: The evidence a frame needs to keep its aligned pose: the paired drop of its squared residuals, in standard errors,
@@ -102,12 +102,23 @@ def _sample(image: np.ndarray, uv: np.ndarray) -> np.ndarray:
     return map_coordinates(image, [uv[:, 1], uv[:, 0]], order=1, mode="nearest")  # [P]
 
 
+#: The frame's key among the held frames' names in :func:`nearest_held` (no image name holds a NUL).
+_FRAME = "\0frame"
+
+
 def nearest_held(c2w: np.ndarray, held: Mapping[str, np.ndarray], count: int = NEIGHBOURS) -> list[str]:
     """The ``count`` held frames (``name -> c2w``) nearest ``c2w`` by camera centre among those facing within
-    :data:`FACING_DEG` of it."""
-    cos = np.cos(np.deg2rad(FACING_DEG))
-    facing = [n for n, m in held.items() if float(m[:3, 2] @ c2w[:3, 2]) > cos]
-    return sorted(facing, key=lambda n: float(np.linalg.norm(held[n][:3, 3] - c2w[:3, 3])))[:count]
+    :data:`~nerf_posefix.sfm.sift_features.SPATIAL_MAX_ANGLE_DEG` of it (blur matching's
+    :func:`~nerf_posefix.sfm.blur_matching.nearest_partners`); none when none faces alike (their points are not the
+    frame's)."""
+    from nerf_posefix.sfm.blur_matching import nearest_partners
+    from nerf_posefix.sfm.sift_features import SPATIAL_MAX_ANGLE_DEG
+
+    names = [*held, _FRAME]
+    poses = np.stack([*(np.asarray(held[n], dtype=np.float64) for n in held), np.asarray(c2w, dtype=np.float64)])  # [H + 1, 4, 4]
+    near = nearest_partners(names, [_FRAME], poses, count=count)[_FRAME]  # facing first; all of them when none faces
+    cos = np.cos(np.deg2rad(SPATIAL_MAX_ANGLE_DEG))
+    return [n for n in near if float(held[n][:3, 2] @ c2w[:3, 2]) >= cos]
 
 
 def _reference(X: np.ndarray, seen_by: Sequence[set[str]], depth: np.ndarray, total_px: float,
@@ -277,7 +288,7 @@ def direct_alignment(
     observed_by: Sequence[set[str]],
     image: Callable[[str], np.ndarray],
     projector: Callable[[str], tuple[Projector, tuple[float, float]]],
-    blur_sigma: Callable[[np.ndarray, list[np.ndarray]], float],
+    blur_sigma: Callable[[str, np.ndarray, list[np.ndarray]], float],
     log: Optional[Callable[[str], None]] = None,
 ) -> tuple[dict[str, np.ndarray], list[FrameAlignment]]:
     """Align each of ``frames`` against its nearest held frames (module docstring).
@@ -289,7 +300,7 @@ def direct_alignment(
         points: ``[P, 3]`` the model's 3D points (world frame); ``observed_by[p]``: the images observing point ``p``.
         image: ``name -> [H, W]`` grayscale in [0, 1] at the camera's resolution.
         projector: ``name -> (project, (fx, fy))``: the image's camera (see :data:`Projector`).
-        blur_sigma: ``(frame, neighbour images) -> σ`` px, how much blurrier the frame is than its neighbours.
+        blur_sigma: ``(name, frame, neighbour images) -> σ`` px, how much blurrier the frame is than its neighbours.
         log: progress lines.
 
     Returns:
@@ -318,7 +329,7 @@ def direct_alignment(
             records.append(FrameAlignment(name, False, 0.0, 0, 0.0, 0.0, 0.0, float("inf"), "no held frame faces alike"))
             continue
         frame = gray(name)
-        sigma = float(blur_sigma(frame, [gray(m) for m in near[:3]]))
+        sigma = float(blur_sigma(name, frame, [gray(m) for m in near[:3]]))
         project, focal = projector(name)
         neighbours = {m: (np.linalg.inv(held_c2w[m]), gray(m), projector(m)[0]) for m in near}
         near_set = set(near)
@@ -377,12 +388,8 @@ def align_weak_frames(
         camera = rec.cameras[images[name].camera_id]
         return max(1, -(-max(int(camera.width), int(camera.height)) // WORK_SIDE))
 
-    loaded: dict[str, np.ndarray] = {}
-
-    def image(name: str) -> np.ndarray:
-        if name not in loaded:
-            loaded[name] = _reduce(_gray(Path(images_dir) / name), factor(name)).astype(np.float64) / 255.0
-        return loaded[name]
+    def image(name: str) -> np.ndarray:  # read once each: direct_alignment keeps them
+        return _reduce(_gray(Path(images_dir) / name), factor(name)).astype(np.float64) / 255.0
 
     def projector(name: str) -> tuple[Projector, tuple[float, float]]:
         camera, f = rec.cameras[images[name].camera_id], factor(name)
@@ -392,16 +399,8 @@ def align_weak_frames(
 
         return project, (float(camera.focal_length_x) / f, float(camera.focal_length_y) / f)
 
-    def blur_sigma(frame: np.ndarray, neighbours: list[np.ndarray]) -> float:
-        f = frame_factor[0]
-        return estimate_blur_sigma(frame, neighbours, [s / f for s in SIGMA_LEVELS])
+    def blur_sigma(name: str, frame: np.ndarray, neighbours: list[np.ndarray]) -> float:  # in the frame's reduced pixels
+        return estimate_blur_sigma(frame, neighbours, [s / factor(name) for s in SIGMA_LEVELS])
 
-    frame_factor = [1]
-    aligned: dict[str, np.ndarray] = {}
-    records: list[FrameAlignment] = []
-    for name in frames:  # one at a time: the blur levels are in the frame's own reduced pixels
-        frame_factor[0] = factor(name)
-        got, recs = direct_alignment([name], c2w, held, points, observed_by, image, projector, blur_sigma, log=log)
-        aligned.update({n: np.linalg.inv(m) for n, m in got.items()})
-        records.extend(recs)
-    return aligned, records
+    aligned, records = direct_alignment(frames, c2w, held, points, observed_by, image, projector, blur_sigma, log=log)
+    return {n: np.linalg.inv(m) for n, m in aligned.items()}, records
