@@ -67,8 +67,8 @@ LossName = Literal["cauchy", "huber", "soft_l1", "squared", "none"]
 #: hold placed against the adjusted ones; 9-10: the placement's speed and thinly held frames; 11: the cameras the rounds
 #: moved far more than the others or hold weakly registered again against the others,
 #: :mod:`nerf_posefix.sfm.outlying_moves`; 12: the frames left weakly held aligned by their intensities,
-#: :mod:`nerf_posefix.sfm.photometric_alignment`).
-FRONT_END_VERSION = 12
+#: :mod:`nerf_posefix.sfm.photometric_alignment`; 13: a frame the placement found streaked aligned with its streak).
+FRONT_END_VERSION = 13
 
 
 @dataclass
@@ -460,7 +460,10 @@ def _align_weak_frames(rec: Any, support: list, placement: Placement, images_dir
     held = [s.name for s in support if not s.weak] + sorted(placed)
     t0 = time.perf_counter()
     log(f"  aligning {len(weak)} weakly held image(s) by their intensities against their held neighbours ...")
-    aligned, records = align_weak_frames(rec, weak, held, images_dir, log=lambda m: log(f"    {m}"))
+    from nerf_posefix.sfm.blur_matching import Blur
+
+    streaks = {f.name: Blur(**f.blur) for f in placement.frames if f.blur.get("streak_px", 0.0) > 0}
+    aligned, records = align_weak_frames(rec, weak, held, images_dir, log=lambda m: log(f"    {m}"), streaks=streaks)
     _set_poses(rec, aligned)
     by_name = {s.name: s for s in support}
     aligned_support = {

@@ -7,8 +7,11 @@ resolution, against its nearest held neighbours (:func:`direct_alignment`):
 
 * **Points**: the model's 3D points that at least 2 held frames observe, in front of the frame and inside it.
 * **Reference**: each point's intensity in the held neighbours that observe it (the :data:`NEIGHBOURS` nearest by
-  centre, facing within 75 deg: :func:`nearest_held`), each neighbour blurred by the frame's blur ``σ`` scaled by the depth
-  ratio (a blur of σ px at depth Z in the frame is σ Z / Z_n px at depth Z_n in the neighbour), averaged.
+  centre, facing within 75 deg: :func:`nearest_held`), each neighbour blurred by the frame's blur scaled by the depth
+  ratio (a blur of σ px at depth Z in the frame is σ Z / Z_n px at depth Z_n in the neighbour), averaged. The frame's
+  blur (a :class:`~nerf_posefix.sfm.blur_matching.Blur`) is a Gaussian of σ px, or a motion streak of L px at an angle
+  (the frame placement's choice, when it chose one: a streak smears along one direction only, and a Gaussian of any σ
+  is the wrong model for it), the streak drawn in the neighbour at the same angle.
 * **Residual**: the frame's intensity at the point's projection minus the reference, both normalised to zero
   mean and unit variance over the points inside the frame (a contrast cut, an exposure change), Huber-weighted.
 * **Solver**: Gauss-Newton on the frame's 6-DoF pose (world-to-camera, updated on the left; a step that raises the
@@ -42,6 +45,8 @@ import numpy as np
 if TYPE_CHECKING:
     import pycolmap
 
+    from nerf_posefix.sfm.blur_matching import Blur
+
 #: Extra blur of both sides per stage, as a fraction of the frame's longer side (16, 8, 4, 0 px at 768 px): coarse
 #: to fine.
 STAGES = (1 / 48, 1 / 96, 1 / 192, 0.0)
@@ -70,7 +75,10 @@ class FrameAlignment:
     Attributes:
         name: the image's name.
         kept: whether the frame takes the aligned pose (``reason`` says why not).
-        sigma_px: the frame's blur σ relative to its neighbours (pixels; the front end's estimate).
+        sigma_px: the frame's Gaussian blur σ relative to its neighbours (pixels of the aligned image; the front end's
+            estimate; 0 for a streak).
+        streak_px, angle_deg: the frame's motion streak (pixels of the aligned image; 0: none) and its angle from the
+            image's x axis towards its y axis (the frame placement's choice).
         points: the points of the final stage.
         rotation_deg, centre_move: how far the aligned pose is from the start (degrees; world units).
         gain, gain_stderr: the paired drop of the squared normalised residuals (start minus aligned; > 0: better).
@@ -86,6 +94,8 @@ class FrameAlignment:
     gain: float
     gain_stderr: float
     reason: str = ""
+    streak_px: float = 0.0
+    angle_deg: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -121,14 +131,25 @@ def nearest_held(c2w: np.ndarray, held: Mapping[str, np.ndarray], count: int = N
     return [n for n in near if float(held[n][:3, 2] @ c2w[:3, 2]) >= cos]
 
 
-def _reference(X: np.ndarray, seen_by: Sequence[set[str]], depth: np.ndarray, total_px: float,
-               neighbours: Mapping[str, tuple[np.ndarray, np.ndarray, Projector]], cache: dict) -> tuple[np.ndarray, np.ndarray]:
-    """Per point ``[P]``: the mean intensity of the neighbours observing it, each blurred by ``total_px`` scaled by
-    the depth ratio (from a grid of blur levels, ``cache``d), and how many contributed ``[P]``."""
+def _blurred(image: np.ndarray, blur: "Blur") -> np.ndarray:
+    """``image [H, W]`` smeared by ``blur``'s streak, then blurred by its Gaussian (either may be none)."""
     from scipy.ndimage import gaussian_filter
 
+    from nerf_posefix.sfm.blur_matching import smear_streak
+
+    if blur.streak_px > 0.5:
+        image = smear_streak(image, blur.streak_px, np.deg2rad(blur.angle_deg))
+    return gaussian_filter(image, blur.sigma_px) if blur.sigma_px > 0.05 else image
+
+
+def _reference(X: np.ndarray, seen_by: Sequence[set[str]], depth: np.ndarray, blur: "Blur",
+               neighbours: Mapping[str, tuple[np.ndarray, np.ndarray, Projector]], cache: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Per point ``[P]``: the mean intensity of the neighbours observing it, each blurred by ``blur`` (the frame's
+    pixels) scaled by the depth ratio (from a grid of scales, ``cache``d), and how many contributed ``[P]``."""
+    from nerf_posefix.sfm.blur_matching import Blur
+
     ref, count = np.zeros(len(X)), np.zeros(len(X))
-    levels = 2.0 ** (np.arange(-12, 13) / 4.0)  # relative to total_px
+    levels = 2.0 ** (np.arange(-12, 13) / 4.0)  # scales of the frame's blur in the neighbour
     for name, (w2c_n, image_n, project_n) in neighbours.items():
         Pn = _transform(w2c_n, X)
         seen = np.fromiter((name in s for s in seen_by), dtype=bool, count=len(X)) & (Pn[:, 2] > 0) & (depth > 0)
@@ -138,13 +159,13 @@ def _reference(X: np.ndarray, seen_by: Sequence[set[str]], depth: np.ndarray, to
         ok = np.isfinite(uvn).all(axis=1)
         rows = np.nonzero(seen)[0][ok]
         uvn = uvn[ok]
-        want = total_px * depth[rows] / Pn[rows, 2]  # px in the neighbour
-        level = np.abs(np.log(np.maximum(want, 1e-6))[:, None] - np.log(levels * max(total_px, 1e-6))[None, :]).argmin(1)
+        ratio = np.maximum(depth[rows] / Pn[rows, 2], 1e-6)  # a frame px at depth Z is Z / Z_n px in the neighbour
+        level = np.abs(np.log(ratio)[:, None] - np.log(levels)[None, :]).argmin(1)
         for li in np.unique(level):
-            sigma_n = float(levels[li] * total_px)
-            key = (name, round(sigma_n, 6))
+            scaled = Blur(float(levels[li] * blur.sigma_px), float(levels[li] * blur.streak_px), blur.angle_deg)
+            key = (name, round(scaled.sigma_px, 6), round(scaled.streak_px, 6), blur.angle_deg)
             if key not in cache:
-                cache[key] = gaussian_filter(image_n, sigma_n) if sigma_n > 0.05 else image_n
+                cache[key] = _blurred(image_n, scaled)
             m = level == li
             ref[rows[m]] += _sample(cache[key], uvn[m])
             count[rows[m]] += 1
@@ -186,17 +207,22 @@ def paired_evidence(before: np.ndarray, after: np.ndarray) -> tuple[float, float
     return float(diff.mean()), float(diff.std(ddof=1) / np.sqrt(diff.size))
 
 
-def align_frame(frame: np.ndarray, sigma_px: float, project: Projector, focal: tuple[float, float], start_c2w: np.ndarray,
+def align_frame(frame: np.ndarray, blur: "Blur | float", project: Projector, focal: tuple[float, float], start_c2w: np.ndarray,
                 X: np.ndarray, seen_by: Sequence[set[str]], neighbours: Mapping[str, tuple[np.ndarray, np.ndarray, Projector]],
                 ) -> tuple[np.ndarray, int, float, float, str]:
-    """Align one frame (module docstring). ``neighbours``: ``name -> (world-to-camera [4, 4], image [H, W],
-    projector)``; ``seen_by[p]``: the neighbours observing point ``p`` of ``X [P, 3]``.
+    """Align one frame (module docstring). ``blur``: how much blurrier the frame is than its neighbours (a
+    :class:`~nerf_posefix.sfm.blur_matching.Blur` in the frame's pixels, or a Gaussian σ px); ``neighbours``: ``name ->
+    (world-to-camera [4, 4], image [H, W], projector)``; ``seen_by[p]``: the neighbours observing point ``p`` of ``X [P, 3]``.
 
     Returns ``(camera-to-world [4, 4], points, gain, gain_stderr, reason)``: the aligned pose with the final stage's
     point count and evidence (:func:`paired_evidence`), or the start pose and why (``reason``)."""
     from scipy.ndimage import gaussian_filter
     from scipy.spatial.transform import Rotation
 
+    from nerf_posefix.sfm.blur_matching import Blur
+
+    if not isinstance(blur, Blur):
+        blur = Blur(sigma_px=float(blur))
     fx, fy = focal
     w2c = np.linalg.inv(start_c2w)
     cache: dict = {}
@@ -204,7 +230,7 @@ def align_frame(frame: np.ndarray, sigma_px: float, project: Projector, focal: t
     for stage, fraction in enumerate(STAGES):
         extra = fraction * max(frame.shape)
         frame_s = gaussian_filter(frame, extra) if extra > 0 else frame
-        total = float(np.hypot(sigma_px, extra))
+        total = Blur(float(np.hypot(blur.sigma_px, extra)), blur.streak_px, blur.angle_deg)  # the stage's blur added
         depth = _transform(w2c, X)[:, 2]
         ref, count = _reference(X, seen_by, depth, total, neighbours, cache)
         have = count > 0
@@ -288,7 +314,7 @@ def direct_alignment(
     observed_by: Sequence[set[str]],
     image: Callable[[str], np.ndarray],
     projector: Callable[[str], tuple[Projector, tuple[float, float]]],
-    blur_sigma: Callable[[str, np.ndarray, list[np.ndarray]], float],
+    blur_of: Callable[[str, np.ndarray, list[np.ndarray]], "Blur | float"],
     log: Optional[Callable[[str], None]] = None,
 ) -> tuple[dict[str, np.ndarray], list[FrameAlignment]]:
     """Align each of ``frames`` against its nearest held frames (module docstring).
@@ -300,13 +326,16 @@ def direct_alignment(
         points: ``[P, 3]`` the model's 3D points (world frame); ``observed_by[p]``: the images observing point ``p``.
         image: ``name -> [H, W]`` grayscale in [0, 1] at the camera's resolution.
         projector: ``name -> (project, (fx, fy))``: the image's camera (see :data:`Projector`).
-        blur_sigma: ``(name, frame, neighbour images) -> σ`` px, how much blurrier the frame is than its neighbours.
+        blur_of: ``(name, frame, neighbour images) ->`` how much blurrier the frame is than its neighbours: a
+            :class:`~nerf_posefix.sfm.blur_matching.Blur` or a Gaussian σ, in the frame's pixels.
         log: progress lines.
 
     Returns:
         ``(name -> aligned camera-to-world`` for the frames that keep their aligned pose, one
         :class:`FrameAlignment` per frame``)``.
     """
+    from nerf_posefix.sfm.blur_matching import Blur
+
     held_set = set(held)
     held_c2w = {n: c2w[n] for n in held if n in c2w}
     by_held = [s & held_set for s in observed_by]
@@ -329,12 +358,13 @@ def direct_alignment(
             records.append(FrameAlignment(name, False, 0.0, 0, 0.0, 0.0, 0.0, float("inf"), "no held frame faces alike"))
             continue
         frame = gray(name)
-        sigma = float(blur_sigma(name, frame, [gray(m) for m in near[:3]]))
+        blur = blur_of(name, frame, [gray(m) for m in near[:3]])
+        blur = blur if isinstance(blur, Blur) else Blur(sigma_px=float(blur))
         project, focal = projector(name)
         neighbours = {m: (np.linalg.inv(held_c2w[m]), gray(m), projector(m)[0]) for m in near}
         near_set = set(near)
         rows = _candidate_points(frame.shape, project, np.linalg.inv(start), X, seen_by, near_set)
-        pose, count, gain, stderr, reason = align_frame(frame, sigma, project, focal, start, X[rows],
+        pose, count, gain, stderr, reason = align_frame(frame, blur, project, focal, start, X[rows],
                                                         [seen_by[r] & near_set for r in rows], neighbours)
         rel = pose[:3, :3] @ start[:3, :3].T
         rotation = float(np.degrees(np.arccos(np.clip((np.trace(rel) - 1.0) / 2.0, -1.0, 1.0))))
@@ -346,9 +376,10 @@ def direct_alignment(
         kept = not reason
         if kept:
             aligned[name] = pose
-        records.append(FrameAlignment(name, kept, sigma, count, rotation, centre, gain, stderr, reason))
+        records.append(FrameAlignment(name, kept, blur.sigma_px, count, rotation, centre, gain, stderr, reason,
+                                      blur.streak_px, blur.angle_deg))
         if log is not None:
-            log(f"{name}: σ {sigma:.1f} px, {count} points, " + (f"moved {rotation:.3f} deg, residuals down {gain:.3g} ± {stderr:.2g}"
+            log(f"{name}: {blur.describe()}, {count} points, " + (f"moved {rotation:.3f} deg, residuals down {gain:.3g} ± {stderr:.2g}"
                                                                   if kept else f"kept its pose: {reason}"))
     return aligned, records
 
@@ -359,14 +390,17 @@ WORK_SIDE = 1024
 
 def align_weak_frames(
     rec: "pycolmap.Reconstruction", frames: Sequence[str], held: Sequence[str], images_dir: Path,
-    log: Optional[Callable[[str], None]] = None,
+    log: Optional[Callable[[str], None]] = None, streaks: Optional[Mapping[str, "Blur"]] = None,
 ) -> tuple[dict[str, np.ndarray], list[FrameAlignment]]:
     """:func:`direct_alignment` of the registered images ``frames`` of the adjusted reconstruction ``rec`` against
-    the images ``held`` (their poses and the points they observe), reading the images under ``images_dir``.
+    the images ``held`` (their poses and the points they observe), reading the images under ``images_dir``. A frame
+    in ``streaks`` with a streak (a :class:`~nerf_posefix.sfm.blur_matching.Blur` in full-resolution pixels: the frame
+    placement's choice) is aligned with that streak; the others with their Gaussian blur estimated against their
+    neighbours (:func:`~nerf_posefix.sfm.blur_matching.estimate_blur_sigma`).
 
     Returns ``(name -> world-to-camera [4, 4]`` (OpenCV axes, ``rec``'s world frame) for the frames that keep their
     aligned pose, the per-frame records``)``."""
-    from nerf_posefix.sfm.blur_matching import SIGMA_LEVELS, _gray, _reduce, estimate_blur_sigma
+    from nerf_posefix.sfm.blur_matching import SIGMA_LEVELS, Blur, _gray, _reduce, estimate_blur_sigma
 
     images = {rec.images[i].name: rec.images[i] for i in rec.reg_image_ids()}
     frames = [n for n in frames if n in images]
@@ -399,8 +433,12 @@ def align_weak_frames(
 
         return project, (float(camera.focal_length_x) / f, float(camera.focal_length_y) / f)
 
-    def blur_sigma(name: str, frame: np.ndarray, neighbours: list[np.ndarray]) -> float:  # in the frame's reduced pixels
-        return estimate_blur_sigma(frame, neighbours, [s / factor(name) for s in SIGMA_LEVELS])
+    def blur_of(name: str, frame: np.ndarray, neighbours: list[np.ndarray]) -> Blur:  # in the frame's reduced pixels
+        streak = (streaks or {}).get(name)
+        if streak is not None and streak.streak_px > 0:
+            f = factor(name)
+            return Blur(streak.sigma_px / f, streak.streak_px / f, streak.angle_deg)
+        return Blur(sigma_px=estimate_blur_sigma(frame, neighbours, [s / factor(name) for s in SIGMA_LEVELS]))
 
-    aligned, records = direct_alignment(frames, c2w, held, points, observed_by, image, projector, blur_sigma, log=log)
+    aligned, records = direct_alignment(frames, c2w, held, points, observed_by, image, projector, blur_of, log=log)
     return {n: np.linalg.inv(m) for n, m in aligned.items()}, records
