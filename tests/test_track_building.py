@@ -401,7 +401,8 @@ def test_the_photometric_alignment_holds_blurred_views_the_tracks_do_not(noisy: 
     """The four blurred views (no tracks hold them, the placement does not register them), ``--iterations 0``: the
     front end aligns them by their intensities against their held neighbours; those the evidence supports are held
     at their aligned pose, much closer to the truth than their input, and the others stay weak at the adjustment's
-    pose (the NeRF stage's, by default); without it every one keeps the adjustment's pose."""
+    pose (the NeRF stage's, by default); without it every one keeps the adjustment's pose. The same comparison
+    tests a move of a frame: one toward the truth stands, one away from it is found worse and undone by refine."""
     from nerf_posefix.workflows.refine import RefineOptions, refine
 
     data, names, degraded = _four_blurred_views(noisy, tmp_path / "weak")
@@ -425,6 +426,43 @@ def test_the_photometric_alignment_holds_blurred_views_the_tracks_do_not(noisy: 
     assert all(np.allclose(poses_on[n], poses_off[n], atol=1e-9) for n in degraded if n not in kept)
     support = result.summary["bundle_adjustment"]["support"]
     assert support["num_weak"] == len(degraded) - len(kept) and runs[False][0].summary["bundle_adjustment"]["support"]["num_weak"] == 4
+
+    # the same comparison tests a move (a NeRF stage's, after refine's default): toward the truth it stands, away from
+    # it (the truth's error doubled, about the same axis) it is found worse; the start is the adjustment's model
+    import pycolmap
+    from scipy.spatial.transform import Rotation
+
+    from nerf_posefix.sfm.photometric_alignment import check_weak_moves
+
+    rec = pycolmap.Reconstruction(str(tmp_path / "out_False" / "sparse" / "0"))
+    model_names = {Path(rec.images[i].name).name: rec.images[i].name for i in rec.reg_image_ids()}
+    truth = {model_names[Path(n).name]: m for n, m in zip(gt.names, gt.c2w) if Path(n).name in degraded}
+    away = {}
+    for name, m in truth.items():
+        start = poses_off[Path(name).name]
+        step = Rotation.from_matrix(start[:3, :3] @ m[:3, :3].T)  # truth -> start
+        away[name] = start.copy()
+        away[name][:3, :3] = step.as_matrix() @ start[:3, :3]  # as far again beyond the start
+    held = [n for n in model_names.values() if n not in truth]
+    toward = check_weak_moves(rec, truth, held, data)
+    beyond = check_weak_moves(rec, away, held, data)
+    assert len(toward) == len(beyond) == len(degraded) and not any(c.reason for c in toward + beyond)
+    assert not any(c.worse for c in toward) and all(c.gain > 0 for c in toward), toward
+    assert all(c.worse and c.gain < 0 for c in beyond), beyond
+
+    # in refine (after its NeRF stage): the moves found worse are undone, the others kept
+    from nerf_posefix.sfm.inputs import validate_inputs
+    from nerf_posefix.workflows.refine import _check_nerf_moves
+
+    stage_input = validate_inputs(tmp_path / "out_False" / "sparse" / "0", data)
+    start = stage_input.model.to_camera_set(observations=False)
+    first, second = sorted(truth)[:2]
+    moved = {**{n: truth[n] for n in truth if n != second}, second: away[second]}
+    c2w = np.stack([moved.get(n, m) for n, m in zip(start.names, start.c2w)])
+    checked, record = _check_nerf_moves(stage_input, start.with_poses(c2w), runs[False][0].summary["bundle_adjustment"])
+    after = dict(zip(checked.names, checked.c2w))
+    assert record["undone"] == [second] and record["checked"] == len(degraded)
+    assert np.allclose(after[second], dict(zip(start.names, start.c2w))[second]) and np.allclose(after[first], truth[first])
 
 
 def test_a_large_capture_trains_its_nerf_stage_on_the_weak_frames_and_their_neighbours(noisy: Path, tmp_path: Path) -> None:

@@ -284,6 +284,119 @@ def align_frame(frame: np.ndarray, blur: "Blur | float", project: Projector, foc
     return np.linalg.inv(w2c), int(both.sum()), gain, stderr, ""
 
 
+def pose_evidence(frame: np.ndarray, blur: "Blur | float", project: Projector, start_c2w: np.ndarray, end_c2w: np.ndarray,
+                  X: np.ndarray, seen_by: Sequence[set[str]], neighbours: Mapping[str, tuple[np.ndarray, np.ndarray, Projector]],
+                  ) -> tuple[int, float, float]:
+    """How much better the frame fits its neighbours at ``end_c2w`` than at ``start_c2w`` (arguments as
+    :func:`align_frame`'s): ``(points, gain, gain_stderr)``, :func:`paired_evidence` of the normalised residuals on the
+    points inside the frame at both poses, with both sides blurred as the stage :data:`EVIDENCE_STAGE` blurs them
+    (the reference at the start pose's depths). ``gain < 0``: the end pose fits worse."""
+    from scipy.ndimage import gaussian_filter
+
+    from nerf_posefix.sfm.blur_matching import Blur
+
+    if not isinstance(blur, Blur):
+        blur = Blur(sigma_px=float(blur))
+    extra = STAGES[EVIDENCE_STAGE] * max(frame.shape)
+    frame_s = gaussian_filter(frame, extra) if extra > 0 else frame
+    total = Blur(float(np.hypot(blur.sigma_px, extra)), blur.streak_px, blur.angle_deg)
+    w2c_start, w2c_end = np.linalg.inv(start_c2w), np.linalg.inv(end_c2w)
+    ref, count = _reference(X, seen_by, _transform(w2c_start, X)[:, 2], total, neighbours, {})
+    have = count > 0
+    if have.sum() < MIN_POINTS:
+        return int(have.sum()), 0.0, float("inf")
+    r_ref = ref[have] / count[have]
+    _, _, in_a, r_a, _ = _residuals(frame_s, project, w2c_end, X[have], r_ref)
+    _, _, in_b, r_b, _ = _residuals(frame_s, project, w2c_start, X[have], r_ref)
+    both = in_a & in_b
+    if both.sum() < MIN_POINTS:
+        return int(both.sum()), 0.0, float("inf")
+    gain, stderr = paired_evidence(r_b[both], r_a[both])
+    return int(both.sum()), gain, stderr
+
+
+@dataclass
+class MoveCheck:
+    """A move of one frame (a NeRF stage's) tested against the frame's held neighbours (:func:`check_moves`).
+
+    Attributes:
+        name: the image's name.
+        worse: whether the frame fits its neighbours worse at the moved pose, by more than :data:`EVIDENCE_Z`
+            standard errors (the move is then undone).
+        points: the points compared.
+        rotation_deg: the move's rotation (degrees).
+        gain, gain_stderr: :func:`pose_evidence` (moved against the start; < 0: the moved pose fits worse).
+        reason: why the move was not tested ("" when it was).
+    """
+
+    name: str
+    worse: bool
+    points: int
+    rotation_deg: float
+    gain: float
+    gain_stderr: float
+    reason: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+#: Moves that shift a frame's points by less than this (median, pixels of the aligned image) are not tested.
+MIN_MOVE_PX = 0.1
+
+
+def _median_shift_px(project: Projector, start_c2w: np.ndarray, end_c2w: np.ndarray, X: np.ndarray) -> float:
+    """Median image shift of the points ``X [P, 3]`` in front of the camera at both poses (NaN: none)."""
+    Pa, Pb = _transform(np.linalg.inv(start_c2w), X), _transform(np.linalg.inv(end_c2w), X)
+    front = (Pa[:, 2] > 1e-9) & (Pb[:, 2] > 1e-9)
+    if not front.any():
+        return float("nan")
+    d = np.linalg.norm(project(Pa[front]) - project(Pb[front]), axis=1)
+    return float(np.nanmedian(d)) if np.isfinite(d).any() else float("nan")
+
+
+def _rotation_deg(a: np.ndarray, b: np.ndarray) -> float:
+    rel = a[:3, :3] @ b[:3, :3].T
+    return float(np.degrees(np.arccos(np.clip((np.trace(rel) - 1.0) / 2.0, -1.0, 1.0))))
+
+
+def check_moves(
+    moved: Mapping[str, np.ndarray],
+    c2w: Mapping[str, np.ndarray],
+    held: Sequence[str],
+    points: np.ndarray,
+    observed_by: Sequence[set[str]],
+    image: Callable[[str], np.ndarray],
+    projector: Callable[[str], tuple[Projector, tuple[float, float]]],
+    blur_of: Callable[[str, np.ndarray, list[np.ndarray]], "Blur | float"],
+) -> list[MoveCheck]:
+    """Test each frame's move from its pose in ``c2w`` to ``moved[name]`` (camera-to-world, OpenCV axes) against its
+    nearest held neighbours, through the points they observe (:func:`pose_evidence`; arguments as
+    :func:`direct_alignment`'s). Independent of how the move was made: a NeRF stage's field, trained with the frame at
+    its drifting pose, can fit a frame that moved away; the frame's own pixels against its held neighbours cannot."""
+    held_c2w, X, seen_by, gray = _held_points(c2w, held, points, observed_by, image)
+    out: list[MoveCheck] = []
+    for name, end in moved.items():
+        start = np.asarray(c2w[name], dtype=np.float64)
+        end = np.asarray(end, dtype=np.float64)
+        rotation = _rotation_deg(end, start)
+        setup = _frame_setup(name, start, held_c2w, X, seen_by, gray, projector, blur_of)
+        if setup is None:
+            out.append(MoveCheck(name, False, 0, rotation, 0.0, float("inf"), "no held frame faces alike"))
+            continue
+        frame, blur, project, _, Xf, seen_f, neighbours = setup
+        shift = _median_shift_px(project, start, end, Xf)
+        if not shift >= MIN_MOVE_PX:
+            out.append(MoveCheck(name, False, len(Xf), rotation, 0.0, float("inf"), f"moved its points {shift:.2g} px (less than {MIN_MOVE_PX:g})"))
+            continue
+        count, gain, stderr = pose_evidence(frame, blur, project, start, end, Xf, seen_f, neighbours)
+        if not np.isfinite(stderr):
+            out.append(MoveCheck(name, False, count, rotation, gain, stderr, f"{count} points (fewer than {MIN_POINTS})"))
+            continue
+        out.append(MoveCheck(name, bool(gain < -EVIDENCE_Z * stderr), count, rotation, gain, stderr))
+    return out
+
+
 #: Points kept for a frame: those its start pose projects inside the frame grown by this fraction of its longer side
 #: on every side (room for the move the alignment makes).
 POINT_MARGIN = 0.15
@@ -304,6 +417,47 @@ def _candidate_points(shape: tuple[int, int], project: Projector, w2c: np.ndarra
     m = POINT_MARGIN * max(h, w)
     ok = np.isfinite(uv).all(axis=1) & (uv[:, 0] > -m) & (uv[:, 0] < w + m) & (uv[:, 1] > -m) & (uv[:, 1] < h + m)
     return rows[ok]
+
+
+def _held_points(c2w: Mapping[str, np.ndarray], held: Sequence[str], points: np.ndarray, observed_by: Sequence[set[str]],
+                 image: Callable[[str], np.ndarray]) -> tuple[dict[str, np.ndarray], np.ndarray, list[set[str]], Callable[[str], np.ndarray]]:
+    """The held frames' poses, the points at least 2 of them observe ``[P', 3]`` with those observers, and ``image``
+    read once per name."""
+    held_set = set(held)
+    held_c2w = {n: c2w[n] for n in held if n in c2w}
+    by_held = [s & held_set for s in observed_by]
+    two = np.fromiter((len(s) >= 2 for s in by_held), dtype=bool, count=len(by_held))
+    X = np.asarray(points, dtype=np.float64).reshape(-1, 3)[two]
+    seen_by = [s for s, keep in zip(by_held, two) if keep]
+    loaded: dict[str, np.ndarray] = {}
+
+    def gray(name: str) -> np.ndarray:
+        if name not in loaded:
+            loaded[name] = image(name)
+        return loaded[name]
+
+    return held_c2w, X, seen_by, gray
+
+
+def _frame_setup(name: str, start: np.ndarray, held_c2w: Mapping[str, np.ndarray], X: np.ndarray, seen_by: Sequence[set[str]],
+                 gray: Callable[[str], np.ndarray], projector: Callable[[str], tuple[Projector, tuple[float, float]]],
+                 blur_of: Callable[[str, np.ndarray, list[np.ndarray]], "Blur | float"]) -> Optional[tuple]:
+    """One frame's image, blur, camera, candidate points (with the neighbours observing each) and neighbours
+    (``name -> (world-to-camera, image, projector)``) at its pose ``start`` (camera-to-world); None when no held frame
+    faces alike."""
+    from nerf_posefix.sfm.blur_matching import Blur
+
+    near = nearest_held(start, held_c2w)
+    if not near:
+        return None
+    frame = gray(name)
+    blur = blur_of(name, frame, [gray(m) for m in near[:3]])
+    blur = blur if isinstance(blur, Blur) else Blur(sigma_px=float(blur))
+    project, focal = projector(name)
+    neighbours = {m: (np.linalg.inv(held_c2w[m]), gray(m), projector(m)[0]) for m in near}
+    near_set = set(near)
+    rows = _candidate_points(frame.shape, project, np.linalg.inv(start), X, seen_by, near_set)
+    return frame, blur, project, focal, X[rows], [seen_by[r] & near_set for r in rows], neighbours
 
 
 def direct_alignment(
@@ -334,40 +488,19 @@ def direct_alignment(
         ``(name -> aligned camera-to-world`` for the frames that keep their aligned pose, one
         :class:`FrameAlignment` per frame``)``.
     """
-    from nerf_posefix.sfm.blur_matching import Blur
-
-    held_set = set(held)
-    held_c2w = {n: c2w[n] for n in held if n in c2w}
-    by_held = [s & held_set for s in observed_by]
-    two = np.fromiter((len(s) >= 2 for s in by_held), dtype=bool, count=len(by_held))
-    X = np.asarray(points, dtype=np.float64).reshape(-1, 3)[two]
-    seen_by = [s for s, keep in zip(by_held, two) if keep]
+    held_c2w, X, seen_by, gray = _held_points(c2w, held, points, observed_by, image)
     aligned: dict[str, np.ndarray] = {}
     records: list[FrameAlignment] = []
-    loaded: dict[str, np.ndarray] = {}
-
-    def gray(name: str) -> np.ndarray:
-        if name not in loaded:
-            loaded[name] = image(name)
-        return loaded[name]
 
     for name in frames:
         start = np.asarray(c2w[name], dtype=np.float64)
-        near = nearest_held(start, held_c2w)
-        if not near:
+        setup = _frame_setup(name, start, held_c2w, X, seen_by, gray, projector, blur_of)
+        if setup is None:
             records.append(FrameAlignment(name, False, 0.0, 0, 0.0, 0.0, 0.0, float("inf"), "no held frame faces alike"))
             continue
-        frame = gray(name)
-        blur = blur_of(name, frame, [gray(m) for m in near[:3]])
-        blur = blur if isinstance(blur, Blur) else Blur(sigma_px=float(blur))
-        project, focal = projector(name)
-        neighbours = {m: (np.linalg.inv(held_c2w[m]), gray(m), projector(m)[0]) for m in near}
-        near_set = set(near)
-        rows = _candidate_points(frame.shape, project, np.linalg.inv(start), X, seen_by, near_set)
-        pose, count, gain, stderr, reason = align_frame(frame, blur, project, focal, start, X[rows],
-                                                        [seen_by[r] & near_set for r in rows], neighbours)
-        rel = pose[:3, :3] @ start[:3, :3].T
-        rotation = float(np.degrees(np.arccos(np.clip((np.trace(rel) - 1.0) / 2.0, -1.0, 1.0))))
+        frame, blur, project, focal, Xf, seen_f, neighbours = setup
+        pose, count, gain, stderr, reason = align_frame(frame, blur, project, focal, start, Xf, seen_f, neighbours)
+        rotation = _rotation_deg(pose, start)
         centre = float(np.linalg.norm(pose[:3, 3] - start[:3, 3]))
         if not reason and rotation > MAX_MOVE_DEG:
             reason = f"moved {rotation:.1f} deg (more than {MAX_MOVE_DEG:g})"
@@ -400,12 +533,37 @@ def align_weak_frames(
 
     Returns ``(name -> world-to-camera [4, 4]`` (OpenCV axes, ``rec``'s world frame) for the frames that keep their
     aligned pose, the per-frame records``)``."""
-    from nerf_posefix.sfm.blur_matching import SIGMA_LEVELS, Blur, _gray, _reduce, estimate_blur_sigma
-
-    images = {rec.images[i].name: rec.images[i] for i in rec.reg_image_ids()}
+    images = {rec.images[i].name for i in rec.reg_image_ids()}
     frames = [n for n in frames if n in images]
     if not frames:
         return {}, []
+    c2w, points, observed_by, image, projector, blur_of = _reconstruction_access(rec, images_dir, streaks)
+    aligned, records = direct_alignment(frames, c2w, held, points, observed_by, image, projector, blur_of, log=log)
+    return {n: np.linalg.inv(m) for n, m in aligned.items()}, records
+
+
+def check_weak_moves(
+    rec: "pycolmap.Reconstruction", moved: Mapping[str, np.ndarray], held: Sequence[str], images_dir: Path,
+    streaks: Optional[Mapping[str, "Blur"]] = None,
+) -> list[MoveCheck]:
+    """:func:`check_moves` of the registered images of ``rec`` (their poses there: the start) moved to ``moved``
+    (``name -> camera-to-world [4, 4]``, OpenCV axes, ``rec``'s world frame), against the images ``held``, reading the
+    images under ``images_dir``; blurs as :func:`align_weak_frames`'s."""
+    images = {rec.images[i].name for i in rec.reg_image_ids()}
+    moved = {n: m for n, m in moved.items() if n in images}
+    if not moved:
+        return []
+    c2w, points, observed_by, image, projector, blur_of = _reconstruction_access(rec, images_dir, streaks)
+    return check_moves(moved, c2w, held, points, observed_by, image, projector, blur_of)
+
+
+def _reconstruction_access(rec: "pycolmap.Reconstruction", images_dir: Path, streaks: Optional[Mapping[str, "Blur"]]) -> tuple:
+    """``(c2w, points, observed_by, image, projector, blur_of)`` of :func:`direct_alignment` for the registered images
+    of ``rec``, their images under ``images_dir`` (reduced to :data:`WORK_SIDE`), their blurs from ``streaks`` or
+    estimated."""
+    from nerf_posefix.sfm.blur_matching import SIGMA_LEVELS, Blur, _gray, _reduce, estimate_blur_sigma
+
+    images = {rec.images[i].name: rec.images[i] for i in rec.reg_image_ids()}
     c2w = {}
     for name, im in images.items():
         w2c = np.eye(4)
@@ -440,5 +598,4 @@ def align_weak_frames(
             return Blur(streak.sigma_px / f, streak.streak_px / f, streak.angle_deg)
         return Blur(sigma_px=estimate_blur_sigma(frame, neighbours, [s / factor(name) for s in SIGMA_LEVELS]))
 
-    aligned, records = direct_alignment(frames, c2w, held, points, observed_by, image, projector, blur_of, log=log)
-    return {n: np.linalg.inv(m) for n, m in aligned.items()}, records
+    return c2w, points, observed_by, image, projector, blur_of

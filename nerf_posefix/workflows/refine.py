@@ -206,7 +206,10 @@ class RefineOptions:
     washed out, grainy) by their intensities against their nearest held neighbours, through the points those observe
     (coarse to fine, at up to 1024 px); a frame whose residuals the aligned pose lowers by 3 standard errors counts as
     held there, the others are left to the NeRF stage (castle-P30 with grainy frames: docs/benchmarks.md;
-    --no-photometric-alignment: they go to the NeRF stage as they are)."""
+    --no-photometric-alignment: they go to the NeRF stage as they are). The same comparison then checks the NeRF
+    stage's moves of weakly held frames: a move after which the frame fits its held neighbours worse, by 3 standard
+    errors, is undone (the stage's field, trained with the frame at its drifting pose, can fit a frame that moved
+    away; the frame's own pixels against its neighbours cannot)."""
     method: Literal["posefix", "posefix-small"] = "posefix-small"
     """posefix-small: sized for a CPU; posefix: nerfacto-sized (GPU)."""
     iterations: Optional[int] = None
@@ -998,6 +1001,41 @@ def _end_of_work(lock: DirectoryLock, exc: BaseException) -> Optional[InputError
     return InputError(f"{message}; {work} keeps {kept} (valid: --resume reuses them once the cause is fixed, --overwrite discards them)")
 
 
+def _check_nerf_moves(stage_input: ValidatedInput, refined: CameraSet, ba_summary: dict[str, Any]) -> tuple[CameraSet, Optional[dict[str, Any]]]:
+    """The NeRF stage's moves of the weakly held frames (``refined``: c2w OpenCV, the input frame, image names) tested
+    against each frame's held neighbours in the adjusted model ``stage_input`` (its poses: the start; its points; the
+    blurs the front end's placement found), :func:`nerf_posefix.sfm.photometric_alignment.check_weak_moves`; a move
+    after which the frame fits them worse is undone. Returns the poses and the check's record (None: nothing to
+    check)."""
+    from nerf_posefix.sfm.blur_matching import Blur
+    from nerf_posefix.sfm.bundle_adjustment import read_reconstruction
+    from nerf_posefix.sfm.photometric_alignment import check_weak_moves
+
+    support = ba_summary.get("images") or {}
+    weak = [n for n, s in support.items() if s.get("weak")]
+    index = {n: k for k, n in enumerate(refined.names)}
+    if not weak or not stage_input.model.points3D or not all(n in index for n in weak):
+        return refined, None
+    t0 = time.perf_counter()
+    placement = ba_summary.get("placement") if isinstance(ba_summary.get("placement"), dict) else {}
+    streaks = {f["name"]: Blur(**f["blur"]) for f in (placement or {}).get("frames", []) if (f.get("blur") or {}).get("streak_px", 0) > 0}
+    rec = read_reconstruction(stage_input.model_dir)
+    held = [n for n, s in support.items() if not s.get("weak")]
+    checks = check_weak_moves(rec, {n: refined.c2w[index[n]] for n in weak}, held, stage_input.images_dir, streaks=streaks)
+    undone = [c.name for c in checks if c.worse]
+    if undone:
+        start = stage_input.model.to_camera_set(observations=False)
+        start_index = {n: k for k, n in enumerate(start.names)}
+        c2w = refined.c2w.copy()
+        for name in undone:
+            c2w[index[name]] = start.c2w[start_index[name]]
+        refined = refined.with_poses(c2w)
+        _log(f"{len(undone)} of {len(checks)} weakly held image(s) fit their held neighbours worse after the NeRF stage "
+             f"than before it (by 3 standard errors): their moves undone ({', '.join(undone[:5])}{', ...' if len(undone) > 5 else ''})")
+    return refined, {"checked": len(checks), "undone": undone, "frames": [c.to_dict() for c in checks],
+                     "seconds": time.perf_counter() - t0}
+
+
 def _refine_in(
     work: Path, options: RefineOptions, callback: Optional[Callable[[int, Optional[float]], None]], t_start: float,
     posed: PosedImages, inp: ValidatedInput, built: bool,
@@ -1076,6 +1114,10 @@ def _refine_in(
             refined = stage_input.model.with_poses(sub_refined, require_all=False).to_camera_set(sub_refined.source, observations=False)
             bounds = _point_depth_bounds(stage_input.model, inp.model, options.bounds)
             run_summary["trained_images"] = {"count": len(trained), "of": len(inp.model.images), "max_images": options.nerf_max_images}
+    if iterations != 0 and options.photometric_alignment and ba_summary is not None and fallback is None:
+        refined, check = _check_nerf_moves(stage_input, refined, ba_summary)
+        if check is not None:
+            run_summary["move_check"] = check
     model = refined_model(stage_input if built else inp, refined, points)
     if not built and (ba_summary or {}).get("intrinsics_refined"):  # the adjustment refined cameras: the output carries them
         model = replace(model, cameras=dict(stage_input.model.cameras))
