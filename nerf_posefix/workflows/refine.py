@@ -1020,7 +1020,7 @@ def _check_nerf_moves(stage_input: ValidatedInput, refined: CameraSet, ba_summar
     placement = ba_summary.get("placement") if isinstance(ba_summary.get("placement"), dict) else {}
     streaks = {f["name"]: Blur(**f["blur"]) for f in (placement or {}).get("frames", []) if (f.get("blur") or {}).get("streak_px", 0) > 0}
     rec = read_reconstruction(stage_input.model_dir)
-    held = [n for n, s in support.items() if not s.get("weak")]
+    held = [n for n, s in support.items() if not s.get("weak") and not s.get("placed")]  # the tracks' (sharp) frames
     checks = check_weak_moves(rec, {n: refined.c2w[index[n]] for n in weak}, held, stage_input.images_dir, streaks=streaks)
     undone = [c.name for c in checks if c.worse]
     if undone:
