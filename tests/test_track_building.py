@@ -426,6 +426,11 @@ def test_the_photometric_alignment_holds_blurred_views_the_tracks_do_not(noisy: 
     assert all(np.allclose(poses_on[n], poses_off[n], atol=1e-9) for n in degraded if n not in kept)
     support = result.summary["bundle_adjustment"]["support"]
     assert support["num_weak"] == len(degraded) - len(kept) and runs[False][0].summary["bundle_adjustment"]["support"]["num_weak"] == 4
+    # each blurred view was a group of its own; those the alignment holds are linked to the others
+    groups = {on: [w for w in runs[on][0].summary.get("warnings") or [] if "separate groups" in w] for on in runs}
+    assert groups[False] and f"in {len(degraded) + 1} separate groups" in groups[False][0]
+    left = len(degraded) - len(kept) + 1
+    assert (groups[True] and f"in {left} separate groups" in groups[True][0]) if left > 1 else not groups[True]
 
     # the same comparison tests a move (a NeRF stage's, after refine's default): toward the truth it stands, away from
     # it (the truth's error doubled, about the same axis) it is found worse; the start is the adjustment's model

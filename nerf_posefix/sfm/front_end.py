@@ -37,6 +37,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -423,8 +424,11 @@ def _adjust_built_tracks(
     if support is not None:  # computed by the second opinion (or here) on the adjustment's poses and points
         summary["support_before_placement"] = support
     last = result.rounds[-1]
-    # a placed frame observed no point of the adjustment (a group of its own there): the placement links it
+    # a placed frame observed no point of the adjustment (a group of its own there): the placement links it; so does
+    # the photometric alignment a group of its own that it holds
     placed = sum(1 for f in placement.frames if f.held and not f.held_before)
+    sizes = Counter(s.group for s in support or [])
+    placed += sum(1 for s in support or [] if s.name in aligned_support and s.group > 0 and sizes[s.group] == 1)
     groups = last["num_components"] - placed
     if groups > 1:
         summary["warning"] = (
