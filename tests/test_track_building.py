@@ -468,6 +468,10 @@ def test_the_photometric_alignment_holds_blurred_views_the_tracks_do_not(noisy: 
     after = dict(zip(checked.names, checked.c2w))
     assert record["undone"] == [second] and record["checked"] == len(degraded)
     assert np.allclose(after[second], dict(zip(start.names, start.c2w))[second]) and np.allclose(after[first], truth[first])
+    from dataclasses import replace as _replace
+
+    text = _replace(runs[False][0], summary={**runs[False][0].summary, "iterations": 10, "move_check": record}).summary_text()
+    assert f"its moves of {len(degraded)} weakly held image(s) checked against their held neighbours: 1 undone" in text
 
 
 def test_a_large_capture_trains_its_nerf_stage_on_the_weak_frames_and_their_neighbours(noisy: Path, tmp_path: Path) -> None:

@@ -1019,9 +1019,14 @@ def _check_nerf_moves(stage_input: ValidatedInput, refined: CameraSet, ba_summar
     t0 = time.perf_counter()
     placement = ba_summary.get("placement") if isinstance(ba_summary.get("placement"), dict) else {}
     streaks = {f["name"]: Blur(**f["blur"]) for f in (placement or {}).get("frames", []) if (f.get("blur") or {}).get("streak_px", 0) > 0}
-    rec = read_reconstruction(stage_input.model_dir)
     held = [n for n, s in support.items() if not s.get("weak") and not s.get("placed")]  # the tracks' (sharp) frames
-    checks = check_weak_moves(rec, {n: refined.c2w[index[n]] for n in weak}, held, stage_input.images_dir, streaks=streaks)
+    _log(f"checking the NeRF stage's moves of {len(weak)} weakly held image(s) against their held neighbours ...")
+    try:
+        rec = read_reconstruction(stage_input.model_dir)
+        checks = check_weak_moves(rec, {n: refined.c2w[index[n]] for n in weak}, held, stage_input.images_dir, streaks=streaks)
+    except (OSError, ValueError, RuntimeError, InputError) as err:  # the stage's result is kept: the check is a safeguard
+        _log(f"warning: the NeRF stage's moves were not checked ({err}); its poses are kept")
+        return refined, {"checked": 0, "undone": [], "error": str(err), "seconds": time.perf_counter() - t0}
     undone = [c.name for c in checks if c.worse]
     if undone:
         start = stage_input.model.to_camera_set(observations=False)

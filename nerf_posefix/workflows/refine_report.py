@@ -142,6 +142,11 @@ class RefineResult:
             seconds = s.get("training_seconds")
             rows.append(("NeRF stage", f"{s.get('method', 'posefix')}, {s['iterations']} iterations"
                          + (f" ({seconds:.0f} s)" if seconds is not None else "")))
+            check = s.get("move_check") or {}
+            if check.get("checked"):
+                undone = check.get("undone") or []
+                rows.append(("", f"its moves of {check['checked']} weakly held image(s) checked against their held neighbours: "
+                                 + (f"{len(undone)} undone (the image fit them worse after the move)" if undone else "none undone")))
         else:
             rows.append(("NeRF stage", f"none ({s.get('no_nerf_stage', '--iterations 0')})"))
         rows.append(("", ""))
