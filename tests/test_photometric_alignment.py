@@ -11,7 +11,7 @@ from scipy.ndimage import gaussian_filter, map_coordinates
 from scipy.spatial.transform import Rotation
 
 from nerf_posefix.sfm.blur_matching import Blur, estimate_blur_sigma, smear_streak
-from nerf_posefix.sfm.photometric_alignment import EVIDENCE_Z, direct_alignment, nearest_held
+from nerf_posefix.sfm.photometric_alignment import EVIDENCE_Z, HeldFrames, direct_alignment, nearest_held
 
 F, W, H = 110.0, 128, 96
 K = np.array([[F, 0.0, (W - 1) / 2], [0.0, F, (H - 1) / 2], [0.0, 0.0, 1.0]])  # array pixel centres
@@ -65,8 +65,8 @@ def _rotation_error_deg(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _run(c2w, images, points, observed_by, blur: Blur | float = 0.0):  # noqa: ANN001, ANN202
-    return direct_alignment(["weak"], c2w, ["a", "b", "c"], points, observed_by, images.__getitem__,
-                            lambda name: (_project, (F, F)), lambda name, frame, neighbours: blur)
+    return direct_alignment(["weak"], HeldFrames(c2w, ["a", "b", "c"], points, observed_by, images.__getitem__,
+                                                 lambda name: (_project, (F, F)), lambda name, frame, neighbours: blur))
 
 
 def _perturbed(truth: np.ndarray) -> np.ndarray:

@@ -365,27 +365,18 @@ def _rotation_deg(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.degrees(np.arccos(np.clip((np.trace(rel) - 1.0) / 2.0, -1.0, 1.0))))
 
 
-def check_moves(
-    moved: Mapping[str, np.ndarray],
-    c2w: Mapping[str, np.ndarray],
-    held: Sequence[str],
-    points: np.ndarray,
-    observed_by: Sequence[set[str]],
-    image: Callable[[str], np.ndarray],
-    projector: Callable[[str], tuple[Projector, tuple[float, float]]],
-    blur_of: Callable[[str, np.ndarray, list[np.ndarray]], "Blur | float"],
-) -> list[MoveCheck]:
-    """Test each frame's move from its pose in ``c2w`` to ``moved[name]`` (camera-to-world, OpenCV axes) against its
-    nearest held neighbours, through the points they observe (:func:`pose_evidence`; arguments as
-    :func:`direct_alignment`'s). Independent of how the move was made: a NeRF stage's field, trained with the frame at
-    its drifting pose, can fit a frame that moved away; the frame's own pixels against its held neighbours cannot."""
-    held_c2w, X, seen_by, gray = _held_points(c2w, held, points, observed_by, image)
+def check_moves(moved: Mapping[str, np.ndarray], scene: HeldFrames) -> list[MoveCheck]:
+    """Test each frame's move from its pose in ``scene.c2w`` to ``moved[name]`` (camera-to-world, OpenCV axes) against
+    its nearest held neighbours, through the points they observe (:func:`pose_evidence`). Independent of how the move
+    was made: a NeRF stage's field, trained with the frame at its drifting pose, can fit a frame that moved away; the
+    frame's own pixels against its held neighbours cannot."""
+    held_c2w, X, seen_by, gray = _held_points(scene)
     out: list[MoveCheck] = []
     for name, end in moved.items():
-        start = np.asarray(c2w[name], dtype=np.float64)
+        start = np.asarray(scene.c2w[name], dtype=np.float64)
         end = np.asarray(end, dtype=np.float64)
         rotation = _rotation_deg(end, start)
-        setup = _frame_setup(name, start, held_c2w, X, seen_by, gray, projector, blur_of)
+        setup = _frame_setup(name, start, held_c2w, X, seen_by, gray, scene.projector, scene.blur_of)
         if setup is None:
             out.append(MoveCheck(name, False, 0, rotation, 0.0, float("inf"), "no held frame faces alike"))
             continue
@@ -424,21 +415,43 @@ def _candidate_points(shape: tuple[int, int], project: Projector, w2c: np.ndarra
     return rows[ok]
 
 
-def _held_points(c2w: Mapping[str, np.ndarray], held: Sequence[str], points: np.ndarray, observed_by: Sequence[set[str]],
-                 image: Callable[[str], np.ndarray]) -> tuple[dict[str, np.ndarray], np.ndarray, list[set[str]], Callable[[str], np.ndarray]]:
-    """The held frames' poses, the points at least 2 of them observe ``[P', 3]`` with those observers, and ``image``
-    read once per name."""
-    held_set = set(held)
-    held_c2w = {n: c2w[n] for n in held if n in c2w}
-    by_held = [s & held_set for s in observed_by]
+@dataclass
+class HeldFrames:
+    """What a frame is compared against: the held frames, the points they observe, and how to read each image.
+
+    Attributes:
+        c2w: every image's camera-to-world pose (OpenCV axes, the model's world frame).
+        held: the images the tracks hold (the neighbours' pool).
+        points: ``[P, 3]`` the model's 3D points (world frame); ``observed_by[p]``: the images observing point ``p``.
+        image: ``name -> [H, W]`` grayscale in [0, 1] at the camera's resolution.
+        projector: ``name -> (project, (fx, fy))``: the image's camera (see :data:`Projector`).
+        blur_of: ``(name, frame, neighbour images) ->`` how much blurrier the frame is than its neighbours: a
+            :class:`~nerf_posefix.sfm.blur_matching.Blur` or a Gaussian σ, in the frame's pixels.
+    """
+
+    c2w: Mapping[str, np.ndarray]
+    held: Sequence[str]
+    points: np.ndarray
+    observed_by: Sequence[set[str]]
+    image: Callable[[str], np.ndarray]
+    projector: Callable[[str], tuple[Projector, tuple[float, float]]]
+    blur_of: Callable[[str, np.ndarray, list[np.ndarray]], "Blur | float"]
+
+
+def _held_points(scene: HeldFrames) -> tuple[dict[str, np.ndarray], np.ndarray, list[set[str]], Callable[[str], np.ndarray]]:
+    """The held frames' poses, the points at least 2 of them observe ``[P', 3]`` with those observers, and
+    ``scene.image`` read once per name."""
+    held_set = set(scene.held)
+    held_c2w = {n: scene.c2w[n] for n in scene.held if n in scene.c2w}
+    by_held = [s & held_set for s in scene.observed_by]
     two = np.fromiter((len(s) >= 2 for s in by_held), dtype=bool, count=len(by_held))
-    X = np.asarray(points, dtype=np.float64).reshape(-1, 3)[two]
+    X = np.asarray(scene.points, dtype=np.float64).reshape(-1, 3)[two]
     seen_by = [s for s, keep in zip(by_held, two) if keep]
     loaded: dict[str, np.ndarray] = {}
 
     def gray(name: str) -> np.ndarray:
         if name not in loaded:
-            loaded[name] = image(name)
+            loaded[name] = scene.image(name)
         return loaded[name]
 
     return held_c2w, X, seen_by, gray
@@ -466,40 +479,26 @@ def _frame_setup(name: str, start: np.ndarray, held_c2w: Mapping[str, np.ndarray
 
 
 def direct_alignment(
-    frames: Sequence[str],
-    c2w: Mapping[str, np.ndarray],
-    held: Sequence[str],
-    points: np.ndarray,
-    observed_by: Sequence[set[str]],
-    image: Callable[[str], np.ndarray],
-    projector: Callable[[str], tuple[Projector, tuple[float, float]]],
-    blur_of: Callable[[str, np.ndarray, list[np.ndarray]], "Blur | float"],
-    log: Optional[Callable[[str], None]] = None,
+    frames: Sequence[str], scene: HeldFrames, log: Optional[Callable[[str], None]] = None,
 ) -> tuple[dict[str, np.ndarray], list[FrameAlignment]]:
     """Align each of ``frames`` against its nearest held frames (module docstring).
 
     Args:
-        frames: the weakly held images to align.
-        c2w: every image's camera-to-world pose (OpenCV axes, the model's world frame).
-        held: the images the tracks hold (the neighbours' pool).
-        points: ``[P, 3]`` the model's 3D points (world frame); ``observed_by[p]``: the images observing point ``p``.
-        image: ``name -> [H, W]`` grayscale in [0, 1] at the camera's resolution.
-        projector: ``name -> (project, (fx, fy))``: the image's camera (see :data:`Projector`).
-        blur_of: ``(name, frame, neighbour images) ->`` how much blurrier the frame is than its neighbours: a
-            :class:`~nerf_posefix.sfm.blur_matching.Blur` or a Gaussian σ, in the frame's pixels.
+        frames: the weakly held images to align (their start: ``scene.c2w``).
+        scene: the held frames, the points and the images (:class:`HeldFrames`).
         log: progress lines.
 
     Returns:
         ``(name -> aligned camera-to-world`` for the frames that keep their aligned pose, one
         :class:`FrameAlignment` per frame``)``.
     """
-    held_c2w, X, seen_by, gray = _held_points(c2w, held, points, observed_by, image)
+    held_c2w, X, seen_by, gray = _held_points(scene)
     aligned: dict[str, np.ndarray] = {}
     records: list[FrameAlignment] = []
 
     for name in frames:
-        start = np.asarray(c2w[name], dtype=np.float64)
-        setup = _frame_setup(name, start, held_c2w, X, seen_by, gray, projector, blur_of)
+        start = np.asarray(scene.c2w[name], dtype=np.float64)
+        setup = _frame_setup(name, start, held_c2w, X, seen_by, gray, scene.projector, scene.blur_of)
         if setup is None:
             records.append(FrameAlignment(name, False, 0.0, 0, 0.0, 0.0, 0.0, float("inf"), "no held frame faces alike"))
             continue
@@ -542,8 +541,7 @@ def align_weak_frames(
     frames = [n for n in frames if n in images]
     if not frames:
         return {}, []
-    c2w, points, observed_by, image, projector, blur_of = _reconstruction_access(rec, images_dir, streaks)
-    aligned, records = direct_alignment(frames, c2w, held, points, observed_by, image, projector, blur_of, log=log)
+    aligned, records = direct_alignment(frames, _held_frames(rec, held, images_dir, streaks), log=log)
     return {n: np.linalg.inv(m) for n, m in aligned.items()}, records
 
 
@@ -558,14 +556,13 @@ def check_weak_moves(
     moved = {n: m for n, m in moved.items() if n in images}
     if not moved:
         return []
-    c2w, points, observed_by, image, projector, blur_of = _reconstruction_access(rec, images_dir, streaks)
-    return check_moves(moved, c2w, held, points, observed_by, image, projector, blur_of)
+    return check_moves(moved, _held_frames(rec, held, images_dir, streaks))
 
 
-def _reconstruction_access(rec: "pycolmap.Reconstruction", images_dir: Path, streaks: Optional[Mapping[str, "Blur"]]) -> tuple:
-    """``(c2w, points, observed_by, image, projector, blur_of)`` of :func:`direct_alignment` for the registered images
-    of ``rec``, their images under ``images_dir`` (reduced to :data:`WORK_SIDE`), their blurs from ``streaks`` or
-    estimated."""
+def _held_frames(rec: "pycolmap.Reconstruction", held: Sequence[str], images_dir: Path,
+                 streaks: Optional[Mapping[str, "Blur"]]) -> HeldFrames:
+    """:class:`HeldFrames` of the registered images of ``rec`` (``held`` among them), their images under
+    ``images_dir`` (reduced to :data:`WORK_SIDE`), their blurs from ``streaks`` or estimated."""
     from nerf_posefix.sfm.blur_matching import SIGMA_LEVELS, Blur, _gray, _reduce, estimate_blur_sigma
 
     images = {rec.images[i].name: rec.images[i] for i in rec.reg_image_ids()}
@@ -603,4 +600,4 @@ def _reconstruction_access(rec: "pycolmap.Reconstruction", images_dir: Path, str
             return Blur(streak.sigma_px / f, streak.streak_px / f, streak.angle_deg)
         return Blur(sigma_px=estimate_blur_sigma(frame, neighbours, [s / factor(name) for s in SIGMA_LEVELS]))
 
-    return c2w, points, observed_by, image, projector, blur_of
+    return HeldFrames(c2w, held, points, observed_by, image, projector, blur_of)
