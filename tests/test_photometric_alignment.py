@@ -130,3 +130,19 @@ def test_a_streaked_frame_comes_back_with_its_streak_modelled() -> None:
     error_g = _rotation_error_deg(aligned_g.get("weak", start), truth)
     error_s = _rotation_error_deg(aligned_s["weak"], truth)
     assert error_s < 0.2 and error_s < 0.5 * error_g, (error_s, error_g)
+
+
+def test_the_evidence_counts_correlated_points_once() -> None:
+    """Points that share their pixels (within a blur of each other) are one piece of evidence: four copies of each
+    point in one cell give the standard error of the points themselves, where the per-point one would halve it."""
+    from nerf_posefix.sfm.photometric_alignment import paired_evidence
+
+    rng = np.random.default_rng(0)
+    before, after = rng.normal(1.0, 0.5, 400), rng.normal(1.0, 0.5, 400)
+    gain, stderr = paired_evidence(before, after)
+    copies = np.repeat(np.arange(400), 4)
+    gain_4, stderr_4 = paired_evidence(before[copies], after[copies])
+    gain_c, stderr_c = paired_evidence(before[copies], after[copies], cells=np.stack([copies, np.zeros_like(copies)], 1))
+    assert gain_4 == pytest.approx(gain) and gain_c == pytest.approx(gain)
+    assert stderr_4 == pytest.approx(stderr / 2, rel=0.01)  # the per-point error counts each copy as new evidence
+    assert stderr_c == pytest.approx(stderr, rel=0.01)
