@@ -20,7 +20,8 @@ resolution, against its nearest held neighbours (:func:`direct_alignment`):
   camera's own (pycolmap's, distortion included); the Jacobian is the pinhole one at its focal lengths.
 * **Evidence** (:func:`paired_evidence`): the frame keeps the aligned pose only when, on the points and reference of
   the stage :data:`EVIDENCE_STAGE`, its squared residuals at the aligned pose are below those at the
-  start pose by more than :data:`EVIDENCE_Z` standard errors (paired over the points), and it moved less than
+  start pose by more than :data:`EVIDENCE_Z` standard errors (paired over the points, the error counted over
+  cells the size of the blur: :func:`paired_evidence`), and it moved less than
   :data:`MAX_MOVE_DEG`; otherwise it keeps the adjustment's pose.
 
 Measured (``benchmarks/direct_alignment_probe.py``, castle-P30, every 4th photo degraded; docs/benchmarks.md):
@@ -206,6 +207,12 @@ def _huber_cost(r: np.ndarray, c: float) -> float:
     return float(np.mean(np.where(a < c, 0.5 * a**2, c * (a - 0.5 * c)))) if a.size else 0.0
 
 
+def _evidence_cell_px(blur: "Blur") -> float:
+    """The side of the cells the evidence's standard error is counted over (pixels): twice the blur (its Gaussian σ
+    and half its streak) plus one pixel; points closer than that share their pixels."""
+    return 2.0 * (blur.sigma_px + 0.5 * blur.streak_px) + 1.0
+
+
 def paired_evidence(before: np.ndarray, after: np.ndarray, cells: Optional[np.ndarray] = None) -> tuple[float, float]:
     """The mean drop of the squared residuals from ``before [P]`` to ``after [P]`` (the same points) and its
     standard error; with ``cells [P]`` (a label per point: points in one cell are correlated, as pixels within a blur
@@ -242,7 +249,7 @@ def align_frame(frame: np.ndarray, blur: "Blur | float", project: Projector, foc
     fx, fy = focal
     w2c = np.linalg.inv(start_c2w)
     cache: dict = {}
-    evidence: tuple[np.ndarray, np.ndarray, np.ndarray] = (frame, X[:0], np.zeros(0))
+    evidence: tuple[np.ndarray, np.ndarray, np.ndarray, float] = (frame, X[:0], np.zeros(0), 1.0)
     for stage, fraction in enumerate(STAGES):
         extra = fraction * max(frame.shape)
         frame_s = gaussian_filter(frame, extra) if extra > 0 else frame
@@ -291,12 +298,12 @@ def align_frame(frame: np.ndarray, blur: "Blur | float", project: Projector, foc
             if np.linalg.norm(delta) < 1e-7 or cost <= 0:
                 break
         if stage == EVIDENCE_STAGE:
-            evidence = (frame_s, Xs, r_ref)
-    frame_e, Xe, r_e = evidence  # the end pose against the start, on the evidence stage's points and reference
+            evidence = (frame_s, Xs, r_ref, _evidence_cell_px(total))
+    frame_e, Xe, r_e, cell = evidence  # the end pose against the start, on the evidence stage's points and reference
     _, _, in_a, r_a, _ = _residuals(frame_e, project, w2c, Xe, r_e)
-    _, _, in_b, r_b, _ = _residuals(frame_e, project, np.linalg.inv(start_c2w), Xe, r_e)
+    _, uv, in_b, r_b, _ = _residuals(frame_e, project, np.linalg.inv(start_c2w), Xe, r_e)
     both = in_a & in_b
-    gain, stderr = paired_evidence(r_b[both], r_a[both])
+    gain, stderr = paired_evidence(r_b[both], r_a[both], cells=np.floor(uv[both] / cell).astype(np.int64))
     return np.linalg.inv(w2c), int(both.sum()), gain, stderr, ""
 
 
@@ -328,8 +335,7 @@ def pose_evidence(frame: np.ndarray, blur: "Blur | float", project: Projector, s
     both = in_a & in_b
     if both.sum() < MIN_POINTS:
         return int(both.sum()), 0.0, float("inf")
-    cell = 2.0 * (total.sigma_px + 0.5 * total.streak_px) + 1.0  # px: points closer than the blur share their pixels
-    gain, stderr = paired_evidence(r_b[both], r_a[both], cells=np.floor(uv[both] / cell).astype(np.int64))
+    gain, stderr = paired_evidence(r_b[both], r_a[both], cells=np.floor(uv[both] / _evidence_cell_px(total)).astype(np.int64))
     return int(both.sum()), gain, stderr
 
 
