@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -306,6 +306,12 @@ class Blur:
         if self.streak_px > 0:
             return f"streak {self.streak_px:.1f} px at {self.angle_deg:.0f} deg"
         return f"Gaussian {self.sigma_px:.1f} px"
+
+
+def streaks(blurs: Mapping[str, Mapping[str, float]]) -> dict[str, Blur]:
+    """The streaked ones of ``blurs`` (``name -> Blur`` as a dict: the frame placement's choices, from its frames or
+    its record) as :class:`Blur` s."""
+    return {name: Blur(**blur) for name, blur in blurs.items() if (blur or {}).get("streak_px", 0.0) > 0}
 
 
 def _write_copy(source: Path, target: Path, blur: Blur = Blur(), scale: float = 1.0) -> None:

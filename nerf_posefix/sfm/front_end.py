@@ -458,6 +458,7 @@ def _align_weak_frames(rec: Any, support: list, placement: Placement, images_dir
     themselves, they are poor references; castle motion 40, seed 1: frame 0000 at 1.29 deg against them, 0.17 deg against
     the sharp frames alone); the aligned poses are set in ``rec``. Returns the
     stage's record (None: no frame to align) and, per aligned frame, its support as held (``placed``)."""
+    from nerf_posefix.sfm.blur_matching import streaks
     from nerf_posefix.sfm.photometric_alignment import align_weak_frames
 
     placed = {n for n in placement.support}
@@ -467,10 +468,8 @@ def _align_weak_frames(rec: Any, support: list, placement: Placement, images_dir
     held = [s.name for s in support if not s.weak and s.name not in placed]  # the references (the placed ones are blurred)
     t0 = time.perf_counter()
     log(f"  aligning {len(weak)} weakly held image(s) by their intensities against their held neighbours ...")
-    from nerf_posefix.sfm.blur_matching import Blur
-
-    streaks = {f.name: Blur(**f.blur) for f in placement.frames if f.blur.get("streak_px", 0.0) > 0}
-    aligned, records = align_weak_frames(rec, weak, held, images_dir, log=lambda m: log(f"    {m}"), streaks=streaks)
+    aligned, records = align_weak_frames(rec, weak, held, images_dir, log=lambda m: log(f"    {m}"),
+                                         streaks=streaks({f.name: f.blur for f in placement.frames}))
     _set_poses(rec, aligned)
     by_name = {s.name: s for s in support}
     aligned_support = {

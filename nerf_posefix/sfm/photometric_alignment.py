@@ -230,6 +230,30 @@ def paired_evidence(before: np.ndarray, after: np.ndarray, cells: Optional[np.nd
     return float(diff.mean()), float(np.sqrt(np.sum(sums**2) * sums.size / (sums.size - 1)) / diff.size)
 
 
+def _stage(frame: np.ndarray, blur: "Blur", fraction: float) -> tuple[np.ndarray, "Blur"]:
+    """The frame blurred by a stage's extra Gaussian (``fraction`` of its longer side) and the blur its neighbours then
+    take (the frame's own with that Gaussian added)."""
+    from scipy.ndimage import gaussian_filter
+
+    from nerf_posefix.sfm.blur_matching import Blur
+
+    extra = fraction * max(frame.shape)
+    frame_s = gaussian_filter(frame, extra) if extra > 0 else frame
+    return frame_s, Blur(float(np.hypot(blur.sigma_px, extra)), blur.streak_px, blur.angle_deg)
+
+
+def _compare(frame_s: np.ndarray, project: Projector, w2c_start: np.ndarray, w2c_end: np.ndarray, X: np.ndarray,
+             ref: np.ndarray, blur: "Blur") -> tuple[int, float, float]:
+    """:func:`paired_evidence` of the end pose against the start on the points ``X`` inside the frame at both (the
+    reference ``ref``, both sides blurred by ``blur``), counted over blur-sized cells at the start's projections:
+    ``(points, gain, gain_stderr)``."""
+    _, _, in_a, r_a, _ = _residuals(frame_s, project, w2c_end, X, ref)
+    _, uv, in_b, r_b, _ = _residuals(frame_s, project, w2c_start, X, ref)
+    both = in_a & in_b
+    gain, stderr = paired_evidence(r_b[both], r_a[both], cells=np.floor(uv[both] / _evidence_cell_px(blur)).astype(np.int64))
+    return int(both.sum()), gain, stderr
+
+
 def align_frame(frame: np.ndarray, blur: "Blur | float", project: Projector, focal: tuple[float, float], start_c2w: np.ndarray,
                 X: np.ndarray, seen_by: Sequence[set[str]], neighbours: Mapping[str, tuple[np.ndarray, np.ndarray, Projector]],
                 ) -> tuple[np.ndarray, int, float, float, str]:
@@ -239,7 +263,6 @@ def align_frame(frame: np.ndarray, blur: "Blur | float", project: Projector, foc
 
     Returns ``(camera-to-world [4, 4], points, gain, gain_stderr, reason)``: the aligned pose with the final stage's
     point count and evidence (:func:`paired_evidence`), or the start pose and why (``reason``)."""
-    from scipy.ndimage import gaussian_filter
     from scipy.spatial.transform import Rotation
 
     from nerf_posefix.sfm.blur_matching import Blur
@@ -249,11 +272,9 @@ def align_frame(frame: np.ndarray, blur: "Blur | float", project: Projector, foc
     fx, fy = focal
     w2c = np.linalg.inv(start_c2w)
     cache: dict = {}
-    evidence: tuple[np.ndarray, np.ndarray, np.ndarray, float] = (frame, X[:0], np.zeros(0), 1.0)
+    evidence: tuple[np.ndarray, np.ndarray, np.ndarray, Blur] = (frame, X[:0], np.zeros(0), blur)
     for stage, fraction in enumerate(STAGES):
-        extra = fraction * max(frame.shape)
-        frame_s = gaussian_filter(frame, extra) if extra > 0 else frame
-        total = Blur(float(np.hypot(blur.sigma_px, extra)), blur.streak_px, blur.angle_deg)  # the stage's blur added
+        frame_s, total = _stage(frame, blur, fraction)  # the stage's blur added
         depth = _transform(w2c, X)[:, 2]
         ref, count = _reference(X, seen_by, depth, total, neighbours, cache)
         have = count > 0
@@ -298,13 +319,10 @@ def align_frame(frame: np.ndarray, blur: "Blur | float", project: Projector, foc
             if np.linalg.norm(delta) < 1e-7 or cost <= 0:
                 break
         if stage == EVIDENCE_STAGE:
-            evidence = (frame_s, Xs, r_ref, _evidence_cell_px(total))
-    frame_e, Xe, r_e, cell = evidence  # the end pose against the start, on the evidence stage's points and reference
-    _, _, in_a, r_a, _ = _residuals(frame_e, project, w2c, Xe, r_e)
-    _, uv, in_b, r_b, _ = _residuals(frame_e, project, np.linalg.inv(start_c2w), Xe, r_e)
-    both = in_a & in_b
-    gain, stderr = paired_evidence(r_b[both], r_a[both], cells=np.floor(uv[both] / cell).astype(np.int64))
-    return np.linalg.inv(w2c), int(both.sum()), gain, stderr, ""
+            evidence = (frame_s, Xs, r_ref, total)
+    frame_e, Xe, r_e, blur_e = evidence  # the end pose against the start, on the evidence stage's points and reference
+    count, gain, stderr = _compare(frame_e, project, np.linalg.inv(start_c2w), w2c, Xe, r_e, blur_e)
+    return np.linalg.inv(w2c), count, gain, stderr, ""
 
 
 def pose_evidence(frame: np.ndarray, blur: "Blur | float", project: Projector, start_c2w: np.ndarray, end_c2w: np.ndarray,
@@ -315,28 +333,18 @@ def pose_evidence(frame: np.ndarray, blur: "Blur | float", project: Projector, s
     points inside the frame at both poses, with both sides blurred as the stage :data:`EVIDENCE_STAGE` blurs them
     (the reference at the start pose's depths), its standard error counted over square cells of twice the blur plus
     one pixel (at the start pose's projections). ``gain < 0``: the end pose fits worse."""
-    from scipy.ndimage import gaussian_filter
-
     from nerf_posefix.sfm.blur_matching import Blur
 
     if not isinstance(blur, Blur):
         blur = Blur(sigma_px=float(blur))
-    extra = STAGES[EVIDENCE_STAGE] * max(frame.shape)
-    frame_s = gaussian_filter(frame, extra) if extra > 0 else frame
-    total = Blur(float(np.hypot(blur.sigma_px, extra)), blur.streak_px, blur.angle_deg)
+    frame_s, total = _stage(frame, blur, STAGES[EVIDENCE_STAGE])
     w2c_start, w2c_end = np.linalg.inv(start_c2w), np.linalg.inv(end_c2w)
     ref, count = _reference(X, seen_by, _transform(w2c_start, X)[:, 2], total, neighbours, {})
     have = count > 0
     if have.sum() < MIN_POINTS:
         return int(have.sum()), 0.0, float("inf")
-    r_ref = ref[have] / count[have]
-    _, _, in_a, r_a, _ = _residuals(frame_s, project, w2c_end, X[have], r_ref)
-    _, uv, in_b, r_b, _ = _residuals(frame_s, project, w2c_start, X[have], r_ref)
-    both = in_a & in_b
-    if both.sum() < MIN_POINTS:
-        return int(both.sum()), 0.0, float("inf")
-    gain, stderr = paired_evidence(r_b[both], r_a[both], cells=np.floor(uv[both] / _evidence_cell_px(total)).astype(np.int64))
-    return int(both.sum()), gain, stderr
+    points, gain, stderr = _compare(frame_s, project, w2c_start, w2c_end, X[have], ref[have] / count[have], total)
+    return (points, gain, stderr) if points >= MIN_POINTS else (points, 0.0, float("inf"))
 
 
 @dataclass
@@ -366,7 +374,7 @@ class MoveCheck:
 
 
 #: Moves that shift a frame's points by less than this (median, pixels of the aligned image) are not tested.
-MIN_MOVE_PX = 0.1
+MIN_TESTED_SHIFT_PX = 0.1
 
 
 def _median_shift_px(project: Projector, start_c2w: np.ndarray, end_c2w: np.ndarray, X: np.ndarray) -> float:
@@ -380,8 +388,10 @@ def _median_shift_px(project: Projector, start_c2w: np.ndarray, end_c2w: np.ndar
 
 
 def _rotation_deg(a: np.ndarray, b: np.ndarray) -> float:
-    rel = a[:3, :3] @ b[:3, :3].T
-    return float(np.degrees(np.arccos(np.clip((np.trace(rel) - 1.0) / 2.0, -1.0, 1.0))))
+    """The rotation between two poses ``[4, 4]`` (degrees)."""
+    from nerf_posefix.geometry.poses import rotation_angle_deg
+
+    return float(rotation_angle_deg(a[:3, :3], b[:3, :3]))
 
 
 def check_moves(moved: Mapping[str, np.ndarray], scene: HeldFrames) -> list[MoveCheck]:
@@ -401,8 +411,9 @@ def check_moves(moved: Mapping[str, np.ndarray], scene: HeldFrames) -> list[Move
             continue
         frame, blur, project, _, Xf, seen_f, neighbours = setup
         shift = _median_shift_px(project, start, end, Xf)
-        if not shift >= MIN_MOVE_PX:
-            out.append(MoveCheck(name, False, len(Xf), rotation, 0.0, float("inf"), f"moved its points {shift:.2g} px (less than {MIN_MOVE_PX:g})"))
+        if not shift >= MIN_TESTED_SHIFT_PX:
+            out.append(MoveCheck(name, False, len(Xf), rotation, 0.0, float("inf"),
+                                 f"moved its points {shift:.2g} px (less than {MIN_TESTED_SHIFT_PX:g})"))
             continue
         count, gain, stderr = pose_evidence(frame, blur, project, start, end, Xf, seen_f, neighbours)
         if not np.isfinite(stderr):

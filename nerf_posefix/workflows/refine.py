@@ -1007,7 +1007,7 @@ def _check_nerf_moves(stage_input: ValidatedInput, refined: CameraSet, ba_summar
     blurs the front end's placement found), :func:`nerf_posefix.sfm.photometric_alignment.check_weak_moves`; a move
     after which the frame fits them worse is undone. Returns the poses and the check's record (None: nothing to
     check)."""
-    from nerf_posefix.sfm.blur_matching import Blur
+    from nerf_posefix.sfm.blur_matching import streaks
     from nerf_posefix.sfm.bundle_adjustment import read_reconstruction
     from nerf_posefix.sfm.photometric_alignment import check_weak_moves
 
@@ -1018,12 +1018,12 @@ def _check_nerf_moves(stage_input: ValidatedInput, refined: CameraSet, ba_summar
         return refined, None
     t0 = time.perf_counter()
     placement = ba_summary.get("placement") if isinstance(ba_summary.get("placement"), dict) else {}
-    streaks = {f["name"]: Blur(**f["blur"]) for f in (placement or {}).get("frames", []) if (f.get("blur") or {}).get("streak_px", 0) > 0}
+    blurs = {f["name"]: f.get("blur") or {} for f in (placement or {}).get("frames", [])}
     held = [n for n, s in support.items() if not s.get("weak") and not s.get("placed")]  # the tracks' (sharp) frames
     _log(f"checking the NeRF stage's moves of {len(weak)} weakly held image(s) against their held neighbours ...")
     try:
         rec = read_reconstruction(stage_input.model_dir)
-        checks = check_weak_moves(rec, {n: refined.c2w[index[n]] for n in weak}, held, stage_input.images_dir, streaks=streaks)
+        checks = check_weak_moves(rec, {n: refined.c2w[index[n]] for n in weak}, held, stage_input.images_dir, streaks=streaks(blurs))
     except (OSError, ValueError, RuntimeError, InputError) as err:  # the stage's result is kept: the check is a safeguard
         _log(f"warning: the NeRF stage's moves were not checked ({err}); its poses are kept")
         return refined, {"checked": 0, "undone": [], "error": str(err), "seconds": time.perf_counter() - t0}
