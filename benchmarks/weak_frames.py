@@ -259,6 +259,7 @@ def run_plugin(data: Path, work: Path, iterations: int, seed: int, downscale: in
     poses as the run reader exports them (camera-to-world, OpenCV axes, the transforms.json's frame)."""
     from nerf_posefix.plugin.run_reader import refined_input_poses
     from nerf_posefix.plugin.training import in_process_config, run_training
+    from nerf_posefix.plugin.move_check import MOVE_CHECK_FILE
     from nerf_posefix.plugin.weak_alignment import WEAK_ALIGNMENT_FILE
 
     def edit(config: Any) -> None:
@@ -278,6 +279,9 @@ def run_plugin(data: Path, work: Path, iterations: int, seed: int, downscale: in
     info = {"iterations": int(run.completed_iterations), "train_data": str(data), "training_seconds": run.seconds,
             "front_end": front.line if front is not None else None,
             "weak_alignment": {k: v for k, v in (alignment or {}).items() if k != "images"}}
+    check = run.run_dir / MOVE_CHECK_FILE
+    if check.is_file():
+        info["move_check"] = json.loads(check.read_text())
     return refined.cameras, info
 
 

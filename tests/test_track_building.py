@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pycolmap
 import pytest
+import torch
 
 from benchmarks import make_scene
 from nerf_posefix.cli.main import main
@@ -474,6 +475,84 @@ def test_the_photometric_alignment_holds_blurred_views_the_tracks_do_not(noisy: 
 
     text = _replace(runs[False][0], summary={**runs[False][0].summary, "iterations": 10, "move_check": record}).summary_text()
     assert f"its moves of {len(degraded)} weakly held image(s) checked against their held neighbours: 1 undone" in text
+
+
+def test_ns_train_checks_the_weak_cameras_moves_as_refine_does(noisy: Path, tmp_path: Path, one_torch_thread) -> None:  # noqa: ANN001
+    """``ns-train posefix-small`` on the four blurred views (front end on, its photometric alignment off: the four are
+    weakly held): after its last iteration the pipeline checks their moves against their held neighbours in the front
+    end's model, as refine does (``RUN/move_check.json``; 2 iterations move them too little to be tested). Then moved by
+    hand in the camera optimizer (dataparser frame, OpenGL axes) and checked again: moves to the truth stand, moves as far
+    again beyond the start as the start is from the truth are undone (the correction reset: back at the front end's
+    pose), and no held camera changes."""
+    from scipy.spatial.transform import Rotation
+
+    from nerf_posefix.geometry.poses import opencv_to_opengl, opengl_to_opencv
+    from nerf_posefix.plugin.move_check import MOVE_CHECK_FILE
+    from nerf_posefix.plugin.training import in_process_config, run_training
+
+    data, _, degraded = _four_blurred_views(noisy, tmp_path / "weak")
+    for sub in ("sparse", "sparse_gt"):  # a pose-only transforms.json: tracks built from the (blurred) images
+        shutil.rmtree(data / sub, ignore_errors=True)
+
+    def edit(config) -> None:  # noqa: ANN001
+        config.pipeline.front_end = "on"
+        config.pipeline.front_end_threads = 1
+        config.pipeline.front_end_photometric_alignment = False
+        config.pipeline.datamanager.dataparser.eval_mode = "all"
+
+    run = run_training(in_process_config("posefix-small", data=data, output_dir=tmp_path / "runs", max_iterations=2, overrides=edit, seed=0),
+                       progress=False, quiet=True)
+    record = json.loads((run.run_dir / MOVE_CHECK_FILE).read_text())
+    assert "reason" not in record and record["checked"] == len(degraded), record
+    assert all(not f["reason"] and f["rotation_deg"] > 0.01 for f in record["frames"])  # Adam's first steps: tested moves
+    pipeline = run.trainer.pipeline
+    optimizer = pipeline.model.camera_optimizer
+    train = [Path(n).name for n in pipeline._train_image_names()]  # noqa: SLF001
+    weak = [train.index(n) for n in degraded]
+    assert sorted(pipeline.front_end_weak.tolist()) == sorted(weak)
+    undone = {Path(n).name for n in record["undone"]}  # the run's own decisions, in its final checkpoint's optimizer
+    reset = [bool((optimizer.pose_adjustment[k] == 0).all()) for k in weak]
+    assert reset == [n in undone for n in degraded]
+    # the truth in the dataparser frame: the similarity from the front end's poses (the transforms.json's frame) onto the
+    # training's starting poses
+    adjusted = read_transforms_json(run.run_dir / "front_end" / "dataset" / "transforms.json")
+    gt = read_transforms_json(TOYBOX / "transforms_gt.json")
+    start = opengl_to_opencv(optimizer.initial_c2w.detach().double().numpy())  # [N, 4, 4] OpenCV, dataparser frame
+    order = [[Path(n).name for n in adjusted.names].index(n) for n in train]
+    to_dp = align(adjusted.c2w[order], start, mode="sim3")
+    truth = to_dp.apply(gt.c2w[[[Path(n).name for n in gt.names].index(n) for n in train]])  # [N, 4, 4]
+    targets = {}
+    for j, k in enumerate(weak):
+        if j < 2:  # to the truth
+            targets[k] = truth[k]
+        else:  # as far again beyond the start
+            step = Rotation.from_matrix(start[k, :3, :3] @ truth[k, :3, :3].T).as_matrix()
+            targets[k] = start[k].copy()
+            targets[k][:3, :3] = step @ start[k, :3, :3]
+    current = optimizer.corrected_c2w().detach().double().numpy()  # [N, 3, 4] OpenGL
+    idx = torch.tensor(weak)
+    goal = opencv_to_opengl(np.stack([targets[k] for k in weak]))  # [4, 4, 4] OpenGL
+    rot = goal[:, :3, :3] @ np.transpose(current[weak, :3, :3], (0, 2, 1))  # R_a = R_goal R_cur^T
+    optimizer.compose_corrections(idx, torch.from_numpy(rot), torch.from_numpy(goal[:, :3, 3] - current[weak, :3, 3]))
+    before = optimizer.corrected_c2w().detach().double().numpy()
+    pipeline._check_moves(tmp_path)  # noqa: SLF001 (what the last iteration's callback calls)
+    record = json.loads((tmp_path / MOVE_CHECK_FILE).read_text())
+    after = optimizer.corrected_c2w().detach().double().numpy()
+    frames = {Path(f["name"]).name: f for f in record["frames"]}
+    undone = [Path(n).name for n in record["undone"]]
+    print({n: (f["worse"], round(f["gain"] / f["gain_stderr"], 1), round(f["rotation_deg"], 2)) for n, f in frames.items()})
+    names = [degraded[j] for j in range(4)]
+    assert not frames[names[0]]["worse"] and not frames[names[1]]["worse"]  # the truth stands
+    assert all(frames[n]["gain"] > 0 for n in names[:2]) and all(frames[n]["gain"] < 0 for n in names[2:])
+    assert undone and set(undone) <= set(names[2:])
+    initial = optimizer.initial_c2w.detach().double().numpy()  # [N, 3, 4] OpenGL: the front end's poses
+    moves = rotation_angle_deg(before[weak, :3, :3], initial[weak, :3, :3])  # [4] deg, dataparser frame
+    np.testing.assert_allclose([frames[n]["rotation_deg"] for n in names], moves, atol=1e-3)  # as measured in the model's frame
+    for k, name in zip(weak, names):
+        expect = initial[k] if name in undone else before[k]
+        np.testing.assert_allclose(after[k], expect, atol=1e-5)
+    held = np.setdiff1d(np.arange(len(train)), weak)
+    np.testing.assert_allclose(after[held], before[held], atol=0)
 
 
 def test_a_large_capture_trains_its_nerf_stage_on_the_weak_frames_and_their_neighbours(noisy: Path, tmp_path: Path) -> None:

@@ -62,7 +62,7 @@ from nerf_posefix.io.posed_images import PosedImages, load_posed_images, write_r
 from nerf_posefix.io.transforms_json import with_cameras, write_transforms_json
 from nerf_posefix.plugin.dataset import DatasetInfo, describe_dataset
 from nerf_posefix.sfm.frame_placement import PLACEMENT_MAX_FRAMES
-from nerf_posefix.sfm.front_end import FrontEndOptions, FrontEndResult, front_end_input, run_front_end
+from nerf_posefix.sfm.front_end import ADJUSTED_MODEL, FrontEndOptions, FrontEndResult, front_end_input, run_front_end
 
 #: Files of a complete cache directory.
 STAMP_FILE = "stamp.json"
@@ -84,11 +84,16 @@ class FrontEndOutcome:
             changed), or None when training starts from the dataset's poses (too few tracks).
         summary: what ran, on how many images, the time and how far the poses moved (``result.json``).
         line: the one log line saying so.
+        model_dir: the adjusted model (world-to-camera, OpenCV axes, the front end's input frame: the COLMAP model's
+            world, or the pose-only transforms.json's), or None when no adjustment ran.
+        images_dir: the directory its image names resolve under.
     """
 
     dataparser: Any
     summary: dict[str, Any]
     line: str
+    model_dir: Optional[Path] = None
+    images_dir: Optional[Path] = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -348,8 +353,10 @@ def run_pipeline_front_end(
     stamp = _fingerprint(source, options)
     if (cache / RESULT_FILE).is_file() and _read_json(cache / STAMP_FILE) == stamp:
         summary = _read_json(cache / RESULT_FILE)
-        dataparser = _adjusted_dataparser(dataparser_config, info, cache) if summary.get("moved") is not None else None
-        return FrontEndOutcome(dataparser, summary, _describe(summary, cache, reused=True))
+        adjusted = summary.get("moved") is not None
+        dataparser = _adjusted_dataparser(dataparser_config, info, cache) if adjusted else None
+        return FrontEndOutcome(dataparser, summary, _describe(summary, cache, reused=True),
+                               cache / "work" / ADJUSTED_MODEL if adjusted else None, source.posed.images_dir)
     t0 = time.perf_counter()
     inp, built = front_end_input(source.posed, options.build_tracks, log=log)  # refuses what refine refuses: nothing written yet
     partial = cache.with_name(cache.name + ".partial")
@@ -388,7 +395,8 @@ def _run_into(
         shutil.rmtree(cache)
     os.replace(partial, cache)
     dataparser = _adjusted_dataparser(dataparser_config, info, cache) if result.adjusted else None
-    return FrontEndOutcome(dataparser, summary, _describe(summary, cache, reused=False))
+    return FrontEndOutcome(dataparser, summary, _describe(summary, cache, reused=False),
+                           cache / "work" / ADJUSTED_MODEL if result.adjusted else None, source.posed.images_dir)
 
 
 def _read_json(path: Path) -> Any:

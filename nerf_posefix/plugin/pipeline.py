@@ -22,7 +22,10 @@
    reported as ``pose_alignment_rotation_deg`` and ``pose_alignment_translation`` (dataparser units);
 5. after the run's last training iteration, before its final checkpoint: the weakly held training cameras
    (the front end's tracks do not hold them) are aligned against the frozen field and the alignment is
-   composed into the camera optimizer (:mod:`nerf_posefix.plugin.weak_alignment`; ``RUN/weak_alignment.json``).
+   composed into the camera optimizer (:mod:`nerf_posefix.plugin.weak_alignment`; ``RUN/weak_alignment.json``);
+   then (front end on) each one's move is checked against its held neighbours in the front end's model, as
+   ``posefix refine`` does, and a move after which it fits them worse is undone
+   (:mod:`nerf_posefix.plugin.move_check`; ``RUN/move_check.json``).
 
 Loading a checkpoint afterwards (``ns-train --load-dir``, ``ns-eval``, ...) replaces the buffers with
 the saved ones, so a run keeps the reference poses and bounds it was trained with.
@@ -55,6 +58,7 @@ from nerf_posefix.sfm.support import MIN_OBSERVATIONS as WEAK_MIN_OBSERVATIONS, 
 from nerf_posefix.plugin.tracks import MIN_OBSERVATIONS as TRACKS_MIN_OBSERVATIONS, build_tracks
 from nerf_posefix.plugin.depth_bounds import DepthBounds, compute_depth_bounds, find_sparse_points
 from nerf_posefix.plugin.test_pose_alignment import TestPoseAlignmentConfig, align_test_poses, score_views
+from nerf_posefix.plugin.move_check import MOVE_CHECK_FILE, check_training_moves, move_check_line
 from nerf_posefix.plugin.weak_alignment import WEAK_ALIGNMENT_FILE, WeakAlignmentConfig, align_into_optimizer, alignment_line, skipped
 
 
@@ -110,6 +114,11 @@ class PosefixPipelineConfig(VanillaPipelineConfig):
     aligned photometrically against the frozen field, each with its own appearance embedding, and the alignment
     is composed into the camera optimizer before the final checkpoint (:mod:`nerf_posefix.plugin.weak_alignment`;
     recorded in RUN/weak_alignment.json). steps 0: off; it runs only after min_iterations iterations."""
+    check_weak_moves: bool = True
+    """After the weak alignment (front end on): each weakly held camera's move over the run tested against its held
+    neighbours in the front end's model, through its points, as ``posefix refine`` tests its NeRF stage's moves; a
+    move after which the frame fits them worse by 3 standard errors is undone (:mod:`nerf_posefix.plugin.move_check`;
+    RUN/move_check.json)."""
     eval_pose_alignment_steps: int = 0
     """Test-pose alignment before ``get_average_eval_image_metrics`` (``ns-eval``): each eval camera's pose
     is optimised this many Adam steps against the frozen model before it is scored
@@ -161,6 +170,7 @@ class PosefixPipeline(VanillaPipeline):
         self.depth_bounds: Optional[DepthBounds] = None
         self.weak_cameras = torch.zeros(0, dtype=torch.long)  # [K] weakly held training cameras aligned after training
         self.weak_cameras_tracked = 0  # weakly held cameras that keep their observations in the track term (not aligned)
+        self.front_end_weak = torch.zeros(0, dtype=torch.long)  # [W] training cameras the front end holds weakly (moves checked)
         optimizer = self.model.camera_optimizer
         if isinstance(optimizer, HomographyCameraOptimizer):
             self.depth_bounds = self._setup_reference(optimizer)
@@ -194,6 +204,25 @@ class PosefixPipeline(VanillaPipeline):
             CONSOLE.print(f"posefix: weak alignment: {alignment_line(record)}", soft_wrap=True)
         elif len(self.weak_cameras):
             CONSOLE.print(f"[yellow]posefix: weak alignment skipped: {escape(record['reason'])}", soft_wrap=True)
+        if self.front_end is not None and len(self.front_end_weak) and getattr(self.config, "check_weak_moves", True):
+            self._check_moves(Path(trainer.base_dir))
+
+    def _check_moves(self, run_dir: Path) -> None:
+        """The training's moves of the weakly held cameras checked against their held neighbours in the front end's
+        model (:mod:`nerf_posefix.plugin.move_check`); those found worse are undone; ``RUN/move_check.json``."""
+        optimizer = self.model.camera_optimizer
+        if not isinstance(optimizer, HomographyCameraOptimizer) or optimizer.config.mode == "off":
+            return
+        assert self.front_end is not None
+        with torch.no_grad():
+            start = optimizer.initial_c2w.detach().cpu().double().numpy()  # [N, 3, 4] OpenGL, dataparser frame
+            moved = optimizer.corrected_c2w().detach().cpu().double().numpy()  # [N, 3, 4]
+        record = check_training_moves(self.front_end, self._train_image_names(), start, moved, self.front_end_weak.tolist())
+        if record["undone_cameras"]:
+            optimizer.reset_corrections(torch.tensor(record["undone_cameras"], dtype=torch.long))
+        (run_dir / MOVE_CHECK_FILE).write_text(json.dumps(record, indent=2), encoding="utf-8")
+        line = move_check_line(record)
+        CONSOLE.print(f"{'[yellow]' if record.get('reason') else ''}posefix: {escape(line)}", soft_wrap=True)
 
     def _train_image_names(self) -> list[str]:
         return [str(p) for p in self.datamanager.train_dataparser_outputs.image_filenames]
@@ -254,6 +283,7 @@ class PosefixPipeline(VanillaPipeline):
             log.append(f"pixels prior: σ per camera from how well the tracks hold it ({weak} weakly held camera(s) at σ "
                        f"{WEAK_PRIOR_SIGMA_PX:g} px, the photometric loss decides for them)")
         if held is not None:
+            self.front_end_weak = torch.nonzero(~held).reshape(-1)
             # the weak alignment after training is photometric only: for the weakly held cameras the track term left to
             # the photometric loss; those that keep their observations stay where training left them (photometric
             # loss, track term and prior together)

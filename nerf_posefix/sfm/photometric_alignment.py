@@ -589,6 +589,33 @@ def check_weak_moves(
     return check_moves(moved, _held_frames(rec, held, images_dir, streaks))
 
 
+def check_adjusted_moves(
+    model_dir: Path, images_dir: Path, adjustment: Mapping[str, Any], moved: Mapping[str, np.ndarray],
+) -> list[MoveCheck]:
+    """:func:`check_weak_moves` on a front end's result: its adjusted model in ``model_dir`` (its poses: the start; its
+    points), the frames its tracks hold as the references (``adjustment["images"]``: neither weak nor placed: sharp), the
+    streaks its placement chose (``adjustment["placement"]``), the images under ``images_dir``. ``moved``: ``name ->
+    camera-to-world [4, 4]`` (OpenCV axes, the model's world frame). What ``posefix refine`` and the posefix pipeline
+    call after their NeRF stage.
+
+    Raises:
+        OSError, ValueError, RuntimeError: the model or an image cannot be read."""
+    from nerf_posefix.sfm.blur_matching import streaks
+    from nerf_posefix.sfm.bundle_adjustment import read_reconstruction
+
+    support = adjustment.get("images") or {}
+    placement = adjustment.get("placement") if isinstance(adjustment.get("placement"), Mapping) else {}
+    blurs = {f["name"]: f.get("blur") or {} for f in (placement or {}).get("frames", [])}
+    held = [n for n, s in support.items() if not s.get("weak") and not s.get("placed")]
+    return check_weak_moves(read_reconstruction(model_dir), moved, held, images_dir, streaks=streaks(blurs))
+
+
+def move_check_record(checks: Sequence[MoveCheck], seconds: float) -> dict[str, Any]:
+    """What a move check did, JSON-ready (``report.json``'s ``move_check``, the pipeline's ``move_check.json``)."""
+    return {"checked": len(checks), "undone": [c.name for c in checks if c.worse], "frames": [c.to_dict() for c in checks],
+            "seconds": seconds}
+
+
 def _held_frames(rec: "pycolmap.Reconstruction", held: Sequence[str], images_dir: Path,
                  streaks: Optional[Mapping[str, "Blur"]]) -> HeldFrames:
     """:class:`HeldFrames` of the registered images of ``rec`` (``held`` among them), their images under

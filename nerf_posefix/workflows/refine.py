@@ -1004,12 +1004,10 @@ def _end_of_work(lock: DirectoryLock, exc: BaseException) -> Optional[InputError
 def _check_nerf_moves(stage_input: ValidatedInput, refined: CameraSet, ba_summary: dict[str, Any]) -> tuple[CameraSet, Optional[dict[str, Any]]]:
     """The NeRF stage's moves of the weakly held frames (``refined``: c2w OpenCV, the input frame, image names) tested
     against each frame's held neighbours in the adjusted model ``stage_input`` (its poses: the start; its points; the
-    blurs the front end's placement found), :func:`nerf_posefix.sfm.photometric_alignment.check_weak_moves`; a move
+    blurs the front end's placement found), :func:`nerf_posefix.sfm.photometric_alignment.check_adjusted_moves`; a move
     after which the frame fits them worse is undone. Returns the poses and the check's record (None: nothing to
     check)."""
-    from nerf_posefix.sfm.blur_matching import streaks
-    from nerf_posefix.sfm.bundle_adjustment import read_reconstruction
-    from nerf_posefix.sfm.photometric_alignment import check_weak_moves
+    from nerf_posefix.sfm.photometric_alignment import check_adjusted_moves, move_check_record
 
     support = ba_summary.get("images") or {}
     weak = [n for n, s in support.items() if s.get("weak")]
@@ -1017,17 +1015,14 @@ def _check_nerf_moves(stage_input: ValidatedInput, refined: CameraSet, ba_summar
     if not weak or not stage_input.model.points3D or not all(n in index for n in weak):
         return refined, None
     t0 = time.perf_counter()
-    placement = ba_summary.get("placement") if isinstance(ba_summary.get("placement"), dict) else {}
-    blurs = {f["name"]: f.get("blur") or {} for f in (placement or {}).get("frames", [])}
-    held = [n for n, s in support.items() if not s.get("weak") and not s.get("placed")]  # the tracks' (sharp) frames
     _log(f"checking the NeRF stage's moves of {len(weak)} weakly held image(s) against their held neighbours ...")
     try:
-        rec = read_reconstruction(stage_input.model_dir)
-        checks = check_weak_moves(rec, {n: refined.c2w[index[n]] for n in weak}, held, stage_input.images_dir, streaks=streaks(blurs))
+        checks = check_adjusted_moves(stage_input.model_dir, stage_input.images_dir, ba_summary, {n: refined.c2w[index[n]] for n in weak})
     except (OSError, ValueError, RuntimeError, InputError) as err:  # the stage's result is kept: the check is a safeguard
         _log(f"warning: the NeRF stage's moves were not checked ({err}); its poses are kept")
         return refined, {"checked": 0, "undone": [], "error": str(err), "seconds": time.perf_counter() - t0}
-    undone = [c.name for c in checks if c.worse]
+    record = move_check_record(checks, time.perf_counter() - t0)
+    undone = record["undone"]
     if undone:
         start = stage_input.model.to_camera_set(observations=False)
         start_index = {n: k for k, n in enumerate(start.names)}
@@ -1037,8 +1032,7 @@ def _check_nerf_moves(stage_input: ValidatedInput, refined: CameraSet, ba_summar
         refined = refined.with_poses(c2w)
         _log(f"{len(undone)} of {len(checks)} weakly held image(s) fit their held neighbours worse after the NeRF stage "
              f"than before it (by 3 standard errors): their moves undone ({', '.join(undone[:5])}{', ...' if len(undone) > 5 else ''})")
-    return refined, {"checked": len(checks), "undone": undone, "frames": [c.to_dict() for c in checks],
-                     "seconds": time.perf_counter() - t0}
+    return refined, record
 
 
 def _refine_in(
