@@ -69,8 +69,8 @@ LossName = Literal["cauchy", "huber", "soft_l1", "squared", "none"]
 #: moved far more than the others or hold weakly registered again against the others,
 #: :mod:`nerf_posefix.sfm.outlying_moves`; 12: the frames left weakly held aligned by their intensities,
 #: :mod:`nerf_posefix.sfm.photometric_alignment`; 13: a frame the placement found streaked aligned with its streak; 14: against the frames the tracks hold, not the
-#: placed ones; 15: its evidence's standard error counted over blur-sized cells).
-FRONT_END_VERSION = 15
+#: placed ones; 15: its evidence's standard error counted over blur-sized cells; 16: its points at depth edges left out).
+FRONT_END_VERSION = 16
 
 
 @dataclass
