@@ -171,8 +171,10 @@ def _render_with_occluder(c2w: np.ndarray, texture: np.ndarray, front: np.ndarra
 def test_points_at_a_depth_edge_are_left_out_where_the_blur_mixes_two_surfaces(monkeypatch: pytest.MonkeyPatch) -> None:
     """A square in front of the textured plane, the frame blurred 3 px: near the square's outline the frame's blurred
     intensity mixes the square and the plane, which parallax moves apart between the frame and its neighbours (and the
-    square hides different parts of the plane in each). With those points the alignment's objective prefers a wrong
-    pose and the frame ends farther off than it started; without them it comes back to ~0.1 deg."""
+    square hides different parts of the plane in each). With every point the alignment's objective prefers a wrong
+    pose and the frame ends far farther off than it started (5.7 deg from 1.5); without the plane's points behind the
+    outline it comes back nearer (1.1 deg: the square's own points along it, kept, still mix in the plane; leaving
+    them out too gives 0.13 deg here, but costs castle-P30 the points that tell rotation from translation)."""
     import nerf_posefix.sfm.photometric_alignment as pa
 
     texture, front = _texture(), gaussian_filter(np.random.default_rng(5).normal(size=(TEXELS, TEXELS)), 2.0)
@@ -204,4 +206,5 @@ def test_points_at_a_depth_edge_are_left_out_where_the_blur_mixes_two_surfaces(m
     print(errors, counts)
     start_error = _rotation_error_deg(start, truth)  # 1.5 deg
     assert errors[np.inf] > start_error  # every point: a biased objective, a frame moved away from the truth
-    assert errors[pa.DEPTH_EDGE] < 0.2 and counts[pa.DEPTH_EDGE] < counts[np.inf]
+    assert errors[pa.DEPTH_EDGE] < 0.8 * start_error and errors[pa.DEPTH_EDGE] < 0.25 * errors[np.inf]
+    assert counts[pa.DEPTH_EDGE] < counts[np.inf]

@@ -5,9 +5,9 @@ imagery) keeps most of what its pixels say about the scene on average. Before th
 adjustment holds weakly (few or no tracks, an uncertain pose) is aligned by its intensities alone, at its full
 resolution, against its nearest held neighbours (:func:`direct_alignment`):
 
-* **Points**: the model's 3D points that at least 2 held frames observe, in front of the frame and inside it, away
-  from depth edges: none within the blur's footprint of a point more than :data:`DEPTH_EDGE` nearer or farther (there
-  the blurred intensity mixes surfaces that parallax moves apart between views).
+* **Points**: the model's 3D points that at least 2 held frames observe, in front of the frame and inside it, and not
+  behind a depth edge: none with a point more than :data:`DEPTH_EDGE` nearer within the blur's footprint (there it may
+  be hidden, and the blur mixes the nearer surface into it by amounts that parallax makes differ between views).
 * **Reference**: each point's intensity in the held neighbours that observe it (the :data:`NEIGHBOURS` nearest by
   centre, facing within 75 deg: :func:`nearest_held`), each neighbour blurred by the frame's blur scaled by the depth
   ratio (a blur of σ px at depth Z in the frame is σ Z / Z_n px at depth Z_n in the neighbour), averaged. The frame's
@@ -428,15 +428,17 @@ def check_moves(moved: Mapping[str, np.ndarray], scene: HeldFrames) -> list[Move
 #: Points kept for a frame: those its start pose projects inside the frame grown by this fraction of its longer side
 #: on every side (room for the move the alignment makes).
 POINT_MARGIN = 0.15
-#: A point within the blur's footprint (:func:`_footprint_px`) of another point, in the frame at its start pose, whose
-#: depth differs from its own by more than this fraction (in log depth) is left out: there the frame's blurred intensity
-#: mixes two surfaces that move apart between the frame and its neighbours (parallax), and one may hide the other in
-#: some views, so no blurred neighbour predicts it. On a continuous surface the depth changes across the footprint by
-#: about (footprint / focal) x tan(incidence): under 20 % up to ~75 deg at castle-P30's 12 px blur (36 px of 690 px),
-#: so slanted walls keep their points. Measured (the toybox's 16 frames blurred 3 px, 3 seeds, a session probe): the
-#: alignment's median error 0.332 -> 0.168 deg, the frames it held 1-2.8 deg off (its objective preferred their wrong
-#: poses to the truth, by up to 3.3 standard errors: an object's silhouette against the background) at 0.1-0.6 deg;
-#: 0.15-0.20 deg for any threshold from 10 to 50 %.
+#: A point within the blur's footprint (:func:`_footprint_px`) of a point nearer than itself by more than this fraction
+#: of its depth (in log depth), in the frame at its start pose, is left out: behind an edge, it may be hidden in the
+#: frame or in some of its neighbours, and the blur mixes the nearer surface into it by amounts that parallax makes
+#: differ from view to view, so no blurred neighbour predicts it; the nearer point, in front, is seen everywhere and
+#: stays. On a continuous surface the depth changes across the footprint by about (footprint / focal) x tan(incidence):
+#: under 20 % up to ~75 deg at castle-P30's 12 px blur (36 px of 690 px). Measured (session probes, every degraded frame
+#: aligned from its input pose, 3 seeds): the toybox's 16 frames blurred 3 px 0.328 -> 0.180 deg (worst 1.8-3.1 ->
+#: 0.5-0.6 deg: there the objective preferred wrong poses to the truth by up to 3.3 standard errors, an object's
+#: silhouette against the background), castle-P30's 8 frames blurred 12 px 0.584 -> 0.597 deg; leaving out both
+#: points of such a pair: 0.168 deg on the toybox, 0.842 deg on castle (seed 0; with a 100 % jump still 0.668): there the
+#: nearer side of an edge holds what tells rotation from translation.
 DEPTH_EDGE = 0.2
 
 
@@ -447,8 +449,8 @@ def _footprint_px(blur: "Blur") -> float:
 
 
 def _off_depth_edges(uv: np.ndarray, depth: np.ndarray, radius: float) -> np.ndarray:
-    """``[P]`` bool: the points (pixels ``uv [P, 2]``, depths ``depth [P]``) with no other point within ``radius`` px
-    whose depth differs by more than :data:`DEPTH_EDGE` (both ends of such a pair are left out)."""
+    """``[P]`` bool: the points (pixels ``uv [P, 2]``, depths ``depth [P]``) with no point within ``radius`` px nearer
+    than themselves by more than :data:`DEPTH_EDGE` (the farther point of such a pair is left out)."""
     from scipy.spatial import cKDTree
 
     keep = np.ones(len(uv), dtype=bool)
@@ -456,8 +458,9 @@ def _off_depth_edges(uv: np.ndarray, depth: np.ndarray, radius: float) -> np.nda
         return keep
     pairs = cKDTree(uv).query_pairs(radius, output_type="ndarray")  # [K, 2]
     if len(pairs):
-        jump = np.abs(np.log(depth[pairs[:, 0]] / depth[pairs[:, 1]])) > np.log1p(DEPTH_EDGE)
-        keep[pairs[jump].reshape(-1)] = False
+        ratio = np.log(depth[pairs[:, 0]] / depth[pairs[:, 1]])  # [K] > 0: the first is the farther
+        farther = np.where(ratio > 0, pairs[:, 0], pairs[:, 1])  # [K]
+        keep[farther[np.abs(ratio) > np.log1p(DEPTH_EDGE)]] = False
     return keep
 
 
