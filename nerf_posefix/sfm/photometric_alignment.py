@@ -428,7 +428,7 @@ def check_moves(moved: Mapping[str, np.ndarray], scene: HeldFrames) -> list[Move
 #: Points kept for a frame: those its start pose projects inside the frame grown by this fraction of its longer side
 #: on every side (room for the move the alignment makes).
 POINT_MARGIN = 0.15
-#: A point within the blur's footprint (:func:`_footprint_px`) of a point nearer than itself by more than this fraction
+#: A point within the blur's footprint (:func:`_footprint_px`: along a streak, its half-length) of a point nearer than itself by more than this fraction
 #: of its depth (in log depth), in the frame at its start pose, is left out: behind an edge, it may be hidden in the
 #: frame or in some of its neighbours, and the blur mixes the nearer surface into it by amounts that parallax makes
 #: differ from view to view, so no blurred neighbour predicts it; the nearer point, in front, is seen everywhere and
@@ -442,21 +442,28 @@ POINT_MARGIN = 0.15
 DEPTH_EDGE = 0.2
 
 
-def _footprint_px(blur: "Blur") -> float:
-    """The radius (pixels) within which a blur mixes intensities: 3 σ of its Gaussian plus half its streak, plus a
-    pixel."""
-    return 3.0 * (blur.sigma_px + 0.5 * blur.streak_px) + 1.0
+def _footprint_px(blur: "Blur") -> tuple[float, float]:
+    """How far (pixels) a blur mixes intensities, across and along its streak: 3 σ of its Gaussian plus a pixel, and
+    that plus half the streak (a streak spreads a point uniformly over its length, along its direction only)."""
+    across = 3.0 * blur.sigma_px + 1.0
+    return across, across + 0.5 * blur.streak_px
 
 
-def _off_depth_edges(uv: np.ndarray, depth: np.ndarray, radius: float) -> np.ndarray:
-    """``[P]`` bool: the points (pixels ``uv [P, 2]``, depths ``depth [P]``) with no point within ``radius`` px nearer
-    than themselves by more than :data:`DEPTH_EDGE` (the farther point of such a pair is left out)."""
+def _off_depth_edges(uv: np.ndarray, depth: np.ndarray, blur: "Blur") -> np.ndarray:
+    """``[P]`` bool: the points (pixels ``uv [P, 2]``, depths ``depth [P]``) with no point within the blur's footprint
+    (:func:`_footprint_px`: an ellipse along a streak) nearer than themselves by more than :data:`DEPTH_EDGE` (the
+    farther point of such a pair is left out)."""
     from scipy.spatial import cKDTree
 
     keep = np.ones(len(uv), dtype=bool)
     if len(uv) < 2:
         return keep
-    pairs = cKDTree(uv).query_pairs(radius, output_type="ndarray")  # [K, 2]
+    across, along = _footprint_px(blur)
+    a = np.deg2rad(blur.angle_deg)
+    axis = np.array([np.cos(a), np.sin(a)])  # the streak's direction in the image
+    t = uv @ axis  # [P] along the streak
+    n = uv @ np.array([-axis[1], axis[0]])  # [P] across it
+    pairs = cKDTree(np.stack([t * (across / along), n], -1)).query_pairs(across, output_type="ndarray")  # [K, 2]
     if len(pairs):
         ratio = np.log(depth[pairs[:, 0]] / depth[pairs[:, 1]])  # [K] > 0: the first is the farther
         farther = np.where(ratio > 0, pairs[:, 0], pairs[:, 1])  # [K]
@@ -544,7 +551,7 @@ def _frame_setup(name: str, start: np.ndarray, held_c2w: Mapping[str, np.ndarray
     rows = _candidate_points(frame.shape, project, w2c, X, seen_by, near_set)
     if rows.size:
         P = _transform(w2c, X[rows])  # [P, 3] in front of the frame
-        rows = rows[_off_depth_edges(project(P), P[:, 2], _footprint_px(blur))]
+        rows = rows[_off_depth_edges(project(P), P[:, 2], blur)]
     return frame, blur, project, focal, X[rows], [seen_by[r] & near_set for r in rows], neighbours
 
 
