@@ -208,3 +208,19 @@ def test_points_at_a_depth_edge_are_left_out_where_the_blur_mixes_two_surfaces(m
     assert errors[np.inf] > start_error  # every point: a biased objective, a frame moved away from the truth
     assert errors[pa.DEPTH_EDGE] < 0.8 * start_error and errors[pa.DEPTH_EDGE] < 0.25 * errors[np.inf]
     assert counts[pa.DEPTH_EDGE] < counts[np.inf]
+
+
+def test_a_streak_mixes_along_itself_only() -> None:
+    """The footprint within which a nearer point hides a farther one is the blur's: a disc for a Gaussian (3σ + 1 px),
+    an ellipse along a streak (half its length along it, 1 px across): a point 10 px from a nearer one is left out
+    along a 40 px streak and kept across it; the nearer one is kept either way."""
+    from nerf_posefix.sfm.photometric_alignment import _off_depth_edges
+
+    depth = np.array([5.0, 10.0])  # the second point is behind the first
+    along = np.array([[50.0, 50.0], [50.0 + 10.0 * np.cos(np.deg2rad(30.0)), 50.0 + 10.0 * np.sin(np.deg2rad(30.0))]])
+    across = np.array([[50.0, 50.0], [50.0 - 10.0 * np.sin(np.deg2rad(30.0)), 50.0 + 10.0 * np.cos(np.deg2rad(30.0))]])
+    streak = Blur(0.0, 40.0, 30.0)
+    assert _off_depth_edges(along, depth, streak).tolist() == [True, False]
+    assert _off_depth_edges(across, depth, streak).tolist() == [True, True]
+    assert _off_depth_edges(across, depth, Blur(3.5)).tolist() == [True, False]  # within 3σ + 1 = 11.5 px of a Gaussian
+    assert _off_depth_edges(across, np.array([5.0, 5.5]), Blur(3.5)).tolist() == [True, True]  # 10 % deeper: a slope
