@@ -105,7 +105,11 @@ class PlacedFrame:
             few tracks: :func:`thinly_held_frames`).
         sigma_px: its Gaussian blur estimate against its neighbours (full-resolution px).
         blur: the blur chosen for its neighbours (a :class:`nerf_posefix.sfm.blur_matching.Blur` as a dict), and
-            ``choice_inliers`` the matches it scored (nothing when the frame was beyond the cap).
+            ``choice_inliers`` the matches it scored (nothing when the frame was beyond the cap); ``blur_supported``:
+            whether those matches reached the floor a frame is placed from. Below it the choice rests on a few dozen
+            matches either way (frames blurred by a Gaussian drew streaks on 15-37 matches: castle-P30's 12 px, the
+            toybox's 3 px; castle's true 40 px streaks scored 105-554): the photometric alignment and the move check
+            take a frame's streak from the placement only when it is True, else their own Gaussian estimate.
         pairs, inliers: verified pairs and inlier matches the frame gained against its blurred neighbours.
         registered: whether COLMAP's registration placed it; ``observations``: its 2D-3D inliers there.
         held: whether the placement holds it (``reason`` when not).
@@ -119,6 +123,7 @@ class PlacedFrame:
     held_before: bool = False
     blur: dict[str, float] = field(default_factory=dict)
     choice_inliers: int = 0
+    blur_supported: bool = False
     pairs: int = 0
     inliers: int = 0
     registered: bool = False
@@ -315,7 +320,8 @@ def place_blurred_frames(
             frame.blur = asdict(blur)
             frame.choice_seconds = time.perf_counter() - t1
             what = f"{blur.describe()} (blur estimate {frame.sigma_px:.1f} px), {frame.choice_inliers} matches on its nearest neighbours"
-            if frame.choice_inliers < choice_floor:
+            frame.blur_supported = frame.choice_inliers >= choice_floor
+            if not frame.blur_supported:
                 frame.reason = f"few matches even blurred alike ({frame.choice_inliers} < {choice_floor:g} on its nearest neighbours)"
                 what += ": too few to be held, not placed"
             elif frame.held_before and blur.streak_px <= 0:

@@ -69,8 +69,9 @@ LossName = Literal["cauchy", "huber", "soft_l1", "squared", "none"]
 #: moved far more than the others or hold weakly registered again against the others,
 #: :mod:`nerf_posefix.sfm.outlying_moves`; 12: the frames left weakly held aligned by their intensities,
 #: :mod:`nerf_posefix.sfm.photometric_alignment`; 13: a frame the placement found streaked aligned with its streak; 14: against the frames the tracks hold, not the
-#: placed ones; 15: its evidence's standard error counted over blur-sized cells; 16: its points at depth edges left out).
-FRONT_END_VERSION = 16
+#: placed ones; 15: its evidence's standard error counted over blur-sized cells; 16: its points at depth edges left out;
+#: 17: the placement's streak only when chosen on the matches a frame is placed from).
+FRONT_END_VERSION = 17
 
 
 @dataclass
@@ -469,7 +470,7 @@ def _align_weak_frames(rec: Any, support: list, placement: Placement, images_dir
     t0 = time.perf_counter()
     log(f"  aligning {len(weak)} weakly held image(s) by their intensities against their held neighbours ...")
     aligned, records = align_weak_frames(rec, weak, held, images_dir, log=lambda m: log(f"    {m}"),
-                                         streaks=streaks({f.name: f.blur for f in placement.frames}))
+                                         streaks=streaks({f.name: f.blur for f in placement.frames if f.blur_supported}))
     _set_poses(rec, aligned)
     by_name = {s.name: s for s in support}
     aligned_support = {

@@ -641,7 +641,7 @@ def check_adjusted_moves(
 ) -> list[MoveCheck]:
     """:func:`check_weak_moves` on a front end's result: its adjusted model in ``model_dir`` (its poses: the start; its
     points), the frames its tracks hold as the references (``adjustment["images"]``: neither weak nor placed: sharp), the
-    streaks its placement chose (``adjustment["placement"]``), the images under ``images_dir``. ``moved``: ``name ->
+    streaks its placement chose on matches enough (``adjustment["placement"]``, ``blur_supported``), the images under ``images_dir``. ``moved``: ``name ->
     camera-to-world [4, 4]`` (OpenCV axes, the model's world frame). What ``posefix refine`` and the posefix pipeline
     call after their NeRF stage.
 
@@ -652,7 +652,7 @@ def check_adjusted_moves(
 
     support = adjustment.get("images") or {}
     placement = adjustment.get("placement") if isinstance(adjustment.get("placement"), Mapping) else {}
-    blurs = {f["name"]: f.get("blur") or {} for f in (placement or {}).get("frames", [])}
+    blurs = {f["name"]: f.get("blur") or {} for f in (placement or {}).get("frames", []) if f.get("blur_supported")}
     held = [n for n, s in support.items() if not s.get("weak") and not s.get("placed")]
     return check_weak_moves(read_reconstruction(model_dir), moved, held, images_dir, streaks=streaks(blurs))
 
