@@ -21,7 +21,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 
@@ -32,18 +32,6 @@ from nerf_posefix.plugin.front_end import FrontEndOutcome, frame_similarity
 
 #: The pipeline's record of the check, in the run directory.
 MOVE_CHECK_FILE = "move_check.json"
-
-
-def _model_cameras(rec: Any) -> CameraSet:
-    """The registered images of a ``pycolmap.Reconstruction`` as camera-to-world poses (OpenCV axes, its world)."""
-    names, c2w = [], []
-    for image_id in rec.reg_image_ids():
-        image = rec.images[image_id]
-        w2c = np.eye(4)
-        w2c[:3, :4] = image.cam_from_world().matrix()
-        names.append(image.name)
-        c2w.append(np.linalg.inv(w2c))
-    return CameraSet(names=names, c2w=np.asarray(c2w).reshape(-1, 4, 4), source="front end's adjusted model")
 
 
 def check_training_moves(
@@ -62,7 +50,7 @@ def check_training_moves(
         names), ``frames``, ``seconds``) with ``undone_cameras``: the training indices whose move was found worse;
         or, when the check cannot run, ``checked`` 0, no camera undone and the ``reason``.
     """
-    from nerf_posefix.sfm.bundle_adjustment import read_reconstruction
+    from nerf_posefix.sfm.bundle_adjustment import read_reconstruction, reconstruction_c2w
     from nerf_posefix.sfm.photometric_alignment import check_adjusted_moves, move_check_record
 
     t0 = time.perf_counter()
@@ -81,7 +69,7 @@ def check_training_moves(
         return not_run(f"the front end's model cannot be read ({err})")
     if not len(rec.points3D):
         return not_run("the front end's model has no points")
-    model = _model_cameras(rec)
+    model = CameraSet(*reconstruction_c2w(rec), source="front end's adjusted model")  # c2w OpenCV, the model's world
     start = CameraSet(names=[str(n) for n in train_names], c2w=opengl_to_opencv(start_c2w),
                       source="training cameras")
     sim, why = frame_similarity(model, start)
@@ -103,7 +91,7 @@ def check_training_moves(
     if not moved:
         return not_run("none of the weakly held training cameras is a weak frame of the front end's model")
     try:
-        checks = check_adjusted_moves(Path(front_end.model_dir), Path(front_end.images_dir), adjustment, moved)
+        checks = check_adjusted_moves(rec, Path(front_end.images_dir), adjustment, moved)
     except (OSError, ValueError, RuntimeError, InputError) as err:  # a safeguard: the training's poses are kept
         return not_run(f"the check failed ({err}); the training's poses are kept")
     record = move_check_record(checks, time.perf_counter() - t0)
@@ -111,8 +99,8 @@ def check_training_moves(
     return record
 
 
-def move_check_line(record: dict[str, Any]) -> Optional[str]:
-    """One console line for a :func:`check_training_moves` record (None: nothing was checked and nothing to say)."""
+def move_check_line(record: dict[str, Any]) -> str:
+    """One console line for a :func:`check_training_moves` record."""
     if record.get("reason"):
         return f"the NeRF's moves of the weakly held cameras not checked: {record['reason']}"
     undone = record["undone"]

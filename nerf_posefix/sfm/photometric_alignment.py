@@ -472,9 +472,10 @@ def _off_depth_edges(uv: np.ndarray, depth: np.ndarray, blur: "Blur") -> np.ndar
 
 
 def _candidate_points(shape: tuple[int, int], project: Projector, w2c: np.ndarray, X: np.ndarray, seen_by: Sequence[set[str]],
-                      neighbours: set[str]) -> np.ndarray:
+                      neighbours: set[str], blur: "Blur") -> np.ndarray:
     """Rows of ``X [P, 3]`` a frame can use: observed by one of its ``neighbours``, in front of it and inside it (with
-    :data:`POINT_MARGIN`) at its start pose ``w2c``."""
+    :data:`POINT_MARGIN`) at its start pose ``w2c``, and not behind a depth edge within ``blur``'s footprint
+    (:func:`_off_depth_edges`)."""
     h, w = shape
     seen = np.fromiter((bool(s & neighbours) for s in seen_by), dtype=bool, count=len(seen_by))
     P = _transform(w2c, X)
@@ -485,7 +486,8 @@ def _candidate_points(shape: tuple[int, int], project: Projector, w2c: np.ndarra
     uv = project(P[rows])
     m = POINT_MARGIN * max(h, w)
     ok = np.isfinite(uv).all(axis=1) & (uv[:, 0] > -m) & (uv[:, 0] < w + m) & (uv[:, 1] > -m) & (uv[:, 1] < h + m)
-    return rows[ok]
+    rows, uv = rows[ok], uv[ok]
+    return rows[_off_depth_edges(uv, P[rows, 2], blur)]
 
 
 @dataclass
@@ -547,11 +549,7 @@ def _frame_setup(name: str, start: np.ndarray, held_c2w: Mapping[str, np.ndarray
     project, focal = projector(name)
     neighbours = {m: (np.linalg.inv(held_c2w[m]), gray(m), projector(m)[0]) for m in near}
     near_set = set(near)
-    w2c = np.linalg.inv(start)
-    rows = _candidate_points(frame.shape, project, w2c, X, seen_by, near_set)
-    if rows.size:
-        P = _transform(w2c, X[rows])  # [P, 3] in front of the frame
-        rows = rows[_off_depth_edges(project(P), P[:, 2], blur)]
+    rows = _candidate_points(frame.shape, project, np.linalg.inv(start), X, seen_by, near_set, blur)
     return frame, blur, project, focal, X[rows], [seen_by[r] & near_set for r in rows], neighbours
 
 
@@ -637,24 +635,23 @@ def check_weak_moves(
 
 
 def check_adjusted_moves(
-    model_dir: Path, images_dir: Path, adjustment: Mapping[str, Any], moved: Mapping[str, np.ndarray],
+    rec: "pycolmap.Reconstruction", images_dir: Path, adjustment: Mapping[str, Any], moved: Mapping[str, np.ndarray],
 ) -> list[MoveCheck]:
-    """:func:`check_weak_moves` on a front end's result: its adjusted model in ``model_dir`` (its poses: the start; its
+    """:func:`check_weak_moves` on a front end's result: its adjusted model ``rec`` (its poses: the start; its
     points), the frames its tracks hold as the references (``adjustment["images"]``: neither weak nor placed: sharp), the
     streaks its placement chose on matches enough (``adjustment["placement"]``, ``blur_supported``), the images under ``images_dir``. ``moved``: ``name ->
     camera-to-world [4, 4]`` (OpenCV axes, the model's world frame). What ``posefix refine`` and the posefix pipeline
     call after their NeRF stage.
 
     Raises:
-        OSError, ValueError, RuntimeError: the model or an image cannot be read."""
+        OSError, ValueError, RuntimeError: an image cannot be read."""
     from nerf_posefix.sfm.blur_matching import streaks
-    from nerf_posefix.sfm.bundle_adjustment import read_reconstruction
 
     support = adjustment.get("images") or {}
     placement = adjustment.get("placement") if isinstance(adjustment.get("placement"), Mapping) else {}
     blurs = {f["name"]: f.get("blur") or {} for f in (placement or {}).get("frames", []) if f.get("blur_supported")}
     held = [n for n, s in support.items() if not s.get("weak") and not s.get("placed")]
-    return check_weak_moves(read_reconstruction(model_dir), moved, held, images_dir, streaks=streaks(blurs))
+    return check_weak_moves(rec, moved, held, images_dir, streaks=streaks(blurs))
 
 
 def move_check_record(checks: Sequence[MoveCheck], seconds: float) -> dict[str, Any]:
@@ -669,12 +666,10 @@ def _held_frames(rec: "pycolmap.Reconstruction", held: Sequence[str], images_dir
     ``images_dir`` (reduced to :data:`WORK_SIDE`), their blurs from ``streaks`` or estimated."""
     from nerf_posefix.sfm.blur_matching import SIGMA_LEVELS, Blur, _gray, _reduce, estimate_blur_sigma
 
+    from nerf_posefix.sfm.bundle_adjustment import reconstruction_c2w
+
     images = {rec.images[i].name: rec.images[i] for i in rec.reg_image_ids()}
-    c2w = {}
-    for name, im in images.items():
-        w2c = np.eye(4)
-        w2c[:3, :4] = im.cam_from_world().matrix()
-        c2w[name] = np.linalg.inv(w2c)
+    c2w = dict(zip(*reconstruction_c2w(rec)))
     names_by_id = {i: rec.images[i].name for i in rec.reg_image_ids()}
     xyz, observed_by = [], []
     for point in rec.points3D.values():

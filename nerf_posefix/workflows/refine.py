@@ -1007,6 +1007,7 @@ def _check_nerf_moves(stage_input: ValidatedInput, refined: CameraSet, ba_summar
     blurs the front end's placement found), :func:`nerf_posefix.sfm.photometric_alignment.check_adjusted_moves`; a move
     after which the frame fits them worse is undone. Returns the poses and the check's record (None: nothing to
     check)."""
+    from nerf_posefix.sfm.bundle_adjustment import read_reconstruction
     from nerf_posefix.sfm.photometric_alignment import check_adjusted_moves, move_check_record
 
     support = ba_summary.get("images") or {}
@@ -1017,7 +1018,8 @@ def _check_nerf_moves(stage_input: ValidatedInput, refined: CameraSet, ba_summar
     t0 = time.perf_counter()
     _log(f"checking the NeRF stage's moves of {len(weak)} weakly held image(s) against their held neighbours ...")
     try:
-        checks = check_adjusted_moves(stage_input.model_dir, stage_input.images_dir, ba_summary, {n: refined.c2w[index[n]] for n in weak})
+        checks = check_adjusted_moves(read_reconstruction(stage_input.model_dir), stage_input.images_dir, ba_summary,
+                                      {n: refined.c2w[index[n]] for n in weak})
     except (OSError, ValueError, RuntimeError, InputError) as err:  # the stage's result is kept: the check is a safeguard
         _log(f"warning: the NeRF stage's moves were not checked ({err}); its poses are kept")
         return refined, {"checked": 0, "undone": [], "error": str(err), "seconds": time.perf_counter() - t0}
