@@ -1,6 +1,7 @@
-"""The plugin through nerfstudio's own command lines (three CLI starts, ~1 min on 2 cores):
+"""The plugin through nerfstudio's own command lines (four CLI starts, ~1.5 min on 2 cores):
 
 * ``ns-train --help`` lists ``posefix`` and ``posefix-small`` (entry-point discovery);
+* ``ns-train posefix-small`` on a capture that does not exist prints one ``posefix: error:`` line, no traceback;
 * ``ns-train posefix-small --vis tensorboard`` on ``assets/toybox_tiny`` for 30 iterations writes a
   checkpoint and tensorboard scalars (nerfstudio's camera metrics, the regulariser, the ground-truth
   pose errors), with an empty torch cache (LPIPS skipped, nothing downloaded);
@@ -50,6 +51,16 @@ def test_ns_train_help_lists_both_methods(env: dict[str, str]) -> None:
     choices = usage[usage.index("{") + 1 : usage.index("}")].split(",")
     assert "posefix" in choices and "posefix-small" in choices
     assert "homography pose prior" in text  # the method descriptions
+
+
+def test_ns_train_refuses_bad_input_in_one_line(env: dict[str, str]) -> None:
+    missing = Path(env["HOME_RUN"]) / "no_such_capture"
+    proc = subprocess.run([str(BIN / "ns-train"), "posefix-small", "--data", str(missing), "--output-dir", str(Path(env["HOME_RUN"]) / "refused")],
+                          capture_output=True, text=True, env=env, timeout=300, cwd=env["HOME_RUN"])
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("posefix: error: ")]
+    assert errors == [f"posefix: error: {missing / 'transforms.json'}: no such file"], proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
 
 
 @pytest.fixture(scope="module")

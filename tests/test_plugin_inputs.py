@@ -155,9 +155,12 @@ def test_an_image_cache_larger_than_the_memory_is_refused_before_any_image_is_re
     monkeypatch.setattr(datamanager, "available_memory_bytes", lambda: 1 << 29)  # 0.5 GiB
     config = (posefix_small_config() if method == "posefix-small" else posefix_config()).pipeline
     config.datamanager.data = scene
+    config.front_end_cache = scene.parent / "front_end"
+    assert config.front_end == "on"
     with pytest.raises(InputError, match=r"nerfstudio would cache 15 training and 1 eval images in memory as float32 "
                                          r"\(~1\.0 GiB with the training process\) and 0\.5 GiB are available") as err:
         config.setup(device="cpu", test_mode="val")
+    assert not config.front_end_cache.exists()  # refused before the front end's work, not after it
     assert "downscale-factor" in str(err.value)
     subset = "--pipeline.datamanager.train-num-images-to-sample-from N --pipeline.datamanager.train-num-times-to-repeat-images"
     assert (subset in str(err.value)) == (method == "posefix-small")

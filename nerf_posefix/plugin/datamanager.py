@@ -14,7 +14,7 @@ any image is read.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional, Sequence, Type, Union
+from typing import Literal, Optional, Sequence, Type, Union
 
 import numpy as np
 
@@ -59,18 +59,13 @@ def image_cache_bytes(train_pixels: int, eval_pixels: int) -> int:
     return int(IMAGE_CACHE_BASE_BYTES + IMAGE_CACHE_BYTES_PER_PIXEL * (train_pixels + eval_pixels))
 
 
-def check_image_cache(
-    datamanager: Union[VanillaDataManager, ParallelDataManager], available: Optional[int] = None
-) -> None:
-    """Raise :class:`InputError` when the images ``datamanager`` is about to cache cannot fit in the memory
-    still available (:func:`~nerf_posefix.sfm.bundle_adjustment.available_memory_bytes`, or ``available``
-    bytes). Reads no image: the sizes are the datasets' cameras'."""
-    config = datamanager.config
-    train = _pixels_per_image(datamanager.train_dataset)
-    evals = _pixels_per_image(datamanager.eval_dataset)
-    parallel = isinstance(datamanager, ParallelDataManager)
+def _image_cache_refusal(config: VanillaDataManagerConfig, train: np.ndarray, evals: np.ndarray, parallel: bool,
+                         available: Optional[int], warn: bool) -> None:
+    """Raise :class:`InputError` when a datamanager of ``config`` caching training images of ``train [N]`` pixels
+    and eval images of ``evals [M]`` pixels cannot fit in the memory available; with ``warn``, say so when it takes
+    more than half of it."""
     if parallel:  # every worker process caches every training image
-        train_cached = int(train.sum()) * max(1, int(config.num_processes))
+        train_cached = int(train.sum()) * max(1, int(getattr(config, "num_processes", 1)))
     else:
         train_cached = cached_pixels(train, int(config.train_num_images_to_sample_from))
     eval_cached = cached_pixels(evals, int(config.eval_num_images_to_sample_from))
@@ -78,13 +73,13 @@ def check_image_cache(
     have = available_memory_bytes() if available is None else int(available)
     sizes = f"{len(train)} training and {len(evals)} eval images"
     if need <= have:
-        if 2 * need > have:
+        if warn and 2 * need > have:
             CONSOLE.print(f"[yellow]posefix: nerfstudio caches {sizes} in memory as float32: ~{need / 2**30:.1f} GiB with the "
                           f"training process, of the {have / 2**30:.1f} GiB available", soft_wrap=True)
         return
     if parallel:
         todo = ("fewer images, or smaller ones (the dataparser's --downscale-factor: its images_2, images_4 folders"
-                + (", or --pipeline.datamanager.num-processes 1" if int(config.num_processes) > 1 else "")
+                + (", or --pipeline.datamanager.num-processes 1" if int(getattr(config, "num_processes", 1)) > 1 else "")
                 + "), or posefix-small, whose datamanager can hold a rotating subset (--pipeline.datamanager.train-num-images-to-sample-from N)")
     else:
         todo = ("--pipeline.datamanager.train-num-images-to-sample-from N --pipeline.datamanager.train-num-times-to-repeat-images 100 "
@@ -94,6 +89,39 @@ def check_image_cache(
         f"nerfstudio would cache {sizes} in memory as float32 (~{need / 2**30:.1f} GiB with the training process) and "
         f"{have / 2**30:.1f} GiB are available: use {todo}"
     )
+
+
+def check_image_cache(
+    datamanager: Union[VanillaDataManager, ParallelDataManager], available: Optional[int] = None
+) -> None:
+    """Raise :class:`InputError` when the images ``datamanager`` is about to cache cannot fit in the memory
+    still available (:func:`~nerf_posefix.sfm.bundle_adjustment.available_memory_bytes`, or ``available``
+    bytes); warn when they take more than half of it. Reads no image: the sizes are the datasets' cameras'."""
+    _image_cache_refusal(datamanager.config, _pixels_per_image(datamanager.train_dataset), _pixels_per_image(datamanager.eval_dataset),
+                         isinstance(datamanager, ParallelDataManager), available, warn=True)
+
+
+def check_image_cache_config(
+    config: VanillaDataManagerConfig, test_mode: Literal["test", "val", "inference"] = "val", available: Optional[int] = None
+) -> None:
+    """:func:`check_image_cache`'s refusal (no warning) from a datamanager's config, before the datamanager exists:
+    the image sizes are its dataparser's cameras (the datasets' ``camera_res_scale_factor`` applied; parsing reads
+    no image, except the one nerfstudio's dataparsers read to choose a downscale factor when none is given). The
+    posefix pipeline calls it before its front end, so a capture whose cache cannot fit is refused before that
+    work, not after it. Not a posefix datamanager config (another datamanager's memory is its own): no check."""
+    if not isinstance(config, (PosefixDataManagerConfig, PosefixParallelDataManagerConfig)):
+        return
+    dataparser = config.dataparser.setup()
+    scale = float(config.camera_res_scale_factor)
+    test_split = "test" if test_mode in ("test", "inference") else "val"  # as VanillaDataManager picks it
+
+    def pixels(split: str) -> np.ndarray:
+        cameras = dataparser.get_dataparser_outputs(split=split).cameras
+        width = (cameras.width.reshape(-1).cpu().numpy() * scale).astype(np.int64)  # [N], as Cameras.rescale_output_resolution
+        height = (cameras.height.reshape(-1).cpu().numpy() * scale).astype(np.int64)  # [N]
+        return width * height
+
+    _image_cache_refusal(config, pixels("train"), pixels(test_split), isinstance(config, ParallelDataManagerConfig), available, warn=False)
 
 
 class PosefixDataManager(VanillaDataManager[InputDataset]):

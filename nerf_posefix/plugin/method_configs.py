@@ -32,6 +32,7 @@ from nerf_posefix.plugin.checkpoint import register_checkpoint_safe_globals
 from nerf_posefix.plugin.datamanager import PosefixDataManagerConfig, PosefixParallelDataManagerConfig
 from nerf_posefix.plugin.model import PosefixModelConfig
 from nerf_posefix.plugin.pipeline import PosefixPipelineConfig
+from nerf_posefix.plugin.refusals import install_refusal_hook, launched_by_ns_train
 
 #: The front end's cache directory inside a run directory.
 FRONT_END_DIR = "front_end"
@@ -43,11 +44,14 @@ register_checkpoint_safe_globals()
 class PosefixTrainerConfig(TrainerConfig):
     """nerfstudio's ``TrainerConfig``; saving the run's config also fixes where the pipeline's front end
     keeps its result (``RUN/front_end``; with ``--load-dir``, the loaded run's when it has one), so
-    ``ns-train --load-dir``, ``ns-eval``, ``ns-viewer`` and ``posefix export`` reuse it; and, unless given, seeds the
+    ``ns-train --load-dir``, ``ns-eval``, ``ns-viewer`` and ``posefix export`` reuse it; under ``ns-train``, makes its
+    refusals of bad input one line (:mod:`nerf_posefix.plugin.refusals`); and, unless given, seeds the
     front end and the weak cameras' alignment with the run's ``--machine.seed`` (``posefix refine --seed`` seeds its
     front end, its NeRF and that alignment)."""
 
     def save_config(self) -> None:
+        if launched_by_ns_train():  # its refusals of bad input as one line, not a traceback through the trainer
+            install_refusal_hook()
         pipeline = self.pipeline
         if isinstance(pipeline, PosefixPipelineConfig) and pipeline.front_end_seed is None:
             pipeline.front_end_seed = int(self.machine.seed)

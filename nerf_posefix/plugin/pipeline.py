@@ -7,7 +7,9 @@
    broken COLMAP files), then (``front_end on``, the default) posefix refine's front end
    (:mod:`nerf_posefix.plugin.front_end`: robust bundle adjustment of the dataset's tracks, or of tracks
    built from its images), whose adjusted dataset the datamanager then reads (the run's config keeps the
-   dataset as given);
+   dataset as given); before the front end, the datamanager's image cache is checked against the memory
+   (:func:`nerf_posefix.plugin.datamanager.check_image_cache_config`), so a capture that cannot fit is refused
+   before that work;
 2. after the model is built, when its camera optimizer is a
    :class:`~nerf_posefix.plugin.camera_optimizer.HomographyCameraOptimizer`: the training cameras'
    ``camera_to_worlds`` (OpenGL axes, dataparser frame: the initial poses) and the depth bounds
@@ -50,6 +52,7 @@ from rich.markup import escape
 
 from nerf_posefix.plugin.camera_optimizer import HomographyCameraOptimizer
 from nerf_posefix.plugin.front_end import training_dataparser
+from nerf_posefix.plugin.datamanager import check_image_cache_config
 from nerf_posefix.plugin.dataset import DatasetInfo, describe_dataset, validate_dataset
 from nerf_posefix.io.camera_set import match_image_names
 from nerf_posefix.io.transforms_json import HELD_KEY, PRIOR_SIGMA_KEY, read_transforms_frames
@@ -154,6 +157,8 @@ class PosefixPipeline(VanillaPipeline):
             config.datamanager.dataparser.data = config.datamanager.data
         self.dataset_info: DatasetInfo = describe_dataset(config.datamanager.dataparser)
         validate_dataset(self.dataset_info)
+        if config.front_end == "on":  # the datamanager checks again when set up; this refuses before the front end's work
+            check_image_cache_config(config.datamanager, test_mode)
         original = config.datamanager
         dataparser, self.front_end = training_dataparser(config, log=lambda line: CONSOLE.print(f"posefix: {escape(line)}", soft_wrap=True))
         if self.front_end is not None:
