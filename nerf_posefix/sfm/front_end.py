@@ -70,8 +70,9 @@ LossName = Literal["cauchy", "huber", "soft_l1", "squared", "none"]
 #: :mod:`nerf_posefix.sfm.outlying_moves`; 12: the frames left weakly held aligned by their intensities,
 #: :mod:`nerf_posefix.sfm.photometric_alignment`; 13: a frame the placement found streaked aligned with its streak; 14: against the frames the tracks hold, not the
 #: placed ones; 15: its evidence's standard error counted over blur-sized cells; 16: its points at depth edges left out;
-#: 17: the placement's streak only when chosen on the matches a frame is placed from).
-FRONT_END_VERSION = 17
+#: 17: the placement's streak only when chosen on the matches a frame is placed from; 18: the alignment's points with
+#: samples on their tangent planes).
+FRONT_END_VERSION = 18
 
 
 @dataclass

@@ -7,7 +7,10 @@ resolution, against its nearest held neighbours (:func:`direct_alignment`):
 
 * **Points**: the model's 3D points that at least 2 held frames observe, in front of the frame and inside it, and not
   behind a depth edge: none with a point more than :data:`DEPTH_EDGE` nearer within the blur's footprint (there it may
-  be hidden, and the blur mixes the nearer surface into it by amounts that parallax makes differ between views).
+  be hidden, and the blur mixes the nearer surface into it by amounts that parallax makes differ between views);
+  each with 4 samples on its surface's tangent plane (fitted to its 20 nearest points), :data:`TANGENT_STEP_SIGMAS`
+  blur deviations away in the frame along the blur's axes: a keypoint is a blob's centre, where the blurred image is
+  flat, and the slopes around it are what tells the pose.
 * **Reference**: each point's intensity in the held neighbours that observe it (the :data:`NEIGHBOURS` nearest by
   centre, facing within 75 deg: :func:`nearest_held`), each neighbour blurred by the frame's blur scaled by the depth
   ratio (a blur of σ px at depth Z in the frame is σ Z / Z_n px at depth Z_n in the neighbour), averaged. The frame's
@@ -401,13 +404,13 @@ def check_moves(moved: Mapping[str, np.ndarray], scene: HeldFrames) -> list[Move
     its nearest held neighbours, through the points they observe (:func:`pose_evidence`). Independent of how the move
     was made: a NeRF stage's field, trained with the frame at its drifting pose, can fit a frame that moved away; the
     frame's own pixels against its held neighbours cannot."""
-    held_c2w, X, seen_by, gray = _held_points(scene)
+    held_c2w, X, seen_by, gray, tree = _held_points(scene)
     out: list[MoveCheck] = []
     for name, end in moved.items():
         start = np.asarray(scene.c2w[name], dtype=np.float64)
         end = np.asarray(end, dtype=np.float64)
         rotation = _rotation_deg(end, start)
-        setup = _frame_setup(name, start, held_c2w, X, seen_by, gray, scene.projector, scene.blur_of)
+        setup = _frame_setup(name, start, held_c2w, X, seen_by, gray, scene.projector, scene.blur_of, tree)
         if setup is None:
             out.append(MoveCheck(name, False, 0, rotation, 0.0, float("inf"), "no held frame faces alike"))
             continue
@@ -449,6 +452,38 @@ def _footprint_px(blur: "Blur") -> tuple[float, float]:
     return across, across + 0.5 * blur.streak_px
 
 
+def _footprint_coords(uv: np.ndarray, blur: "Blur") -> tuple[np.ndarray, float]:
+    """Pixels ``uv [P, 2]`` in coordinates where the blur's footprint (:func:`_footprint_px`) is a disc: along its
+    streak scaled by across / along, across it as they are; and that disc's radius (pixels)."""
+    across, along = _footprint_px(blur)
+    a = np.deg2rad(blur.angle_deg)
+    axis = np.array([np.cos(a), np.sin(a)])  # the streak's direction in the image
+    t = uv @ axis  # [P] along the streak
+    n = uv @ np.array([-axis[1], axis[0]])  # [P] across it
+    return np.stack([t * (across / along), n], -1), across
+
+
+def _samples_off_depth_edges(uv_s: np.ndarray, depth_s: np.ndarray, uv_p: np.ndarray, depth_p: np.ndarray,
+                             blur: "Blur") -> np.ndarray:
+    """``[S]`` bool: the tangent-plane samples (pixels ``uv_s [S, 2]``, depths ``depth_s [S]``) with no point
+    (``uv_p [P, 2]``, ``depth_p [P]``) within the blur's footprint nearer *or farther* than themselves by more than
+    :data:`DEPTH_EDGE`: a sample stands for its point's surface only where that surface goes on, so none is taken
+    across an edge, in front of it (past a nearer surface's outline, in the air) or behind it."""
+    from scipy.spatial import cKDTree
+
+    keep = np.ones(len(uv_s), dtype=bool)
+    if not len(uv_s) or not len(uv_p):
+        return keep
+    coords_s, radius = _footprint_coords(uv_s, blur)
+    coords_p, _ = _footprint_coords(uv_p, blur)
+    near = cKDTree(coords_s).sparse_distance_matrix(cKDTree(coords_p), radius, output_type="ndarray")  # (s, p, distance)
+    if len(near):
+        s, q = near["i"], near["j"]
+        jump = np.abs(np.log(depth_s[s] / depth_p[q])) > np.log1p(DEPTH_EDGE)
+        keep[s[jump]] = False
+    return keep
+
+
 def _off_depth_edges(uv: np.ndarray, depth: np.ndarray, blur: "Blur") -> np.ndarray:
     """``[P]`` bool: the points (pixels ``uv [P, 2]``, depths ``depth [P]``) with no point within the blur's footprint
     (:func:`_footprint_px`: an ellipse along a streak) nearer than themselves by more than :data:`DEPTH_EDGE` (the
@@ -458,12 +493,8 @@ def _off_depth_edges(uv: np.ndarray, depth: np.ndarray, blur: "Blur") -> np.ndar
     keep = np.ones(len(uv), dtype=bool)
     if len(uv) < 2:
         return keep
-    across, along = _footprint_px(blur)
-    a = np.deg2rad(blur.angle_deg)
-    axis = np.array([np.cos(a), np.sin(a)])  # the streak's direction in the image
-    t = uv @ axis  # [P] along the streak
-    n = uv @ np.array([-axis[1], axis[0]])  # [P] across it
-    pairs = cKDTree(np.stack([t * (across / along), n], -1)).query_pairs(across, output_type="ndarray")  # [K, 2]
+    coords, across = _footprint_coords(uv, blur)
+    pairs = cKDTree(coords).query_pairs(across, output_type="ndarray")  # [K, 2]
     if len(pairs):
         ratio = np.log(depth[pairs[:, 0]] / depth[pairs[:, 1]])  # [K] > 0: the first is the farther
         farther = np.where(ratio > 0, pairs[:, 0], pairs[:, 1])  # [K]
@@ -471,10 +502,73 @@ def _off_depth_edges(uv: np.ndarray, depth: np.ndarray, blur: "Blur") -> np.ndar
     return keep
 
 
+#: Samples added around each point on its surface's tangent plane (:func:`_tangent_samples`), at this many of the
+#: blur's standard deviations from it in the frame, along the blur's two axes both ways (4 per point; none across a
+#: depth edge: :func:`_samples_off_depth_edges`). A point of the model is a keypoint: the centre of a blob, where the
+#: blurred image is flat and says little about the pose (a blob of about the blur's size, blurred, is steepest ~1.4 σ
+#: from its centre). Session probes (castle-P30's 8 frames blurred 12 px, each aligned from its input, seeds 0 / 1 / 2,
+#: before the samples' edge rule): 0.525 / 0.553 / 0.712 deg without samples; 0.552 deg at 0.5 σ (seed 0); 0.458 /
+#: 0.525 / 0.723 at 1 σ; 0.417 / 0.437 / 0.503 at 2 σ; 0.456 / 0.426 at 3 σ (seeds 0 / 1). End to end with the edge
+#: rule (docs/benchmarks.md, twentieth look): castle 12 px 0.597 -> 0.495 deg, the toybox's 3 px 0.193 -> 0.112 deg.
+TANGENT_STEP_SIGMAS = 2.0
+#: Nearest model points a point's tangent plane is fitted to (the normal: their covariance's smallest axis).
+TANGENT_NEIGHBOURS = 20
+#: A sample whose depth in the frame differs from its point's by more than this fraction is dropped (a plane seen
+#: edge-on, or a normal the neighbours do not define).
+TANGENT_MAX_DEPTH_CHANGE = 0.2
+
+
+def point_normals(X: np.ndarray, rows: np.ndarray, tree: Any, k: int = TANGENT_NEIGHBOURS) -> np.ndarray:
+    """``[R, 3]`` unit normals of the points ``X[rows]`` (``X [P, 3]``, world frame): the smallest principal axis of each
+    one's ``k`` nearest points of ``X`` (``tree``: a ``scipy.spatial.cKDTree`` of ``X``); sign arbitrary."""
+    if not len(rows):
+        return np.zeros((0, 3))
+    k = int(min(k, len(X)))
+    _, idx = tree.query(X[rows], k=k)  # [R, k]
+    near = X[np.asarray(idx).reshape(len(rows), k)]  # [R, k, 3]
+    centred = near - near.mean(axis=1, keepdims=True)
+    cov = np.einsum("rki,rkj->rij", centred, centred)  # [R, 3, 3]
+    return np.linalg.eigh(cov)[1][:, :, 0]  # [R, 3] eigenvector of the smallest eigenvalue
+
+
+def _blur_axes_px(blur: "Blur") -> tuple[np.ndarray, np.ndarray]:
+    """The blur's two axes in the image (``[2, 2]`` unit rows: along its streak, across it) and its standard deviation
+    along each (pixels: the Gaussian's σ, with a streak of L px adding L / sqrt(12) along it), at least half a pixel."""
+    a = np.deg2rad(blur.angle_deg)
+    axes = np.array([[np.cos(a), np.sin(a)], [-np.sin(a), np.cos(a)]])
+    sd = np.array([np.hypot(blur.sigma_px, blur.streak_px / np.sqrt(12.0)), blur.sigma_px])
+    return axes, np.maximum(sd, 0.5)
+
+
+def _tangent_samples(w2c: np.ndarray, focal: tuple[float, float], X: np.ndarray, normals: np.ndarray, blur: "Blur",
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Points on the tangent planes of ``X [P, 3]`` (unit ``normals [P, 3]``, world frame) whose projections in the
+    frame (world-to-camera ``w2c``, focal lengths ``focal`` px) lie :data:`TANGENT_STEP_SIGMAS` blur deviations from
+    the point's, along the blur's axes both ways (the pinhole model about the point: offsets of a few tens of pixels).
+    Returns the samples ``[S, 3]`` and the row of ``X`` each came from ``[S]``."""
+    fx, fy = focal
+    R, t = w2c[:3, :3], w2c[:3, 3]
+    P = X @ R.T + t  # [P, 3] camera frame
+    n_cam = normals @ R.T  # [P, 3]
+    axes, sd = _blur_axes_px(blur)
+    samples, parents = [], []
+    for axis, step in zip(axes, TANGENT_STEP_SIGMAS * sd):
+        for sign in (1.0, -1.0):
+            du, dv = sign * step * axis
+            d = P / P[:, 2:3] + np.array([du / fx, dv / fy, 0.0])  # [P, 3] the offset pixel's ray (z = 1)
+            denom = np.einsum("pi,pi->p", n_cam, d)
+            depth = np.einsum("pi,pi->p", n_cam, P) / np.where(np.abs(denom) > 1e-9, denom, np.nan)  # [P] along the ray
+            ok = np.isfinite(depth) & (np.abs(depth / P[:, 2] - 1.0) < TANGENT_MAX_DEPTH_CHANGE)
+            Y = (d[ok] * depth[ok, None] - t) @ R  # [S', 3] world frame
+            samples.append(Y)
+            parents.append(np.nonzero(ok)[0])
+    return np.concatenate(samples), np.concatenate(parents)
+
+
 def _candidate_points(shape: tuple[int, int], project: Projector, w2c: np.ndarray, X: np.ndarray, seen_by: Sequence[set[str]],
-                      neighbours: set[str], blur: "Blur") -> np.ndarray:
+                      neighbours: set[str], blur: "Blur", edges: bool = True) -> np.ndarray:
     """Rows of ``X [P, 3]`` a frame can use: observed by one of its ``neighbours``, in front of it and inside it (with
-    :data:`POINT_MARGIN`) at its start pose ``w2c``, and not behind a depth edge within ``blur``'s footprint
+    :data:`POINT_MARGIN`) at its start pose ``w2c``, and (``edges``) not behind a depth edge within ``blur``'s footprint
     (:func:`_off_depth_edges`)."""
     h, w = shape
     seen = np.fromiter((bool(s & neighbours) for s in seen_by), dtype=bool, count=len(seen_by))
@@ -487,7 +581,7 @@ def _candidate_points(shape: tuple[int, int], project: Projector, w2c: np.ndarra
     m = POINT_MARGIN * max(h, w)
     ok = np.isfinite(uv).all(axis=1) & (uv[:, 0] > -m) & (uv[:, 0] < w + m) & (uv[:, 1] > -m) & (uv[:, 1] < h + m)
     rows, uv = rows[ok], uv[ok]
-    return rows[_off_depth_edges(uv, P[rows, 2], blur)]
+    return rows[_off_depth_edges(uv, P[rows, 2], blur)] if edges else rows
 
 
 @dataclass
@@ -513,9 +607,11 @@ class HeldFrames:
     blur_of: Callable[[str, np.ndarray, list[np.ndarray]], "Blur | float"]
 
 
-def _held_points(scene: HeldFrames) -> tuple[dict[str, np.ndarray], np.ndarray, list[set[str]], Callable[[str], np.ndarray]]:
-    """The held frames' poses, the points at least 2 of them observe ``[P', 3]`` with those observers, and
-    ``scene.image`` read once per name."""
+def _held_points(scene: HeldFrames) -> tuple[dict[str, np.ndarray], np.ndarray, list[set[str]], Callable[[str], np.ndarray], Any]:
+    """The held frames' poses, the points at least 2 of them observe ``[P', 3]`` with those observers,
+    ``scene.image`` read once per name, and a ``scipy.spatial.cKDTree`` of the points (their tangent planes)."""
+    from scipy.spatial import cKDTree
+
     held_set = set(scene.held)
     held_c2w = {n: scene.c2w[n] for n in scene.held if n in scene.c2w}
     by_held = [s & held_set for s in scene.observed_by]
@@ -529,15 +625,16 @@ def _held_points(scene: HeldFrames) -> tuple[dict[str, np.ndarray], np.ndarray, 
             loaded[name] = scene.image(name)
         return loaded[name]
 
-    return held_c2w, X, seen_by, gray
+    return held_c2w, X, seen_by, gray, cKDTree(X) if len(X) else None
 
 
 def _frame_setup(name: str, start: np.ndarray, held_c2w: Mapping[str, np.ndarray], X: np.ndarray, seen_by: Sequence[set[str]],
                  gray: Callable[[str], np.ndarray], projector: Callable[[str], tuple[Projector, tuple[float, float]]],
-                 blur_of: Callable[[str, np.ndarray, list[np.ndarray]], "Blur | float"]) -> Optional[tuple]:
+                 blur_of: Callable[[str, np.ndarray, list[np.ndarray]], "Blur | float"], tree: Any = None) -> Optional[tuple]:
     """One frame's image, blur, camera, candidate points (with the neighbours observing each) and neighbours
     (``name -> (world-to-camera, image, projector)``) at its pose ``start`` (camera-to-world); None when no held frame
-    faces alike."""
+    faces alike. With ``tree`` (a ``cKDTree`` of ``X``), the candidates are followed by their tangent-plane samples
+    (:func:`_tangent_samples`; each observed by its point's neighbours)."""
     from nerf_posefix.sfm.blur_matching import Blur
 
     near = nearest_held(start, held_c2w)
@@ -549,8 +646,18 @@ def _frame_setup(name: str, start: np.ndarray, held_c2w: Mapping[str, np.ndarray
     project, focal = projector(name)
     neighbours = {m: (np.linalg.inv(held_c2w[m]), gray(m), projector(m)[0]) for m in near}
     near_set = set(near)
-    rows = _candidate_points(frame.shape, project, np.linalg.inv(start), X, seen_by, near_set, blur)
-    return frame, blur, project, focal, X[rows], [seen_by[r] & near_set for r in rows], neighbours
+    w2c = np.linalg.inv(start)
+    rows = _candidate_points(frame.shape, project, w2c, X, seen_by, near_set, blur)
+    Xf, seen_f = X[rows], [seen_by[r] & near_set for r in rows]
+    if tree is not None and len(rows):
+        samples, parent = _tangent_samples(w2c, focal, Xf, point_normals(X, rows, tree), blur)
+        if len(samples):  # none across a depth edge of the points near it, those left out as behind one included
+            everyone = _candidate_points(frame.shape, project, w2c, X, seen_by, near_set, blur, edges=False)
+            P_s, P_e = _transform(w2c, samples), _transform(w2c, X[everyone])
+            ok = _samples_off_depth_edges(project(P_s), P_s[:, 2], project(P_e), P_e[:, 2], blur)
+            samples, parent = samples[ok], parent[ok]
+        Xf, seen_f = np.concatenate([Xf, samples]), seen_f + [seen_f[i] for i in parent]
+    return frame, blur, project, focal, Xf, seen_f, neighbours
 
 
 def direct_alignment(
@@ -567,13 +674,13 @@ def direct_alignment(
         ``(name -> aligned camera-to-world`` for the frames that keep their aligned pose, one
         :class:`FrameAlignment` per frame``)``.
     """
-    held_c2w, X, seen_by, gray = _held_points(scene)
+    held_c2w, X, seen_by, gray, tree = _held_points(scene)
     aligned: dict[str, np.ndarray] = {}
     records: list[FrameAlignment] = []
 
     for name in frames:
         start = np.asarray(scene.c2w[name], dtype=np.float64)
-        setup = _frame_setup(name, start, held_c2w, X, seen_by, gray, scene.projector, scene.blur_of)
+        setup = _frame_setup(name, start, held_c2w, X, seen_by, gray, scene.projector, scene.blur_of, tree)
         if setup is None:
             records.append(FrameAlignment(name, False, 0.0, 0, 0.0, 0.0, 0.0, float("inf"), "no held frame faces alike"))
             continue
