@@ -109,6 +109,9 @@ def test_too_few_points_or_no_neighbour_facing_alike_keeps_the_pose() -> None:
     c2w, _, images, points, observed_by = _scene(start)
     aligned, (record,) = _run(c2w, images, points[:50], observed_by[:50])
     assert not record.kept and "fewer than" in record.reason
+    centre = np.argsort(np.abs(points[:, 0] - 0.5) + np.abs(points[:, 1]))[:60]  # 60 points inside the frame: 300 with samples
+    aligned, (record,) = _run(c2w, images, points[centre], [observed_by[i] for i in centre])
+    assert not record.kept and record.reason.startswith("60 points seen by its neighbours (fewer than"), record.reason
     away = {**c2w, "weak": _c2w(180.0, 0.0)}  # facing the other way: no neighbour within the facing rule
     assert nearest_held(away["weak"], {n: away[n] for n in "abc"}) == []
     aligned, (record,) = _run(away, images, points, observed_by)

@@ -633,8 +633,9 @@ def _frame_setup(name: str, start: np.ndarray, held_c2w: Mapping[str, np.ndarray
                  blur_of: Callable[[str, np.ndarray, list[np.ndarray]], "Blur | float"], tree: Any = None) -> Optional[tuple]:
     """One frame's image, blur, camera, candidate points (with the neighbours observing each) and neighbours
     (``name -> (world-to-camera, image, projector)``) at its pose ``start`` (camera-to-world); None when no held frame
-    faces alike. With ``tree`` (a ``cKDTree`` of ``X``), the candidates are followed by their tangent-plane samples
-    (:func:`_tangent_samples`; each observed by its point's neighbours)."""
+    faces alike. With ``tree`` (a ``cKDTree`` of ``X``) and at least :data:`MIN_POINTS` candidates, the candidates are
+    followed by their tangent-plane samples (:func:`_tangent_samples`; each observed by its point's neighbours): the
+    floor counts the model's points, not the samples."""
     from nerf_posefix.sfm.blur_matching import Blur
 
     near = nearest_held(start, held_c2w)
@@ -649,7 +650,7 @@ def _frame_setup(name: str, start: np.ndarray, held_c2w: Mapping[str, np.ndarray
     w2c = np.linalg.inv(start)
     rows = _candidate_points(frame.shape, project, w2c, X, seen_by, near_set, blur)
     Xf, seen_f = X[rows], [seen_by[r] & near_set for r in rows]
-    if tree is not None and len(rows):
+    if tree is not None and len(rows) >= MIN_POINTS:  # fewer: refused on the model's own points, as without samples
         samples, parent = _tangent_samples(w2c, focal, Xf, point_normals(X, rows, tree), blur)
         if len(samples):  # none across a depth edge of the points near it, those left out as behind one included
             everyone = _candidate_points(frame.shape, project, w2c, X, seen_by, near_set, blur, edges=False)
