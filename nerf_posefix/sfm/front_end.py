@@ -476,7 +476,7 @@ def _align_weak_frames(rec: Any, support: list, placement: Placement, images_dir
     by_name = {s.name: s for s in support}
     aligned_support = {
         r.name: replace(by_name[r.name], weak=False, placed=True,
-                        reason=f"aligned photometrically ({r.points} points, moved {r.rotation_deg:.3g} deg)").to_dict()
+                        reason=f"aligned photometrically ({r.points} points and tangent samples, moved {r.rotation_deg:.3g} deg)").to_dict()
         for r in records if r.kept}
     seconds = time.perf_counter() - t0
     log(f"  {len(aligned)} of {len(weak)} weakly held image(s) aligned photometrically and held ({seconds:.0f} s)")

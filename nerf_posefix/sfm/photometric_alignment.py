@@ -93,7 +93,7 @@ class FrameAlignment:
             estimate; 0 for a streak).
         streak_px, angle_deg: the frame's motion streak (pixels of the aligned image; 0: none) and its angle from the
             image's x axis towards its y axis (the frame placement's choice).
-        points: the points of the final stage.
+        points: the points of the final stage, with their tangent samples (:func:`_tangent_samples`).
         rotation_deg, centre_move: how far the aligned pose is from the start (degrees; world units).
         gain, gain_stderr: the paired drop of the squared normalised residuals (start minus aligned; > 0: better).
         reason: why the frame keeps its pose ("" when kept).
@@ -360,7 +360,7 @@ class MoveCheck:
         name: the image's name.
         worse: whether the frame fits its neighbours worse at the moved pose, by more than :data:`EVIDENCE_Z`
             standard errors (the move is then undone).
-        points: the points compared.
+        points: the points compared, with their tangent samples.
         rotation_deg: the move's rotation (degrees).
         gain, gain_stderr: :func:`pose_evidence` (moved against the start; < 0: the moved pose fits worse).
         reason: why the move was not tested ("" when it was).
@@ -699,7 +699,7 @@ def direct_alignment(
         records.append(FrameAlignment(name, kept, blur.sigma_px, count, rotation, centre, gain, stderr, reason,
                                       blur.streak_px, blur.angle_deg))
         if log is not None:
-            log(f"{name}: {blur.describe()}, {count} points, " + (f"moved {rotation:.3f} deg, residuals down {gain:.3g} ± {stderr:.2g}"
+            log(f"{name}: {blur.describe()}, {count} points and tangent samples, " + (f"moved {rotation:.3f} deg, residuals down {gain:.3g} ± {stderr:.2g}"
                                                                   if kept else f"kept its pose: {reason}"))
     return aligned, records
 
