@@ -14,7 +14,7 @@ any image is read.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Optional, Sequence, Type, Union
+from typing import Any, Literal, Optional, Sequence, Type, Union
 
 import numpy as np
 
@@ -34,15 +34,20 @@ IMAGE_CACHE_BYTES_PER_PIXEL = 24
 IMAGE_CACHE_BASE_BYTES = 1 << 30
 
 
+def _pixels_per_camera(cameras: Any, scale: float = 1.0) -> np.ndarray:
+    """[N] pixels of each of nerfstudio ``cameras`` rescaled by ``scale`` (rounded down, as
+    ``Cameras.rescale_output_resolution`` and the datasets' ``scale_factor`` do)."""
+    width = (cameras.width.reshape(-1).cpu().numpy() * scale).astype(np.int64)  # [N]
+    height = (cameras.height.reshape(-1).cpu().numpy() * scale).astype(np.int64)  # [N]
+    return width * height
+
+
 def _pixels_per_image(dataset: Optional[InputDataset]) -> np.ndarray:
     """[N] pixels of each image ``dataset`` loads (its cameras' size: the dataparser's downscale and the
     dataset's scale factor applied)."""
     if dataset is None or len(dataset) == 0:
         return np.zeros(0, dtype=np.int64)
-    cameras = dataset.cameras
-    width = cameras.width.reshape(-1).cpu().numpy().astype(np.int64)  # [N]
-    height = cameras.height.reshape(-1).cpu().numpy().astype(np.int64)  # [N]
-    return width * height
+    return _pixels_per_camera(dataset.cameras)
 
 
 def cached_pixels(pixels: Sequence[int] | np.ndarray, num_images_to_sample_from: int = -1) -> int:
@@ -65,7 +70,7 @@ def _image_cache_refusal(config: VanillaDataManagerConfig, train: np.ndarray, ev
     and eval images of ``evals [M]`` pixels cannot fit in the memory available; with ``warn``, say so when it takes
     more than half of it."""
     if parallel:  # every worker process caches every training image
-        train_cached = int(train.sum()) * max(1, int(getattr(config, "num_processes", 1)))
+        train_cached = int(train.sum()) * max(1, int(config.num_processes))
     else:
         train_cached = cached_pixels(train, int(config.train_num_images_to_sample_from))
     eval_cached = cached_pixels(evals, int(config.eval_num_images_to_sample_from))
@@ -79,7 +84,7 @@ def _image_cache_refusal(config: VanillaDataManagerConfig, train: np.ndarray, ev
         return
     if parallel:
         todo = ("fewer images, or smaller ones (the dataparser's --downscale-factor: its images_2, images_4 folders"
-                + (", or --pipeline.datamanager.num-processes 1" if int(getattr(config, "num_processes", 1)) > 1 else "")
+                + (", or --pipeline.datamanager.num-processes 1" if int(config.num_processes) > 1 else "")
                 + "), or posefix-small, whose datamanager can hold a rotating subset (--pipeline.datamanager.train-num-images-to-sample-from N)")
     else:
         todo = ("--pipeline.datamanager.train-num-images-to-sample-from N --pipeline.datamanager.train-num-times-to-repeat-images 100 "
@@ -115,13 +120,8 @@ def check_image_cache_config(
     scale = float(config.camera_res_scale_factor)
     test_split = "test" if test_mode in ("test", "inference") else "val"  # as VanillaDataManager picks it
 
-    def pixels(split: str) -> np.ndarray:
-        cameras = dataparser.get_dataparser_outputs(split=split).cameras
-        width = (cameras.width.reshape(-1).cpu().numpy() * scale).astype(np.int64)  # [N], as Cameras.rescale_output_resolution
-        height = (cameras.height.reshape(-1).cpu().numpy() * scale).astype(np.int64)  # [N]
-        return width * height
-
-    _image_cache_refusal(config, pixels("train"), pixels(test_split), isinstance(config, ParallelDataManagerConfig), available, warn=False)
+    train, evals = (_pixels_per_camera(dataparser.get_dataparser_outputs(split=split).cameras, scale) for split in ("train", test_split))
+    _image_cache_refusal(config, train, evals, isinstance(config, ParallelDataManagerConfig), available, warn=False)
 
 
 class PosefixDataManager(VanillaDataManager[InputDataset]):

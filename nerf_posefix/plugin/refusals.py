@@ -19,6 +19,7 @@ from typing import Optional, Type
 
 from nerf_posefix.errors import InputError
 
+
 def launched_by_ns_train() -> bool:
     """Whether this process is nerfstudio's training command: the ``ns-train`` script, or
     ``python -m nerfstudio.scripts.train``."""

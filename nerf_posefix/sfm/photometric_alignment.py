@@ -566,22 +566,22 @@ def _tangent_samples(w2c: np.ndarray, focal: tuple[float, float], X: np.ndarray,
 
 
 def _candidate_points(shape: tuple[int, int], project: Projector, w2c: np.ndarray, X: np.ndarray, seen_by: Sequence[set[str]],
-                      neighbours: set[str], blur: "Blur", edges: bool = True) -> np.ndarray:
+                      neighbours: set[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Rows of ``X [P, 3]`` a frame can use: observed by one of its ``neighbours``, in front of it and inside it (with
-    :data:`POINT_MARGIN`) at its start pose ``w2c``, and (``edges``) not behind a depth edge within ``blur``'s footprint
-    (:func:`_off_depth_edges`)."""
+    :data:`POINT_MARGIN`) at its start pose ``w2c``; with their pixels ``[R, 2]`` and depths ``[R]`` there (for the
+    depth-edge rules: :func:`_off_depth_edges`, :func:`_samples_off_depth_edges`)."""
     h, w = shape
     seen = np.fromiter((bool(s & neighbours) for s in seen_by), dtype=bool, count=len(seen_by))
     P = _transform(w2c, X)
     front = seen & (P[:, 2] > 1e-9)
     rows = np.nonzero(front)[0]
     if not rows.size:
-        return rows
+        return rows, np.zeros((0, 2)), np.zeros(0)
     uv = project(P[rows])
     m = POINT_MARGIN * max(h, w)
     ok = np.isfinite(uv).all(axis=1) & (uv[:, 0] > -m) & (uv[:, 0] < w + m) & (uv[:, 1] > -m) & (uv[:, 1] < h + m)
-    rows, uv = rows[ok], uv[ok]
-    return rows[_off_depth_edges(uv, P[rows, 2], blur)] if edges else rows
+    rows = rows[ok]
+    return rows, uv[ok], P[rows, 2]
 
 
 @dataclass
@@ -630,10 +630,10 @@ def _held_points(scene: HeldFrames) -> tuple[dict[str, np.ndarray], np.ndarray, 
 
 def _frame_setup(name: str, start: np.ndarray, held_c2w: Mapping[str, np.ndarray], X: np.ndarray, seen_by: Sequence[set[str]],
                  gray: Callable[[str], np.ndarray], projector: Callable[[str], tuple[Projector, tuple[float, float]]],
-                 blur_of: Callable[[str, np.ndarray, list[np.ndarray]], "Blur | float"], tree: Any = None) -> Optional[tuple]:
+                 blur_of: Callable[[str, np.ndarray, list[np.ndarray]], "Blur | float"], tree: Any) -> Optional[tuple]:
     """One frame's image, blur, camera, candidate points (with the neighbours observing each) and neighbours
     (``name -> (world-to-camera, image, projector)``) at its pose ``start`` (camera-to-world); None when no held frame
-    faces alike. With ``tree`` (a ``cKDTree`` of ``X``) and at least :data:`MIN_POINTS` candidates, the candidates are
+    faces alike. With ``tree`` (a ``cKDTree`` of ``X``; None when it is empty) and at least :data:`MIN_POINTS` candidates, the candidates are
     followed by their tangent-plane samples (:func:`_tangent_samples`; each observed by its point's neighbours): the
     floor counts the model's points, not the samples."""
     from nerf_posefix.sfm.blur_matching import Blur
@@ -648,14 +648,14 @@ def _frame_setup(name: str, start: np.ndarray, held_c2w: Mapping[str, np.ndarray
     neighbours = {m: (np.linalg.inv(held_c2w[m]), gray(m), projector(m)[0]) for m in near}
     near_set = set(near)
     w2c = np.linalg.inv(start)
-    rows = _candidate_points(frame.shape, project, w2c, X, seen_by, near_set, blur)
+    everyone, uv, depth = _candidate_points(frame.shape, project, w2c, X, seen_by, near_set)
+    rows = everyone[_off_depth_edges(uv, depth, blur)]
     Xf, seen_f = X[rows], [seen_by[r] & near_set for r in rows]
     if tree is not None and len(rows) >= MIN_POINTS:  # fewer: refused on the model's own points, as without samples
         samples, parent = _tangent_samples(w2c, focal, Xf, point_normals(X, rows, tree), blur)
         if len(samples):  # none across a depth edge of the points near it, those left out as behind one included
-            everyone = _candidate_points(frame.shape, project, w2c, X, seen_by, near_set, blur, edges=False)
-            P_s, P_e = _transform(w2c, samples), _transform(w2c, X[everyone])
-            ok = _samples_off_depth_edges(project(P_s), P_s[:, 2], project(P_e), P_e[:, 2], blur)
+            P_s = _transform(w2c, samples)
+            ok = _samples_off_depth_edges(project(P_s), P_s[:, 2], uv, depth, blur)
             samples, parent = samples[ok], parent[ok]
         Xf, seen_f = np.concatenate([Xf, samples]), seen_f + [seen_f[i] for i in parent]
     return frame, blur, project, focal, Xf, seen_f, neighbours
