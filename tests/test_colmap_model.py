@@ -162,6 +162,44 @@ def test_truncated_binary_images(tmp_path: Path, cut: int) -> None:
         read_colmap_model(out)
 
 
+@pytest.mark.parametrize("cut", [60, -5])
+def test_truncated_binary_points(tmp_path: Path, cut: int) -> None:
+    out = write_colmap_model(model_with_points(), tmp_path / "m", formats=("bin",))
+    data = (out / "points3D.bin").read_bytes()
+    (out / "points3D.bin").write_bytes(data[:cut])
+    with pytest.raises(InputError, match=r"points3D\.bin: (truncated|cannot parse COLMAP points3D file \(truncated)"):
+        read_colmap_model(out)
+
+
+def test_binary_files_read_as_nerfstudio_reads_them_and_written_as_colmap_writes_them(tmp_path: Path) -> None:
+    """images.bin / points3D.bin are parsed here whole (not by nerfstudio's field-at-a-time parsers) and written
+    whole: the records must be nerfstudio's, and the bytes COLMAP's."""
+    model = model_with_points(n=9, seed=3)
+    model.images[4] = model.images[4]._replace(xys=np.zeros((0, 2)), point3D_ids=np.zeros(0, dtype=np.int64))  # no points
+    for pid in model.points3D:
+        pt = model.points3D[pid]
+        keep = pt.image_ids != 4
+        model.points3D[pid] = pt._replace(image_ids=pt.image_ids[keep], point2D_idxs=pt.point2D_idxs[keep])
+    ours = write_colmap_model(model, tmp_path / "ours", formats=("bin",))
+    rec = pycolmap.Reconstruction(str(ours))
+    rec.write_binary(str(tmp_path))  # COLMAP's writer, the same model
+    assert (tmp_path / "points3D.bin").read_bytes() == (ours / "points3D.bin").read_bytes()
+    read = read_colmap_model(ours)
+    for kind, parse in (("images", cpu.read_images_binary), ("points3D", cpu.read_points3D_binary)):
+        theirs, mine = parse(str(ours / f"{kind}.bin")), getattr(read, kind)
+        assert list(theirs) == list(mine)
+        for key, record in theirs.items():
+            for field, value in record._asdict().items():
+                got = getattr(mine[key], field)
+                if isinstance(value, np.ndarray):
+                    assert got.shape == value.shape, (kind, key, field)
+                    assert got.dtype == value.dtype or not value.size, (kind, key, field)  # theirs: an empty list is float
+                    np.testing.assert_array_equal(got, value)
+                else:
+                    assert got == value and type(got) is type(value), (kind, key, field)
+    assert len(read.images[4].point3D_ids) == 0 and read.images[4].xys.shape == (0, 2)
+
+
 def test_garbage_binary_count(tmp_path: Path) -> None:
     out = write_colmap_model(model_with_points(), tmp_path / "m", formats=("bin",))
     (out / "points3D.bin").write_bytes(b"\xff" * 64)
