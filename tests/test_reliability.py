@@ -456,7 +456,7 @@ def test_text_model_with_spaces_in_names_refines_and_reads_back_in_pycolmap(tmp_
     images = {k: C._as_array_image(v._replace(name=f"img {v.name}")) for k, v in model.images.items()}
     C._write_cameras_text(model.cameras, data / "sparse" / "0" / "cameras.txt")
     C._write_images_text(images, data / "sparse" / "0" / "images.txt")
-    C._write_points3D_text({k: C._as_array_point(v) for k, v in model.points3D.items()}, data / "sparse" / "0" / "points3D.txt")
+    C._write_points3D_text(C._PointTable.of(model.points3D), data / "sparse" / "0" / "points3D.txt")
     for v in model.images.values():
         (data / "images" / v.name).rename(data / "images" / f"img {v.name}")
     before = digest(data)

@@ -118,10 +118,17 @@ def test_depth_varies_and_cameras_surround_the_scene() -> None:
 
 
 def test_generator_is_deterministic_and_assets_are_current(tmp_path: Path) -> None:
-    """Regenerating the tiny scene from its seed reproduces the committed one."""
+    """Regenerating the tiny scene from its seed reproduces itself exactly on one machine, and the committed scene up
+    to the last bits of floating point that differ between CPUs (SIMD and BLAS kernels): the texture's checkerboard
+    cells and the rays' hits on object outlines turn those into whole grey levels at a few edges (seen: up to 25 levels
+    on 12 % of one 64x64 view, 42 dB, on a machine whose NumPy found AVX-512; exact on others)."""
     make_scene = _load_make_scene()
     out = tmp_path / "tiny"
     assert make_scene.main(["--output", str(out), "--tiny"]) == 0
+    again = tmp_path / "again"
+    assert make_scene.main(["--output", str(again), "--tiny"]) == 0
+    for image in sorted((out / "images").iterdir()):
+        assert image.read_bytes() == (again / "images" / image.name).read_bytes()
     ref = SCENES[1]
     new_meta, ref_meta = _transforms(out), _transforms(ref)
     assert [f["file_path"] for f in new_meta["frames"]] == [f["file_path"] for f in ref_meta["frames"]]
@@ -131,7 +138,9 @@ def test_generator_is_deterministic_and_assets_are_current(tmp_path: Path) -> No
     for frame in ref_meta["frames"]:
         a = iio.imread(ref / frame["file_path"]).astype(int)
         b = iio.imread(out / frame["file_path"]).astype(int)
-        assert np.abs(a - b).max() <= 1  # rounding at a .5 boundary may differ across CPUs
+        mse = float(((a - b) ** 2).mean())
+        assert mse == 0 or 10 * np.log10(255**2 / mse) > 35.0, frame["file_path"]  # the same views, up to edges (docstring)
+        assert np.median(np.abs(a - b)) == 0
     rec_a = pycolmap.Reconstruction(str(ref / "sparse" / "0"))
     rec_b = pycolmap.Reconstruction(str(out / "sparse" / "0"))
     assert len(rec_a.points3D) == len(rec_b.points3D)

@@ -173,7 +173,9 @@ def test_the_pipeline_aligns_the_weak_cameras_into_its_final_checkpoint(weak_dat
     for k, name in zip(WEAK, weak):
         moved = record["images"][Path(name).name]
         assert moved["rotation_deg"] > 1e-4 and {"loss_before", "loss_after"} <= set(moved)
-        assert rot[k] == pytest.approx(moved["rotation_deg"], abs=1e-4)
+        # the move is composed into the camera optimizer's float32 parameters and read back: ~1e-4 deg of a 2 deg move
+        # differs with the CPU's kernels (seen: 1.3e-4 deg on an AVX-512 machine, under 1e-4 on others)
+        assert rot[k] == pytest.approx(moved["rotation_deg"], abs=1e-3)
         assert shift[k] == pytest.approx(moved["translation"] / scale, rel=1e-3, abs=1e-6)
     # without evidence enough for them, the weak cameras go back to the stage's starting pose (the dataset's:
     # here the input), undoing the training's move and the alignment's; the held cameras are the plain run's
