@@ -171,9 +171,15 @@ def test_truncated_binary_points(tmp_path: Path, cut: int) -> None:
         read_colmap_model(out)
 
 
-def test_binary_files_read_as_nerfstudio_reads_them_and_written_as_colmap_writes_them(tmp_path: Path) -> None:
+@pytest.mark.parametrize("batch_bytes", [2**23, 100])  # the second: many batches of a few records each
+def test_binary_files_read_as_nerfstudio_reads_them_and_written_as_colmap_writes_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, batch_bytes: int
+) -> None:
     """images.bin / points3D.bin are parsed here whole (not by nerfstudio's field-at-a-time parsers) and written
     whole: the records must be nerfstudio's, and the bytes COLMAP's."""
+    from nerf_posefix.io import colmap as colmap_io
+
+    monkeypatch.setattr(colmap_io, "_BATCH_BYTES", batch_bytes)
     model = model_with_points(n=9, seed=3)
     model.images[4] = model.images[4]._replace(xys=np.zeros((0, 2)), point3D_ids=np.zeros(0, dtype=np.int64))  # no points
     for pid in model.points3D:
