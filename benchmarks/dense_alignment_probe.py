@@ -32,7 +32,7 @@ from scipy.spatial.transform import Rotation
 from benchmarks.weak_frames import split_errors
 from nerf_posefix.io.transforms_json import read_transforms_json
 from nerf_posefix.sfm.blur_matching import SIGMA_LEVELS, _gray, estimate_blur_sigma
-from nerf_posefix.sfm.photometric_alignment import nearest_held
+from nerf_posefix.sfm.photometric_alignment import huber_gauss_newton_step, huber_threshold, nearest_held, pose_update
 
 def main() -> None:
     parser = argparse.ArgumentParser()
@@ -187,13 +187,8 @@ def main() -> None:
                     dP[:, 1, 3], dP[:, 1, 5] = -z, x
                     dP[:, 2, 3], dP[:, 2, 4] = y, -x
                     J = g[:, :1] * np.einsum("ni,nij->nj", du, dP) + g[:, 1:] * np.einsum("ni,nij->nj", dv, dP)
-                    c = 1.345 * max(np.median(np.abs(r)) / 0.6745, 1e-9)
-                    wgt = np.where(np.abs(r) < c, 1.0, c / np.abs(r))
-                    step = -np.linalg.solve(J.T @ (J * wgt[:, None]) + 1e-6 * np.eye(6), J.T @ (wgt * r))
-                    U = np.eye(4)
-                    U[:3, :3] = Rotation.from_rotvec(step[3:]).as_matrix()
-                    U[:3, 3] = step[:3]
-                    delta_T = U @ delta_T
+                    step = huber_gauss_newton_step(J, r, huber_threshold(r))
+                    delta_T = pose_update(step) @ delta_T
                     if np.linalg.norm(step) < 1e-7:
                         break
                 T = delta_T @ T

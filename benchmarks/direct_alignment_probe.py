@@ -89,7 +89,8 @@ def align_frame(frame: np.ndarray, sigma: float, K: np.ndarray, start_c2w: np.nd
     """The frame's camera-to-world pose that best matches its intensities at the points ``X [P, 3]`` with the
     neighbours' (``name -> (c2w, image)``; ``seen_by[p]``: the neighbours observing point p), module docstring."""
     from scipy.ndimage import gaussian_filter
-    from scipy.spatial.transform import Rotation
+
+    from nerf_posefix.sfm.photometric_alignment import huber_gauss_newton_step, huber_threshold, pose_update
 
     h, w = frame.shape
     pose = start_c2w.copy()
@@ -141,13 +142,8 @@ def align_frame(frame: np.ndarray, sigma: float, K: np.ndarray, start_c2w: np.nd
             dP[:, 2, 3], dP[:, 2, 4] = y, -x
             J = np.einsum("ni,nij,njk->nk", g, duv_dP, dP)[inside]  # [P, 6]
             rr = r[inside]
-            c = 1.345 * max(np.median(np.abs(rr)) / 0.6745, 1e-9)
-            weight = np.where(np.abs(rr) < c, 1.0, c / np.abs(rr))
-            delta = -np.linalg.solve(J.T @ (J * weight[:, None]) + 1e-6 * np.eye(6), J.T @ (weight * rr))
-            update = np.eye(4)
-            update[:3, :3] = Rotation.from_rotvec(delta[3:]).as_matrix()
-            update[:3, 3] = delta[:3]
-            pose = np.linalg.inv(update @ np.linalg.inv(pose))
+            delta = huber_gauss_newton_step(J, rr, huber_threshold(rr))
+            pose = np.linalg.inv(pose_update(delta) @ np.linalg.inv(pose))
             if np.linalg.norm(delta) < 1e-7:
                 break
     return pose

@@ -206,6 +206,29 @@ def _residuals(frame: np.ndarray, project: Projector, w2c: np.ndarray, X: np.nda
     return P, uv, inside, (v - mu) / sd - (ref - mu_r) / sd_r, sd
 
 
+def huber_threshold(r: np.ndarray) -> float:
+    """Huber's threshold for residuals ``r [M]``: 1.345 robust standard deviations (their median absolute value / 0.6745)."""
+    return 1.345 * max(float(np.median(np.abs(r))) / 0.6745, 1e-9)
+
+
+def huber_gauss_newton_step(J: np.ndarray, r: np.ndarray, c: float) -> np.ndarray:
+    """The Gauss-Newton step ``[6]`` (translation, rotation vector) of the Huber-weighted (threshold ``c``) least
+    squares of residuals ``r [M]`` with Jacobian ``J [M, 6]`` (lightly damped)."""
+    weight = np.where(np.abs(r) < c, 1.0, c / np.maximum(np.abs(r), 1e-12))
+    return -np.linalg.solve(J.T @ (J * weight[:, None]) + 1e-6 * np.eye(6), J.T @ (weight * r))
+
+
+def pose_update(delta: np.ndarray) -> np.ndarray:
+    """``[4, 4]`` left update of a world-to-camera pose by ``delta [6]`` (translation, rotation vector):
+    ``P' = exp([ω]x) P + t``."""
+    from scipy.spatial.transform import Rotation
+
+    update = np.eye(4)
+    update[:3, :3] = Rotation.from_rotvec(delta[3:]).as_matrix()
+    update[:3, 3] = delta[:3]
+    return update
+
+
 def _huber_cost(r: np.ndarray, c: float) -> float:
     """Mean Huber cost of residuals ``r`` at threshold ``c``."""
     a = np.abs(r)
@@ -268,8 +291,6 @@ def align_frame(frame: np.ndarray, blur: "Blur | float", project: Projector, foc
 
     Returns ``(camera-to-world [4, 4], points, gain, gain_stderr, reason)``: the aligned pose with the final stage's
     point count and evidence (:func:`paired_evidence`), or the start pose and why (``reason``)."""
-    from scipy.spatial.transform import Rotation
-
     from nerf_posefix.sfm.blur_matching import Blur
 
     if not isinstance(blur, Blur):
@@ -304,15 +325,11 @@ def align_frame(frame: np.ndarray, blur: "Blur | float", project: Projector, foc
             dP[:, 2, 3], dP[:, 2, 4] = y, -x
             J = np.einsum("ni,nij,njk->nk", g, duv_dP, dP)  # [M, 6]
             rr = r[inside]
-            c = 1.345 * max(float(np.median(np.abs(rr))) / 0.6745, 1e-9)
-            weight = np.where(np.abs(rr) < c, 1.0, c / np.maximum(np.abs(rr), 1e-12))
+            c = huber_threshold(rr)
             cost = _huber_cost(rr, c)
-            delta = -np.linalg.solve(J.T @ (J * weight[:, None]) + 1e-6 * np.eye(6), J.T @ (weight * rr))
+            delta = huber_gauss_newton_step(J, rr, c)
             for _ in range(5):  # a step that raises the cost (on the same points) is halved
-                update = np.eye(4)
-                update[:3, :3] = Rotation.from_rotvec(delta[3:]).as_matrix()
-                update[:3, 3] = delta[:3]
-                trial = update @ w2c
+                trial = pose_update(delta) @ w2c
                 _, _, inside_t, r_t, _ = _residuals(frame_s, project, trial, Xs, r_ref)
                 both = inside & inside_t
                 if both.sum() >= MIN_POINTS and _huber_cost(r_t[both], c) <= _huber_cost(r[both], c):
