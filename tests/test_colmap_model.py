@@ -153,21 +153,16 @@ def test_missing_files_are_named(tmp_path: Path) -> None:
         read_colmap_model(out)
 
 
-@pytest.mark.parametrize("cut", [5, 40, 100, -3])
-def test_truncated_binary_images(tmp_path: Path, cut: int) -> None:
+@pytest.mark.parametrize(
+    "kind, cut, message",
+    [("images", cut, r"images\.bin: (truncated|cannot parse)") for cut in (5, 40, 100, -3)]
+    + [("points3D", cut, r"points3D\.bin: (truncated|cannot parse COLMAP points3D file \(truncated)") for cut in (60, -5)],
+)
+def test_truncated_binary_files(tmp_path: Path, kind: str, cut: int, message: str) -> None:
     out = write_colmap_model(model_with_points(), tmp_path / "m", formats=("bin",))
-    data = (out / "images.bin").read_bytes()
-    (out / "images.bin").write_bytes(data[:cut])
-    with pytest.raises(InputError, match=r"images\.bin: (truncated|cannot parse)"):
-        read_colmap_model(out)
-
-
-@pytest.mark.parametrize("cut", [60, -5])
-def test_truncated_binary_points(tmp_path: Path, cut: int) -> None:
-    out = write_colmap_model(model_with_points(), tmp_path / "m", formats=("bin",))
-    data = (out / "points3D.bin").read_bytes()
-    (out / "points3D.bin").write_bytes(data[:cut])
-    with pytest.raises(InputError, match=r"points3D\.bin: (truncated|cannot parse COLMAP points3D file \(truncated)"):
+    data = (out / f"{kind}.bin").read_bytes()
+    (out / f"{kind}.bin").write_bytes(data[:cut])
+    with pytest.raises(InputError, match=message):
         read_colmap_model(out)
 
 

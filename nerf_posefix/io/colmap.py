@@ -351,6 +351,13 @@ def _put_records_at(out: np.ndarray, at: np.ndarray, records: np.ndarray) -> Non
         out[at[k:k + step, None] + span] = as_bytes[k:k + step]
 
 
+def _track_element_offsets(record_at: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """``[T]`` byte offsets in points3D.bin of every track element, the tracks one after another: each point's come
+    after its head (:data:`_POINT_HEAD`), which starts at ``record_at [N]``; ``lengths [N]``: the tracks' lengths."""
+    element = np.arange(int(lengths.sum()), dtype=np.int64) - np.repeat(np.cumsum(lengths) - lengths, lengths)  # [T] within its track
+    return np.repeat(record_at + _POINT_HEAD.size, lengths) + element * _TRACK_ELEMENT.itemsize
+
+
 def _read_images_binary(path: str) -> dict[int, Any]:
     """``images.bin`` as nerfstudio's ``read_images_binary`` reads it (same records and types), from one read of
     the file: the parser's per-observation Python loop took ~1 s per 400k observations."""
@@ -393,9 +400,7 @@ def _read_points3D_binary(path: str) -> dict[int, Any]:
     first = np.asarray(starts, dtype=np.int64)  # [N] byte offsets of the records
     track_len = np.asarray(lengths, dtype=np.int64)  # [N]
     heads = _records_at(raw, first, _POINT_RECORD)  # [N]
-    element = np.arange(int(track_len.sum()), dtype=np.int64) - np.repeat(np.cumsum(track_len) - track_len, track_len)
-    element_start = np.repeat(first + _POINT_HEAD.size, track_len) + element * _TRACK_ELEMENT.itemsize  # [T]
-    track = _records_at(raw, element_start, _TRACK_ELEMENT)  # [T]
+    track = _records_at(raw, _track_element_offsets(first, track_len), _TRACK_ELEMENT)  # [T]
     image_ids, point2D_idxs = track["image"].astype(np.int64), track["idx"].astype(np.int64)  # [T] each
     xyz, rgb = heads["xyz"].astype(np.float64), heads["rgb"].astype(np.int64)  # [N, 3] each
     ends = np.cumsum(track_len).tolist()
@@ -607,12 +612,10 @@ def _write_points3D_binary(points3D: "_PointTable", path: Path) -> None:
     track["image"], track["idx"] = points3D.image_ids, points3D.point2D_idxs
     before = np.cumsum(points3D.lengths) - points3D.lengths  # [N] track elements before each point
     head_at = 8 + np.arange(n, dtype=np.int64) * _POINT_HEAD.size + before * _TRACK_ELEMENT.itemsize  # [N] byte offsets
-    element = np.arange(total, dtype=np.int64) - np.repeat(before, points3D.lengths)  # [T] index within its track
-    element_at = np.repeat(head_at + _POINT_HEAD.size, points3D.lengths) + element * _TRACK_ELEMENT.itemsize  # [T]
     out = np.empty(8 + n * _POINT_HEAD.size + total * _TRACK_ELEMENT.itemsize, dtype=np.uint8)
     out[:8] = np.frombuffer(struct.pack("<Q", n), dtype=np.uint8)
     _put_records_at(out, head_at, heads)
-    _put_records_at(out, element_at, track)
+    _put_records_at(out, _track_element_offsets(head_at, points3D.lengths), track)
     path.write_bytes(out.tobytes())
 
 
